@@ -1,0 +1,6 @@
+// coproc/coproc.hpp — Python's multiprocessing and subprocess as Boost.Asio coroutines.
+#pragma once
+
+#include <coproc/errors.hpp>
+#include <coproc/process.hpp>
+#include <coproc/this_process.hpp>

@@ -1,0 +1,149 @@
+// coproc/process.hpp — multiprocessing.Process, awaitable.
+//
+//   coproc::process p(work, 42);
+//   p.start();
+//   int code = co_await p.join();
+//
+// Waiting binds to the awaiting coroutine's executor and uses no thread per child
+// (detail/child.hpp). Handles are move-only; several coroutines may join one process.
+#pragma once
+
+#include <coproc/detail/child.hpp>
+#include <coproc/this_process.hpp>
+
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+namespace coproc {
+
+class process;
+
+// Only fork is implemented; start() refuses the others with std::invalid_argument
+// until they are (they need serializable targets).
+enum class start_method { fork, forkserver, spawn };
+
+struct process_options {
+  std::string name{};
+  bool daemon = false;
+  start_method method = start_method::fork;
+};
+
+namespace detail {
+
+template <class T> struct is_awaitable : std::false_type {};
+template <class T> struct is_awaitable<boost::asio::awaitable<T>> : std::true_type {};
+
+// The child-side body: target(args...) with its result turned into an exit code.
+struct process_body {
+  virtual ~process_body() = default;
+  virtual int run() = 0;
+};
+
+template <class F, class... Args> struct target_body final : process_body {
+  template <class G, class... A>
+  explicit target_body(G&& g, A&&... a) : f(std::forward<G>(g)), args(std::forward<A>(a)...) {}
+
+  int run() override {
+    using R = std::invoke_result_t<F&, Args&...>;
+    if constexpr (std::is_void_v<R>) {
+      std::apply(f, args);
+      return 0;
+    } else if constexpr (std::is_same_v<R, awaitable<void>>) {
+      block_on(std::apply(f, args));
+      return 0;
+    } else if constexpr (is_awaitable<R>::value) {
+      static_assert(std::is_convertible_v<typename R::value_type, int>,
+                    "a coproc::process target returns void, int, awaitable<void> or awaitable<int>");
+      return block_on(std::apply(f, args));
+    } else {
+      static_assert(std::is_convertible_v<R, int>,
+                    "a coproc::process target returns void, int, awaitable<void> or awaitable<int>");
+      return static_cast<int>(std::apply(f, args));
+    }
+  }
+
+  F f;
+  std::tuple<Args...> args;
+};
+
+template <class F, class... Args>
+concept process_target =
+    !std::is_base_of_v<process, std::remove_cvref_t<F>> &&
+    !std::is_same_v<std::remove_cvref_t<F>, process_options> &&
+    std::is_invocable_v<std::decay_t<F>&, std::decay_t<Args>&...>;
+
+} // namespace detail
+
+class process {
+public:
+  // target and args are decay-copied now (std::ref passes a reference, as with std::thread)
+  // and called in the child.
+  template <class F, class... Args>
+    requires detail::process_target<F, Args...>
+  explicit process(F&& target, Args&&... args)
+      : process(process_options{}, std::forward<F>(target), std::forward<Args>(args)...) {}
+
+  template <class F, class... Args>
+    requires detail::process_target<F, Args...>
+  process(process_options options, F&& target, Args&&... args) : process(std::move(options)) {
+    body_ = std::make_unique<detail::target_body<std::decay_t<F>, std::decay_t<Args>...>>(
+        std::forward<F>(target), std::forward<Args>(args)...);
+  }
+
+  process(process&&) noexcept;
+  process& operator=(process&&) noexcept;
+  // A running daemon child gets SIGTERM; a plain child runs on. Either way the runtime
+  // reaps it when it exits.
+  virtual ~process();
+
+  // Forks the child, which runs run() and exits with its exit code. std::logic_error if
+  // started twice, std::system_error if fork fails.
+  void start();
+
+  // The exit code: >= 0 the exit status, -N killed by signal N. Several coroutines may
+  // join one process. std::logic_error before start().
+  awaitable<int> join();
+  // nullopt if the child still runs at the deadline; the child is left alone.
+  awaitable<std::optional<int>> join(duration timeout);
+
+  // These poll (and reap) without blocking, a join or a running io_context.
+  bool is_alive() const;
+  std::optional<int> exitcode() const;
+
+  // SIGTERM / SIGKILL; no-op before start and once the child has been reaped.
+  void terminate();
+  void kill();
+
+  int pid() const noexcept;
+  const std::string& name() const noexcept { return name_; }
+  void name(std::string name) { name_ = std::move(name); }
+  bool daemon() const noexcept { return daemon_; }
+  // std::logic_error once started.
+  void daemon(bool daemon);
+
+protected:
+  explicit process(process_options options = {});
+  // The child's body; the default calls target(args...). An exception escaping it is
+  // printed as "Process <name>:" with its type and what(), and the exit code is 1.
+  virtual void run();
+
+private:
+  void release() noexcept;
+  [[noreturn]] void run_child();
+  const std::shared_ptr<detail::child>& started(const char* what) const;
+
+  std::unique_ptr<detail::process_body> body_;
+  std::string name_;
+  detail::identity identity_;
+  bool daemon_ = false;
+  start_method method_ = start_method::fork;
+  int exit_code_ = 0;
+  std::shared_ptr<detail::child> child_;
+};
+
+} // namespace coproc
