@@ -1,0 +1,502 @@
+#include <coproc/process.hpp>
+
+#include <doctest/doctest.h>
+
+#include "support/checks.hpp"
+
+#include <boost/asio/detached.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include <dirent.h>
+#include <pwd.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <cstdlib>
+#include <functional>
+#include <iostream>
+#include <stdexcept>
+#include <thread>
+
+using namespace std::chrono_literals;
+using coproc_test::run;
+
+namespace {
+
+coproc::awaitable<void> sleep_for(std::chrono::milliseconds d) {
+  boost::asio::steady_timer timer(co_await boost::asio::this_coro::executor, d);
+  co_await timer.async_wait(boost::asio::use_awaitable);
+}
+
+int exit_with(int code) { return code; }
+void sleep_ms(int ms) { std::this_thread::sleep_for(std::chrono::milliseconds(ms)); }
+void forever() {
+  for (;;) ::pause();
+}
+
+// Runs f with descriptor fd redirected into a pipe; returns what was written to it.
+std::string capture(int fd, const std::function<void()>& f) {
+  int p[2];
+  REQUIRE(::pipe(p) == 0);
+  std::cout.flush();
+  std::fflush(nullptr);
+  int saved = ::dup(fd);
+  ::dup2(p[1], fd);
+  ::close(p[1]);
+  f();
+  ::dup2(saved, fd);
+  ::close(saved);
+  std::string out;
+  char buf[4096];
+  ssize_t n;
+  while ((n = ::read(p[0], buf, sizeof buf)) > 0) out.append(buf, n);
+  ::close(p[0]);
+  return out;
+}
+
+int join(coproc::process& p) { return run(p.join()); }
+
+bool has_pidfd() {
+  DIR* dir = ::opendir("/proc/self/fd");
+  bool found = false;
+  while (auto* e = ::readdir(dir)) {
+    char target[256] = {};
+    auto link = std::string("/proc/self/fd/") + e->d_name;
+    if (::readlink(link.c_str(), target, sizeof target - 1) > 0 &&
+        std::string(target).find("pidfd") != std::string::npos)
+      found = true;
+  }
+  ::closedir(dir);
+  return found;
+}
+
+int thread_count() {
+  int n = 0;
+  DIR* dir = ::opendir("/proc/self/task");
+  while (auto* e = ::readdir(dir))
+    if (e->d_name[0] != '.') ++n;
+  ::closedir(dir);
+  return n;
+}
+
+} // namespace
+
+TEST_CASE("exit codes: return value and exception and signals") {
+  coproc::process zero([] {});
+  coproc::process seven(exit_with, 7);
+  coproc::process thrown([]() -> int { throw std::runtime_error("boom"); });
+  coproc::process termed(forever);
+  coproc::process killed(forever);
+  for (auto* p : {&zero, &seven, &termed, &killed}) p->start();
+  auto err = capture(2, [&] {
+    thrown.start();
+    CHECK(join(thrown) == 1);
+  });
+  CHECK(join(zero) == 0);
+  CHECK(join(seven) == 7);
+  termed.terminate();
+  killed.kill();
+  CHECK(join(termed) == -15);
+  CHECK(join(killed) == -9);
+  CHECK(termed.exitcode() == -15);
+  CHECK(err.find("Process " + thrown.name() + ":\nstd::runtime_error: boom\n") != std::string::npos);
+}
+
+TEST_CASE("targets may return void or int or awaitables") {
+  coproc::process v([] {});
+  coproc::process i([] { return 3; });
+  coproc::process av([]() -> coproc::awaitable<void> { co_await sleep_for(10ms); });
+  coproc::process ai([]() -> coproc::awaitable<int> {
+    co_await sleep_for(10ms);
+    co_return 4;
+  });
+  coproc::process at([]() -> coproc::awaitable<int> {
+    co_await sleep_for(1ms);
+    throw std::logic_error("in coroutine");
+  });
+  for (auto* p : {&v, &i, &av, &ai}) p->start();
+  CHECK(join(v) == 0);
+  CHECK(join(i) == 3);
+  CHECK(join(av) == 0);
+  CHECK(join(ai) == 4);
+  auto err = capture(2, [&] {
+    at.start();
+    CHECK(join(at) == 1);
+  });
+  CHECK(err.find("std::logic_error: in coroutine") != std::string::npos);
+}
+
+TEST_CASE("arguments are copied at construction and std::ref passes a reference") {
+  int value = 1;
+  coproc::process copied([](int v) { return v; }, value);
+  coproc::process referenced([](int& v) { return v; }, std::ref(value));
+  value = 5;
+  copied.start();
+  referenced.start();
+  CHECK(join(copied) == 1);
+  CHECK(join(referenced) == 5);
+}
+
+TEST_CASE("the child works on its own copy of globals") {
+  static int counter = 100;
+  coproc::process p([] {
+    counter += 1;
+    return counter == 101 ? 0 : 1;
+  });
+  p.start();
+  CHECK(join(p) == 0);
+  CHECK(counter == 100);
+}
+
+TEST_CASE("names default to Process-N and children know their name") {
+  coproc::process a([] {});
+  coproc::process b([] {});
+  auto n = std::stoi(a.name().substr(8));
+  CHECK(a.name().rfind("Process-", 0) == 0);
+  CHECK(b.name() == "Process-" + std::to_string(n + 1));
+  coproc::process named({.name = "worker"}, [] {
+    return coproc::this_process::name() == "worker" ? 0 : 1;
+  });
+  named.start();
+  CHECK(join(named) == 0);
+  named.name("renamed");
+  CHECK(named.name() == "renamed");
+  // A grandchild is named after its parent's number, as in Python.
+  coproc::process outer([] {
+    auto expected = coproc::this_process::name() + ":1";
+    coproc::process check([expected] { return coproc::this_process::name() == expected ? 0 : 9; });
+    check.start();
+    return coproc::block_on(check.join());
+  });
+  outer.start();
+  CHECK(join(outer) == 0);
+}
+
+TEST_CASE("pid and is_alive and exitcode through the lifecycle") {
+  coproc::process p(sleep_ms, 200);
+  CHECK(p.pid() == 0);
+  CHECK_FALSE(p.is_alive());
+  CHECK_FALSE(p.exitcode());
+  p.start();
+  CHECK(p.pid() > 0);
+  CHECK(p.pid() != ::getpid());
+  CHECK(p.is_alive());
+  CHECK_FALSE(p.exitcode());
+  CHECK(join(p) == 0);
+  CHECK_FALSE(p.is_alive());
+  CHECK(p.exitcode() == 0);
+  p.terminate(); // no-op once exited
+  p.kill();
+  CHECK(p.exitcode() == 0);
+}
+
+TEST_CASE("is_alive and exitcode reap without a join or io_context") {
+  coproc::process p(exit_with, 3);
+  p.start();
+  auto deadline = std::chrono::steady_clock::now() + 5s;
+  while (p.is_alive() && std::chrono::steady_clock::now() < deadline) sleep_ms(1);
+  CHECK_FALSE(p.is_alive());
+  CHECK(p.exitcode() == 3);
+  CHECK(coproc_test::zombie_children().empty());
+}
+
+TEST_CASE("join with a timeout returns nullopt while running and the code once exited") {
+  coproc::process p(sleep_ms, 300);
+  p.start();
+  auto start = std::chrono::steady_clock::now();
+  CHECK_FALSE(run(p.join(50ms)));
+  auto waited = std::chrono::steady_clock::now() - start;
+  CHECK(waited >= 50ms);
+  CHECK(waited < 250ms);
+  CHECK(p.is_alive()); // left alone
+  CHECK(run(p.join(5s)) == 0);
+  CHECK(run(p.join(1ms)) == 0);
+}
+
+TEST_CASE("several coroutines join one process") {
+  coproc::process p(exit_with, 11);
+  p.start();
+  auto codes = run([&]() -> coproc::awaitable<std::vector<int>> {
+    std::vector<coproc::awaitable<int>> joins;
+    for (int i = 0; i < 3; ++i) joins.push_back(p.join());
+    co_return co_await coproc::gather(std::move(joins));
+  }());
+  CHECK(codes == std::vector<int>{11, 11, 11});
+}
+
+TEST_CASE("joins from two threads with their own io_contexts") {
+  coproc::process p(sleep_ms, 100);
+  p.start();
+  int a = -1, b = -1;
+  std::thread t([&] { a = run(p.join()); });
+  b = run(p.join());
+  t.join();
+  CHECK(a == 0);
+  CHECK(b == 0);
+}
+
+TEST_CASE("200 children joined with gather leak no fd and use no thread per child") {
+  int fds = coproc_test::count_fds();
+  int threads = thread_count();
+  std::vector<coproc::process> procs;
+  for (int i = 0; i < 200; ++i) procs.emplace_back(exit_with, i % 100);
+  for (auto& p : procs) p.start();
+  int peak_threads = 0;
+  auto codes = run([&]() -> coproc::awaitable<std::vector<int>> {
+    std::vector<coproc::awaitable<int>> joins;
+    for (auto& p : procs) joins.push_back(p.join());
+    auto watch = [&]() -> coproc::awaitable<int> {
+      peak_threads = thread_count();
+      co_return 0;
+    };
+    joins.push_back(watch());
+    co_return co_await coproc::gather(std::move(joins));
+  }());
+  codes.pop_back();
+  for (int i = 0; i < 200; ++i) CHECK(codes[i] == i % 100);
+  CHECK(peak_threads == threads);
+  procs.clear();
+  CHECK(coproc_test::count_fds() == fds);
+  CHECK(coproc_test::zombie_children().empty());
+}
+
+TEST_CASE("waiting uses a pidfd unless COPROC_CHILD_WATCH=sigchld forces the fallback") {
+  const char* mode = std::getenv("COPROC_CHILD_WATCH");
+  bool forced = mode && std::string(mode) == "sigchld";
+  coproc::process p(sleep_ms, 150);
+  p.start();
+  bool seen = false;
+  run([&]() -> coproc::awaitable<void> {
+    auto ex = co_await boost::asio::this_coro::executor;
+    boost::asio::co_spawn(ex, [&]() -> coproc::awaitable<void> {
+      co_await sleep_for(50ms);
+      seen = has_pidfd();
+    }, boost::asio::detached);
+    CHECK(co_await p.join() == 0);
+  }());
+  CHECK(seen == !forced);
+}
+
+namespace {
+class counting_process : public coproc::process {
+public:
+  explicit counting_process(int n) : coproc::process({.name = "counter"}), n_(n) {}
+
+protected:
+  void run() override {
+    if (coproc::this_process::name() != "counter" || n_ != 3) throw std::runtime_error("wrong state");
+  }
+
+private:
+  int n_;
+};
+} // namespace
+
+TEST_CASE("a subclass overrides run") {
+  counting_process p(3);
+  p.start();
+  CHECK(join(p) == 0);
+  CHECK(p.name() == "counter");
+}
+
+TEST_CASE("the child flushes its stdout and never repeats the parent's buffered output") {
+  std::string out = capture(1, [] {
+    std::printf("parent-buffered;");
+    coproc::process p([] { std::printf("child-unflushed;"); });
+    p.start();
+    CHECK(join(p) == 0);
+    std::fflush(stdout);
+  });
+  CHECK(out == "parent-buffered;child-unflushed;");
+}
+
+namespace {
+int atexit_fd = -1;
+void on_exit_hook() {
+  if (atexit_fd >= 0) (void)!::write(atexit_fd, "atexit", 6);
+}
+} // namespace
+
+TEST_CASE("the child runs neither atexit handlers nor static destructors of the parent") {
+  static bool registered = (std::atexit(on_exit_hook), true);
+  (void)registered;
+  int p[2];
+  REQUIRE(::pipe(p) == 0);
+  atexit_fd = p[1];
+  coproc::process child([] { return 0; });
+  child.start();
+  CHECK(join(child) == 0);
+  atexit_fd = -1;
+  ::close(p[1]);
+  char buf[16];
+  CHECK(::read(p[0], buf, sizeof buf) == 0);
+  ::close(p[0]);
+}
+
+TEST_CASE("the child starts with default signal handlers and an empty mask") {
+  auto old_handler = std::signal(SIGTERM, SIG_IGN);
+  sigset_t block, old_mask;
+  sigemptyset(&block);
+  sigaddset(&block, SIGUSR1);
+  ::sigprocmask(SIG_BLOCK, &block, &old_mask);
+  coproc::process p(forever);
+  p.start();
+  ::sigprocmask(SIG_SETMASK, &old_mask, nullptr);
+  std::signal(SIGTERM, old_handler);
+  sleep_ms(20);
+  p.terminate();
+  CHECK(join(p) == -15);
+  coproc::process q([] {
+    sigset_t mask;
+    ::sigprocmask(SIG_SETMASK, nullptr, &mask);
+    return sigismember(&mask, SIGUSR1);
+  });
+  ::sigprocmask(SIG_BLOCK, &block, &old_mask);
+  q.start();
+  ::sigprocmask(SIG_SETMASK, &old_mask, nullptr);
+  CHECK(join(q) == 0);
+}
+
+TEST_CASE("misuse is a logic_error that names the process") {
+  coproc::process p({.name = "misused"}, [] {});
+  CHECK_THROWS_WITH_AS((void)p.join(), "cannot join process 'misused': it was not started",
+                       std::logic_error);
+  CHECK_THROWS_AS((void)p.join(1s), std::logic_error);
+  p.start();
+  CHECK_THROWS_WITH_AS(p.start(), "cannot start process 'misused' twice", std::logic_error);
+  CHECK_THROWS_WITH_AS(p.daemon(true), "cannot set daemon on process 'misused': already started",
+                       std::logic_error);
+  CHECK(join(p) == 0);
+}
+
+TEST_CASE("start methods other than fork are refused at start") {
+  coproc::process p({.name = "spawned", .method = coproc::start_method::spawn}, [] {});
+  CHECK_THROWS_WITH_AS(p.start(), "process 'spawned': only start_method::fork is implemented",
+                       std::invalid_argument);
+  CHECK(p.pid() == 0);
+}
+
+TEST_CASE("fork failure is a system_error naming the process") {
+  // RLIMIT_NPROC binds only unprivileged users, so the check runs in a child that drops
+  // root first.
+  int pid = ::fork();
+  if (pid == 0) {
+    if (::getuid() == 0) {
+      passwd* nobody = ::getpwnam("nobody");
+      if (!nobody || ::setgid(nobody->pw_gid) != 0 || ::setuid(nobody->pw_uid) != 0) ::_exit(2);
+    }
+    rlimit none{0, 0};
+    ::setrlimit(RLIMIT_NPROC, &none);
+    coproc::process p({.name = "limited"}, [] {});
+    try {
+      p.start();
+    } catch (const std::system_error& e) {
+      bool ok = e.code().value() == EAGAIN &&
+                std::string(e.what()).find("process 'limited'") != std::string::npos;
+      ::_exit(ok ? 0 : 3);
+    }
+    ::_exit(4);
+  }
+  int status;
+  REQUIRE(::waitpid(pid, &status, 0) == pid);
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+}
+
+TEST_CASE("a daemon child dies with its parent even by SIGKILL") {
+  int report[2];
+  REQUIRE(::pipe(report) == 0);
+  int helper = ::fork();
+  if (helper == 0) {
+    // The helper adopts orphans, so it can see how the daemon ended.
+    ::prctl(PR_SET_CHILD_SUBREAPER, 1);
+    int ids[2];
+    if (::pipe(ids) != 0) ::_exit(2);
+    int parent = ::fork();
+    if (parent == 0) {
+      int ready[2];
+      if (::pipe(ready) != 0) ::_exit(2);
+      coproc::process d({.daemon = true}, [fd = ready[1]] {
+        (void)!::write(fd, "r", 1);
+        forever();
+      });
+      d.start();
+      char byte;
+      if (::read(ready[0], &byte, 1) != 1) ::_exit(2);
+      int pid = d.pid();
+      (void)!::write(ids[1], &pid, sizeof pid);
+      ::raise(SIGKILL);
+    }
+    int daemon_pid = 0;
+    if (::read(ids[0], &daemon_pid, sizeof daemon_pid) != sizeof daemon_pid) ::_exit(3);
+    ::waitpid(parent, nullptr, 0);
+    int status = 0;
+    // Bounded: the daemon must be gone within 5 s.
+    for (int i = 0; i < 500; ++i) {
+      if (::waitpid(daemon_pid, &status, WNOHANG) == daemon_pid) {
+        int result = WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL;
+        (void)!::write(report[1], &result, sizeof result);
+        ::_exit(0);
+      }
+      std::this_thread::sleep_for(10ms);
+    }
+    ::kill(daemon_pid, SIGKILL);
+    ::waitpid(daemon_pid, nullptr, 0);
+    ::_exit(4);
+  }
+  ::close(report[1]);
+  int result = 0;
+  CHECK(::read(report[0], &result, sizeof result) == sizeof result);
+  ::close(report[0]);
+  int status;
+  REQUIRE(::waitpid(helper, &status, 0) == helper);
+  CHECK(WEXITSTATUS(status) == 0);
+  CHECK(result == 1);
+}
+
+TEST_CASE("a destroyed handle terminates a daemon and lets a plain child run on") {
+  int daemon_pid, plain_pid;
+  int p[2];
+  REQUIRE(::pipe(p) == 0);
+  {
+    coproc::process d({.daemon = true}, forever);
+    coproc::process plain([fd = p[1]] {
+      sleep_ms(150);
+      (void)!::write(fd, "done", 4);
+    });
+    d.start();
+    plain.start();
+    daemon_pid = d.pid();
+    plain_pid = plain.pid();
+  }
+  ::close(p[1]);
+  char buf[8];
+  CHECK(::read(p[0], buf, sizeof buf) == 4); // the plain child finished its work
+  ::close(p[0]);
+  // Both are reaped by the runtime: no zombie remains.
+  auto deadline = std::chrono::steady_clock::now() + 5s;
+  while ((coproc_test::pid_exists(daemon_pid) || coproc_test::pid_exists(plain_pid)) &&
+         std::chrono::steady_clock::now() < deadline)
+    sleep_ms(5);
+  CHECK_FALSE(coproc_test::pid_exists(daemon_pid));
+  CHECK_FALSE(coproc_test::pid_exists(plain_pid));
+}
+
+TEST_CASE("a moved process keeps its child and a pending join survives the handle") {
+  coproc::process a(exit_with, 5);
+  a.start();
+  coproc::process b = std::move(a);
+  CHECK(b.pid() > 0);
+  CHECK(join(b) == 5);
+  auto code = run([]() -> coproc::awaitable<int> {
+    auto p = std::make_unique<coproc::process>(exit_with, 6);
+    p->start();
+    auto op = p->join();
+    p.reset();
+    co_return co_await std::move(op);
+  }());
+  CHECK(code == 6);
+}
