@@ -7,13 +7,16 @@
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include <fcntl.h>
 #include <poll.h>
+#include <sys/resource.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -37,13 +40,29 @@ bool pidfd_allowed() {
   return allowed;
 }
 
+// A pidfd for a child that has not been reaped yet (so its pid cannot have been reused),
+// or -1: then the caller falls back to SIGCHLD. Opened per wait rather than kept per
+// child, so a thousand running children cost no descriptors until they are awaited.
 int open_pidfd(int pid) {
-  if (!pidfd_allowed()) return -1;
 #ifdef SYS_pidfd_open
-  // glibc 2.36's pidfd_open() wrapper does not link from C++ (PLATFORM.md).
-  int fd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
-  if (fd >= 0) ::fcntl(fd, F_SETFD, FD_CLOEXEC);
-  return fd; // ENOSYS, EPERM (seccomp): the SIGCHLD path
+  static std::atomic<bool> unsupported{!pidfd_allowed()};
+  if (unsupported.load(std::memory_order_relaxed)) return -1;
+  for (bool raised = false;; raised = true) {
+    // glibc 2.36's pidfd_open() wrapper does not link from C++ (PLATFORM.md).
+    int fd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+    if (fd >= 0) {
+      ::fcntl(fd, F_SETFD, FD_CLOEXEC);
+      return fd;
+    }
+    if (errno == ENOSYS || errno == EPERM) unsupported = true; // old kernel, seccomp
+    // Many concurrent waits: the soft descriptor limit is raised to the hard one once,
+    // as Go's runtime does; past that, this waiter takes the SIGCHLD path.
+    if (errno != EMFILE || raised) return -1;
+    rlimit limit;
+    if (::getrlimit(RLIMIT_NOFILE, &limit) != 0 || limit.rlim_cur == limit.rlim_max) return -1;
+    limit.rlim_cur = limit.rlim_max;
+    ::setrlimit(RLIMIT_NOFILE, &limit);
+  }
 #else
   (void)pid;
   return -1;
@@ -60,7 +79,9 @@ public:
     return *r;
   }
 
-  void adopt(int pid, int pidfd) {
+  // Called before the child is reaped, so the pidfd names the right process.
+  void adopt(int pid) {
+    int pidfd = open_pidfd(pid);
     std::lock_guard lock(mutex_);
     orphans_.push_back({pid, pidfd});
     if (!running_) {
@@ -136,19 +157,12 @@ int decode_wait_status(int status) {
   return WEXITSTATUS(status);
 }
 
-child::child(int pid, bool group)
-    : pid_(pid), pidfd_(open_pidfd(pid)), owner_(::getpid()), group_(group) {}
+child::child(int pid, bool group) : pid_(pid), owner_(::getpid()), group_(group) {}
 
 child::~child() {
-  if (!owned()) {
-    if (pidfd_ >= 0) ::close(pidfd_);
-    return;
-  }
+  if (!owned()) return;
   std::lock_guard lock(mutex_);
-  if (!poll_locked()) {
-    reaper::instance().adopt(pid_, pidfd_);
-    return;
-  }
+  if (!poll_locked()) reaper::instance().adopt(pid_);
 }
 
 bool child::owned() const noexcept { return owner_ == ::getpid(); }
@@ -173,10 +187,6 @@ std::optional<int> child::poll_locked() {
   // ECHILD: someone else reaped our child (a waitpid(-1) elsewhere in the program);
   // its status is lost, so report 255 as shells do for an unknown status.
   code_ = r > 0 ? decode_wait_status(status) : 255;
-  if (pidfd_ >= 0) {
-    ::close(pidfd_);
-    pidfd_ = -1;
-  }
   return code_;
 }
 
@@ -187,11 +197,11 @@ boost::asio::awaitable<int> child::wait() {
     if (auto code = poll_locked()) co_return *code;
     if (!owned()) throw std::logic_error("can only wait for a child of this process (pid " +
                                          std::to_string(pid_) + ")");
-    fd = pidfd_ >= 0 ? ::fcntl(pidfd_, F_DUPFD_CLOEXEC, 0) : -1;
+    fd = open_pidfd(pid_);
   }
   if (fd < 0) co_return co_await wait_sigchld();
-  // Each waiter watches its own duplicate, so several coroutines on several
-  // io_contexts can wait for one child.
+  // Each waiter watches its own pidfd, so several coroutines on several io_contexts can
+  // wait for one child.
   boost::asio::posix::stream_descriptor pidfd(co_await boost::asio::this_coro::executor, fd);
   for (;;) {
     // Readiness is a hint (a stale edge can arrive after a reap, PLATFORM.md): reap

@@ -132,3 +132,9 @@ TEST_CASE("gather rethrows the first exception after every awaitable ended") {
   CHECK(finished == 1);
   CHECK(std::chrono::steady_clock::now() - start >= 100ms);
 }
+
+TEST_CASE("sleep suspends the coroutine for at least the duration") {
+  auto start = std::chrono::steady_clock::now();
+  coproc::block_on(coproc::sleep(30ms));
+  CHECK(std::chrono::steady_clock::now() - start >= 30ms);
+}

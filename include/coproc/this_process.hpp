@@ -66,6 +66,12 @@ template <class T> T block_on(awaitable<T> main) {
   if constexpr (!std::is_void_v<T>) return std::move(*result);
 }
 
+// asyncio.sleep(): suspends the calling coroutine, not the thread.
+inline awaitable<void> sleep(duration d) {
+  boost::asio::steady_timer timer(co_await boost::asio::this_coro::executor, d);
+  co_await timer.async_wait(boost::asio::use_awaitable);
+}
+
 namespace detail {
 // What the awaitables of one gather() share: results by index, the first exception,
 // and a timer that the last one to finish cancels to wake the gathering coroutine.

@@ -52,11 +52,9 @@ public:
 
 private:
   std::optional<int> poll_locked();
-  boost::asio::awaitable<int> wait_pidfd();
   boost::asio::awaitable<int> wait_sigchld();
 
   int pid_;
-  int pidfd_ = -1;
   int owner_;
   bool group_;
   mutable std::mutex mutex_;

@@ -1,0 +1,71 @@
+// The g++ 12 style (API.md "Compilers"): g++ 12.2 miscompiles a co_await full-expression
+// that holds a braced list or an aggregate temporary, so every awaitable, lambda and
+// options struct is named first and then awaited with co_await std::move(op). This file
+// is what the g++ 12 build of the test command runs; clang builds it too.
+#include <coproc/coproc.hpp>
+
+#include <doctest/doctest.h>
+
+#include "support/checks.hpp"
+
+#include <boost/asio/steady_timer.hpp>
+
+#include <string>
+#include <vector>
+
+using namespace std::chrono_literals;
+
+namespace {
+int exit_with(int code) { return code; }
+
+coproc::awaitable<int> nap_then(int code) {
+  boost::asio::steady_timer timer(co_await boost::asio::this_coro::executor, 10ms);
+  auto wait = timer.async_wait(boost::asio::use_awaitable);
+  co_await std::move(wait);
+  co_return code;
+}
+} // namespace
+
+TEST_CASE("g++ style: start and join processes") {
+  auto main = []() -> coproc::awaitable<int> {
+    coproc::process_options options;
+    options.name = "gcc-child";
+    coproc::process p(options, exit_with, 7);
+    p.start();
+    auto join = p.join();
+    int code = co_await std::move(join);
+    co_return code;
+  };
+  auto op = main();
+  CHECK(coproc::block_on(std::move(op)) == 7);
+}
+
+TEST_CASE("g++ style: coroutine targets and a timed join") {
+  auto main = []() -> coproc::awaitable<void> {
+    coproc::process quick(nap_then, 4);
+    quick.start();
+    auto timed = quick.join(5s);
+    std::optional<int> code = co_await std::move(timed);
+    CHECK(code == 4);
+  };
+  auto op = main();
+  coproc::block_on(std::move(op));
+}
+
+TEST_CASE("g++ style: gather of joins") {
+  auto main = []() -> coproc::awaitable<std::vector<int>> {
+    std::vector<coproc::process> procs;
+    for (int i = 0; i < 8; ++i) procs.emplace_back(exit_with, i);
+    std::vector<coproc::awaitable<int>> joins;
+    for (auto& p : procs) {
+      p.start();
+      joins.push_back(p.join());
+    }
+    auto all = coproc::gather(std::move(joins));
+    auto codes = co_await std::move(all);
+    co_return codes;
+  };
+  auto op = main();
+  auto codes = coproc::block_on(std::move(op));
+  CHECK(codes == std::vector<int>{0, 1, 2, 3, 4, 5, 6, 7});
+}
