@@ -1,0 +1,306 @@
+// coproc/detail/pool_state.hpp — the parent's side of pool tasks: jobs waiting to be
+// sent, and the result states that async_result and result_stream wait on.
+//
+// Threading: the pool core calls a sink's deliver/fail only with its own mutex held,
+// so deliveries to one sink are serialized; the sink's own mutex guards what its
+// consumers read.
+#pragma once
+
+#include <coproc/detail/pool_task.hpp>
+#include <coproc/errors.hpp>
+#include <coproc/this_process.hpp>
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+#include <variant>
+#include <vector>
+
+namespace coproc::detail {
+
+// Coroutines waiting for a condition guarded by their owner's mutex. A waiter parks on
+// a timer of its own executor; notify_all posts the timer's cancellation to that
+// executor, so a waiter on another io_context is woken on its own thread.
+class waiter_list {
+public:
+  using clock = std::chrono::steady_clock;
+  using timer_ptr = std::shared_ptr<boost::asio::steady_timer>;
+
+  // Caller holds the owner's mutex.
+  timer_ptr add(const boost::asio::any_io_executor& ex, clock::time_point deadline) {
+    auto t = std::make_shared<boost::asio::steady_timer>(ex, deadline);
+    timers_.push_back(t);
+    return t;
+  }
+  void remove(const timer_ptr& t) { std::erase(timers_, t); }
+  void notify_all() {
+    for (auto& t : timers_) boost::asio::post(t->get_executor(), [t] { t->cancel(); });
+    timers_.clear();
+  }
+
+private:
+  std::vector<timer_ptr> timers_;
+};
+
+// Waits until ready() (evaluated with `mutex` held) or the deadline. True if ready.
+template <class Ready>
+awaitable<bool> wait_for_condition(std::mutex& mutex, waiter_list& waiters, Ready ready,
+                                   waiter_list::clock::time_point deadline) {
+  auto ex = co_await boost::asio::this_coro::executor;
+  for (;;) {
+    waiter_list::timer_ptr timer;
+    {
+      std::lock_guard lock(mutex);
+      if (ready()) co_return true;
+      if (waiter_list::clock::now() >= deadline) co_return false;
+      timer = waiters.add(ex, deadline);
+    }
+    boost::system::error_code ec;
+    co_await timer->async_wait(boost::asio::redirect_error(boost::asio::use_awaitable, ec));
+    std::lock_guard lock(mutex);
+    waiters.remove(timer);
+  }
+}
+
+inline waiter_list::clock::time_point deadline_after(duration timeout) {
+  auto now = waiter_list::clock::now();
+  return timeout >= waiter_list::clock::time_point::max() - now ? waiter_list::clock::time_point::max()
+                                                               : now + timeout;
+}
+
+// Where the results of one submission's items go.
+class pool_sink {
+public:
+  virtual ~pool_sink() = default;
+  virtual void deliver(std::size_t index, std::string_view bytes) = 0;
+  virtual void fail(std::size_t index, std::exception_ptr error) = 0;
+};
+
+// One submission: `count` items, sent in chunks of `chunksize` items.
+class pool_job {
+public:
+  pool_job(pool_trampoline fn, std::intptr_t target, std::size_t count, std::size_t chunksize,
+           std::shared_ptr<pool_sink> sink)
+      : trampoline(pool_image_offset(fn)), target(target), count(count),
+        chunksize(std::max<std::size_t>(chunksize, 1)), sink(std::move(sink)) {}
+  virtual ~pool_job() = default;
+  // Appends the encoded argument(s) of item i.
+  virtual void encode_item(std::size_t i, std::string& out) const = 0;
+
+  const std::intptr_t trampoline, target;
+  const std::size_t count, chunksize;
+  const std::shared_ptr<pool_sink> sink;
+  std::size_t next = 0; // first item not yet sent (the core's)
+};
+
+// apply: the arguments, encoded at submission.
+class encoded_job final : public pool_job {
+public:
+  encoded_job(pool_trampoline fn, std::intptr_t target, std::string args, std::shared_ptr<pool_sink> sink)
+      : pool_job(fn, target, 1, 1, std::move(sink)), args_(std::move(args)) {}
+  void encode_item(std::size_t, std::string& out) const override { out.append(args_); }
+
+private:
+  std::string args_;
+};
+
+// map / imap / starmap: the items, copied at submission and encoded as they are sent
+// (a starmap tuple as its parts).
+template <class T, bool Parts = false> class items_job final : public pool_job {
+public:
+  items_job(pool_trampoline fn, std::intptr_t target, std::vector<T> items, std::size_t chunksize,
+            std::shared_ptr<pool_sink> sink)
+      : pool_job(fn, target, items.size(), chunksize, std::move(sink)), items_(std::move(items)) {}
+  void encode_item(std::size_t i, std::string& out) const override {
+    if constexpr (Parts) encode_tuple_parts(out, items_[i]);
+    else wire::encode_into(out, items_[i]);
+  }
+
+private:
+  std::vector<T> items_;
+};
+
+class pool_core;
+struct pool_config {
+  unsigned processes = 0;
+  std::function<void()> initializer{};
+  unsigned maxtasksperchild = 0;
+};
+std::shared_ptr<pool_core> make_pool_core(boost::asio::any_io_executor ex, pool_config config);
+// std::logic_error once the pool is closed or terminated.
+void pool_submit(pool_core& core, std::shared_ptr<pool_job> job);
+void pool_close(pool_core& core);
+void pool_terminate(pool_core& core) noexcept;
+awaitable<void> pool_join(std::shared_ptr<pool_core> core);
+std::size_t pool_size(const pool_core& core) noexcept;
+
+// The outcome of one value: what async_result::get returns or throws.
+template <class T> class result_state : public pool_sink {
+public:
+  using value_type = std::conditional_t<std::is_void_v<T>, std::monostate, T>;
+
+  void deliver(std::size_t, std::string_view bytes) override {
+    if constexpr (std::is_void_v<T>) {
+      (void)bytes;
+      finish(std::monostate{}, nullptr);
+    } else {
+      try {
+        finish(wire::decode<T>(bytes), nullptr);
+      } catch (...) {
+        finish(std::nullopt, std::current_exception());
+      }
+    }
+  }
+  void fail(std::size_t, std::exception_ptr error) override { finish(std::nullopt, error); }
+
+  awaitable<bool> wait(waiter_list::clock::time_point deadline) {
+    return wait_for_condition(mutex_, waiters_, [this] { return done_; }, deadline);
+  }
+  bool ready() const {
+    std::lock_guard lock(mutex_);
+    return done_;
+  }
+  bool successful() const {
+    std::lock_guard lock(mutex_);
+    if (!done_) throw std::logic_error("coproc::async_result::successful(): the result is not ready");
+    return !error_;
+  }
+  // Once ready: the value (copied: get() may be awaited more than once) or the error.
+  T result() const {
+    std::lock_guard lock(mutex_);
+    if (error_) std::rethrow_exception(error_);
+    if constexpr (!std::is_void_v<T>) return *value_;
+  }
+
+protected:
+  void finish(std::optional<value_type> value, std::exception_ptr error) {
+    std::lock_guard lock(mutex_);
+    if (done_) return;
+    value_ = std::move(value);
+    error_ = error;
+    done_ = true;
+    waiters_.notify_all();
+  }
+
+private:
+  mutable std::mutex mutex_;
+  waiter_list waiters_;
+  bool done_ = false;
+  std::optional<value_type> value_;
+  std::exception_ptr error_;
+};
+
+// map_async: every item's result, or the error of the first failing item (in item
+// order) once all items have ended.
+template <class R> class map_state final : public result_state<std::vector<R>> {
+public:
+  explicit map_state(std::size_t n) : values_(n), remaining_(n) {
+    if (n == 0) this->finish(std::vector<R>{}, nullptr);
+  }
+  void deliver(std::size_t index, std::string_view bytes) override {
+    try {
+      values_[index] = wire::decode<R>(bytes);
+    } catch (...) {
+      return fail(index, std::current_exception());
+    }
+    item_done();
+  }
+  void fail(std::size_t index, std::exception_ptr error) override {
+    if (!error_ || index < error_index_) {
+      error_ = error;
+      error_index_ = index;
+    }
+    item_done();
+  }
+
+private:
+  void item_done() {
+    if (--remaining_ != 0) return;
+    if (error_) this->finish(std::nullopt, error_);
+    else this->finish(std::move(values_), nullptr);
+  }
+
+  std::vector<R> values_;
+  std::size_t remaining_;
+  std::exception_ptr error_;
+  std::size_t error_index_ = 0;
+};
+
+// imap / imap_unordered: results handed out as they may be.
+template <class R> class stream_state final : public pool_sink {
+public:
+  stream_state(std::size_t n, bool ordered) : ordered_(ordered), total_(n) {
+    if (ordered) slots_.resize(n);
+  }
+  void deliver(std::size_t index, std::string_view bytes) override {
+    try {
+      put(index, wire::decode<R>(bytes));
+    } catch (...) {
+      put(index, std::current_exception());
+    }
+  }
+  void fail(std::size_t index, std::exception_ptr error) override { put(index, error); }
+
+  // nullopt after the last item; rethrows a failed item's error.
+  awaitable<std::optional<R>> next() {
+    {
+      std::lock_guard lock(mutex_);
+      if (handed_ == total_) co_return std::nullopt;
+    }
+    co_await wait_for_condition(mutex_, waiters_, [this] { return available(); },
+                                waiter_list::clock::time_point::max());
+    std::variant<R, std::exception_ptr> item;
+    {
+      std::lock_guard lock(mutex_);
+      if (ordered_) {
+        item = std::move(*slots_[handed_]);
+        slots_[handed_].reset();
+      } else {
+        item = std::move(arrived_.front());
+        arrived_.pop_front();
+      }
+      ++handed_;
+    }
+    if (item.index() == 1) std::rethrow_exception(std::get<1>(item));
+    co_return std::move(std::get<0>(item));
+  }
+
+private:
+  void put(std::size_t index, std::variant<R, std::exception_ptr> item) {
+    std::lock_guard lock(mutex_);
+    if (ordered_) slots_[index] = std::move(item);
+    else arrived_.push_back(std::move(item));
+    waiters_.notify_all();
+  }
+  bool available() const {
+    if (handed_ == total_) return false;
+    return ordered_ ? slots_[handed_].has_value() : !arrived_.empty();
+  }
+
+  std::mutex mutex_;
+  waiter_list waiters_;
+  const bool ordered_;
+  const std::size_t total_;
+  std::size_t handed_ = 0;
+  std::vector<std::optional<std::variant<R, std::exception_ptr>>> slots_;
+  std::deque<std::variant<R, std::exception_ptr>> arrived_;
+};
+
+} // namespace coproc::detail

@@ -1,0 +1,214 @@
+// coproc/pool.hpp — multiprocessing.Pool, awaitable.
+//
+//   coproc::pool pool(co_await boost::asio::this_coro::executor, 4);
+//   int nine = co_await pool.apply(square, 3);
+//   std::vector<int> squares = co_await pool.map(square, items);
+//   pool.close();
+//   co_await pool.join();
+//
+// Workers are forked when the pool is made and talk to it over one socket each; many
+// small tasks and results travel batched, and the parent's io_context only ever does
+// short steps, so it stays responsive while the pool is saturated. A task is a function
+// pointer or a captureless lambda / empty function object plus arguments; arguments and
+// results cross in the wire format (coproc/wire.hpp).
+//
+// A task that throws fails with remote_error. A worker that dies (signal, _exit, OOM)
+// fails exactly the tasks it held with worker_lost, tasks it had not started yet go to
+// the other workers, and a replacement worker starts (running the initializer).
+#pragma once
+
+#include <coproc/detail/pool_state.hpp>
+#include <coproc/detail/pool_task.hpp>
+#include <coproc/process.hpp>
+#include <coproc/this_process.hpp>
+
+#include <boost/asio/any_io_executor.hpp>
+
+#include <cstddef>
+#include <functional>
+#include <iterator>
+#include <memory>
+#include <optional>
+#include <ranges>
+#include <stdexcept>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+namespace coproc {
+
+struct pool_options {
+  unsigned processes = 0;              // 0 → cpu_count()
+  std::function<void()> initializer{}; // run once in every worker, replacements too
+  unsigned maxtasksperchild = 0;       // 0 → unlimited; else a worker is replaced after N tasks
+                                       // (one apply, or one chunk of a map, is one task)
+  start_method method = start_method::fork; // only fork so far (std::invalid_argument otherwise)
+};
+
+// multiprocessing.pool.AsyncResult.
+template <class T> class async_result {
+public:
+  // The value, or the task's error (remote_error, worker_lost, pool_closed). May be
+  // awaited more than once, also from several coroutines.
+  awaitable<T> get() { return get_until(state_, detail::waiter_list::clock::time_point::max()); }
+  // timeout_error when the result is not ready in time (the task goes on).
+  awaitable<T> get(duration timeout) { return get_until(state_, detail::deadline_after(timeout)); }
+  awaitable<void> wait() { return wait_until(state_); }
+  // Whether it became ready in time.
+  awaitable<bool> wait(duration timeout) { return state_->wait(detail::deadline_after(timeout)); }
+  bool ready() const { return state_->ready(); }
+  // std::logic_error while not ready.
+  bool successful() const { return state_->successful(); }
+
+private:
+  friend class pool;
+  explicit async_result(std::shared_ptr<detail::result_state<T>> state) : state_(std::move(state)) {}
+
+  static awaitable<T> get_until(std::shared_ptr<detail::result_state<T>> state,
+                                detail::waiter_list::clock::time_point deadline) {
+    if (!co_await state->wait(deadline))
+      throw timeout_error("coproc::async_result::get: the pool task did not finish in time");
+    co_return state->result();
+  }
+  static awaitable<void> wait_until(std::shared_ptr<detail::result_state<T>> state) {
+    co_await state->wait(detail::waiter_list::clock::time_point::max());
+  }
+
+  std::shared_ptr<detail::result_state<T>> state_;
+};
+
+// The results of imap / imap_unordered.
+template <class T> class result_stream {
+public:
+  // The next result (in item order for imap, as they finish for imap_unordered);
+  // nullopt after the last. An item that failed throws its error here, and the next
+  // call goes on with the following item.
+  awaitable<std::optional<T>> next() { return next_of(state_); }
+
+private:
+  friend class pool;
+  explicit result_stream(std::shared_ptr<detail::stream_state<T>> state) : state_(std::move(state)) {}
+  static awaitable<std::optional<T>> next_of(std::shared_ptr<detail::stream_state<T>> state) {
+    co_return co_await state->next();
+  }
+
+  std::shared_ptr<detail::stream_state<T>> state_;
+};
+
+namespace detail {
+template <class Range> using pool_item_t = std::ranges::range_value_t<Range>;
+
+template <class Range> auto copy_items(Range&& items) {
+  std::vector<pool_item_t<Range>> out;
+  if constexpr (std::ranges::sized_range<Range>) out.reserve(std::ranges::size(items));
+  for (auto&& item : items) out.push_back(item);
+  return out;
+}
+} // namespace detail
+
+class pool {
+public:
+  // Forks the workers now. std::system_error if that fails, std::invalid_argument for a
+  // start method other than fork.
+  pool(boost::asio::any_io_executor ex, pool_options options = {});
+  pool(boost::asio::any_io_executor ex, unsigned processes);
+  pool(const pool&) = delete;
+  pool& operator=(const pool&) = delete;
+  // terminate(): unfinished results and streams fail with pool_closed.
+  ~pool();
+
+  // Result of f(args...), computed in a worker.
+  template <class F, class... A> auto apply(F f, A... args) {
+    return apply_async(f, std::move(args)...).get();
+  }
+
+  template <class F, class... A> auto apply_async(F f, A... args) {
+    detail::check_pool_callable<F>();
+    static_assert(std::is_invocable_v<F&, A&...>, "coproc::pool::apply: f cannot be called with these arguments");
+    using R = std::invoke_result_t<F&, A&...>;
+    auto state = std::make_shared<detail::result_state<R>>();
+    std::string bytes;
+    detail::encode_apply_args<F>(bytes, args...);
+    submit(std::make_shared<detail::encoded_job>(&detail::apply_trampoline<F, A...>,
+                                                 detail::pool_target(f), std::move(bytes), state));
+    return async_result<R>(std::move(state));
+  }
+
+  // f(item) for every item, results in item order. chunksize 0 picks one as Python
+  // does: ceil(len / (4 * processes)). The first failing item's error (in item order)
+  // is rethrown once every item has ended.
+  template <class F, class Range> auto map(F f, Range&& items, std::size_t chunksize = 0) {
+    return map_async(f, std::forward<Range>(items), chunksize).get();
+  }
+  template <class F, class Range> auto map_async(F f, Range&& items, std::size_t chunksize = 0) {
+    detail::check_pool_callable<F>();
+    using T = detail::pool_item_t<Range>;
+    return submit_map<F, T>(&detail::item_trampoline<F, T>, f, detail::copy_items(std::forward<Range>(items)),
+                            chunksize);
+  }
+
+  // f(args...) for every tuple of args.
+  template <class F, class Range> auto starmap(F f, Range&& tuples, std::size_t chunksize = 0) {
+    using T = detail::pool_item_t<Range>;
+    detail::check_pool_callable<F>();
+    using R = decltype(std::apply(std::declval<F&>(), std::declval<T&>()));
+    static_assert(!std::is_void_v<R>, "coproc::pool::starmap: f must return a value (a vector of "
+                                      "results is returned); use apply_async for void tasks");
+    return submit_map<F, T, R, true>(&detail::star_trampoline<F, T>, f,
+                               detail::copy_items(std::forward<Range>(tuples)), chunksize)
+        .get();
+  }
+
+  template <class F, class Range> auto imap(F f, Range&& items, std::size_t chunksize = 1) {
+    return submit_stream<F>(f, std::forward<Range>(items), chunksize, true);
+  }
+  template <class F, class Range> auto imap_unordered(F f, Range&& items, std::size_t chunksize = 1) {
+    return submit_stream<F>(f, std::forward<Range>(items), chunksize, false);
+  }
+
+  // No new tasks; queued ones still run, then the workers exit.
+  void close();
+  // Kills the workers now; every unfinished result fails with pool_closed.
+  void terminate();
+  // After close() or terminate() (std::logic_error before): until every worker has exited.
+  awaitable<void> join();
+  // The number of worker processes.
+  std::size_t size() const;
+
+private:
+  void submit(std::shared_ptr<detail::pool_job> job);
+  std::size_t default_chunksize(std::size_t n) const;
+
+  template <class F, class T, class R = std::invoke_result_t<F&, T&>, bool Parts = false>
+  async_result<std::vector<R>> submit_map(detail::pool_trampoline fn, F f, std::vector<T> items,
+                                          std::size_t chunksize) {
+    detail::check_pool_callable<F>();
+    static_assert(!std::is_void_v<R>, "coproc::pool::map: f must return a value (a vector of "
+                                      "results is returned); use apply_async for void tasks");
+    auto state = std::make_shared<detail::map_state<R>>(items.size());
+    if (chunksize == 0) chunksize = default_chunksize(items.size());
+    submit(std::make_shared<detail::items_job<T, Parts>>(fn, detail::pool_target(f), std::move(items), chunksize,
+                                                  state));
+    return async_result<std::vector<R>>(std::move(state));
+  }
+
+  template <class F, class Range> auto submit_stream(F f, Range&& items, std::size_t chunksize, bool ordered) {
+    detail::check_pool_callable<F>();
+    using T = detail::pool_item_t<Range>;
+    using R = std::invoke_result_t<F&, T&>;
+    static_assert(!std::is_void_v<R>, "coproc::pool::imap: f must return a value (a stream of "
+                                      "results is returned); use apply_async for void tasks");
+    auto copied = detail::copy_items(std::forward<Range>(items));
+    auto state = std::make_shared<detail::stream_state<R>>(copied.size(), ordered);
+    if (chunksize == 0) chunksize = 1;
+    submit(std::make_shared<detail::items_job<T>>(&detail::item_trampoline<F, T>, detail::pool_target(f),
+                                                  std::move(copied), chunksize, state));
+    return result_stream<R>(std::move(state));
+  }
+
+  std::shared_ptr<detail::pool_core> core_;
+};
+
+} // namespace coproc
