@@ -157,7 +157,23 @@ int decode_wait_status(int status) {
   return WEXITSTATUS(status);
 }
 
-child::child(int pid, bool group) : pid_(pid), owner_(::getpid()), group_(group) {}
+namespace {
+// Counts the forks this process descends through, so a child object knows without a
+// getpid() call whether it was inherited by a forked process that does not own it.
+std::atomic<unsigned> fork_generation{0};
+
+void install_fork_hooks() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    reaper::instance();
+    ::pthread_atfork(nullptr, nullptr, [] { fork_generation.fetch_add(1, std::memory_order_relaxed); });
+  });
+}
+} // namespace
+
+child::child(int pid, bool group)
+    : pid_(pid), owner_((install_fork_hooks(), fork_generation.load(std::memory_order_relaxed))),
+      group_(group) {}
 
 child::~child() {
   if (!owned()) return;
@@ -165,7 +181,9 @@ child::~child() {
   if (!poll_locked()) reaper::instance().adopt(pid_);
 }
 
-bool child::owned() const noexcept { return owner_ == ::getpid(); }
+bool child::owned() const noexcept {
+  return owner_ == fork_generation.load(std::memory_order_relaxed);
+}
 
 std::optional<int> child::poll() {
   std::lock_guard lock(mutex_);
@@ -254,7 +272,7 @@ void reset_signals() {
 }
 
 int fork_flushed(const char* what) {
-  reaper::instance(); // its at-fork handlers must exist before the first fork
+  install_fork_hooks(); // they must exist before the first fork
   std::cout.flush();
   std::cerr.flush();
   std::clog.flush();

@@ -55,7 +55,7 @@ private:
   boost::asio::awaitable<int> wait_sigchld();
 
   int pid_;
-  int owner_;
+  unsigned owner_;
   bool group_;
   mutable std::mutex mutex_;
   std::optional<int> code_;
