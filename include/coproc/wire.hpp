@@ -75,19 +75,24 @@ concept trivially_encoded = std::is_trivially_copyable_v<T> && !std::is_pointer_
                             !std::is_member_pointer_v<T>;
 
 namespace detail {
-template <class T>
-concept has_member_serialization =
-    cereal::traits::has_member_serialize<T, output_archive>::value ||
-    cereal::traits::has_member_save<T, output_archive>::value ||
-    cereal::traits::has_member_versioned_serialize<T, output_archive>::value ||
-    cereal::traits::has_member_versioned_save<T, output_archive>::value;
-template <class T> struct is_std_array : std::false_type {};
-template <class T, std::size_t N> struct is_std_array<std::array<T, N>> : std::true_type {};
+// Sees the serialization functions cereal, the standard types and the user provide (all
+// templates on the archive), but not coproc's own raw-bytes overloads below.
+class probe_archive : public cereal::OutputArchive<probe_archive, cereal::AllowEmptyClassElision> {
+public:
+  probe_archive() : OutputArchive(this) {}
+  void save_binary(const void*, std::size_t) {}
+};
+template <class A>
+concept wire_output_archive = std::is_same_v<A, output_archive> || std::is_same_v<A, probe_archive>;
+template <class A>
+concept wire_archive = wire_output_archive<A> || std::is_same_v<A, input_archive>;
 
-// A trivially copyable class without serialization of its own, inside a container.
+// A trivially copyable class that nobody serializes (a plain struct), inside a container:
+// its bytes. Classes with a serialize/save of their own (cereal's wrappers such as
+// NameValuePair and MapItem, std::array, user types) keep it.
 template <class T>
-concept raw_class = std::is_class_v<T> && trivially_encoded<T> && !has_member_serialization<T> &&
-                    !is_std_array<T>::value;
+concept raw_class = std::is_class_v<T> && trivially_encoded<T> &&
+                    cereal::traits::detail::count_output_serializers<T, probe_archive>::value == 0;
 } // namespace detail
 
 // Appends the encoding of value to out.
@@ -168,14 +173,16 @@ void CEREAL_LOAD_FUNCTION_NAME(coproc::wire::input_archive& ar, T& t) {
   ar.load_binary(std::addressof(t), sizeof(t));
 }
 
+// cereal's wrappers, also for the probe archive, so raw_class never claims them.
 template <class Archive, class T>
-  requires(std::is_same_v<Archive, coproc::wire::output_archive> ||
-           std::is_same_v<Archive, coproc::wire::input_archive>)
+  requires coproc::wire::detail::wire_archive<Archive>
 void CEREAL_SERIALIZE_FUNCTION_NAME(Archive& ar, NameValuePair<T>& t) {
   ar(t.value);
 }
 
-template <class T> void CEREAL_SAVE_FUNCTION_NAME(coproc::wire::output_archive& ar, const SizeTag<T>& t) {
+template <class Archive, class T>
+  requires coproc::wire::detail::wire_output_archive<Archive>
+void CEREAL_SAVE_FUNCTION_NAME(Archive& ar, const SizeTag<T>& t) {
   ar(t.size);
 }
 
@@ -188,7 +195,9 @@ template <class T> void CEREAL_LOAD_FUNCTION_NAME(coproc::wire::input_archive& a
             " bytes left");
 }
 
-template <class T> void CEREAL_SAVE_FUNCTION_NAME(coproc::wire::output_archive& ar, const BinaryData<T>& bd) {
+template <class Archive, class T>
+  requires coproc::wire::detail::wire_output_archive<Archive>
+void CEREAL_SAVE_FUNCTION_NAME(Archive& ar, const BinaryData<T>& bd) {
   ar.save_binary(bd.data, static_cast<std::size_t>(bd.size));
 }
 
