@@ -6,7 +6,7 @@ build=$1
 shift
 rows=$build/bench-rows.tsv
 : >"$rows"
-export COPROC_BENCH_ROWS=$PWD/$rows
+export COPROC_BENCH_ROWS=$(realpath "$rows")
 names=("$@")
 if [ ${#names[@]} -eq 0 ]; then
   for src in "$(dirname "$0")"/bench_*.cpp; do names+=("$(basename "$src" .cpp)"); done
