@@ -1,0 +1,622 @@
+#include <coproc/subprocess.hpp>
+
+#include <coproc/detail/child.hpp>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/deferred.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/experimental/parallel_group.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <csignal>
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+#include <string_view>
+#include <system_error>
+
+extern char** environ;
+
+namespace coproc {
+
+namespace {
+
+namespace asio = boost::asio;
+using asio::use_awaitable;
+
+// ---- validation -------------------------------------------------------------------
+
+[[noreturn]] void invalid(const char* call, const std::string& why) {
+  throw std::invalid_argument(std::string("coproc::") + call + ": " + why);
+}
+
+void check_args(const char* call, const std::vector<std::string>& args) {
+  if (args.empty()) invalid(call, "args is empty: there is no program to run");
+  for (std::size_t i = 0; i < args.size(); ++i)
+    if (args[i].find('\0') != std::string::npos)
+      invalid(call, "args[" + std::to_string(i) + "] contains a NUL byte");
+}
+
+void check_env(const char* call, const std::optional<std::map<std::string, std::string>>& env) {
+  if (!env) return;
+  for (const auto& [name, value] : *env) {
+    if (name.empty() || name.find_first_of(std::string_view("=\0", 2)) != std::string::npos)
+      invalid(call, "env name '" + name + "' is empty or contains '=' or a NUL byte");
+    if (value.find('\0') != std::string::npos)
+      invalid(call, "env value of " + name + " contains a NUL byte");
+  }
+}
+
+// The options of one run, checked, with capture_output and input turned into pipes.
+run_options normalized(const char* call, const std::vector<std::string>& args, run_options o) {
+  check_args(call, args);
+  check_env(call, o.env);
+  if (o.in == stdio::to_stdout) invalid(call, "stdio::to_stdout is for err only (in)");
+  if (o.out == stdio::to_stdout) invalid(call, "stdio::to_stdout is for err only (out)");
+  if (o.input && o.in == stdio::devnull)
+    invalid(call, "input is given but in is stdio::devnull");
+  if (o.capture_output) {
+    if (o.out != stdio::inherit || o.err != stdio::inherit)
+      invalid(call, "capture_output cannot be combined with out or err");
+    o.out = o.err = stdio::pipe;
+  }
+  if (o.input) o.in = stdio::pipe;
+  if (o.in == stdio::pipe && !o.input) o.input.emplace(); // Python: stdin=PIPE reads EOF
+  return o;
+}
+
+// ---- launching --------------------------------------------------------------------
+
+struct unique_fd {
+  int fd = -1;
+  unique_fd() = default;
+  explicit unique_fd(int f) : fd(f) {}
+  unique_fd(unique_fd&& o) noexcept : fd(std::exchange(o.fd, -1)) {}
+  unique_fd& operator=(unique_fd&& o) noexcept {
+    if (this != &o) {
+      reset();
+      fd = std::exchange(o.fd, -1);
+    }
+    return *this;
+  }
+  ~unique_fd() { reset(); }
+  void reset() {
+    if (fd >= 0) ::close(fd);
+    fd = -1;
+  }
+  int release() { return std::exchange(fd, -1); }
+};
+
+[[noreturn]] void throw_errno(int err, const std::string& what) {
+  throw std::system_error(err, std::generic_category(), "coproc: " + what);
+}
+
+// A close-on-exec pipe whose ends are both above stderr (a parent started with 0, 1
+// or 2 closed would otherwise hand one out, and dup2 onto itself keeps CLOEXEC).
+// The parent's end is non-blocking, the child's end blocking.
+std::pair<unique_fd, unique_fd> make_pipe(bool parent_reads) {
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC) != 0) throw_errno(errno, "pipe2");
+  unique_fd r(fds[0]), w(fds[1]);
+  for (unique_fd* end : {&r, &w}) {
+    if (end->fd > 2) continue;
+    int moved = ::fcntl(end->fd, F_DUPFD_CLOEXEC, 3);
+    if (moved < 0) throw_errno(errno, "fcntl(F_DUPFD_CLOEXEC)");
+    *end = unique_fd(moved);
+  }
+  int parent = parent_reads ? r.fd : w.fd;
+  ::fcntl(parent, F_SETFL, ::fcntl(parent, F_GETFL) | O_NONBLOCK);
+  return {std::move(r), std::move(w)};
+}
+
+const char* default_path = "/usr/bin:/bin";
+
+// execvp's search: the first executable regular file on PATH; EACCES if only
+// non-executable candidates exist, else ENOENT.
+std::string find_program(const std::string& name, const std::string& path, int& err) {
+  err = ENOENT;
+  std::size_t start = 0;
+  for (;;) {
+    auto end = path.find(':', start);
+    std::string dir = path.substr(start, end == std::string::npos ? std::string::npos : end - start);
+    std::string candidate = (dir.empty() ? std::string(".") : dir) + "/" + name;
+    struct stat st;
+    if (::stat(candidate.c_str(), &st) == 0 && S_ISREG(st.st_mode)) {
+      if (::access(candidate.c_str(), X_OK) == 0) return candidate;
+      err = EACCES;
+    }
+    if (end == std::string::npos) return {};
+    start = end + 1;
+  }
+}
+
+struct spawn_request {
+  const std::vector<std::string>& args;
+  const std::optional<std::filesystem::path>& cwd;
+  const std::optional<std::map<std::string, std::string>>& env;
+  bool shell, new_session;
+  stdio in, out, err;
+};
+
+struct spawned {
+  int pid;
+  unique_fd in, out, err; // the parent's ends of the piped streams
+};
+
+// RAII for posix_spawn's attribute and file-action objects.
+struct spawn_setup {
+  posix_spawnattr_t attr;
+  posix_spawn_file_actions_t actions;
+  spawn_setup() {
+    ::posix_spawnattr_init(&attr);
+    ::posix_spawn_file_actions_init(&actions);
+  }
+  ~spawn_setup() {
+    ::posix_spawn_file_actions_destroy(&actions);
+    ::posix_spawnattr_destroy(&attr);
+  }
+  void check(int r, const char* what) {
+    if (r != 0) throw_errno(r, what);
+  }
+};
+
+spawned spawn(const spawn_request& req) {
+  // argv and the program to exec.
+  std::vector<std::string> argv_storage;
+  const std::vector<std::string>* argv_strings = &req.args;
+  std::string program;
+  if (req.shell) {
+    argv_storage.reserve(req.args.size() + 2);
+    argv_storage.push_back("/bin/sh");
+    argv_storage.push_back("-c");
+    argv_storage.insert(argv_storage.end(), req.args.begin(), req.args.end());
+    argv_strings = &argv_storage;
+    program = "/bin/sh";
+  } else if (req.args[0].find('/') != std::string::npos) {
+    program = req.args[0]; // relative paths resolve in the new cwd, as with Python
+  } else {
+    std::string path = default_path;
+    if (req.env) {
+      if (auto it = req.env->find("PATH"); it != req.env->end()) path = it->second;
+    } else if (const char* p = std::getenv("PATH")) {
+      path = p;
+    }
+    int err;
+    program = find_program(req.args[0], path, err);
+    if (program.empty())
+      throw_errno(err, "cannot run '" + req.args[0] + "' (searched PATH=" + path + ")");
+  }
+  std::vector<char*> argv;
+  argv.reserve(argv_strings->size() + 1);
+  for (const auto& a : *argv_strings) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+
+  std::vector<std::string> env_storage;
+  std::vector<char*> envp;
+  char** child_env = environ;
+  if (req.env) {
+    env_storage.reserve(req.env->size());
+    for (const auto& [name, value] : *req.env) env_storage.push_back(name + "=" + value);
+    envp.reserve(env_storage.size() + 1);
+    for (auto& e : env_storage) envp.push_back(e.data());
+    envp.push_back(nullptr);
+    child_env = envp.data();
+  }
+
+  if (req.cwd) {
+    // Checked first so that the error names the directory, not the program.
+    struct stat st;
+    int err = ::stat(req.cwd->c_str(), &st) != 0 ? errno
+              : !S_ISDIR(st.st_mode)              ? ENOTDIR
+              : ::access(req.cwd->c_str(), X_OK) != 0 ? errno
+                                                      : 0;
+    if (err) throw_errno(err, "cannot use '" + req.cwd->string() + "' as the cwd of '" +
+                                  req.args[0] + "'");
+  }
+
+  spawned result{};
+  unique_fd child_in, child_out, child_err;
+  if (req.in == stdio::pipe) std::tie(child_in, result.in) = make_pipe(false);
+  if (req.out == stdio::pipe) std::tie(result.out, child_out) = make_pipe(true);
+  if (req.err == stdio::pipe) std::tie(result.err, child_err) = make_pipe(true);
+
+  spawn_setup s;
+  // Default dispositions for every signal (also those the parent ignores, SIGPIPE
+  // first) and an empty mask: the child starts as from a shell. With setsid the child
+  // leads a new session and process group, so killpg reaches its descendants.
+  sigset_t all, none;
+  sigfillset(&all);
+  sigemptyset(&none);
+  short flags = POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK;
+  if (req.new_session) flags |= POSIX_SPAWN_SETSID;
+  s.check(::posix_spawnattr_setflags(&s.attr, flags), "posix_spawnattr_setflags");
+  s.check(::posix_spawnattr_setsigdefault(&s.attr, &all), "posix_spawnattr_setsigdefault");
+  s.check(::posix_spawnattr_setsigmask(&s.attr, &none), "posix_spawnattr_setsigmask");
+
+  auto* fa = &s.actions;
+  auto redirect = [&](stdio how, const unique_fd& child_end, int target, int devnull_flags) {
+    if (how == stdio::pipe)
+      s.check(::posix_spawn_file_actions_adddup2(fa, child_end.fd, target), "adddup2");
+    else if (how == stdio::devnull)
+      s.check(::posix_spawn_file_actions_addopen(fa, target, "/dev/null", devnull_flags, 0),
+              "addopen");
+    else if (how == stdio::to_stdout)
+      s.check(::posix_spawn_file_actions_adddup2(fa, 1, target), "adddup2");
+  };
+  redirect(req.in, child_in, 0, O_RDONLY);
+  redirect(req.out, child_out, 1, O_WRONLY);
+  redirect(req.err, child_err, 2, O_WRONLY);
+  if (req.cwd)
+    s.check(::posix_spawn_file_actions_addchdir_np(fa, req.cwd->c_str()), "addchdir_np");
+  // Only 0, 1 and 2 reach the program: descriptors other threads or libraries opened
+  // without O_CLOEXEC are closed too (close_range in the child).
+  s.check(::posix_spawn_file_actions_addclosefrom_np(fa, 3), "addclosefrom_np");
+
+  pid_t pid;
+  int r = ::posix_spawn(&pid, program.c_str(), fa, &s.attr, argv.data(), child_env);
+  // glibc reports an exec failure here, having reaped the failed child already.
+  if (r != 0) throw_errno(r, "cannot run '" + program + "'");
+  result.pid = pid;
+  return result;
+}
+
+// ---- streaming ----------------------------------------------------------------------
+
+// write(2) with SIGPIPE blocked for this thread: a reader that went away is EPIPE, not
+// the death of this process. A SIGPIPE the write raised is consumed before unblocking.
+ssize_t write_without_sigpipe(int fd, const char* data, std::size_t size) {
+  sigset_t pipe_only, old, pending;
+  sigemptyset(&pipe_only);
+  sigaddset(&pipe_only, SIGPIPE);
+  ::pthread_sigmask(SIG_BLOCK, &pipe_only, &old);
+  sigpending(&pending);
+  bool was_pending = sigismember(&pending, SIGPIPE);
+  ssize_t n = ::write(fd, data, size);
+  int err = errno;
+  if (n < 0 && err == EPIPE && !was_pending) {
+    timespec zero{};
+    while (::sigtimedwait(&pipe_only, nullptr, &zero) < 0 && errno == EINTR) {
+    }
+  }
+  ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  errno = err;
+  return n;
+}
+
+// Writes data[offset..] and closes the pipe. offset survives a cancellation, so a
+// later call goes on where this one stopped. A child that stops reading gets the
+// rest dropped, as in Python.
+awaitable<void> write_all(asio::writable_pipe& pipe, std::string_view data, std::size_t& offset,
+                          int pid) {
+  while (offset < data.size()) {
+    ssize_t n = write_without_sigpipe(pipe.native_handle(), data.data() + offset,
+                                      data.size() - offset);
+    if (n >= 0) {
+      offset += static_cast<std::size_t>(n);
+    } else if (errno == EAGAIN) {
+      co_await pipe.async_write_some(asio::null_buffers(), use_awaitable);
+    } else if (errno == EPIPE) {
+      offset = data.size();
+    } else if (errno != EINTR) {
+      throw_errno(errno, "writing to the stdin of pid " + std::to_string(pid));
+    }
+  }
+  pipe.close();
+}
+
+// Appends everything up to EOF to into, then closes the pipe. What was read stays in
+// into if the read is cancelled.
+awaitable<void> read_all(asio::readable_pipe& pipe, std::string& into, int pid) {
+  constexpr std::size_t min_free = 64 * 1024;
+  std::size_t filled = into.size();
+  // The string is grown geometrically and read into in place; the unfilled tail is cut
+  // off however this ends.
+  struct trim {
+    std::string& s;
+    std::size_t& n;
+    ~trim() { s.resize(n); }
+  } trim_tail{into, filled};
+  for (;;) {
+    if (into.size() - filled < min_free) into.resize(std::max(into.size() * 2, filled + min_free));
+    auto buffer = asio::buffer(into.data() + filled, into.size() - filled);
+    auto [ec, n] = co_await pipe.async_read_some(buffer, asio::as_tuple(use_awaitable));
+    filled += n;
+    if (ec == asio::error::eof) break;
+    if (ec == asio::error::operation_aborted) throw boost::system::system_error(ec);
+    if (ec)
+      throw std::system_error(ec.value(), std::generic_category(),
+                              "coproc: reading from pid " + std::to_string(pid));
+  }
+  pipe.close();
+}
+
+// Runs the given stream operations concurrently; the first failure cancels the rest.
+awaitable<void> all_of(std::vector<awaitable<void>> ops) {
+  using namespace asio::experimental::awaitable_operators;
+  switch (ops.size()) {
+  case 0:
+    co_return;
+  case 1:
+    co_await std::move(ops[0]);
+    co_return;
+  case 2: {
+    auto both = std::move(ops[0]) && std::move(ops[1]);
+    co_await std::move(both);
+    co_return;
+  }
+  default: {
+    auto all = std::move(ops[0]) && std::move(ops[1]) && std::move(ops[2]);
+    co_await std::move(all);
+    co_return;
+  }
+  }
+}
+
+// Awaits op unless the deadline passes first (then op is cancelled and nullopt is
+// returned). A cancellation of the caller cancels both and throws.
+template <class T>
+awaitable<std::optional<T>> before_deadline(awaitable<T> op, duration timeout) {
+  auto ex = co_await asio::this_coro::executor;
+  asio::steady_timer timer(ex, timeout);
+  auto group = asio::experimental::make_parallel_group(asio::co_spawn(ex, std::move(op), asio::deferred),
+                                                       timer.async_wait(asio::deferred));
+  auto [order, failure, value, timer_ec] =
+      co_await std::move(group).async_wait(asio::experimental::wait_for_one(), use_awaitable);
+  if (order[0] == 0) {
+    if (failure) std::rethrow_exception(failure);
+    co_return std::optional<T>(std::move(value));
+  }
+  if (timer_ec) throw boost::system::system_error(timer_ec); // we were cancelled
+  co_return std::nullopt;
+}
+
+// After a kill: waits for the child; if that wait cannot complete (the io_context is
+// going away), the child's destructor leaves it to the background reaper. The caller
+// has turned throw_if_cancelled off, or a cancelled caller could not wait at all.
+awaitable<void> reap(detail::child& child) {
+  try {
+    co_await child.wait();
+  } catch (...) {
+  }
+}
+
+// SIGKILL (the group with start_new_session) for a child whose run() is abandoned:
+// a coroutine frame destroyed while suspended must not leave the child running.
+struct kill_unless_reaped {
+  detail::child& child;
+  bool group;
+  ~kill_unless_reaped() {
+    if (child.exitcode()) return;
+    try {
+      child.signal(SIGKILL, group);
+    } catch (...) {
+    }
+  }
+};
+
+awaitable<int> exchange_and_wait(detail::child& child, asio::writable_pipe& in,
+                                 asio::readable_pipe& out, asio::readable_pipe& err,
+                                 std::string_view input, std::size_t& offset, std::string& out_text,
+                                 std::string& err_text) {
+  std::vector<awaitable<void>> ops;
+  if (in.is_open()) ops.push_back(write_all(in, input, offset, child.pid()));
+  if (out.is_open()) ops.push_back(read_all(out, out_text, child.pid()));
+  if (err.is_open()) ops.push_back(read_all(err, err_text, child.pid()));
+  co_await all_of(std::move(ops));
+  co_return co_await child.wait();
+}
+
+awaitable<completed_process> run_checked(std::vector<std::string> args, run_options o) {
+  auto ex = co_await asio::this_coro::executor;
+  spawn_request request{args, o.cwd, o.env, o.shell, o.start_new_session, o.in, o.out, o.err};
+  spawned s = spawn(request);
+  detail::child child(s.pid, o.start_new_session);
+  kill_unless_reaped guard{child, o.start_new_session};
+
+  asio::writable_pipe in(ex);
+  asio::readable_pipe out(ex), err(ex);
+  if (s.in.fd >= 0) in.assign(s.in.release());
+  if (s.out.fd >= 0) out.assign(s.out.release());
+  if (s.err.fd >= 0) err.assign(s.err.release());
+
+  completed_process result;
+  std::string_view input = o.input ? std::string_view(*o.input) : std::string_view();
+  std::size_t offset = 0;
+  std::optional<int> code;
+  std::exception_ptr failure;
+  try {
+    auto op = exchange_and_wait(child, in, out, err, input, offset, result.out, result.err);
+    if (o.timeout) {
+      auto bounded = before_deadline(std::move(op), *o.timeout);
+      code = co_await std::move(bounded);
+    } else {
+      code = co_await std::move(op);
+    }
+  } catch (...) {
+    failure = std::current_exception();
+  }
+  if (!code) {
+    // Timed out, cancelled or failed: kill, reap, then report.
+    child.signal(SIGKILL, o.start_new_session);
+    // A cancelled coroutine's co_awaits throw at once unless told otherwise.
+    bool previous = co_await asio::this_coro::throw_if_cancelled();
+    co_await asio::this_coro::throw_if_cancelled(false);
+    co_await reap(child);
+    co_await asio::this_coro::throw_if_cancelled(previous);
+    if (failure) std::rethrow_exception(failure);
+    throw timeout_expired(std::move(args), *o.timeout, std::move(result.out), std::move(result.err));
+  }
+  result.returncode = *code;
+  if (o.check && *code != 0)
+    throw called_process_error(*code, std::move(args), std::move(result.out), std::move(result.err));
+  result.args = std::move(args);
+  co_return result;
+}
+
+awaitable<int> call_checked(std::vector<std::string> args, run_options o) {
+  auto op = run_checked(std::move(args), std::move(o));
+  auto r = co_await std::move(op);
+  co_return r.returncode;
+}
+
+awaitable<void> check_call_checked(std::vector<std::string> args, run_options o) {
+  auto op = run_checked(std::move(args), std::move(o));
+  co_await std::move(op);
+}
+
+awaitable<std::string> check_output_checked(std::vector<std::string> args, run_options o) {
+  auto op = run_checked(std::move(args), std::move(o));
+  auto r = co_await std::move(op);
+  co_return std::move(r.out);
+}
+
+} // namespace
+
+// The public calls are plain functions: the options are checked when they are called,
+// and the coroutine that runs the child starts when it is awaited.
+
+awaitable<completed_process> run(std::vector<std::string> args, run_options options) {
+  auto o = normalized("run", args, std::move(options));
+  return run_checked(std::move(args), std::move(o));
+}
+
+awaitable<int> call(std::vector<std::string> args, run_options options) {
+  auto o = normalized("call", args, std::move(options));
+  return call_checked(std::move(args), std::move(o));
+}
+
+awaitable<void> check_call(std::vector<std::string> args, run_options options) {
+  auto o = normalized("check_call", args, std::move(options));
+  o.check = true;
+  return check_call_checked(std::move(args), std::move(o));
+}
+
+awaitable<std::string> check_output(std::vector<std::string> args, run_options options) {
+  if (options.out != stdio::inherit && options.out != stdio::pipe)
+    invalid("check_output", "stdout is captured: out must be left as inherit");
+  auto o = normalized("check_output", args, std::move(options));
+  o.out = stdio::pipe;
+  o.check = true;
+  return check_output_checked(std::move(args), std::move(o));
+}
+
+// ---- popen ----------------------------------------------------------------------------
+
+popen::popen(boost::asio::any_io_executor ex, std::vector<std::string> args, popen_options o)
+    : args_(std::move(args)), group_(o.start_new_session), stdin_(ex), stdout_(ex), stderr_(ex) {
+  check_args("popen", args_);
+  check_env("popen", o.env);
+  if (o.in == stdio::to_stdout) invalid("popen", "stdio::to_stdout is for err only (in)");
+  if (o.out == stdio::to_stdout) invalid("popen", "stdio::to_stdout is for err only (out)");
+  spawn_request request{args_, o.cwd, o.env, o.shell, o.start_new_session, o.in, o.out, o.err};
+  spawned s = spawn(request);
+  child_ = std::make_unique<detail::child>(s.pid, group_);
+  piped_[0] = o.in == stdio::pipe;
+  piped_[1] = o.out == stdio::pipe;
+  piped_[2] = o.err == stdio::pipe;
+  if (s.in.fd >= 0) stdin_.assign(s.in.release());
+  if (s.out.fd >= 0) stdout_.assign(s.out.release());
+  if (s.err.fd >= 0) stderr_.assign(s.err.release());
+}
+
+popen::popen(popen&&) noexcept = default;
+popen& popen::operator=(popen&&) noexcept = default;
+popen::~popen() = default;
+
+int popen::pid() const { return child_->pid(); }
+
+namespace {
+[[noreturn]] void not_a_pipe(const char* stream, const popen& p) {
+  throw std::logic_error("coproc::popen: " + std::string(stream) + " of pid " +
+                         std::to_string(p.pid()) + " ('" + detail::format_command(p.args()) +
+                         "') is not stdio::pipe");
+}
+} // namespace
+
+boost::asio::writable_pipe& popen::stdin_pipe() {
+  if (!piped_[0]) not_a_pipe("stdin", *this);
+  return stdin_;
+}
+boost::asio::readable_pipe& popen::stdout_pipe() {
+  if (!piped_[1]) not_a_pipe("stdout", *this);
+  return stdout_;
+}
+boost::asio::readable_pipe& popen::stderr_pipe() {
+  if (!piped_[2]) not_a_pipe("stderr", *this);
+  return stderr_;
+}
+
+awaitable<int> popen::wait() { return child_->wait(); }
+awaitable<std::optional<int>> popen::wait(duration timeout) { return child_->wait(timeout); }
+
+std::optional<int> popen::poll() { return child_->poll(); }
+std::optional<int> popen::returncode() const { return child_->exitcode(); }
+
+void popen::send_signal(int sig) { child_->signal(sig, group_); }
+void popen::terminate() { send_signal(SIGTERM); }
+void popen::kill() { send_signal(SIGKILL); }
+
+awaitable<int> popen::exchange() {
+  return exchange_and_wait(*child_, stdin_, stdout_, stderr_, input_, input_offset_, out_, err_);
+}
+
+namespace {
+void start_communication(const popen& p, bool& communicating, std::string& pending,
+                         std::string input, bool stdin_piped, bool stdin_open) {
+  if (input.empty()) {
+    communicating = true;
+    return;
+  }
+  if (communicating)
+    throw std::invalid_argument("coproc::popen::communicate: pid " + std::to_string(p.pid()) +
+                                " — input cannot be sent after communication has started");
+  if (!stdin_piped || !stdin_open)
+    throw std::invalid_argument("coproc::popen::communicate: input given but the stdin of pid " +
+                                std::to_string(p.pid()) + " is not an open stdio::pipe");
+  communicating = true;
+  pending = std::move(input);
+}
+
+awaitable<std::pair<std::string, std::string>> finish_communication(
+    awaitable<int> exchange, std::optional<duration> timeout, const std::vector<std::string>& args,
+    bool& communicating, std::string& input, std::size_t& offset, std::string& out,
+    std::string& err) {
+  if (timeout) {
+    auto bounded = before_deadline(std::move(exchange), *timeout);
+    auto done = co_await std::move(bounded);
+    if (!done) throw timeout_expired(args, *timeout, out, err);
+  } else {
+    co_await std::move(exchange);
+  }
+  communicating = false;
+  input.clear();
+  offset = 0;
+  co_return std::pair<std::string, std::string>(std::move(out), std::move(err));
+}
+} // namespace
+
+awaitable<std::pair<std::string, std::string>> popen::communicate(std::string input) {
+  start_communication(*this, communicating_, input_, std::move(input), piped_[0], stdin_.is_open());
+  return finish_communication(exchange(), std::nullopt, args_, communicating_, input_,
+                              input_offset_, out_, err_);
+}
+
+awaitable<std::pair<std::string, std::string>> popen::communicate(std::string input,
+                                                                 duration timeout) {
+  start_communication(*this, communicating_, input_, std::move(input), piped_[0], stdin_.is_open());
+  return finish_communication(exchange(), timeout, args_, communicating_, input_, input_offset_,
+                              out_, err_);
+}
+
+} // namespace coproc

@@ -1,0 +1,618 @@
+#include <coproc/subprocess.hpp>
+
+#include <doctest/doctest.h>
+
+#include "support/checks.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/read.hpp>
+#include <boost/asio/read_until.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/write.hpp>
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <system_error>
+#include <thread>
+
+using namespace std::chrono_literals;
+using coproc_test::run;
+namespace asio = boost::asio;
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+
+// A fresh directory under /tmp, removed with everything in it at scope exit.
+struct temp_dir {
+  std::filesystem::path path;
+  temp_dir() {
+    char name[] = "/tmp/coproc-subprocess-XXXXXX";
+    REQUIRE(::mkdtemp(name) != nullptr);
+    path = name;
+  }
+  ~temp_dir() { std::filesystem::remove_all(path); }
+  std::filesystem::path write(const std::string& file, const std::string& text,
+                              std::filesystem::perms perms) const {
+    auto p = path / file;
+    std::ofstream(p) << text;
+    std::filesystem::permissions(p, perms);
+    return p;
+  }
+};
+
+// Whether pid has ended: gone, or a zombie waiting for its (new) parent.
+bool dead(int pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(stat, line)) return true;
+  auto close = line.rfind(')');
+  return close != std::string::npos && line.size() > close + 2 && line[close + 2] == 'Z';
+}
+
+bool dies_within(int pid, std::chrono::milliseconds limit) {
+  auto deadline = clock_type::now() + limit;
+  while (!dead(pid)) {
+    if (clock_type::now() > deadline) return false;
+    std::this_thread::sleep_for(5ms);
+  }
+  return true;
+}
+
+double seconds_since(clock_type::time_point start) {
+  return std::chrono::duration<double>(clock_type::now() - start).count();
+}
+
+coproc::awaitable<void> sleep_for(clock_type::duration d) {
+  asio::steady_timer timer(co_await asio::this_coro::executor, d);
+  co_await timer.async_wait(asio::use_awaitable);
+}
+
+template <class Error, class Awaitable> Error thrown_by(Awaitable op) {
+  try {
+    run(std::move(op));
+  } catch (const Error& e) {
+    return e;
+  }
+  FAIL("no " << typeid(Error).name() << " thrown");
+  throw std::logic_error("unreachable");
+}
+
+} // namespace
+
+// ---- run, call, check_call, check_output --------------------------------------------
+
+TEST_CASE("run captures stdout and stderr and keeps the args as given") {
+  auto r = run(coproc::run({"sh", "-c", "echo out; echo err >&2; exit 3"}, {.capture_output = true}));
+  CHECK(r.args == std::vector<std::string>{"sh", "-c", "echo out; echo err >&2; exit 3"});
+  CHECK(r.returncode == 3);
+  CHECK(r.out == "out\n");
+  CHECK(r.err == "err\n");
+}
+
+TEST_CASE("call returns the exit status and check_call throws called_process_error") {
+  CHECK(run(coproc::call({"true"})) == 0);
+  CHECK(run(coproc::call({"sh", "-c", "exit 7"})) == 7);
+  run(coproc::check_call({"true"}));
+  auto e = thrown_by<coproc::called_process_error>(coproc::check_call({"sh", "-c", "exit 7"}));
+  CHECK(e.returncode() == 7);
+  CHECK(e.cmd() == std::vector<std::string>{"sh", "-c", "exit 7"});
+  CHECK(std::string(e.what()) == "command 'sh -c 'exit 7'' returned non-zero exit status 7");
+}
+
+TEST_CASE("check_output returns stdout and the error carries the captured output") {
+  CHECK(run(coproc::check_output({"printf", "a b\\n"})) == "a b\n");
+  auto e = thrown_by<coproc::called_process_error>(coproc::check_output(
+      {"sh", "-c", "echo partial; echo why >&2; exit 2"}, {.capture_output = true}));
+  CHECK(e.returncode() == 2);
+  CHECK(e.output() == "partial\n");
+  CHECK(e.errors() == "why\n");
+  CHECK(std::string(e.what()).find("echo partial") != std::string::npos);
+}
+
+TEST_CASE("run with check throws called_process_error with the output") {
+  auto e = thrown_by<coproc::called_process_error>(
+      coproc::run({"sh", "-c", "echo so far; exit 1"}, {.check = true, .out = coproc::stdio::pipe}));
+  CHECK(e.returncode() == 1);
+  CHECK(e.output() == "so far\n");
+  CHECK(e.errors().empty());
+  CHECK(run(coproc::run({"true"}, {.check = true})).returncode == 0);
+}
+
+TEST_CASE("a child killed by a signal returns minus the signal number") {
+  CHECK(run(coproc::call({"sh", "-c", "kill -TERM $$"})) == -SIGTERM);
+  CHECK(run(coproc::call({"sh", "-c", "kill -KILL $$"})) == -SIGKILL);
+  auto e = thrown_by<coproc::called_process_error>(coproc::check_call({"sh", "-c", "kill -KILL $$"}));
+  CHECK(e.returncode() == -9);
+  CHECK(std::string(e.what()).find("SIGKILL") != std::string::npos);
+}
+
+TEST_CASE("the child starts with default signal dispositions even if the parent ignores SIGPIPE") {
+  struct sigaction ignore {}, old{};
+  ignore.sa_handler = SIG_IGN;
+  ::sigaction(SIGPIPE, &ignore, &old);
+  auto status = run(coproc::run({"grep", "SigIgn", "/proc/self/status"}, {.out = coproc::stdio::pipe}));
+  ::sigaction(SIGPIPE, &old, nullptr);
+  REQUIRE(status.out.rfind("SigIgn:\t", 0) == 0);
+  auto ignored = std::stoull(status.out.substr(8), nullptr, 16);
+  CHECK((ignored & (1ull << (SIGPIPE - 1))) == 0);
+}
+
+// ---- input and output -------------------------------------------------------------
+
+TEST_CASE("input goes through cat and stdin is closed after it") {
+  auto r = run(coproc::run({"cat"}, {.input = "hello\nworld", .capture_output = true}));
+  CHECK(r.out == "hello\nworld");
+  CHECK(run(coproc::run({"wc", "-c"}, {.input = "", .out = coproc::stdio::pipe})).out == "0\n");
+  // in = pipe without input: the child reads EOF at once, as Python's stdin=PIPE.
+  CHECK(run(coproc::run({"cat"}, {.in = coproc::stdio::pipe, .out = coproc::stdio::pipe})).out.empty());
+}
+
+TEST_CASE("input larger than a pipe buffer is fed while the output is read") {
+  std::string input(6 * 1024 * 1024 + 7, '\0');
+  for (std::size_t i = 0; i < input.size(); ++i) input[i] = static_cast<char>('a' + i % 23);
+  auto r = run(coproc::run({"cat"}, {.input = input, .capture_output = true, .timeout = 30s}));
+  CHECK(r.returncode == 0);
+  CHECK(r.out.size() == input.size());
+  CHECK(r.out == input);
+}
+
+TEST_CASE("a child that exits without reading its input is not a SIGPIPE in the parent") {
+  std::string input(1024 * 1024, 'x');
+  auto r = run(coproc::run({"sh", "-c", "exit 4"}, {.input = input}));
+  CHECK(r.returncode == 4);
+  auto r2 = run(coproc::run({"head", "-c", "3"}, {.input = input, .out = coproc::stdio::pipe}));
+  CHECK(r2.out == "xxx");
+}
+
+TEST_CASE("8 MiB on stdout and stderr at once never deadlocks") {
+  constexpr std::size_t size = 8 * 1024 * 1024;
+  auto start = clock_type::now();
+  auto r = run(coproc::run(
+      {"sh", "-c", "head -c 8388608 /dev/zero | tr '\\0' o & head -c 8388608 /dev/zero | tr '\\0' e >&2; wait"},
+      {.capture_output = true, .timeout = 60s}));
+  CHECK(r.returncode == 0);
+  CHECK(r.out.size() == size);
+  CHECK(r.err.size() == size);
+  CHECK(r.out.find_first_not_of('o') == std::string::npos);
+  CHECK(r.err.find_first_not_of('e') == std::string::npos);
+  CHECK(seconds_since(start) < 30);
+}
+
+TEST_CASE("out and err go to devnull or err joins stdout") {
+  auto r = run(coproc::run({"sh", "-c", "echo out; echo err >&2"},
+                           {.out = coproc::stdio::devnull, .err = coproc::stdio::pipe}));
+  CHECK(r.out.empty());
+  CHECK(r.err == "err\n");
+  auto merged = run(coproc::run({"sh", "-c", "echo out; echo err >&2; echo more"},
+                                {.out = coproc::stdio::pipe, .err = coproc::stdio::to_stdout}));
+  CHECK(merged.out == "out\nerr\nmore\n");
+  CHECK(merged.err.empty());
+  CHECK(run(coproc::run({"cat"}, {.in = coproc::stdio::devnull, .out = coproc::stdio::pipe})).out.empty());
+}
+
+// ---- environment, cwd, shell ------------------------------------------------------
+
+TEST_CASE("env replaces the environment and args[0] is found on the default PATH") {
+  std::map<std::string, std::string> env{{"FOO", "bar baz"}, {"EMPTY", ""}};
+  auto r = run(coproc::run({"env"}, {.env = env, .out = coproc::stdio::pipe}));
+  CHECK(r.out == "EMPTY=\nFOO=bar baz\n");
+}
+
+TEST_CASE("an inherited environment reaches the child") {
+  ::setenv("COPROC_SUBPROCESS_TEST", "inherited", 1);
+  auto r = run(coproc::run({"sh", "-c", "echo $COPROC_SUBPROCESS_TEST"}, {.out = coproc::stdio::pipe}));
+  ::unsetenv("COPROC_SUBPROCESS_TEST");
+  CHECK(r.out == "inherited\n");
+}
+
+TEST_CASE("with env replaced args[0] is looked up on the new PATH") {
+  temp_dir dir;
+  dir.write("hello-from-path", "#!/bin/sh\necho found $0\n", std::filesystem::perms::owner_all);
+  std::map<std::string, std::string> env{{"PATH", "/nonexistent:" + dir.path.string()}};
+  auto r = run(coproc::run({"hello-from-path"}, {.env = env, .out = coproc::stdio::pipe}));
+  CHECK(r.out == "found " + (dir.path / "hello-from-path").string() + "\n");
+  // Not on the parent's PATH: the parent's lookup would have failed.
+  auto e = thrown_by<std::system_error>(coproc::run({"hello-from-path"}));
+  CHECK(e.code().value() == ENOENT);
+}
+
+TEST_CASE("cwd sets the working directory and a missing cwd names the directory") {
+  temp_dir dir;
+  auto r = run(coproc::run({"pwd"}, {.cwd = dir.path, .out = coproc::stdio::pipe}));
+  CHECK(r.out == dir.path.string() + "\n");
+  // A relative program path resolves in the new cwd, as in Python.
+  dir.write("local", "#!/bin/sh\necho local\n", std::filesystem::perms::owner_all);
+  CHECK(run(coproc::check_output({"./local"}, {.cwd = dir.path})) == "local\n");
+  auto e = thrown_by<std::system_error>(coproc::run({"pwd"}, {.cwd = dir.path / "missing"}));
+  CHECK(e.code().value() == ENOENT);
+  CHECK(std::string(e.what()).find((dir.path / "missing").string()) != std::string::npos);
+  CHECK(coproc_test::zombie_children().empty());
+}
+
+TEST_CASE("shell runs sh -c with the extra args as $0 and $1") {
+  auto r = run(coproc::run({"echo \"$0-$1\" | tr a-z A-Z", "a", "b"},
+                           {.shell = true, .out = coproc::stdio::pipe}));
+  CHECK(r.out == "A-B\n");
+  CHECK(r.args == std::vector<std::string>{"echo \"$0-$1\" | tr a-z A-Z", "a", "b"});
+  CHECK(run(coproc::call({"exit 5"}, {.shell = true})) == 5);
+}
+
+// ---- launch failures --------------------------------------------------------------
+
+TEST_CASE("a missing program is ENOENT naming it and leaves no zombie") {
+  auto e = thrown_by<std::system_error>(coproc::run({"coproc-no-such-program", "x"}));
+  CHECK(e.code() == std::errc::no_such_file_or_directory);
+  CHECK(std::string(e.what()).find("coproc-no-such-program") != std::string::npos);
+  auto abs = thrown_by<std::system_error>(coproc::call({"/nonexistent/prog"}));
+  asio::io_context ctx;
+  CHECK(abs.code() == std::errc::no_such_file_or_directory);
+  CHECK(std::string(abs.what()).find("/nonexistent/prog") != std::string::npos);
+  CHECK_THROWS_AS(coproc::popen(ctx.get_executor(), {"coproc-no-such-program"}), std::system_error);
+  CHECK(coproc_test::zombie_children().empty());
+  CHECK(coproc_test::live_children().empty());
+}
+
+TEST_CASE("a program without execute permission is EACCES naming it") {
+  temp_dir dir;
+  auto script = dir.write("not-executable", "#!/bin/sh\necho ran\n",
+                          std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
+  auto by_path = thrown_by<std::system_error>(coproc::run({script.string()}));
+  CHECK(by_path.code() == std::errc::permission_denied);
+  CHECK(std::string(by_path.what()).find(script.string()) != std::string::npos);
+  std::map<std::string, std::string> env{{"PATH", dir.path.string()}};
+  auto on_path = thrown_by<std::system_error>(coproc::run({"not-executable"}, {.env = env}));
+  CHECK(on_path.code() == std::errc::permission_denied);
+  CHECK(std::string(on_path.what()).find("not-executable") != std::string::npos);
+  CHECK(coproc_test::zombie_children().empty());
+}
+
+TEST_CASE("a failed exec does not flush the parent's buffered output twice") {
+  int fds[2];
+  REQUIRE(::pipe(fds) == 0);
+  int pid = coproc::fork();
+  if (pid == 0) {
+    ::dup2(fds[1], 1);
+    ::close(fds[0]);
+    ::close(fds[1]);
+    std::printf("buffered once;");
+    int code = 0;
+    try {
+      coproc::block_on(coproc::call({"coproc-no-such-program"}));
+    } catch (const std::system_error&) {
+      code = coproc_test::zombie_children().empty() ? 0 : 1;
+    }
+    std::fflush(stdout);
+    ::_exit(code);
+  }
+  ::close(fds[1]);
+  std::string out;
+  char buf[256];
+  ssize_t n;
+  while ((n = ::read(fds[0], buf, sizeof buf)) > 0) out.append(buf, static_cast<std::size_t>(n));
+  ::close(fds[0]);
+  int status = 0;
+  REQUIRE(::waitpid(pid, &status, 0) == pid);
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+  CHECK(out == "buffered once;");
+}
+
+// ---- invalid options --------------------------------------------------------------
+
+TEST_CASE("invalid option combinations are invalid_argument at the call") {
+  using coproc::stdio;
+  // Each throws from the call itself, before anything is awaited.
+  asio::io_context ctx;
+  CHECK_THROWS_AS((void)coproc::run({}), std::invalid_argument);
+  CHECK_THROWS_AS((void)coproc::run({std::string("a\0b", 3)}), std::invalid_argument);
+  CHECK_THROWS_AS((void)coproc::run({"cat"}, {.input = "x", .in = stdio::devnull}), std::invalid_argument);
+  CHECK_THROWS_AS((void)coproc::run({"cat"}, {.in = stdio::to_stdout}), std::invalid_argument);
+  CHECK_THROWS_AS((void)coproc::run({"cat"}, {.out = stdio::to_stdout}), std::invalid_argument);
+  CHECK_THROWS_AS((void)coproc::run({"cat"}, {.capture_output = true, .out = stdio::pipe}),
+                  std::invalid_argument);
+  CHECK_THROWS_AS((void)coproc::run({"cat"}, {.capture_output = true, .err = stdio::to_stdout}),
+                  std::invalid_argument);
+  CHECK_THROWS_AS((void)coproc::call({"env"}, {.env = std::map<std::string, std::string>{{"A=B", "c"}}}),
+                  std::invalid_argument);
+  CHECK_THROWS_AS((void)coproc::check_call({"env"}, {.env = std::map<std::string, std::string>{{"", "c"}}}),
+                  std::invalid_argument);
+  CHECK_THROWS_AS((void)coproc::check_output({"echo"}, {.out = stdio::devnull}), std::invalid_argument);
+  CHECK_THROWS_AS(coproc::popen(ctx.get_executor(), {"cat"}, {.in = stdio::to_stdout}),
+                  std::invalid_argument);
+  CHECK_THROWS_AS(coproc::popen(ctx.get_executor(), {"cat"}, {.out = stdio::to_stdout}),
+                  std::invalid_argument);
+  CHECK_THROWS_AS(coproc::popen(ctx.get_executor(), {}), std::invalid_argument);
+  CHECK_THROWS_WITH_AS((void)coproc::run({"cat"}, {.input = "x", .in = stdio::devnull}),
+                       doctest::Contains("input"), std::invalid_argument);
+  CHECK(coproc_test::live_children().empty());
+}
+
+// ---- timeout and cancellation -------------------------------------------------------
+
+TEST_CASE("a timeout kills and reaps sleep 10 well under 2 s") {
+  auto start = clock_type::now();
+  auto e = thrown_by<coproc::timeout_expired>(coproc::run({"sleep", "10"}, {.timeout = 200ms}));
+  CHECK(seconds_since(start) < 2.0);
+  CHECK(e.cmd() == std::vector<std::string>{"sleep", "10"});
+  CHECK(e.timeout() == 200ms);
+  CHECK(std::string(e.what()) == "command 'sleep 10' timed out after 0.2 seconds");
+  CHECK(coproc_test::zombie_children().empty());
+  CHECK(coproc_test::live_children().empty());
+}
+
+TEST_CASE("timeout_expired carries the output captured so far") {
+  auto e = thrown_by<coproc::timeout_expired>(coproc::check_output(
+      {"sh", "-c", "echo partial; echo oops >&2; exec sleep 10"}, {.capture_output = true, .timeout = 300ms}));
+  CHECK(e.output() == "partial\n");
+  CHECK(e.errors() == "oops\n");
+  CHECK(coproc_test::live_children().empty());
+}
+
+TEST_CASE("a timeout with start_new_session kills the grandchildren too") {
+  auto start = clock_type::now();
+  auto e = thrown_by<coproc::timeout_expired>(coproc::run(
+      {"sh", "-c", "sleep 30 & echo $!; wait"},
+      {.start_new_session = true, .capture_output = true, .timeout = 300ms}));
+  CHECK(seconds_since(start) < 2.0);
+  int grandchild = std::atoi(e.output().c_str());
+  REQUIRE(grandchild > 0);
+  CHECK(dies_within(grandchild, 2s));
+  CHECK(coproc_test::live_children().empty());
+}
+
+TEST_CASE("cancelling the awaiting coroutine kills and reaps the child") {
+  using namespace asio::experimental::awaitable_operators;
+  auto start = clock_type::now();
+  auto which = run([]() -> coproc::awaitable<std::size_t> {
+    auto result = co_await (coproc::run({"sleep", "10"}) || sleep_for(100ms));
+    // The child is already reaped when the cancelled run completes.
+    CHECK(coproc_test::live_children().empty());
+    CHECK(coproc_test::zombie_children().empty());
+    co_return result.index();
+  }());
+  CHECK(which == 1);
+  CHECK(seconds_since(start) < 2.0);
+}
+
+TEST_CASE("cancelling a run with start_new_session kills the whole group") {
+  using namespace asio::experimental::awaitable_operators;
+  temp_dir dir;
+  auto pidfile = dir.path / "pid";
+  auto which = run([&]() -> coproc::awaitable<std::size_t> {
+    auto result = co_await (coproc::run({"sh", "-c", "sleep 30 & echo $! > " + pidfile.string() + "; wait"},
+                                        {.start_new_session = true}) ||
+                            sleep_for(300ms));
+    co_return result.index();
+  }());
+  CHECK(which == 1);
+  int grandchild = 0;
+  std::ifstream(pidfile) >> grandchild;
+  REQUIRE(grandchild > 0);
+  CHECK(dies_within(grandchild, 2s));
+}
+
+TEST_CASE("destroying the io_context mid-run kills the child and it is reaped") {
+  temp_dir dir;
+  auto pidfile = dir.path / "pid";
+  {
+    asio::io_context ctx;
+    asio::co_spawn(ctx, coproc::run({"sh", "-c", "echo $$ > " + pidfile.string() + "; exec sleep 10"}),
+                   asio::detached);
+    auto deadline = clock_type::now() + 5s;
+    while (!std::filesystem::exists(pidfile) && clock_type::now() < deadline) ctx.run_for(10ms);
+  }
+  int pid = 0;
+  std::ifstream(pidfile) >> pid;
+  REQUIRE(pid > 0);
+  CHECK(dies_within(pid, 2s));
+  int fds = coproc_test::count_fds();
+  CHECK(coproc_test::settle(fds));
+}
+
+// ---- inheritance ----------------------------------------------------------------------
+
+TEST_CASE("only stdin stdout and stderr are inherited") {
+  temp_dir dir;
+  auto marker = dir.path / "open-in-parent";
+  // Deliberately without O_CLOEXEC: the spawn itself must close it.
+  int file = ::open(marker.c_str(), O_CREAT | O_RDWR, 0600);
+  REQUIRE(file >= 0);
+  int fds[2];
+  REQUIRE(::pipe(fds) == 0);
+  auto r = run(coproc::run({"ls", "-l", "/proc/self/fd"}, {.capture_output = true}));
+  ::close(file);
+  ::close(fds[0]);
+  ::close(fds[1]);
+  CHECK(r.returncode == 0);
+  CHECK(r.out.find(marker.string()) == std::string::npos);
+  CHECK(r.out.find("pipe:") != std::string::npos); // its own stdout and stderr
+  // 0, 1, 2 and the directory ls is reading.
+  std::istringstream lines(r.out);
+  std::string line;
+  std::vector<int> open_fds;
+  while (std::getline(lines, line)) {
+    auto arrow = line.find(" -> ");
+    if (arrow == std::string::npos) continue;
+    auto space = line.rfind(' ', arrow - 1);
+    open_fds.push_back(std::stoi(line.substr(space + 1, arrow - space - 1)));
+  }
+  CHECK(open_fds == std::vector<int>{0, 1, 2, 3});
+}
+
+// ---- concurrency ----------------------------------------------------------------------
+
+TEST_CASE("200 concurrent true via gather all exit 0") {
+  auto start = clock_type::now();
+  auto codes = run([]() -> coproc::awaitable<std::vector<int>> {
+    std::vector<coproc::awaitable<int>> calls;
+    for (int i = 0; i < 200; ++i) calls.push_back(coproc::call({"true"}));
+    co_return co_await coproc::gather(std::move(calls));
+  }());
+  CHECK(codes.size() == 200);
+  CHECK(std::count(codes.begin(), codes.end(), 0) == 200);
+  CHECK(seconds_since(start) < 20);
+  CHECK(coproc_test::zombie_children().empty());
+}
+
+TEST_CASE("concurrent runs capture their own output") {
+  auto outs = run([]() -> coproc::awaitable<std::vector<std::string>> {
+    std::vector<coproc::awaitable<std::string>> calls;
+    for (int i = 0; i < 20; ++i)
+      calls.push_back(coproc::check_output({"sh", "-c", "sleep 0.0$0; echo $0", std::to_string(i % 10)}));
+    co_return co_await coproc::gather(std::move(calls));
+  }());
+  for (int i = 0; i < 20; ++i) CHECK(outs[i] == std::to_string(i % 10) + "\n");
+}
+
+// ---- popen ----------------------------------------------------------------------------
+
+TEST_CASE("popen streams stdout lines as they arrive") {
+  auto lines = run([]() -> coproc::awaitable<std::vector<std::string>> {
+    auto ex = co_await asio::this_coro::executor;
+    coproc::popen p(ex, {"sh", "-c", "for i in 1 2 3; do echo line$i; sleep 0.1; done"},
+                    {.out = coproc::stdio::pipe});
+    std::vector<std::string> got;
+    std::string buffer;
+    for (;;) {
+      auto [ec, n] = co_await asio::async_read_until(p.stdout_pipe(), asio::dynamic_buffer(buffer), '\n',
+                                                     asio::as_tuple(asio::use_awaitable));
+      if (ec) break;
+      got.push_back(buffer.substr(0, n - 1));
+      buffer.erase(0, n);
+      // Each line is read before the child is done: streaming, not buffering to EOF.
+      if (got.size() < 3) CHECK_FALSE(p.poll().has_value());
+    }
+    CHECK(co_await p.wait() == 0);
+    CHECK(p.returncode() == 0);
+    co_return got;
+  }());
+  CHECK(lines == std::vector<std::string>{"line1", "line2", "line3"});
+}
+
+TEST_CASE("popen writes stdin and reads stdout through its pipes") {
+  auto out = run([]() -> coproc::awaitable<std::string> {
+    auto ex = co_await asio::this_coro::executor;
+    coproc::popen p(ex, {"tr", "a-z", "A-Z"}, {.in = coproc::stdio::pipe, .out = coproc::stdio::pipe});
+    co_await asio::async_write(p.stdin_pipe(), asio::buffer(std::string_view("shout\n")), asio::use_awaitable);
+    p.stdin_pipe().close();
+    std::string text;
+    auto [ec, n] = co_await asio::async_read(p.stdout_pipe(), asio::dynamic_buffer(text),
+                                             asio::as_tuple(asio::use_awaitable));
+    CHECK(ec == asio::error::eof);
+    CHECK(co_await p.wait() == 0);
+    co_return text;
+  }());
+  CHECK(out == "SHOUT\n");
+}
+
+TEST_CASE("popen communicate sends input and collects both streams") {
+  auto [out, err] = run([]() -> coproc::awaitable<std::pair<std::string, std::string>> {
+    auto ex = co_await asio::this_coro::executor;
+    coproc::popen p(ex, {"sh", "-c", "cat; echo done >&2"},
+                    {.in = coproc::stdio::pipe, .out = coproc::stdio::pipe, .err = coproc::stdio::pipe});
+    auto result = co_await p.communicate("payload");
+    CHECK(p.returncode() == 0);
+    co_return result;
+  }());
+  CHECK(out == "payload");
+  CHECK(err == "done\n");
+}
+
+TEST_CASE("popen communicate with a timeout keeps the output for the next call") {
+  run([]() -> coproc::awaitable<void> {
+    auto ex = co_await asio::this_coro::executor;
+    coproc::popen p(ex, {"sh", "-c", "echo first; sleep 0.5; echo second"}, {.out = coproc::stdio::pipe});
+    try {
+      co_await p.communicate("", 100ms);
+      FAIL("no timeout");
+    } catch (const coproc::timeout_expired& e) {
+      CHECK(e.output() == "first\n");
+      CHECK(e.timeout() == 100ms);
+      CHECK(std::string(e.what()).find("sh -c") != std::string::npos);
+    }
+    CHECK_FALSE(p.poll().has_value()); // left alone
+    CHECK_THROWS_AS(co_await p.communicate("late input"), std::invalid_argument);
+    auto [out, err] = co_await p.communicate();
+    CHECK(out == "first\nsecond\n");
+    CHECK(err.empty());
+    CHECK(p.returncode() == 0);
+  }());
+}
+
+TEST_CASE("popen wait with a timeout leaves the child alone and terminate ends it") {
+  run([]() -> coproc::awaitable<void> {
+    auto ex = co_await asio::this_coro::executor;
+    coproc::popen p(ex, {"sleep", "10"});
+    CHECK(p.pid() > 0);
+    auto start = clock_type::now();
+    CHECK_FALSE((co_await p.wait(50ms)).has_value());
+    CHECK(seconds_since(start) < 1.0);
+    CHECK_FALSE(p.poll().has_value());
+    CHECK_FALSE(p.returncode().has_value());
+    p.terminate();
+    CHECK(co_await p.wait() == -SIGTERM);
+    CHECK(p.returncode() == -SIGTERM);
+    p.kill(); // no-op once reaped
+    CHECK(co_await p.wait(1s) == -SIGTERM);
+  }());
+}
+
+TEST_CASE("popen send_signal and kill reach the whole group with start_new_session") {
+  temp_dir dir;
+  auto pidfile = dir.path / "pid";
+  run([&]() -> coproc::awaitable<void> {
+    auto ex = co_await asio::this_coro::executor;
+    coproc::popen p(ex, {"sh", "-c", "sleep 30 & echo $! > " + pidfile.string() + "; wait"},
+                    {.start_new_session = true});
+    while (!std::filesystem::exists(pidfile) || std::filesystem::file_size(pidfile) == 0)
+      co_await sleep_for(5ms);
+    p.kill();
+    CHECK(co_await p.wait() == -SIGKILL);
+  }());
+  int grandchild = 0;
+  std::ifstream(pidfile) >> grandchild;
+  REQUIRE(grandchild > 0);
+  CHECK(dies_within(grandchild, 2s));
+}
+
+TEST_CASE("popen pipes that were not requested are a logic_error naming the pid") {
+  run([]() -> coproc::awaitable<void> {
+    auto ex = co_await asio::this_coro::executor;
+    coproc::popen p(ex, {"true"}, {.out = coproc::stdio::devnull});
+    auto pid = std::to_string(p.pid());
+    CHECK_THROWS_WITH_AS(p.stdout_pipe(), doctest::Contains(pid.c_str()), std::logic_error);
+    CHECK_THROWS_AS(p.stdin_pipe(), std::logic_error);
+    CHECK_THROWS_AS(p.stderr_pipe(), std::logic_error);
+    CHECK_THROWS_AS(co_await p.communicate("input"), std::invalid_argument);
+    auto [out, err] = co_await p.communicate();
+    CHECK(out.empty());
+    CHECK(p.returncode() == 0);
+  }());
+}
+
+TEST_CASE("a destroyed popen leaves its child running and it is reaped when it exits") {
+  temp_dir dir;
+  auto done = dir.path / "done";
+  int fds = coproc_test::count_fds();
+  {
+    asio::io_context ctx;
+    coproc::popen p(ctx.get_executor(), {"sh", "-c", "sleep 0.2; touch " + done.string()},
+                    {.out = coproc::stdio::pipe});
+  }
+  auto deadline = clock_type::now() + 5s;
+  while (!std::filesystem::exists(done) && clock_type::now() < deadline) std::this_thread::sleep_for(10ms);
+  CHECK(std::filesystem::exists(done));
+  CHECK(coproc_test::settle(fds));
+}
