@@ -1,0 +1,137 @@
+// coproc/detail/queue_ring.hpp — the shared-memory ring behind coproc::queue, and the
+// descriptor waits behind queue and connection.
+//
+// The ring is one MAP_SHARED mapping made by the process that creates the queue and
+// inherited by every process forked afterwards: a control block, then `capacity` bytes
+// of records ([u64 length][payload, padded to 8]; a record may wrap around the end).
+// Positions are monotonic byte counters, so head == tail means empty.
+//
+// Two robust, process-shared mutexes split the work: producers serialize on put_lock and
+// own `tail`, consumers on get_lock and own `head`, so one producer and one consumer never
+// contend. Each side changes its state with a commit protocol: the record is written (or
+// read) first, the side's journal records the new position and count, and a single
+// store of the position publishes it. A process killed at any instant therefore leaves
+// either the old state (its in-flight item is simply not there, or still there) or the
+// new one; the next process to take the lock gets EOWNERDEAD and finishes the count
+// from the journal. Nothing is ever torn or duplicated and no lock stays held.
+//
+// Sleepers wait on an eventfd per direction, registered with the awaiting coroutine's
+// io_context. A waiter counts itself in and clears the direction's `wake_pending` flag
+// before it looks again; the other side writes the eventfd only when someone waits and
+// no wake-up is already on its way, so a busy queue makes no syscalls and a burst makes
+// one. A waiter killed while asleep leaves its count behind, which costs at most one
+// spare write per burst.
+#pragma once
+
+#include <coproc/this_process.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace coproc::detail {
+
+using deadline = std::optional<std::chrono::steady_clock::time_point>;
+
+inline deadline deadline_after(duration timeout) {
+  return std::chrono::steady_clock::now() + timeout;
+}
+
+// Sleeps on the awaiting coroutine's io_context until fd becomes readable (writable), or
+// the deadline passes (false). The fd stays registered with that io_context until it
+// ends or forget_fd(fd); a wake-up may be spurious, callers look again.
+awaitable<bool> wait_readable(int fd, deadline until);
+awaitable<bool> wait_writable(int fd, deadline until);
+// Before closing an fd that may have been waited on: drops this process's registrations.
+void forget_fd(int fd) noexcept;
+
+class queue_ring {
+public:
+  enum class status { ok, full, empty, closed };
+  // Called under the consumers' lock with one item's bytes; it may throw (the item is
+  // consumed all the same).
+  using consumer = void (*)(void* context, std::string_view bytes);
+
+  queue_ring(std::size_t maxsize, std::size_t capacity_bytes);
+  queue_ring(const queue_ring&) = delete;
+  queue_ring& operator=(const queue_ring&) = delete;
+  ~queue_ring();
+
+  // std::length_error if the item can never fit.
+  status try_put(std::string_view bytes);
+  status try_get(consumer f, void* context);
+  // Loop until done: queue_full at the deadline, queue_closed.
+  awaitable<void> put(std::string_view bytes, deadline until);
+  awaitable<void> get(consumer f, void* context, deadline until);
+
+  void close();
+  bool closed() const noexcept;
+  std::size_t qsize() const noexcept;
+  bool full() const noexcept;
+  std::size_t maxsize() const noexcept { return maxsize_; }
+  std::size_t capacity_bytes() const noexcept { return capacity_; }
+  // The ring space one item of this many bytes takes.
+  static std::size_t record_size(std::size_t bytes) noexcept { return 8 + ((bytes + 7) & ~std::size_t{7}); }
+
+private:
+  struct control;
+  enum side { getters = 0, putters = 1 };
+  void lock(side s);
+  void unlock(side s) noexcept;
+  void recover(side s) noexcept;
+  void wake(side s) noexcept;
+  void wake_all() noexcept;
+
+  control* control_ = nullptr;
+  unsigned char* data_ = nullptr;
+  std::size_t map_size_ = 0;
+  std::size_t maxsize_;
+  std::size_t capacity_;
+  int event_fd_[2] = {-1, -1}; // [getters]: not empty, [putters]: not full
+  // Lower bounds of the other side's position, so a busy side rarely reads the other's
+  // cache line. Only touched under this side's lock.
+  std::uint64_t known_head_ = 0, known_tail_ = 0;
+  std::string wrapped_; // a record that wraps around, made contiguous for the consumer
+};
+
+// One end of a pipe in this process: a non-blocking AF_UNIX stream socket carrying
+// [u64 length][payload] frames.
+class pipe_end {
+public:
+  pipe_end(int fd, bool can_send, bool can_recv) noexcept
+      : fd_(fd), can_send_(can_send), can_recv_(can_recv) {}
+  pipe_end(const pipe_end&) = delete;
+  pipe_end& operator=(const pipe_end&) = delete;
+  ~pipe_end();
+
+  // Sends one frame holding payload; std::system_error (EPIPE) if the peer is gone.
+  awaitable<void> send(std::string_view payload);
+  // Waits for a whole frame; the view stays valid until the next call on this end.
+  // eof_error when the peer closed, coproc::error for a truncated or oversized frame.
+  awaitable<std::string_view> recv();
+  awaitable<bool> poll(deadline until);
+  void close() noexcept;
+  bool can_send() const noexcept { return can_send_; }
+  bool can_recv() const noexcept { return can_recv_; }
+
+private:
+  // Reads what is there without waiting; false at EAGAIN. Sets eof_ at end of stream.
+  bool fill();
+  bool has_frame() const noexcept;
+  void check_open(const char* what) const;
+
+  int fd_;
+  bool can_send_, can_recv_;
+  bool eof_ = false;
+  std::string in_;
+  std::size_t in_pos_ = 0;
+};
+
+// Two connected ends: [0] and [1]; one-way: [0] receives, [1] sends.
+void make_pipe_fds(int fds[2], bool duplex);
+
+} // namespace coproc::detail

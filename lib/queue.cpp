@@ -1,0 +1,561 @@
+#include <coproc/detail/queue_ring.hpp>
+#include <coproc/errors.hpp>
+
+#include <boost/asio/execution/context.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/query.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include <pthread.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <stdexcept>
+#include <system_error>
+#include <unordered_map>
+#include <vector>
+
+namespace coproc::detail {
+
+namespace {
+
+[[noreturn]] void throw_errno(int err, const std::string& what) {
+  throw std::system_error(err, std::system_category(), what);
+}
+
+// ---------------------------------------------------------------------------------------
+// Descriptor waits: one registration per (io_context, fd), kept by an io_context service
+// so that a sleeping consumer costs no epoll_ctl. The registered descriptor is the
+// caller's own fd (never a dup: a dup would keep a socket open and hide the peer's EOF),
+// so whoever closes the fd calls forget_fd first.
+
+class fd_wait_service;
+
+struct registry {
+  std::mutex mutex;
+  std::vector<fd_wait_service*> services;
+};
+registry& services() {
+  static auto* r = new registry; // outlives every io_context, static destructors included
+  return *r;
+}
+
+class fd_wait_service : public boost::asio::execution_context::service {
+public:
+  static boost::asio::execution_context::id id;
+  using descriptor = boost::asio::posix::stream_descriptor;
+
+  explicit fd_wait_service(boost::asio::execution_context& ctx)
+      : service(ctx), owner_(::getpid()) {
+    std::lock_guard lock(services().mutex);
+    services().services.push_back(this);
+  }
+  ~fd_wait_service() override { unlink(); }
+
+  descriptor& get(const boost::asio::any_io_executor& ex, int fd) {
+    std::lock_guard lock(mutex_);
+    auto& slot = descriptors_[fd];
+    if (!slot) slot = std::make_unique<descriptor>(ex, fd);
+    return *slot;
+  }
+
+  void forget(int fd) noexcept {
+    if (owner_ != ::getpid()) return; // the parent's io_context, inherited by fork
+    std::lock_guard lock(mutex_);
+    auto it = descriptors_.find(fd);
+    if (it == descriptors_.end()) return;
+    it->second->release(); // deregisters, leaves the fd open
+    descriptors_.erase(it);
+  }
+
+private:
+  void shutdown() override {
+    std::lock_guard lock(mutex_);
+    if (owner_ == ::getpid())
+      for (auto& [fd, d] : descriptors_) d->release();
+    descriptors_.clear();
+    unlink();
+  }
+  void unlink() noexcept {
+    std::lock_guard lock(services().mutex);
+    auto& v = services().services;
+    v.erase(std::remove(v.begin(), v.end(), this), v.end());
+  }
+
+  int owner_;
+  std::mutex mutex_;
+  std::unordered_map<int, std::unique_ptr<descriptor>> descriptors_;
+};
+boost::asio::execution_context::id fd_wait_service::id;
+
+awaitable<bool> wait_fd(int fd, deadline until, boost::asio::posix::descriptor_base::wait_type w) {
+  using namespace boost::asio::experimental::awaitable_operators;
+  auto ex = co_await boost::asio::this_coro::executor;
+  auto& ctx = boost::asio::query(ex, boost::asio::execution::context);
+  auto& d = boost::asio::use_service<fd_wait_service>(ctx).get(ex, fd);
+  if (!until) {
+    boost::system::error_code ec; // aborted by forget_fd: the caller looks again
+    co_await d.async_wait(w, boost::asio::redirect_error(boost::asio::use_awaitable, ec));
+    co_return true;
+  }
+  if (std::chrono::steady_clock::now() >= *until) co_return false;
+  boost::asio::steady_timer timer(ex, *until);
+  auto ready = d.async_wait(w, boost::asio::use_awaitable);
+  auto expired = timer.async_wait(boost::asio::use_awaitable);
+  auto which = co_await (std::move(ready) || std::move(expired));
+  co_return which.index() == 0;
+}
+
+} // namespace
+
+awaitable<bool> wait_readable(int fd, deadline until) {
+  return wait_fd(fd, until, boost::asio::posix::descriptor_base::wait_read);
+}
+awaitable<bool> wait_writable(int fd, deadline until) {
+  return wait_fd(fd, until, boost::asio::posix::descriptor_base::wait_write);
+}
+
+void forget_fd(int fd) noexcept {
+  std::lock_guard lock(services().mutex);
+  for (auto* s : services().services) s->forget(fd);
+}
+
+// ---------------------------------------------------------------------------------------
+// The ring.
+
+struct alignas(64) queue_ring::control {
+  // Producers' line: written under put_lock.
+  pthread_mutex_t put_lock;
+  std::atomic<std::uint64_t> tail;
+  std::atomic<std::uint64_t> put_count;
+  std::uint64_t put_journal_tail, put_journal_count; // the commit being made
+  // Consumers' line: written under get_lock.
+  alignas(64) pthread_mutex_t get_lock;
+  std::atomic<std::uint64_t> head;
+  std::atomic<std::uint64_t> get_count;
+  std::uint64_t get_journal_head, get_journal_count;
+  // Sleepers, per side: [getters] wait for an item, [putters] for room.
+  alignas(64) std::atomic<std::uint32_t> waiters[2];
+  std::atomic<std::uint32_t> wake_pending[2];
+  std::atomic<std::uint32_t> closed;
+};
+
+namespace {
+constexpr std::size_t default_capacity = std::size_t{1} << 20;
+
+void init_robust_mutex(pthread_mutex_t* m) {
+  pthread_mutexattr_t attr;
+  pthread_mutexattr_init(&attr);
+  pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
+  pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
+  int r = pthread_mutex_init(m, &attr);
+  pthread_mutexattr_destroy(&attr);
+  if (r != 0) throw_errno(r, "coproc::queue: pthread_mutex_init");
+}
+} // namespace
+
+queue_ring::queue_ring(std::size_t maxsize, std::size_t capacity_bytes)
+    : maxsize_(maxsize),
+      capacity_(capacity_bytes == 0 ? default_capacity : (capacity_bytes + 7) & ~std::size_t{7}) {
+  if (capacity_ < 16 || capacity_ > (std::size_t{1} << 40))
+    throw std::invalid_argument("coproc::queue: capacity_bytes " + std::to_string(capacity_bytes) +
+                                " is outside [16, 2^40]");
+  map_size_ = sizeof(control) + capacity_;
+  void* p = ::mmap(nullptr, map_size_, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED)
+    throw_errno(errno, "coproc::queue: mmap of " + std::to_string(map_size_) + " bytes");
+  control_ = new (p) control{};
+  data_ = static_cast<unsigned char*>(p) + sizeof(control);
+  try {
+    init_robust_mutex(&control_->put_lock);
+    init_robust_mutex(&control_->get_lock);
+    for (int& fd : event_fd_) {
+      fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+      if (fd < 0) throw_errno(errno, "coproc::queue: eventfd");
+    }
+  } catch (...) {
+    for (int fd : event_fd_)
+      if (fd >= 0) ::close(fd);
+    ::munmap(p, map_size_);
+    throw;
+  }
+}
+
+queue_ring::~queue_ring() {
+  for (int fd : event_fd_) {
+    forget_fd(fd);
+    ::close(fd);
+  }
+  // The mutexes stay: other processes may still use the mapping.
+  ::munmap(control_, map_size_);
+}
+
+void queue_ring::lock(side s) {
+  auto* m = s == putters ? &control_->put_lock : &control_->get_lock;
+  int r = pthread_mutex_lock(m);
+  if (r == EOWNERDEAD) {
+    recover(s);
+    pthread_mutex_consistent(m);
+  } else if (r != 0) {
+    throw_errno(r, "coproc::queue: pthread_mutex_lock");
+  }
+}
+
+void queue_ring::unlock(side s) noexcept {
+  pthread_mutex_unlock(s == putters ? &control_->put_lock : &control_->get_lock);
+}
+
+// The previous holder died. If it had published its position, its count must match the
+// journal; if not, its half-written record lies beyond the position and is ignored.
+void queue_ring::recover(side s) noexcept {
+  auto& c = *control_;
+  if (s == putters) {
+    if (c.tail.load(std::memory_order_relaxed) == c.put_journal_tail)
+      c.put_count.store(c.put_journal_count, std::memory_order_relaxed);
+  } else {
+    if (c.head.load(std::memory_order_relaxed) == c.get_journal_head)
+      c.get_count.store(c.get_journal_count, std::memory_order_relaxed);
+  }
+}
+
+queue_ring::status queue_ring::try_put(std::string_view bytes) {
+  const std::size_t need = record_size(bytes.size());
+  if (need > capacity_ || bytes.size() > capacity_)
+    throw std::length_error("coproc::queue: an item of " + std::to_string(bytes.size()) +
+                            " bytes (" + std::to_string(need) +
+                            " with its header) does not fit the queue's capacity of " +
+                            std::to_string(capacity_) + " bytes");
+  auto& c = *control_;
+  {
+    struct guard {
+      queue_ring* r;
+      ~guard() { r->unlock(putters); }
+    };
+    lock(putters);
+    guard g{this};
+    if (c.closed.load(std::memory_order_relaxed)) return status::closed;
+    const std::uint64_t count = c.put_count.load(std::memory_order_relaxed);
+    if (maxsize_ != 0 && count - c.get_count.load(std::memory_order_acquire) >= maxsize_)
+      return status::full;
+    const std::uint64_t tail = c.tail.load(std::memory_order_relaxed);
+    if (tail + need - known_head_ > capacity_) {
+      known_head_ = c.head.load(std::memory_order_acquire);
+      if (tail + need - known_head_ > capacity_) return status::full;
+    }
+    const std::size_t at = tail % capacity_;
+    const std::uint64_t length = bytes.size();
+    std::memcpy(data_ + at, &length, 8); // 8-aligned: never split
+    const std::size_t body = (at + 8) % capacity_;
+    const std::size_t first = std::min(bytes.size(), capacity_ - body);
+    std::memcpy(data_ + body, bytes.data(), first);
+    std::memcpy(data_, bytes.data() + first, bytes.size() - first);
+    c.put_journal_tail = tail + need;
+    c.put_journal_count = count + 1;
+    c.tail.store(tail + need, std::memory_order_release); // the commit
+    c.put_count.store(count + 1, std::memory_order_relaxed);
+  }
+  wake(getters);
+  return status::ok;
+}
+
+queue_ring::status queue_ring::try_get(consumer f, void* context) {
+  auto& c = *control_;
+  {
+    struct guard {
+      queue_ring* r;
+      ~guard() { r->unlock(getters); }
+    };
+    lock(getters);
+    guard g{this};
+    const std::uint64_t head = c.head.load(std::memory_order_relaxed);
+    if (static_cast<std::int64_t>(known_tail_ - head) <= 0) {
+      // Closed is read before tail: close() publishes it after the last commit.
+      bool closed = c.closed.load(std::memory_order_acquire) != 0;
+      known_tail_ = c.tail.load(std::memory_order_acquire);
+      if (known_tail_ == head) return closed ? status::closed : status::empty;
+    }
+    std::uint64_t length;
+    std::memcpy(&length, data_ + head % capacity_, 8);
+    if (length > capacity_ || record_size(length) > known_tail_ - head)
+      throw coproc::error("coproc::queue: corrupt record of " + std::to_string(length) +
+                          " bytes in shared memory");
+    const std::size_t need = record_size(length);
+    const std::size_t body = (head + 8) % capacity_;
+    std::string_view bytes;
+    if (body + length <= capacity_) {
+      bytes = {reinterpret_cast<const char*>(data_ + body), length};
+    } else {
+      const std::size_t first = capacity_ - body;
+      wrapped_.assign(reinterpret_cast<const char*>(data_ + body), first);
+      wrapped_.append(reinterpret_cast<const char*>(data_), length - first);
+      bytes = wrapped_;
+    }
+    auto commit = [&] {
+      const std::uint64_t count = c.get_count.load(std::memory_order_relaxed) + 1;
+      c.get_journal_head = head + need;
+      c.get_journal_count = count;
+      c.head.store(head + need, std::memory_order_release); // the commit
+      c.get_count.store(count, std::memory_order_release);
+    };
+    try {
+      f(context, bytes);
+    } catch (...) {
+      commit(); // a frame that does not decode is consumed, not retried forever
+      throw;
+    }
+    commit();
+  }
+  wake(putters);
+  return status::ok;
+}
+
+void queue_ring::wake(side s) noexcept {
+  auto& c = *control_;
+  // Pairs with the waiter's count-in before it looks again: either it sees our commit or
+  // we see it waiting.
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (c.waiters[s].load(std::memory_order_relaxed) == 0) return;
+  if (c.wake_pending[s].exchange(1, std::memory_order_seq_cst) != 0) return;
+  const std::uint64_t one = 1;
+  (void)!::write(event_fd_[s], &one, sizeof one);
+}
+
+void queue_ring::wake_all() noexcept {
+  const std::uint64_t one = 1;
+  for (int fd : event_fd_) (void)!::write(fd, &one, sizeof one);
+}
+
+namespace {
+// Counts a coroutine in as a sleeper of one side for as long as it lives.
+struct waiter_scope {
+  std::atomic<std::uint32_t>& waiters;
+  waiter_scope(std::atomic<std::uint32_t>& w, std::atomic<std::uint32_t>& pending) : waiters(w) {
+    waiters.fetch_add(1, std::memory_order_seq_cst);
+    pending.store(0, std::memory_order_seq_cst);
+  }
+  ~waiter_scope() { waiters.fetch_sub(1, std::memory_order_relaxed); }
+};
+} // namespace
+
+awaitable<void> queue_ring::put(std::string_view bytes, deadline until) {
+  for (;;) {
+    auto s = try_put(bytes);
+    if (s == status::ok) co_return;
+    if (s == status::closed) throw queue_closed("coproc::queue: put on a closed queue");
+    waiter_scope scope(control_->waiters[putters], control_->wake_pending[putters]);
+    s = try_put(bytes);
+    if (s == status::ok) co_return;
+    if (s == status::closed) throw queue_closed("coproc::queue: put on a closed queue");
+    if (!co_await wait_readable(event_fd_[putters], until)) {
+      s = try_put(bytes);
+      if (s == status::ok) co_return;
+      if (s == status::closed) throw queue_closed("coproc::queue: put on a closed queue");
+      throw queue_full("coproc::queue: still full at the put's deadline");
+    }
+  }
+}
+
+awaitable<void> queue_ring::get(consumer f, void* context, deadline until) {
+  for (;;) {
+    auto s = try_get(f, context);
+    if (s == status::ok) co_return;
+    if (s == status::closed) throw queue_closed("coproc::queue: get on a closed, empty queue");
+    waiter_scope scope(control_->waiters[getters], control_->wake_pending[getters]);
+    s = try_get(f, context);
+    if (s == status::ok) co_return;
+    if (s == status::closed) throw queue_closed("coproc::queue: get on a closed, empty queue");
+    if (!co_await wait_readable(event_fd_[getters], until)) {
+      s = try_get(f, context);
+      if (s == status::ok) co_return;
+      if (s == status::closed) throw queue_closed("coproc::queue: get on a closed, empty queue");
+      throw queue_empty("coproc::queue: still empty at the get's deadline");
+    }
+  }
+}
+
+void queue_ring::close() {
+  {
+    // Under put_lock, so no put commits after it: a consumer that sees `closed` and then
+    // an empty ring knows the queue is drained.
+    lock(putters);
+    control_->closed.store(1, std::memory_order_release);
+    unlock(putters);
+  }
+  wake_all();
+}
+
+bool queue_ring::closed() const noexcept {
+  return control_->closed.load(std::memory_order_acquire) != 0;
+}
+
+std::size_t queue_ring::qsize() const noexcept {
+  // get_count first: it never passes put_count, so the difference is never negative.
+  auto got = control_->get_count.load(std::memory_order_acquire);
+  auto put = control_->put_count.load(std::memory_order_acquire);
+  return put > got ? static_cast<std::size_t>(put - got) : 0;
+}
+
+bool queue_ring::full() const noexcept {
+  if (maxsize_ != 0 && qsize() >= maxsize_) return true;
+  auto head = control_->head.load(std::memory_order_acquire);
+  auto tail = control_->tail.load(std::memory_order_acquire);
+  return tail - head + record_size(0) > capacity_;
+}
+
+// ---------------------------------------------------------------------------------------
+// Pipes.
+
+namespace {
+constexpr std::uint64_t max_frame = std::uint64_t{1} << 40;
+}
+
+void make_pipe_fds(int fds[2], bool duplex) {
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, fds) != 0)
+    throw_errno(errno, "coproc::pipe: socketpair");
+  if (!duplex) {
+    ::shutdown(fds[0], SHUT_WR);
+    ::shutdown(fds[1], SHUT_RD);
+  }
+}
+
+pipe_end::~pipe_end() { close(); }
+
+void pipe_end::close() noexcept {
+  if (fd_ < 0) return;
+  forget_fd(fd_);
+  ::close(fd_);
+  fd_ = -1;
+}
+
+void pipe_end::check_open(const char* what) const {
+  if (fd_ < 0) throw std::logic_error(std::string("coproc::connection::") + what + " on a closed connection");
+}
+
+awaitable<void> pipe_end::send(std::string_view payload) {
+  check_open("send");
+  if (!can_send_) throw std::logic_error("coproc::connection::send on the receive-only end of a one-way pipe");
+  const std::uint64_t length = payload.size();
+  char header[8];
+  std::memcpy(header, &length, 8);
+  std::size_t done = 0, total = 8 + payload.size();
+  while (done < total) {
+    iovec iov[2];
+    int n = 0;
+    if (done < 8) iov[n++] = {header + done, 8 - done};
+    std::size_t body = done < 8 ? 0 : done - 8;
+    iov[n++] = {const_cast<char*>(payload.data() + body), payload.size() - body};
+    msghdr msg{};
+    msg.msg_iov = iov;
+    msg.msg_iovlen = static_cast<std::size_t>(n);
+    ssize_t r = ::sendmsg(fd_, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (r >= 0) {
+      done += static_cast<std::size_t>(r);
+    } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      co_await wait_writable(fd_, std::nullopt);
+      check_open("send");
+    } else if (errno != EINTR) {
+      throw_errno(errno, "coproc::connection::send (pid " + std::to_string(::getpid()) +
+                             "): the peer end is closed");
+    }
+  }
+}
+
+bool pipe_end::has_frame() const noexcept {
+  if (in_.size() - in_pos_ < 8) return false;
+  std::uint64_t length;
+  std::memcpy(&length, in_.data() + in_pos_, 8);
+  return length <= in_.size() - in_pos_ - 8;
+}
+
+bool pipe_end::fill() {
+  if (in_pos_ != 0 && in_pos_ == in_.size()) {
+    in_.clear();
+    in_pos_ = 0;
+  } else if (in_pos_ > 65536 && in_pos_ * 2 > in_.size()) {
+    in_.erase(0, in_pos_);
+    in_pos_ = 0;
+  }
+  // Read at least what the pending frame still needs, so a large message takes few reads.
+  std::size_t want = 65536;
+  if (in_.size() - in_pos_ >= 8) {
+    std::uint64_t length;
+    std::memcpy(&length, in_.data() + in_pos_, 8);
+    if (length > max_frame) {
+      in_.clear();
+      in_pos_ = 0;
+      throw coproc::error("coproc::connection::recv: malformed frame announcing " +
+                          std::to_string(length) + " bytes");
+    }
+    want = std::max<std::size_t>(want, 8 + length - (in_.size() - in_pos_));
+  }
+  std::size_t old = in_.size();
+  in_.resize(old + want);
+  ssize_t r;
+  do r = ::recv(fd_, in_.data() + old, want, MSG_DONTWAIT);
+  while (r < 0 && errno == EINTR);
+  in_.resize(old + (r > 0 ? static_cast<std::size_t>(r) : 0));
+  if (r > 0) return true;
+  if (r == 0) {
+    eof_ = true;
+    return true;
+  }
+  if (errno == EAGAIN || errno == EWOULDBLOCK) return false;
+  if (errno == ECONNRESET) {
+    eof_ = true;
+    return true;
+  }
+  throw_errno(errno, "coproc::connection::recv");
+}
+
+awaitable<std::string_view> pipe_end::recv() {
+  check_open("recv");
+  if (!can_recv_) throw std::logic_error("coproc::connection::recv on the send-only end of a one-way pipe");
+  while (!has_frame()) {
+    if (eof_) {
+      std::size_t partial = in_.size() - in_pos_;
+      in_.clear();
+      in_pos_ = 0;
+      eof_ = false; // a later recv looks again (and finds EOF again)
+      if (partial == 0) throw eof_error();
+      throw coproc::error("coproc::connection::recv: the peer closed in the middle of a frame, "
+                          "after " + std::to_string(partial) + " bytes");
+    }
+    if (!fill()) {
+      co_await wait_readable(fd_, std::nullopt);
+      check_open("recv");
+    }
+  }
+  std::uint64_t length;
+  std::memcpy(&length, in_.data() + in_pos_, 8);
+  std::string_view frame(in_.data() + in_pos_ + 8, length);
+  in_pos_ += 8 + length;
+  co_return frame;
+}
+
+awaitable<bool> pipe_end::poll(deadline until) {
+  check_open("poll");
+  if (!can_recv_) throw std::logic_error("coproc::connection::poll on the send-only end of a one-way pipe");
+  for (;;) {
+    if (has_frame() || eof_) co_return true;
+    if (fill()) continue;
+    if (until && std::chrono::steady_clock::now() >= *until) co_return false;
+    bool woke = co_await wait_readable(fd_, until);
+    check_open("poll");
+    if (!woke) {
+      fill(); // one last look at the deadline
+      co_return has_frame() || eof_;
+    }
+  }
+}
+
+} // namespace coproc::detail

@@ -1,0 +1,605 @@
+#include <coproc/process.hpp>
+#include <coproc/queue.hpp>
+
+#include <doctest/doctest.h>
+
+#include "support/checks.hpp"
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <boost/asio/steady_timer.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <map>
+#include <random>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+using namespace std::chrono_literals;
+using coproc_test::run;
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+
+coproc::awaitable<void> sleep_for(clock_type::duration d) {
+  boost::asio::steady_timer timer(co_await boost::asio::this_coro::executor, d);
+  co_await timer.async_wait(boost::asio::use_awaitable);
+}
+
+struct person {
+  std::string name;
+  int age = 0;
+  std::vector<std::string> tags;
+  template <class Archive> void serialize(Archive& ar) { ar(name, age, tags); }
+  bool operator==(const person&) const = default;
+};
+
+// Saved with one field, loaded with two: every frame it reads is malformed (as when two
+// programs disagree on a type's layout).
+struct skewed {
+  std::string a;
+  int b = 0;
+  template <class Archive> void save(Archive& ar) const { ar(a); }
+  template <class Archive> void load(Archive& ar) { ar(a, b); }
+};
+
+template <class E, class F> std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const E& e) {
+    return e.what();
+  }
+  FAIL("no exception of the expected type");
+  return {};
+}
+
+// Memory shared with children, for what a killed child cannot report itself.
+template <class T> struct shared_array {
+  explicit shared_array(std::size_t n) : size(n) {
+    void* p = ::mmap(nullptr, n * sizeof(T), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    REQUIRE(p != MAP_FAILED);
+    data = static_cast<T*>(p);
+  }
+  ~shared_array() { ::munmap(data, size * sizeof(T)); }
+  shared_array(const shared_array&) = delete;
+  T* data;
+  std::size_t size;
+};
+
+} // namespace
+
+TEST_CASE("put and get in one process keep FIFO order and the sizes") {
+  coproc::queue<int> q;
+  CHECK(q.capacity_bytes() == coproc::default_queue_capacity);
+  CHECK(q.capacity_bytes() == 1024 * 1024);
+  CHECK(q.maxsize() == 0);
+  CHECK(q.empty());
+  CHECK_FALSE(q.full());
+  run([&]() -> coproc::awaitable<void> {
+    for (int i = 0; i < 1000; ++i) co_await q.put(i);
+    CHECK(q.qsize() == 1000);
+    CHECK_FALSE(q.empty());
+    for (int i = 0; i < 1000; ++i) CHECK(co_await q.get() == i);
+    CHECK(q.empty());
+  }());
+}
+
+TEST_CASE("strings vectors and a user struct cross processes") {
+  coproc::queue<std::string> strings;
+  coproc::queue<std::vector<int>> vectors;
+  coproc::queue<person> people;
+  coproc::process child(
+      [](coproc::queue<std::string> s, coproc::queue<std::vector<int>> v,
+         coproc::queue<person> p) -> coproc::awaitable<void> {
+        co_await s.put("");
+        co_await s.put(std::string(100000, 'x'));
+        co_await s.put("tail");
+        co_await v.put({1, 2, 3});
+        co_await v.put({});
+        co_await p.put(person{"Ada", 36, {"math"}});
+      },
+      strings, vectors, people);
+  child.start();
+  run([&]() -> coproc::awaitable<void> {
+    CHECK(co_await strings.get() == "");
+    CHECK(co_await strings.get() == std::string(100000, 'x'));
+    CHECK(co_await strings.get() == "tail");
+    CHECK(co_await vectors.get() == std::vector<int>{1, 2, 3});
+    CHECK((co_await vectors.get()).empty());
+    CHECK(co_await people.get() == person{"Ada", 36, {"math"}});
+    CHECK(co_await child.join() == 0);
+  }());
+}
+
+TEST_CASE("items that wrap around the end of the ring arrive whole") {
+  coproc::queue<std::string> q(coproc::queue_options{.capacity_bytes = 256});
+  CHECK(q.capacity_bytes() == 256);
+  run([&]() -> coproc::awaitable<void> {
+    for (int i = 0; i < 500; ++i) {
+      std::string item(static_cast<std::size_t>(i * 37 % 200), static_cast<char>('a' + i % 26));
+      co_await q.put(item);
+      CHECK(co_await q.get() == item);
+    }
+  }());
+}
+
+TEST_CASE("two producers and two consumers move 10000 items each exactly once in order") {
+  constexpr int per_producer = 10000;
+  coproc::queue<std::uint32_t> q(coproc::queue_options{.capacity_bytes = 4096});
+  coproc::queue<std::vector<std::uint32_t>> results;
+  auto producer = [](coproc::queue<std::uint32_t> q, std::uint32_t id) -> coproc::awaitable<void> {
+    for (std::uint32_t i = 0; i < per_producer; ++i) co_await q.put(id << 24 | i);
+  };
+  auto consumer = [](coproc::queue<std::uint32_t> q,
+                     coproc::queue<std::vector<std::uint32_t>> results) -> coproc::awaitable<void> {
+    std::vector<std::uint32_t> got;
+    try {
+      for (;;) got.push_back(co_await q.get());
+    } catch (const coproc::queue_closed&) {
+    }
+    co_await results.put(std::move(got));
+  };
+  std::vector<coproc::process> procs;
+  procs.emplace_back(producer, q, 1u);
+  procs.emplace_back(producer, q, 2u);
+  procs.emplace_back(consumer, q, results);
+  procs.emplace_back(consumer, q, results);
+  for (auto& p : procs) p.start();
+  run([&]() -> coproc::awaitable<void> {
+    CHECK(co_await procs[0].join() == 0);
+    CHECK(co_await procs[1].join() == 0);
+    q.close();
+    std::map<std::uint32_t, int> seen;
+    for (int c = 0; c < 2; ++c) {
+      auto got = co_await results.get(10s);
+      std::map<std::uint32_t, std::uint32_t> next; // per producer, within one consumer
+      for (auto item : got) {
+        auto id = item >> 24, seq = item & 0xffffff;
+        CHECK(seq >= next[id]); // FIFO per producer
+        next[id] = seq + 1;
+        ++seen[item];
+      }
+    }
+    CHECK(seen.size() == 2 * per_producer);
+    CHECK(std::all_of(seen.begin(), seen.end(), [](auto& kv) { return kv.second == 1; }));
+    CHECK(co_await procs[2].join() == 0);
+    CHECK(co_await procs[3].join() == 0);
+  }());
+}
+
+TEST_CASE("get_nowait on an empty queue and put_nowait on a full one throw") {
+  coproc::queue<int> q(2);
+  CHECK(error_of<coproc::queue_empty>([&] { q.get_nowait(); }).find("empty") != std::string::npos);
+  q.put_nowait(1);
+  q.put_nowait(2);
+  CHECK(q.full());
+  CHECK(error_of<coproc::queue_full>([&] { q.put_nowait(3); }).find("full") != std::string::npos);
+  CHECK(q.get_nowait() == 1);
+  CHECK_FALSE(q.full());
+  q.put_nowait(3);
+  CHECK(q.get_nowait() == 2);
+  CHECK(q.get_nowait() == 3);
+  CHECK_THROWS_AS(q.get_nowait(), coproc::queue_empty);
+}
+
+TEST_CASE("a timed get on an empty queue and a timed put on a full one expire") {
+  coproc::queue<std::string> q(1);
+  run([&]() -> coproc::awaitable<void> {
+    auto start = clock_type::now();
+    CHECK_THROWS_AS(co_await q.get(100ms), coproc::queue_empty);
+    auto waited = clock_type::now() - start;
+    CHECK(waited >= 100ms);
+    CHECK(waited < 3s);
+    co_await q.put("one");
+    start = clock_type::now();
+    CHECK_THROWS_AS(co_await q.put("two", 100ms), coproc::queue_full);
+    waited = clock_type::now() - start;
+    CHECK(waited >= 100ms);
+    CHECK(waited < 3s);
+    CHECK(co_await q.get(0ms) == "one"); // an item already there is returned at once
+  }());
+}
+
+TEST_CASE("a timed get is woken by a put from another process before its deadline") {
+  coproc::queue<int> q;
+  coproc::process child(
+      [](coproc::queue<int> q) -> coproc::awaitable<void> {
+        co_await sleep_for(100ms);
+        co_await q.put(7);
+      },
+      q);
+  child.start();
+  run([&]() -> coproc::awaitable<void> {
+    auto start = clock_type::now();
+    CHECK(co_await q.get(20s) == 7);
+    CHECK(clock_type::now() - start < 10s);
+    CHECK(co_await child.join() == 0);
+  }());
+}
+
+TEST_CASE("a bounded queue blocks its producer until a consumer makes room") {
+  coproc::queue<int> q(3);
+  shared_array<std::atomic<int>> progress(1);
+  coproc::process producer(
+      [](coproc::queue<int> q, std::atomic<int>* progress) -> coproc::awaitable<void> {
+        for (int i = 0; i < 10; ++i) {
+          co_await q.put(i);
+          progress->store(i + 1);
+        }
+      },
+      q, progress.data);
+  producer.start();
+  run([&]() -> coproc::awaitable<void> {
+    while (progress.data->load() < 3) co_await sleep_for(5ms);
+    co_await sleep_for(100ms);
+    CHECK(progress.data->load() == 3); // the fourth put waits
+    CHECK(q.qsize() == 3);
+    CHECK(q.full());
+    for (int i = 0; i < 10; ++i) CHECK(co_await q.get(10s) == i);
+    CHECK(co_await producer.join() == 0);
+  }());
+}
+
+TEST_CASE("a queue bounded by bytes blocks its producer too") {
+  coproc::queue<std::string> q(coproc::queue_options{.capacity_bytes = 64});
+  coproc::process producer(
+      [](coproc::queue<std::string> q) -> coproc::awaitable<void> {
+        for (int i = 0; i < 20; ++i) co_await q.put(std::string(20, static_cast<char>('a' + i)));
+      },
+      q);
+  producer.start();
+  run([&]() -> coproc::awaitable<void> {
+    co_await sleep_for(50ms);
+    CHECK(q.qsize() == 1); // a 20-byte string takes 40 bytes of ring: one fits in 64
+    for (int i = 0; i < 20; ++i) CHECK(co_await q.get(10s) == std::string(20, static_cast<char>('a' + i)));
+    CHECK(co_await producer.join() == 0);
+  }());
+}
+
+TEST_CASE("close drains what is left then gets fail and puts fail") {
+  coproc::queue<int> q;
+  run([&]() -> coproc::awaitable<void> {
+    co_await q.put(1);
+    co_await q.put(2);
+    q.close();
+    CHECK(q.closed());
+    auto what = error_of<coproc::queue_closed>([&] { q.put_nowait(3); });
+    CHECK(what.find("closed") != std::string::npos);
+    CHECK_THROWS_AS(co_await q.put(3), coproc::queue_closed);
+    CHECK(co_await q.get() == 1);
+    CHECK(q.get_nowait() == 2);
+    CHECK_THROWS_AS(co_await q.get(), coproc::queue_closed);
+    CHECK_THROWS_AS(q.get_nowait(), coproc::queue_closed);
+  }());
+}
+
+TEST_CASE("close wakes a getter and a putter waiting in other processes") {
+  coproc::queue<int> empty_q, full_q(1);
+  full_q.put_nowait(0);
+  auto getter = [](coproc::queue<int> q) -> coproc::awaitable<int> {
+    try {
+      co_await q.get();
+    } catch (const coproc::queue_closed&) {
+      co_return 42;
+    }
+    co_return 1;
+  };
+  auto putter = [](coproc::queue<int> q) -> coproc::awaitable<int> {
+    try {
+      co_await q.put(1);
+    } catch (const coproc::queue_closed&) {
+      co_return 43;
+    }
+    co_return 1;
+  };
+  coproc::process g(getter, empty_q), p(putter, full_q);
+  g.start();
+  p.start();
+  run([&]() -> coproc::awaitable<void> {
+    co_await sleep_for(100ms);
+    CHECK(g.is_alive());
+    CHECK(p.is_alive());
+    empty_q.close();
+    full_q.close();
+    CHECK(co_await g.join() == 42);
+    CHECK(co_await p.join() == 43);
+    CHECK(full_q.get_nowait() == 0); // still drained after close
+  }());
+}
+
+TEST_CASE("an item larger than the capacity is a length_error naming both sizes") {
+  coproc::queue<std::string> q(coproc::queue_options{.capacity_bytes = 1000});
+  std::string big(2000, 'x');
+  auto what = error_of<std::length_error>([&] { q.put_nowait(big); });
+  CHECK(what.find("2008") != std::string::npos); // the encoded item: 8-byte length + 2000
+  CHECK(what.find("1000") != std::string::npos);
+  run([&]() -> coproc::awaitable<void> {
+    CHECK_THROWS_AS(co_await q.put(big), std::length_error);
+    co_await q.put(std::string(900, 'y')); // the queue still works
+    CHECK((co_await q.get()).size() == 900);
+  }());
+  CHECK_THROWS_AS(coproc::queue<int>(coproc::queue_options{.capacity_bytes = 8}), std::invalid_argument);
+}
+
+TEST_CASE("a malformed item is a coproc error and the queue goes on") {
+  coproc::queue<skewed> q;
+  q.put_nowait(skewed{"1", 2});
+  q.put_nowait(skewed{"3", 4});
+  auto what = error_of<coproc::error>([&] { q.get_nowait(); });
+  CHECK(what.find("malformed") != std::string::npos);
+  CHECK(what.find("skewed") != std::string::npos);
+  CHECK_THROWS_AS(q.get_nowait(), coproc::error);
+  CHECK(q.empty());
+}
+
+TEST_CASE("several coroutines of one process wait on one queue") {
+  coproc::queue<int> q;
+  coproc::process child(
+      [](coproc::queue<int> q) -> coproc::awaitable<void> {
+        co_await sleep_for(50ms);
+        for (int i = 0; i < 4; ++i) co_await q.put(i);
+      },
+      q);
+  child.start();
+  run([&]() -> coproc::awaitable<void> {
+    std::vector<coproc::awaitable<int>> getters;
+    for (int i = 0; i < 4; ++i) getters.push_back(q.get(20s));
+    auto got = co_await coproc::gather(std::move(getters));
+    std::sort(got.begin(), got.end());
+    CHECK(got == std::vector<int>{0, 1, 2, 3});
+    CHECK(co_await child.join() == 0);
+  }());
+}
+
+// The item of round r, number seq: its length and bytes follow from both, so a torn or
+// misplaced item cannot pass check_item.
+namespace {
+std::string make_item(std::uint32_t round, std::uint32_t seq) {
+  std::string s(8 + (seq * 37 + round) % 400, '\0');
+  std::memcpy(s.data(), &round, 4);
+  std::memcpy(s.data() + 4, &seq, 4);
+  for (std::size_t i = 8; i < s.size(); ++i) s[i] = static_cast<char>(seq * 31 + i * 7 + round);
+  return s;
+}
+bool check_item(const std::string& s, std::uint32_t& round, std::uint32_t& seq) {
+  if (s.size() < 8) return false;
+  std::memcpy(&round, s.data(), 4);
+  std::memcpy(&seq, s.data() + 4, 4);
+  return s == make_item(round, seq);
+}
+
+struct kill_log {
+  std::atomic<std::uint32_t> count;
+  std::atomic<std::uint32_t> torn;
+  std::uint32_t seqs[1 << 20];
+};
+} // namespace
+
+TEST_CASE("processes killed at random moments in put and get never break the queue") {
+  constexpr int rounds = 200;
+  // A small ring: producers wait for room, records wrap, locks change hands often.
+  coproc::queue<std::string> q(coproc::queue_options{.capacity_bytes = 2048});
+  shared_array<kill_log> log(1);
+  std::mt19937 rng(20261122);
+  int lost_total = 0, consumed_total = 0;
+  for (int r = 0; r < rounds; ++r) {
+    log.data->count = 0;
+    // Modes: 0 the consumer is slower (producer waits on full), 1 the producer is slower
+    // (consumer waits on empty), 2 both at full speed.
+    int mode = static_cast<int>(rng() % 3);
+    coproc::process producer(
+        [](coproc::queue<std::string> q, std::uint32_t round, int mode) -> coproc::awaitable<void> {
+          for (std::uint32_t seq = 0; seq < (1u << 20); ++seq) {
+            co_await q.put(make_item(round, seq));
+            if (mode == 1 && seq % 8 == 0) co_await sleep_for(50us);
+          }
+        },
+        q, static_cast<std::uint32_t>(r), mode);
+    coproc::process consumer(
+        [](coproc::queue<std::string> q, kill_log* log, int mode) -> coproc::awaitable<void> {
+          for (;;) {
+            auto item = co_await q.get();
+            std::uint32_t round, seq;
+            if (!check_item(item, round, seq)) log->torn.store(1);
+            auto n = log->count.load(std::memory_order_relaxed);
+            if (n < (1u << 20)) {
+              log->seqs[n] = seq;
+              log->count.store(n + 1, std::memory_order_release);
+            }
+            if (mode == 0 && seq % 8 == 0) co_await sleep_for(50us);
+          }
+        },
+        q, log.data, mode);
+    producer.start();
+    consumer.start();
+    auto first_delay = std::chrono::microseconds(rng() % 3000);
+    auto second_delay = std::chrono::microseconds(rng() % 1500);
+    bool producer_first = rng() % 2;
+    std::this_thread::sleep_for(first_delay);
+    (producer_first ? producer : consumer).kill();
+    std::this_thread::sleep_for(second_delay);
+    (producer_first ? consumer : producer).kill();
+    run([&]() -> coproc::awaitable<void> {
+      CHECK(co_await producer.join() == -9);
+      CHECK(co_await consumer.join() == -9);
+    }());
+    // What the consumer logged, then what is left in the queue, must be this round's
+    // items in order, each once, missing at most the consumer's in-flight one.
+    std::vector<std::uint32_t> order(log.data->seqs, log.data->seqs + log.data->count.load());
+    for (;;) {
+      std::string item;
+      try {
+        item = q.get_nowait();
+      } catch (const coproc::queue_empty&) {
+        break;
+      }
+      std::uint32_t round, seq;
+      REQUIRE(check_item(item, round, seq));
+      REQUIRE(round == static_cast<std::uint32_t>(r));
+      order.push_back(seq);
+    }
+    REQUIRE(log.data->torn.load() == 0);
+    std::int64_t expected = 0;
+    int lost = 0;
+    for (auto seq : order) {
+      REQUIRE(static_cast<std::int64_t>(seq) >= expected); // no duplicate, FIFO
+      lost += static_cast<int>(seq - expected);
+      expected = seq + 1;
+    }
+    INFO("round " << r << ": " << order.size() << " items, " << lost << " lost");
+    REQUIRE(lost <= 1);
+    REQUIRE(q.qsize() == 0);
+    lost_total += lost;
+    consumed_total += static_cast<int>(order.size());
+  }
+  MESSAGE(rounds << " rounds: " << consumed_total << " items checked, " << lost_total
+                 << " in-flight items lost with their killed consumer");
+  CHECK(consumed_total > rounds); // the rounds did move items
+  // The queue still works normally after all the killing.
+  run([&]() -> coproc::awaitable<void> {
+    co_await q.put("after");
+    CHECK(co_await q.get(1s) == "after");
+  }());
+}
+
+TEST_CASE("a duplex pipe carries messages both ways between processes") {
+  auto [a, b] = coproc::pipe<std::string>();
+  coproc::process child(
+      [](coproc::connection<std::string> conn) -> coproc::awaitable<void> {
+        for (;;) {
+          auto msg = co_await conn.recv();
+          if (msg == "bye") break;
+          co_await conn.send(msg + "!");
+        }
+        co_await conn.send(std::string(1 << 20, 'L')); // larger than the socket buffer
+      },
+      b);
+  child.start();
+  b.close();
+  run([&]() -> coproc::awaitable<void> {
+    for (auto word : {"ping", "", "pong"}) {
+      co_await a.send(word);
+      CHECK(co_await a.recv() == std::string(word) + "!");
+    }
+    co_await a.send("bye");
+    CHECK(co_await a.recv() == std::string(1 << 20, 'L'));
+    CHECK_THROWS_AS(co_await a.recv(), coproc::eof_error); // the child exited
+    CHECK(co_await child.join() == 0);
+  }());
+}
+
+TEST_CASE("a one-way pipe receives on the first end and sends on the second") {
+  auto [reader, writer] = coproc::pipe<int>(false);
+  run([&]() -> coproc::awaitable<void> {
+    co_await writer.send(5);
+    CHECK(co_await reader.recv() == 5);
+    auto what = std::string();
+    try {
+      co_await reader.send(1);
+    } catch (const std::logic_error& e) {
+      what = e.what();
+    }
+    CHECK(what.find("receive-only") != std::string::npos);
+    CHECK_THROWS_AS(co_await writer.recv(), std::logic_error);
+  }());
+}
+
+TEST_CASE("poll waits up to its timeout and sees a message or the end") {
+  auto [a, b] = coproc::pipe<int>();
+  coproc::process child(
+      [](coproc::connection<int> conn) -> coproc::awaitable<void> {
+        co_await sleep_for(150ms);
+        co_await conn.send(9);
+      },
+      b);
+  child.start();
+  b.close();
+  run([&]() -> coproc::awaitable<void> {
+    CHECK_FALSE(co_await a.poll());
+    auto start = clock_type::now();
+    CHECK_FALSE(co_await a.poll(30ms));
+    CHECK(clock_type::now() - start >= 30ms);
+    CHECK(co_await a.poll(20s));
+    CHECK(co_await a.poll()); // still there: poll does not consume
+    CHECK(co_await a.recv() == 9);
+    CHECK(co_await child.join() == 0);
+    CHECK(co_await a.poll(5s)); // the end: recv would not wait
+    CHECK_THROWS_AS(co_await a.recv(), coproc::eof_error);
+  }());
+}
+
+TEST_CASE("recv from a peer killed by SIGKILL is eof_error") {
+  auto [a, b] = coproc::pipe<int>();
+  coproc::process child(
+      [](coproc::connection<int> conn) -> coproc::awaitable<void> {
+        co_await conn.send(1);
+        co_await sleep_for(60s);
+      },
+      b);
+  child.start();
+  b.close();
+  run([&]() -> coproc::awaitable<void> {
+    CHECK(co_await a.recv() == 1);
+    child.kill();
+    CHECK(co_await child.join() == -9);
+    CHECK_THROWS_AS(co_await a.recv(), coproc::eof_error);
+    // Sending to it fails too, with the OS error.
+    CHECK_THROWS_AS(co_await a.send(2), std::system_error);
+  }());
+}
+
+TEST_CASE("a message cut short by a killed sender is a coproc error") {
+  auto [a, b] = coproc::pipe<std::string>();
+  coproc::process child(
+      [](coproc::connection<std::string> conn) -> coproc::awaitable<void> {
+        co_await conn.send(std::string(8 << 20, 'x')); // blocks: nobody reads yet
+      },
+      b);
+  child.start();
+  b.close();
+  run([&]() -> coproc::awaitable<void> {
+    co_await sleep_for(100ms);
+    child.kill();
+    CHECK(co_await child.join() == -9);
+    std::string what;
+    try {
+      co_await a.recv();
+    } catch (const coproc::eof_error&) {
+      FAIL("a partial frame must not look like a clean end");
+    } catch (const coproc::error& e) {
+      what = e.what();
+    }
+    CHECK(what.find("in the middle of a frame") != std::string::npos);
+    CHECK_THROWS_AS(co_await a.recv(), coproc::eof_error);
+  }());
+}
+
+TEST_CASE("a message that does not decode is a coproc error") {
+  auto [a, b] = coproc::pipe<skewed>();
+  run([&]() -> coproc::awaitable<void> {
+    co_await b.send(skewed{"1", 2});
+    CHECK_THROWS_AS(co_await a.recv(), coproc::error);
+    co_await b.send(skewed{"3", 4});
+    CHECK_THROWS_AS(co_await a.recv(), coproc::error);
+  }());
+}
+
+TEST_CASE("a closed connection refuses send and recv") {
+  auto [a, b] = coproc::pipe<int>();
+  a.close();
+  a.close(); // idempotent
+  run([&]() -> coproc::awaitable<void> {
+    CHECK_THROWS_AS(co_await a.send(1), std::logic_error);
+    CHECK_THROWS_AS(co_await a.recv(), std::logic_error);
+    CHECK_THROWS_AS(co_await b.recv(), coproc::eof_error);
+  }());
+}
