@@ -1,0 +1,183 @@
+// The server sample (samples/http_server.cpp) under a bounded loopback load: it is
+// started on an ephemeral port, driven by a fixed number of concurrent clients for a
+// fixed time, fed bad requests, and shut down with SIGTERM while a request is in flight.
+#include <coproc/coproc.hpp>
+#include <coproc/subprocess.hpp>
+
+#include <doctest/doctest.h>
+
+#include "support/checks.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/read_until.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+
+#include <algorithm>
+#include <csignal>
+#include <fstream>
+#include <sstream>
+
+namespace net = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = net::ip::tcp;
+using namespace std::chrono_literals;
+
+namespace {
+
+struct response {
+  int status = 0;
+  std::string body;
+};
+
+net::awaitable<response> get(unsigned short port, std::string target) {
+  beast::tcp_stream stream(co_await net::this_coro::executor);
+  stream.expires_after(30s);
+  co_await stream.async_connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), port), net::use_awaitable);
+  http::request<http::empty_body> req{http::verb::get, target, 11};
+  req.set(http::field::host, "127.0.0.1");
+  co_await http::async_write(stream, req, net::use_awaitable);
+  beast::flat_buffer buffer;
+  http::response<http::string_body> res;
+  co_await http::async_read(stream, buffer, res, net::use_awaitable);
+  co_return response{static_cast<int>(res.result_int()), res.body()};
+}
+
+// Sends raw bytes and returns the status line the server answers with.
+net::awaitable<std::string> raw_request(unsigned short port, std::string bytes) {
+  tcp::socket socket(co_await net::this_coro::executor);
+  co_await socket.async_connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), port), net::use_awaitable);
+  co_await net::async_write(socket, net::buffer(bytes), net::use_awaitable);
+  std::string reply;
+  co_await net::async_read_until(socket, net::dynamic_buffer(reply), "\r\n",
+                                 net::as_tuple(net::use_awaitable));
+  co_return reply.substr(0, reply.find("\r\n"));
+}
+
+std::vector<int> children_of(int pid) {
+  std::vector<int> out;
+  std::ifstream children("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/children");
+  int child;
+  while (children >> child) out.push_back(child);
+  return out;
+}
+
+// The server, started on an ephemeral port; its port is read from its first line.
+struct running_server {
+  coproc::popen proc;
+  unsigned short port = 0;
+};
+
+net::awaitable<running_server> start_server() {
+  auto ex = co_await net::this_coro::executor;
+  running_server s{coproc::popen(ex, {COPROC_HTTP_SERVER, "--serve", "0"}, {.out = coproc::stdio::pipe})};
+  std::string line;
+  co_await net::async_read_until(s.proc.stdout_pipe(), net::dynamic_buffer(line), "\n", net::use_awaitable);
+  auto colon = line.rfind(':');
+  REQUIRE(line.rfind("listening on 127.0.0.1:", 0) == 0);
+  s.port = static_cast<unsigned short>(std::stoi(line.substr(colon + 1)));
+  co_return s;
+}
+
+} // namespace
+
+TEST_CASE("server sample: a saturated pool leaves cheap requests fast and every answer right") {
+  coproc::block_on([]() -> net::awaitable<void> {
+    auto s = co_await start_server();
+    auto deadline = std::chrono::steady_clock::now() + 1500ms;
+    int primes_ok = 0, primes_bad = 0;
+    std::vector<double> health_ms;
+
+    // Four clients keep the two pool workers busy for a fixed time.
+    auto heavy = [&]() -> net::awaitable<void> {
+      while (std::chrono::steady_clock::now() < deadline) {
+        auto r = co_await get(s.port, "/primes?n=3000000");
+        (r.status == 200 && r.body == "primes below 3000000: 216816\n" ? primes_ok : primes_bad)++;
+      }
+    };
+    auto cheap = [&]() -> net::awaitable<void> {
+      while (std::chrono::steady_clock::now() < deadline) {
+        auto start = std::chrono::steady_clock::now();
+        auto r = co_await get(s.port, "/health");
+        health_ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
+        CHECK(r.status == 200);
+        CHECK(r.body == "ok\n");
+        co_await coproc::sleep(10ms);
+      }
+    };
+    std::vector<net::awaitable<void>> load;
+    for (int i = 0; i < 4; ++i) load.push_back(heavy());
+    load.push_back(cheap());
+    co_await coproc::gather(std::move(load));
+
+    CHECK(primes_ok >= 4);
+    CHECK(primes_bad == 0);
+    REQUIRE(health_ms.size() >= 10);
+    std::sort(health_ms.begin(), health_ms.end());
+    double median = health_ms[health_ms.size() / 2];
+    MESSAGE("health latency while saturated: median " << median << " ms, max " << health_ms.back()
+                                                      << " ms over " << health_ms.size() << " requests");
+    // Generous: a primes request takes tens of ms of CPU; health must not wait for one.
+    CHECK(median < 50);
+
+    auto uname = co_await get(s.port, "/uname");
+    CHECK(uname.status == 200);
+    CHECK(uname.body.rfind("Linux", 0) == 0);
+
+    s.proc.terminate();
+    CHECK(co_await s.proc.wait() == 0);
+  }());
+}
+
+TEST_CASE("server sample: bad requests get a 4xx with a message") {
+  coproc::block_on([]() -> net::awaitable<void> {
+    auto s = co_await start_server();
+    for (auto target : {"/primes", "/primes?n=0", "/primes?n=abc", "/primes?n=99999999999", "/primes?n=12x"}) {
+      auto r = co_await get(s.port, target);
+      CHECK_MESSAGE(r.status == 400, target);
+      CHECK(r.body == "n must be an integer from 1 to 50000000\n");
+    }
+    auto missing = co_await get(s.port, "/nowhere");
+    CHECK(missing.status == 404);
+    CHECK(missing.body == "no such endpoint: /nowhere\n");
+    CHECK(co_await raw_request(s.port, "POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n") ==
+          "HTTP/1.1 405 Method Not Allowed");
+    CHECK(co_await raw_request(s.port, "GARBAGE\r\n\r\n") == "HTTP/1.1 400 Bad Request");
+    CHECK(co_await raw_request(s.port, "GET / HTTP/1.1\r\nX: " + std::string(20000, 'a') + "\r\n\r\n") ==
+          "HTTP/1.1 400 Bad Request");
+    // Still serving after all that.
+    CHECK((co_await get(s.port, "/health")).status == 200);
+    s.proc.terminate();
+    CHECK(co_await s.proc.wait() == 0);
+  }());
+}
+
+TEST_CASE("server sample: SIGTERM finishes the request in flight and leaves no worker behind") {
+  coproc::block_on([]() -> net::awaitable<void> {
+    auto s = co_await start_server();
+    auto workers = children_of(s.proc.pid());
+    CHECK(workers.size() == 2);
+    auto ex = co_await net::this_coro::executor;
+    response r;
+    auto slow = [&]() -> net::awaitable<void> { r = co_await get(s.port, "/primes?n=40000000"); };
+    auto stop = [&]() -> net::awaitable<void> {
+      co_await coproc::sleep(150ms);
+      s.proc.terminate();
+    };
+    std::vector<net::awaitable<void>> both;
+    both.push_back(slow());
+    both.push_back(stop());
+    co_await coproc::gather(std::move(both));
+    CHECK(r.status == 200);
+    CHECK(r.body == "primes below 40000000: 2433654\n");
+    CHECK(co_await s.proc.wait() == 0);
+    for (int pid : workers) CHECK_FALSE(coproc_test::pid_exists(pid));
+    // Nothing listens any more.
+    tcp::socket probe(ex);
+    auto [ec] = co_await probe.async_connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), s.port),
+                                             net::as_tuple(net::use_awaitable));
+    CHECK(ec == net::error::connection_refused);
+  }());
+}
