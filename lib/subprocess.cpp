@@ -273,6 +273,17 @@ spawned spawn(const spawn_request& req) {
 
 // ---- streaming ----------------------------------------------------------------------
 
+constexpr std::size_t default_pipe_size = 64 * 1024;
+
+// Bulk transfers go through 1 MiB pipes (the unprivileged maximum by default): 16
+// times fewer syscalls and wake-ups than the default 64 KiB. The kernel may refuse
+// (a user over pipe-user-pages-soft); the pipe then keeps its size. Returns the size.
+std::size_t enlarge(int fd) {
+  int size = ::fcntl(fd, F_SETPIPE_SZ, 1024 * 1024);
+  if (size < 0) size = ::fcntl(fd, F_GETPIPE_SZ);
+  return size > 0 ? static_cast<std::size_t>(size) : default_pipe_size;
+}
+
 // write(2) with SIGPIPE blocked for this thread: a reader that went away is EPIPE, not
 // the death of this process. A SIGPIPE the write raised is consumed before unblocking.
 ssize_t write_without_sigpipe(int fd, const char* data, std::size_t size) {
@@ -299,6 +310,7 @@ ssize_t write_without_sigpipe(int fd, const char* data, std::size_t size) {
 // rest dropped, as in Python.
 awaitable<void> write_all(asio::writable_pipe& pipe, std::string_view data, std::size_t& offset,
                           int pid) {
+  if (data.size() - offset > default_pipe_size) enlarge(pipe.native_handle());
   while (offset < data.size()) {
     ssize_t n = write_without_sigpipe(pipe.native_handle(), data.data() + offset,
                                       data.size() - offset);
@@ -318,7 +330,8 @@ awaitable<void> write_all(asio::writable_pipe& pipe, std::string_view data, std:
 // Appends everything up to EOF to into, then closes the pipe. What was read stays in
 // into if the read is cancelled.
 awaitable<void> read_all(asio::readable_pipe& pipe, std::string& into, int pid) {
-  constexpr std::size_t min_free = 64 * 1024;
+  std::size_t min_free = default_pipe_size;
+  bool enlarged = false;
   std::size_t filled = into.size();
   // The string is grown geometrically and read into in place; the unfilled tail is cut
   // off however this ends.
@@ -332,6 +345,11 @@ awaitable<void> read_all(asio::readable_pipe& pipe, std::string& into, int pid) 
     auto buffer = asio::buffer(into.data() + filled, into.size() - filled);
     auto [ec, n] = co_await pipe.async_read_some(buffer, asio::as_tuple(use_awaitable));
     filled += n;
+    if (!enlarged && n >= default_pipe_size) {
+      // A full pipe: a bulk writer, worth fewer and larger reads.
+      enlarged = true;
+      min_free = std::max(min_free, enlarge(pipe.native_handle()));
+    }
     if (ec == asio::error::eof) break;
     if (ec == asio::error::operation_aborted) throw boost::system::system_error(ec);
     if (ec)
