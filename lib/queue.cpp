@@ -257,8 +257,8 @@ queue_ring::status queue_ring::try_put(std::string_view bytes) {
     std::memcpy(data_ + at, &length, 8); // 8-aligned: never split
     const std::size_t body = (at + 8) % capacity_;
     const std::size_t first = std::min(bytes.size(), capacity_ - body);
-    std::memcpy(data_ + body, bytes.data(), first);
-    std::memcpy(data_, bytes.data() + first, bytes.size() - first);
+    if (first != 0) std::memcpy(data_ + body, bytes.data(), first);
+    if (first != bytes.size()) std::memcpy(data_, bytes.data() + first, bytes.size() - first);
     c.put_journal_tail = tail + need;
     c.put_journal_count = count + 1;
     c.tail.store(tail + need, std::memory_order_release); // the commit

@@ -44,7 +44,7 @@ class output_archive : public cereal::OutputArchive<output_archive, cereal::Allo
 public:
   explicit output_archive(std::string& out) : OutputArchive(this), out_(out) {}
   void save_binary(const void* data, std::size_t size) {
-    out_.append(static_cast<const char*>(data), size);
+    if (size != 0) out_.append(static_cast<const char*>(data), size); // data may be null
   }
 
 private:
@@ -57,6 +57,7 @@ public:
       : InputArchive(this), bytes_(bytes), type_(type) {}
   void load_binary(void* data, std::size_t size) {
     if (size > bytes_.size() - pos_) fail("truncated");
+    if (size == 0) return; // data may be null (an empty vector's)
     std::memcpy(data, bytes_.data() + pos_, size);
     pos_ += size;
   }
