@@ -271,6 +271,13 @@ spawned spawn(const spawn_request& req) {
   return result;
 }
 
+// Hands a pipe end to an Asio pipe object; the descriptor stays ours if that throws.
+template <class Pipe> void adopt(Pipe& pipe, unique_fd& fd) {
+  if (fd.fd < 0) return;
+  pipe.assign(fd.fd);
+  fd.release();
+}
+
 // ---- streaming ----------------------------------------------------------------------
 
 constexpr std::size_t default_pipe_size = 64 * 1024;
@@ -444,9 +451,9 @@ awaitable<completed_process> run_checked(std::vector<std::string> args, run_opti
 
   asio::writable_pipe in(ex);
   asio::readable_pipe out(ex), err(ex);
-  if (s.in.fd >= 0) in.assign(s.in.release());
-  if (s.out.fd >= 0) out.assign(s.out.release());
-  if (s.err.fd >= 0) err.assign(s.err.release());
+  adopt(in, s.in);
+  adopt(out, s.out);
+  adopt(err, s.err);
 
   completed_process result;
   std::string_view input = o.input ? std::string_view(*o.input) : std::string_view();
@@ -543,9 +550,9 @@ popen::popen(boost::asio::any_io_executor ex, std::vector<std::string> args, pop
   piped_[0] = o.in == stdio::pipe;
   piped_[1] = o.out == stdio::pipe;
   piped_[2] = o.err == stdio::pipe;
-  if (s.in.fd >= 0) stdin_.assign(s.in.release());
-  if (s.out.fd >= 0) stdout_.assign(s.out.release());
-  if (s.err.fd >= 0) stderr_.assign(s.err.release());
+  adopt(stdin_, s.in);
+  adopt(stdout_, s.out);
+  adopt(stderr_, s.err);
 }
 
 popen::popen(popen&&) noexcept = default;

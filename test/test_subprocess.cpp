@@ -403,12 +403,14 @@ TEST_CASE("cancelling a run with start_new_session kills the whole group") {
   CHECK(dies_within(grandchild, 2s));
 }
 
-TEST_CASE("destroying the io_context mid-run kills the child and it is reaped") {
+TEST_CASE("destroying the io_context mid-run kills the child and closes its pipes") {
   temp_dir dir;
   auto pidfile = dir.path / "pid";
   {
     asio::io_context ctx;
-    asio::co_spawn(ctx, coproc::run({"sh", "-c", "echo $$ > " + pidfile.string() + "; exec sleep 10"}),
+    asio::co_spawn(ctx,
+                   coproc::run({"sh", "-c", "echo $$ > " + pidfile.string() + "; exec sleep 10"},
+                               {.input = std::string(1 << 20, 'x'), .capture_output = true}),
                    asio::detached);
     auto deadline = clock_type::now() + 5s;
     while (!std::filesystem::exists(pidfile) && clock_type::now() < deadline) ctx.run_for(10ms);
@@ -452,6 +454,55 @@ TEST_CASE("only stdin stdout and stderr are inherited") {
 }
 
 // ---- concurrency ----------------------------------------------------------------------
+
+namespace {
+// Counts io_context::notify_fork calls: Boost.Process 1.81's launcher makes one per
+// spawn, re-registering every descriptor the context holds (O(N^2) for N children).
+struct fork_counter : asio::execution_context::service {
+  using key_type = fork_counter;
+  static inline asio::execution_context::id id;
+  explicit fork_counter(asio::execution_context& ctx) : service(ctx) {}
+  void shutdown() override {}
+  void notify_fork(asio::execution_context::fork_event) override { ++count; }
+  int count = 0;
+};
+} // namespace
+
+TEST_CASE("spawning does not notify the io_context of a fork") {
+  asio::io_context ctx;
+  auto& counter = asio::use_service<fork_counter>(ctx);
+  std::vector<int> codes;
+  asio::co_spawn(ctx, []() -> coproc::awaitable<std::vector<int>> {
+    std::vector<coproc::awaitable<int>> calls;
+    for (int i = 0; i < 50; ++i) calls.push_back(coproc::call({"true"}, {.capture_output = true}));
+    co_return co_await coproc::gather(std::move(calls));
+  }(), [&](std::exception_ptr e, std::vector<int> r) {
+    CHECK_FALSE(e);
+    codes = std::move(r);
+  });
+  ctx.run();
+  CHECK(codes == std::vector<int>(50, 0));
+  CHECK(counter.count == 0);
+}
+
+TEST_CASE("the io_context keeps running while a child is awaited") {
+  int ticks = 0;
+  bool done = false;
+  run([&]() -> coproc::awaitable<void> {
+    auto ticker = [&]() -> coproc::awaitable<void> {
+      while (!done) {
+        co_await sleep_for(10ms);
+        ++ticks;
+      }
+    };
+    auto ex = co_await asio::this_coro::executor;
+    asio::co_spawn(ex, ticker(), asio::detached);
+    CHECK(co_await coproc::call({"sleep", "0.5"}) == 0);
+    done = true;
+  }());
+  // About 50 ticks; a loop blocked in waitpid would see one or two.
+  CHECK(ticks >= 10);
+}
 
 TEST_CASE("200 concurrent true via gather all exit 0") {
   auto start = clock_type::now();
@@ -585,6 +636,17 @@ TEST_CASE("popen send_signal and kill reach the whole group with start_new_sessi
   std::ifstream(pidfile) >> grandchild;
   REQUIRE(grandchild > 0);
   CHECK(dies_within(grandchild, 2s));
+}
+
+TEST_CASE("popen send_signal delivers any signal and the code is minus its number") {
+  run([]() -> coproc::awaitable<void> {
+    auto ex = co_await asio::this_coro::executor;
+    coproc::popen p(ex, {"sleep", "10"});
+    p.send_signal(SIGUSR1);
+    CHECK(co_await p.wait() == -SIGUSR1);
+    p.send_signal(SIGUSR1); // reaped: a no-op, the pid may be someone else's now
+    CHECK_THROWS_AS(coproc::popen(ex, {"true"}).send_signal(12345), std::system_error);
+  }());
 }
 
 TEST_CASE("popen pipes that were not requested are a logic_error naming the pid") {
