@@ -497,18 +497,21 @@ TEST_CASE("spawning does not notify the io_context of a fork") {
   CHECK(counter.count == 0);
 }
 
+namespace {
+coproc::awaitable<void> tick_until(int& ticks, const bool& done) {
+  while (!done) {
+    co_await sleep_for(10ms);
+    ++ticks;
+  }
+}
+} // namespace
+
 TEST_CASE("the io_context keeps running while a child is awaited") {
   int ticks = 0;
   bool done = false;
   run([&]() -> coproc::awaitable<void> {
-    auto ticker = [&]() -> coproc::awaitable<void> {
-      while (!done) {
-        co_await sleep_for(10ms);
-        ++ticks;
-      }
-    };
     auto ex = co_await asio::this_coro::executor;
-    asio::co_spawn(ex, ticker(), asio::detached);
+    asio::co_spawn(ex, tick_until(ticks, done), asio::detached);
     CHECK(co_await coproc::call({"sleep", "0.5"}) == 0);
     done = true;
   }());
