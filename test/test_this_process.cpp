@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/steady_timer.hpp>
 
 #include <stdexcept>
@@ -137,4 +138,26 @@ TEST_CASE("sleep suspends the coroutine for at least the duration") {
   auto start = std::chrono::steady_clock::now();
   coproc::block_on(coproc::sleep(30ms));
   CHECK(std::chrono::steady_clock::now() - start >= 30ms);
+}
+
+TEST_CASE("cancelling gather cancels every awaitable and waits for them to end") {
+  using namespace boost::asio::experimental::awaitable_operators;
+  int ended = 0;
+  auto slow = [&]() -> coproc::awaitable<void> {
+    struct count_end {
+      int& n;
+      ~count_end() { ++n; }
+    } guard{ended};
+    co_await coproc::sleep(10s);
+  };
+  auto start = std::chrono::steady_clock::now();
+  coproc::block_on([&]() -> coproc::awaitable<void> {
+    std::vector<coproc::awaitable<void>> items;
+    items.push_back(slow());
+    items.push_back(slow());
+    auto first = co_await (coproc::gather(std::move(items)) || coproc::sleep(50ms));
+    CHECK(first.index() == 1);
+    CHECK(ended == 2);
+  }());
+  CHECK(std::chrono::steady_clock::now() - start < 5s);
 }

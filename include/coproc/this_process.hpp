@@ -4,8 +4,9 @@
 
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/deferred.hpp>
+#include <boost/asio/experimental/parallel_group.hpp>
 #include <boost/asio/io_context.hpp>
-#include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -13,8 +14,7 @@
 #include <chrono>
 #include <cstddef>
 #include <exception>
-#include <memory>
-#include <mutex>
+#include <tuple>
 #include <optional>
 #include <string>
 #include <type_traits>
@@ -73,68 +73,55 @@ inline awaitable<void> sleep(duration d) {
 }
 
 namespace detail {
-// What the awaitables of one gather() share: results by index, the first exception,
-// and a timer that the last one to finish cancels to wake the gathering coroutine.
-template <class R> struct gather_state {
-  explicit gather_state(boost::asio::any_io_executor ex, std::size_t n)
-      : results(n), remaining(n), done(ex, boost::asio::steady_timer::time_point::max()) {}
-  std::mutex mutex;
-  std::vector<std::optional<R>> results;
-  std::size_t remaining;
-  std::exception_ptr first_failure;
-  boost::asio::steady_timer done;
+template <class T>
+using spawned_op = decltype(boost::asio::co_spawn(std::declval<boost::asio::any_io_executor>(),
+                                                  std::declval<awaitable<T>>(), boost::asio::deferred));
 
-  void finished(std::size_t i, std::exception_ptr e, std::optional<R> value) {
-    std::lock_guard lock(mutex);
-    if (e && !first_failure) first_failure = e;
-    if (value) results[i] = std::move(value);
-    if (--remaining == 0) done.cancel();
-  }
-};
+template <class T>
+using gathered = std::tuple<std::vector<std::size_t>, std::vector<std::exception_ptr>,
+                            std::conditional_t<std::is_void_v<T>, int, std::vector<T>>>;
 
-template <class R, class T>
-awaitable<std::vector<std::optional<R>>> gather_all(std::vector<awaitable<T>> items) {
+// Runs every item as its own coroutine and waits for all of them. Cancelling the
+// gathering coroutine cancels every item (as asyncio.gather does). Returns the order in
+// which the items ended, their errors and their values, by item.
+template <class T> awaitable<gathered<T>> gather_all(std::vector<awaitable<T>> items) {
   auto ex = co_await boost::asio::this_coro::executor;
-  auto state = std::make_shared<gather_state<R>>(ex, items.size());
-  for (std::size_t i = 0; i < items.size(); ++i) {
-    if constexpr (std::is_void_v<T>) {
-      boost::asio::co_spawn(ex, std::move(items[i]), [state, i](std::exception_ptr e) {
-        state->finished(i, e, R{});
-      });
-    } else {
-      boost::asio::co_spawn(ex, std::move(items[i]), [state, i](std::exception_ptr e, T value) {
-        state->finished(i, e, e ? std::nullopt : std::optional<R>(std::move(value)));
-      });
-    }
+  std::vector<spawned_op<T>> ops;
+  ops.reserve(items.size());
+  for (auto& item : items) ops.push_back(boost::asio::co_spawn(ex, std::move(item), boost::asio::deferred));
+  auto group = boost::asio::experimental::make_parallel_group(std::move(ops));
+  if constexpr (std::is_void_v<T>) {
+    auto [order, errors] =
+        co_await group.async_wait(boost::asio::experimental::wait_for_all(), boost::asio::use_awaitable);
+    co_return gathered<T>(std::move(order), std::move(errors), 0);
+  } else {
+    auto [order, errors, values] =
+        co_await group.async_wait(boost::asio::experimental::wait_for_all(), boost::asio::use_awaitable);
+    co_return gathered<T>(std::move(order), std::move(errors), std::move(values));
   }
-  bool pending;
-  {
-    std::lock_guard lock(state->mutex);
-    pending = state->remaining != 0;
-  }
-  if (pending) {
-    boost::system::error_code ec;
-    co_await state->done.async_wait(
-        boost::asio::redirect_error(boost::asio::use_awaitable, ec));
-  }
-  if (state->first_failure) std::rethrow_exception(state->first_failure);
-  co_return std::move(state->results);
+}
+
+inline void rethrow_first(const std::vector<std::size_t>& order, const std::vector<std::exception_ptr>& errors) {
+  for (auto i : order)
+    if (errors[i]) std::rethrow_exception(errors[i]);
 }
 } // namespace detail
 
 // asyncio.gather(): runs every awaitable concurrently on the caller's executor and
-// returns their results in input order. When some throw, the first exception is
-// rethrown once all have ended.
+// returns their results in input order. When some throw, the exception of the first
+// to fail is rethrown once all have ended. Cancelling the caller cancels them all.
+// T must be default constructible (as for boost::asio::co_spawn).
 template <class T> awaitable<std::vector<T>> gather(std::vector<awaitable<T>> items) {
-  auto slots = co_await detail::gather_all<T>(std::move(items));
-  std::vector<T> results;
-  results.reserve(slots.size());
-  for (auto& slot : slots) results.push_back(std::move(*slot));
-  co_return results;
+  if (items.empty()) co_return std::vector<T>{};
+  auto [order, errors, values] = co_await detail::gather_all(std::move(items));
+  detail::rethrow_first(order, errors);
+  co_return std::move(values);
 }
 
 inline awaitable<void> gather(std::vector<awaitable<void>> items) {
-  co_await detail::gather_all<char>(std::move(items));
+  if (items.empty()) co_return;
+  auto [order, errors, unused] = co_await detail::gather_all(std::move(items));
+  detail::rethrow_first(order, errors);
 }
 
 } // namespace coproc

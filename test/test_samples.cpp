@@ -1,6 +1,8 @@
-// The server sample (samples/http_server.cpp) under a bounded loopback load: it is
-// started on an ephemeral port, driven by a fixed number of concurrent clients for a
-// fixed time, fed bad requests, and shut down with SIGTERM while a request is in flight.
+// The real-use samples, run as users run them.
+// - http_server under a bounded loopback load: started on an ephemeral port, driven by
+//   a fixed number of concurrent clients for a fixed time, fed bad requests, and shut
+//   down with SIGTERM while a request is in flight.
+// - checksum_tree on a directory it must get right, and interrupted with SIGINT.
 #include <coproc/coproc.hpp>
 #include <coproc/subprocess.hpp>
 
@@ -16,6 +18,7 @@
 
 #include <algorithm>
 #include <csignal>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -180,4 +183,42 @@ TEST_CASE("server sample: SIGTERM finishes the request in flight and leaves no w
                                              net::as_tuple(net::use_awaitable));
     CHECK(ec == net::error::connection_refused);
   }());
+}
+
+TEST_CASE("checksum script: every file counted with plain progress lines when not a tty") {
+  auto dir = std::filesystem::temp_directory_path() / ("coproc-tree-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir / "sub");
+  for (int i = 0; i < 40; ++i) std::ofstream(dir / (i % 2 ? "sub" : ".") / ("f" + std::to_string(i))) << std::string(1000 + i, 'x');
+  auto [out, err] = coproc::block_on([&]() -> net::awaitable<std::pair<std::string, std::string>> {
+    coproc::popen p(co_await net::this_coro::executor, {COPROC_CHECKSUM_TREE, dir.string()},
+                    {.out = coproc::stdio::pipe, .err = coproc::stdio::pipe});
+    auto r = co_await p.communicate();
+    CHECK(co_await p.wait() == 0);
+    co_return r;
+  }());
+  std::filesystem::remove_all(dir);
+  CHECK(err.empty());
+  CHECK(out.find("progress: 40/40 files") != std::string::npos);
+  CHECK(out.find("40 files, 0.0 MB, tree checksum ") != std::string::npos);
+  CHECK(out.find("[count] 40 (exit 0)") != std::string::npos);
+  CHECK(out.find("\r") == std::string::npos);
+}
+
+TEST_CASE("checksum script: SIGINT kills and reaps its workers and commands and reports partial results") {
+  coproc::block_on([]() -> net::awaitable<void> {
+    coproc::popen p(co_await net::this_coro::executor, {COPROC_CHECKSUM_TREE, "/usr"}, {.out = coproc::stdio::pipe});
+    co_await coproc::sleep(700ms);
+    auto helpers = children_of(p.pid());
+    CHECK(helpers.size() >= 2); // the pool's workers, and commands still running
+    p.send_signal(SIGINT);
+    auto [out, err] = co_await p.communicate();
+    CHECK(co_await p.wait() == 130);
+    CHECK(out.find("interrupted by signal 2 after ") != std::string::npos);
+    for (int pid : helpers) CHECK_FALSE(coproc_test::pid_exists(pid));
+  }());
+}
+
+TEST_CASE("checksum script: a missing directory is a usage error") {
+  auto code = coproc::block_on(coproc::call({COPROC_CHECKSUM_TREE, "/no/such/dir"}, {.err = coproc::stdio::devnull}));
+  CHECK(code == 2);
 }
