@@ -340,15 +340,21 @@ awaitable<void> read_all(asio::readable_pipe& pipe, std::string& into, int pid) 
   std::size_t min_free = default_pipe_size;
   bool enlarged = false;
   std::size_t filled = into.size();
-  // The string is grown geometrically and read into in place; the unfilled tail is cut
-  // off however this ends.
+  // Read in place. The capacity grows fourfold (fewer reallocations, each copying and
+  // faulting in everything read so far: the cost that dominates bulk output), while
+  // only the next read's room is zero-filled, so untouched capacity costs address
+  // space rather than memory. The unfilled tail is cut off however this ends.
   struct trim {
     std::string& s;
     std::size_t& n;
     ~trim() { s.resize(n); }
   } trim_tail{into, filled};
   for (;;) {
-    if (into.size() - filled < min_free) into.resize(std::max(into.size() * 2, filled + min_free));
+    if (into.size() - filled < min_free) {
+      if (into.capacity() < filled + min_free)
+        into.reserve(std::max(into.capacity() * 4, filled + min_free));
+      into.resize(filled + min_free);
+    }
     auto buffer = asio::buffer(into.data() + filled, into.size() - filled);
     auto [ec, n] = co_await pipe.async_read_some(buffer, asio::as_tuple(use_awaitable));
     filled += n;
@@ -366,7 +372,8 @@ awaitable<void> read_all(asio::readable_pipe& pipe, std::string& into, int pid) 
   pipe.close();
 }
 
-// Runs the given stream operations concurrently; the first failure cancels the rest.
+// Runs the stream operations (at most three: stdin, stdout, stderr) concurrently; the
+// first failure cancels the rest. One runs inline, with no coroutine spawned.
 awaitable<void> all_of(std::vector<awaitable<void>> ops) {
   using namespace asio::experimental::awaitable_operators;
   switch (ops.size()) {
