@@ -4,6 +4,10 @@
 //   auto r = co_await coproc::run({"ls", "-l"}, {.capture_output = true, .timeout = 5s});
 //   int code = co_await coproc::call({"uname", "-a"});
 //
+//   coproc::popen p(ex, {"make"}, {.out = coproc::stdio::pipe, .err = coproc::stdio::to_stdout});
+//   co_await boost::asio::async_read_until(p.stdout_pipe(), buffer, '\n', use_awaitable);
+//   int status = co_await p.wait();
+//
 // Launching. Children are started with posix_spawn (glibc: clone(CLONE_VM|CLONE_VFORK),
 // then exec), so a spawn costs the same whatever the parent's size, touches no
 // descriptor the io_context holds (no notify_fork per spawn, unlike Boost.Process 1.81's
@@ -11,7 +15,13 @@
 // non-executable program is a std::system_error (ENOENT / EACCES) naming it when the
 // call is awaited — never a 127 exit code, a zombie or the parent's stdio flushed twice.
 // The child starts with default signal dispositions and an empty signal mask, and
-// inherits only descriptors 0, 1 and 2.
+// inherits only descriptors 0, 1 and 2. Boost.Process v2 (1.81) is not used: its
+// launcher forks with the defects above plus a blocking waitpid, and its PATH search
+// cannot tell a non-executable file (EACCES) from a missing one; args[0] is searched
+// here as execvp does, on the child's PATH.
+//
+// Streams. Pipes are close-on-exec, non-blocking on the parent's side; a child that
+// fills a pipe gets a 1 MiB one (the unprivileged default maximum) for fewer wake-ups.
 //
 // Waiting. detail::child (shared with coproc::process): pidfd readiness on the awaiting
 // coroutine's executor, a non-blocking reap, SIGCHLD where pidfds are unavailable.
@@ -124,7 +134,8 @@ public:
   boost::asio::readable_pipe& stderr_pipe();
 
   // The return code once the child has exited (reaped on the awaiting coroutine's
-  // executor). wait(timeout): nullopt at the deadline, the child left alone.
+  // executor). wait(timeout): nullopt at the deadline, the child left alone. Unlike
+  // run(), a cancelled wait or communicate leaves the child alone too.
   awaitable<int> wait();
   awaitable<std::optional<int>> wait(duration timeout);
 
