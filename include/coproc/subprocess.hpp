@@ -20,8 +20,9 @@
 // cannot tell a non-executable file (EACCES) from a missing one; args[0] is searched
 // here as execvp does, on the child's PATH.
 //
-// Streams. Pipes are close-on-exec, non-blocking on the parent's side; a child that
-// fills a pipe gets a 1 MiB one (the unprivileged default maximum) for fewer wake-ups.
+// Streams. Pipes are close-on-exec and non-blocking on the parent's side. Bulk
+// transfers (input over 64 KiB, a child that fills its output pipe) move to 1 MiB
+// pipes, the unprivileged default maximum: 16 times fewer syscalls and wake-ups.
 //
 // Waiting. detail::child (shared with coproc::process): pidfd readiness on the awaiting
 // coroutine's executor, a non-blocking reap, SIGCHLD where pidfds are unavailable.
