@@ -557,9 +557,15 @@ popen::popen(boost::asio::any_io_executor ex, std::vector<std::string> args, pop
   piped_[0] = o.in == stdio::pipe;
   piped_[1] = o.out == stdio::pipe;
   piped_[2] = o.err == stdio::pipe;
-  adopt(stdin_, s.in);
-  adopt(stdout_, s.out);
-  adopt(stderr_, s.err);
+  try {
+    adopt(stdin_, s.in);
+    adopt(stdout_, s.out);
+    adopt(stderr_, s.err);
+  } catch (...) {
+    // No popen for the caller to manage it: the child must not run on unseen.
+    child_->signal(SIGKILL, group_);
+    throw;
+  }
 }
 
 popen::popen(popen&&) noexcept = default;
