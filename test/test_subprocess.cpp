@@ -152,15 +152,26 @@ TEST_CASE("a child killed by a signal returns minus the signal number") {
   CHECK(std::string(e.what()).find("SIGKILL") != std::string::npos);
 }
 
-TEST_CASE("the child starts with default signal dispositions even if the parent ignores SIGPIPE") {
+TEST_CASE("the child starts with default signal dispositions and an empty mask") {
   struct sigaction ignore {}, old{};
   ignore.sa_handler = SIG_IGN;
   ::sigaction(SIGPIPE, &ignore, &old);
-  auto status = run(coproc::run({"grep", "SigIgn", "/proc/self/status"}, {.out = coproc::stdio::pipe}));
+  sigset_t usr1, old_mask;
+  sigemptyset(&usr1);
+  sigaddset(&usr1, SIGUSR1);
+  ::pthread_sigmask(SIG_BLOCK, &usr1, &old_mask);
+  auto status = run(coproc::run({"grep", "-E", "^Sig(Ign|Blk)", "/proc/self/status"},
+                                {.out = coproc::stdio::pipe}));
+  ::pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
   ::sigaction(SIGPIPE, &old, nullptr);
-  REQUIRE(status.out.rfind("SigIgn:\t", 0) == 0);
-  auto ignored = std::stoull(status.out.substr(8), nullptr, 16);
-  CHECK((ignored & (1ull << (SIGPIPE - 1))) == 0);
+  // SigBlk:\t<hex>\nSigIgn:\t<hex>\n
+  auto field = [&](const char* name) {
+    auto at = status.out.find(name);
+    REQUIRE(at != std::string::npos);
+    return std::stoull(status.out.substr(at + 8), nullptr, 16);
+  };
+  CHECK((field("SigIgn:") & (1ull << (SIGPIPE - 1))) == 0);
+  CHECK(field("SigBlk:") == 0);
 }
 
 // ---- input and output -------------------------------------------------------------
