@@ -4,14 +4,20 @@
 //   [u32 length][i64 trampoline][i64 target][u32 count] count × ([u32 length][argument bytes])
 // and the worker answers with one record per item, in order:
 //   [u32 length | error bit][result bytes, or the encoded (type name, message) of the error]
+// and after the last item of a frame, [u32 0xffffffff][u64 nanoseconds the frame took].
 // Many frames go out in one write and many records come back in one, so small tasks do
-// not cost a syscall each. A worker also publishes, in a page shared with the parent,
-// how many items it has started: when it dies, the items it had started and not
-// answered fail with worker_lost, and the ones it never started go to other workers.
+// not cost a syscall each.
 //
-// How many items a worker may hold is adaptive: about 2 ms of work by its measured
-// speed, and one chunk at a time while the speed is unknown (so slow tasks spread over
-// the workers as Python's shared queue spreads them).
+// Items are numbered per worker in the order sent, and a worker claims each one before
+// running it by advancing a counter in a page shared with the parent (a compare-and-
+// swap, no syscall). The parent may claim a worker's unstarted items the same way and
+// send them elsewhere: a worker stuck in a slow task loses what was queued behind it to
+// idle workers, and a worker that dies fails exactly the items it had claimed and not
+// answered (worker_lost); the rest go to other workers.
+//
+// How many items a worker may hold is adaptive: about 2 ms of work by the measured cost
+// of the task's function, and one chunk at a time while that cost is unknown (so slow
+// tasks spread over the workers as Python's shared queue spreads them).
 #include <coproc/pool.hpp>
 
 #include <coproc/detail/child.hpp>
@@ -35,6 +41,7 @@
 #include <cstring>
 #include <iostream>
 #include <system_error>
+#include <unordered_map>
 
 namespace coproc::detail {
 
@@ -47,13 +54,14 @@ namespace {
 
 using clock = std::chrono::steady_clock;
 constexpr std::uint32_t error_bit = 0x80000000u;
+constexpr std::uint32_t timing_mark = 0xffffffffu;
 constexpr std::size_t frame_header = 4 + 8 + 8 + 4;
 
 // What a worker tells its parent without a syscall.
 struct worker_page {
-  std::atomic<std::uint64_t> started{0};  // items begun
-  std::atomic<std::uint64_t> finished{0}; // items ended
-  std::atomic<std::uint64_t> busy_ns{0};  // time spent running them
+  // The last item number claimed, by the worker (to run it) or by the parent (to take
+  // it back). Both only ever advance it.
+  std::atomic<std::uint64_t> claimed{0};
 };
 constexpr std::size_t page_size = 4096;
 static_assert(sizeof(worker_page) <= page_size);
@@ -125,7 +133,7 @@ std::size_t complete_frame(std::string_view in) {
   std::string in, out;
   std::size_t pos = 0;
   std::vector<char> buf(256 * 1024);
-  std::uint64_t started = 0;
+  std::uint64_t seq = 0;
   unsigned tasks = 0;
   auto last_flush = now_ns();
   auto flush = [&] {
@@ -143,18 +151,24 @@ std::size_t complete_frame(std::string_view in) {
       auto count = load<std::uint32_t>(p + 16);
       p += 20;
       auto t0 = now_ns();
+      bool ran = false;
       for (std::uint32_t i = 0; i < count; ++i) {
         if (end - p < 4) worker_exit(70);
         auto n = load<std::uint32_t>(p);
         if (std::size_t(end - p - 4) < n) worker_exit(70);
-        page->started.store(++started, std::memory_order_relaxed);
-        run_item(fn, target, std::string_view(p + 4, n), out);
+        std::uint64_t expected = seq++;
+        // Fails when the parent took this item back: skip it without an answer.
+        if (page->claimed.compare_exchange_strong(expected, seq)) {
+          run_item(fn, target, std::string_view(p + 4, n), out);
+          ran = true;
+        }
         p += 4 + n;
       }
       auto t1 = now_ns();
-      page->busy_ns.fetch_add(static_cast<std::uint64_t>(t1 - t0), std::memory_order_relaxed);
-      page->finished.store(started, std::memory_order_relaxed);
       pos += len;
+      if (!ran) continue;
+      append<std::uint32_t>(out, timing_mark);
+      append<std::uint64_t>(out, static_cast<std::uint64_t>(t1 - t0));
       if (maxtasks != 0 && ++tasks >= maxtasks) {
         flush();
         worker_exit(0);
@@ -241,6 +255,7 @@ private:
   struct chunk {
     std::shared_ptr<pool_job> job;
     std::size_t first, n;
+    std::uint64_t seq = 0; // the worker's number for item `first`
   };
 
   struct worker {
@@ -252,14 +267,16 @@ private:
     std::size_t held_items = 0;
     std::size_t front_answered = 0; // answered items of held.front()
     std::uint64_t answered = 0;     // items answered since the worker started
+    std::uint64_t sent_seq = 0;     // the number of the last item sent
     std::string out, writing;       // frames to send, frames being sent
     bool write_pending = false;
     bool shut = false;              // told no more work comes
     bool retiring = false;          // maxtasksperchild chunks were sent
     bool gone = false;
     unsigned chunks_sent = 0;
-    double item_ns = 0;             // measured cost of one item, 0 while unknown
-    std::uint64_t seen_busy = 0, seen_finished = 0;
+    std::int64_t last_progress = 0;      // when it last answered, or got work while idle
+    std::shared_ptr<pool_job> last_done; // the job of the last chunk fully answered
+    std::size_t last_done_n = 0;
   };
 
   bool has_work() const { return !retry_.empty() || !queue_.empty(); }
@@ -345,7 +362,7 @@ private:
     bool replace, slow;
     {
       std::lock_guard lock(self->mutex_);
-      slow = code != 0 && w->answered == 0 && w->page->started.load() == 0;
+      slow = code != 0 && w->answered == 0 && w->page->claimed.load() == 0;
       replace = self->worker_gone_locked(*w, code);
     }
     if (!replace) co_return;
@@ -373,17 +390,22 @@ private:
   }
 
   std::size_t take_results_locked(worker& w, std::string_view in) {
-    auto busy = w.page->busy_ns.load(std::memory_order_relaxed);
-    auto finished = w.page->finished.load(std::memory_order_relaxed);
-    if (finished > w.seen_finished) {
-      double sample = double(busy - w.seen_busy) / double(finished - w.seen_finished);
-      w.item_ns = w.item_ns == 0 ? sample : (w.item_ns + sample) / 2;
-      w.seen_busy = busy;
-      w.seen_finished = finished;
-    }
     std::size_t pos = 0;
-    while (in.size() - pos >= 4 && !w.held.empty()) {
+    bool answered = false;
+    while (in.size() - pos >= 4) {
       auto header = load<std::uint32_t>(in.data() + pos);
+      if (header == timing_mark) {
+        if (in.size() - pos < 12) break;
+        if (w.last_done) {
+          double sample = double(load<std::uint64_t>(in.data() + pos + 4)) / double(w.last_done_n);
+          double& cost = cost_[w.last_done->trampoline];
+          cost = cost == 0 ? sample : (cost + sample) / 2;
+          w.last_done.reset();
+        }
+        pos += 12;
+        continue;
+      }
+      if (w.held.empty()) break;
       std::size_t len = header & ~error_bit;
       if (in.size() - pos - 4 < len) break;
       std::string_view bytes = in.substr(pos + 4, len);
@@ -403,26 +425,35 @@ private:
       }
       ++w.answered;
       --w.held_items;
+      answered = true;
       if (++w.front_answered == c.n) {
+        w.last_done = c.job;
+        w.last_done_n = c.n;
         w.held.pop_front();
         w.front_answered = 0;
       }
       pos += 4 + len;
     }
+    if (answered) w.last_progress = now_ns();
     return pos;
   }
 
-  bool can_take(const worker& w, std::size_t n) const {
+  // Whether w may take n more items of job: about 2 ms of work queued at most. A worker
+  // that has answered nothing for a while is busy with something slow, whatever the
+  // estimate says.
+  bool can_take(const worker& w, const pool_job& job, std::size_t n, std::int64_t now) const {
     if (w.gone || w.shut || w.retiring) return false;
     if (w.held.empty()) return true;
-    if (w.item_ns == 0 || w.held.size() >= 4096) return false;
-    return double(w.held_items + n) * w.item_ns <= 2e6;
+    auto cost = cost_.find(job.trampoline);
+    if (cost == cost_.end() || w.held.size() >= 4096) return false;
+    return double(now - w.last_progress) + double(w.held_items + n) * cost->second <= 2e6;
   }
 
-  std::size_t next_chunk_size() const {
-    if (!retry_.empty()) return retry_.front().n;
+  // The job and size of the next chunk to send.
+  std::pair<const pool_job*, std::size_t> peek_chunk() const {
+    if (!retry_.empty()) return {retry_.front().job.get(), retry_.front().n};
     const auto& job = *queue_.front();
-    return std::min(job.chunksize, job.count - job.next);
+    return {&job, std::min(job.chunksize, job.count - job.next)};
   }
 
   chunk take_chunk() {
@@ -459,27 +490,89 @@ private:
       return;
     }
     store<std::uint32_t>(out, at, static_cast<std::uint32_t>(out.size() - at - 4));
+    c.seq = w.sent_seq + 1;
+    w.sent_seq += c.n;
     w.held_items += c.n;
     w.held.push_back(std::move(c));
     if (config_.maxtasksperchild != 0 && ++w.chunks_sent >= config_.maxtasksperchild) w.retiring = true;
   }
 
+  // Items of w not claimed yet.
+  static std::uint64_t unstarted(const worker& w) {
+    std::uint64_t claimed = w.page->claimed.load();
+    return w.sent_seq > claimed ? w.sent_seq - claimed : 0;
+  }
+
+  // Claims w's unstarted items and queues them for any worker. True if there were some.
+  bool steal_locked(worker& w) {
+    std::uint64_t claimed = w.page->claimed.load();
+    do {
+      if (claimed >= w.sent_seq) return false;
+    } while (!w.page->claimed.compare_exchange_weak(claimed, w.sent_seq));
+    std::deque<chunk> taken;
+    while (!w.held.empty()) {
+      chunk& c = w.held.back();
+      if (c.seq + c.n - 1 <= claimed) break;
+      std::size_t keep = c.seq > claimed ? 0 : static_cast<std::size_t>(claimed - c.seq + 1);
+      taken.push_front({c.job, c.first + keep, c.n - keep});
+      w.held_items -= c.n - keep;
+      if (keep == 0) w.held.pop_back();
+      else c.n = keep;
+    }
+    retry_.insert(retry_.begin(), taken.begin(), taken.end());
+    return true;
+  }
+
+  // When a worker is idle with nothing left to send, takes back what waits behind a
+  // slow task elsewhere (after 2 ms without an answer from that worker).
+  bool rebalance_locked(std::int64_t now) {
+    bool idle = std::any_of(workers_.begin(), workers_.end(), [](const auto& w) {
+      return !w->gone && !w->shut && !w->retiring && w->held.empty();
+    });
+    if (!idle) return false;
+    std::int64_t soonest = -1;
+    bool stole = false;
+    for (auto& w : workers_) {
+      if (w->gone || w->retiring || w->held_items < 2 || unstarted(*w) == 0) continue;
+      std::int64_t wait = 2'000'000 - (now - w->last_progress);
+      if (wait <= 0) stole |= steal_locked(*w);
+      else if (soonest < 0 || wait < soonest) soonest = wait;
+    }
+    if (!stole && soonest > 0 && !rebalance_armed_) {
+      rebalance_armed_ = true;
+      rebalance_timer_.expires_after(std::chrono::nanoseconds(soonest));
+      rebalance_timer_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
+        std::lock_guard lock(self->mutex_);
+        self->rebalance_armed_ = false;
+        if (!ec) self->dispatch_locked();
+      });
+    }
+    return stole;
+  }
+
   void dispatch_locked() {
     if (terminated_) return;
-    // One chunk per worker per round: work spreads evenly while speeds are unknown.
-    for (bool progress = true; progress && has_work();) {
-      progress = false;
-      for (auto& w : workers_) {
-        if (!has_work()) break;
-        if (!can_take(*w, next_chunk_size())) continue;
-        send_chunk(*w, take_chunk());
-        progress = true;
+    auto now = now_ns();
+    do {
+      // One chunk per worker per round: work spreads evenly while speeds are unknown.
+      for (bool progress = true; progress && has_work();) {
+        progress = false;
+        for (auto& w : workers_) {
+          if (!has_work()) break;
+          auto [job, n] = peek_chunk();
+          if (!can_take(*w, *job, n, now)) continue;
+          if (w->held.empty()) w->last_progress = now;
+          send_chunk(*w, take_chunk());
+          progress = true;
+        }
       }
-    }
+    } while (!has_work() && rebalance_locked(now));
+    bool all_claimed = std::all_of(workers_.begin(), workers_.end(),
+                                   [](const auto& w) { return w->gone || unstarted(*w) == 0; });
     for (auto& w : workers_) {
       if (w->gone || w->write_pending) continue;
       if (!w->out.empty()) start_write(w);
-      else if (closed_ && !has_work() && !w->shut) {
+      else if (closed_ && !has_work() && all_claimed && !w->shut) {
         // Everything is sent: the worker drains its socket, answers and exits.
         w->shut = true;
         boost::system::error_code ec;
@@ -508,28 +601,27 @@ private:
     std::erase_if(workers_, [&](const auto& p) { return p.get() == &w; });
     boost::system::error_code ec;
     w.socket.close(ec);
-    std::uint64_t started = w.page->started.load();
+    std::uint64_t claimed = w.page->claimed.load();
+    if (!terminated_) {
+      // Claimed and unanswered: these ran (or were running) in the dead worker. The
+      // rest were never started and go to the other workers first.
+      auto error = std::make_exception_ptr(worker_lost(code, w.proc->pid()));
+      std::deque<chunk> never_started;
+      for (auto& c : w.held) {
+        std::size_t skip = &c == &w.held.front() ? w.front_answered : 0;
+        for (std::size_t i = skip; i < c.n; ++i) {
+          if (c.seq + i <= claimed) {
+            c.job->sink->fail(c.first + i, error);
+          } else {
+            never_started.push_back({c.job, c.first + i, c.n - i});
+            break;
+          }
+        }
+      }
+      retry_.insert(retry_.begin(), never_started.begin(), never_started.end());
+    }
     ::munmap(w.page, page_size);
     w.page = nullptr;
-    if (!terminated_) {
-      // Started and unanswered: these ran (or were running) in the dead worker. The
-      // rest were never started and go to the other workers first.
-      std::uint64_t lost = started > w.answered ? started - w.answered : 0;
-      auto error = std::make_exception_ptr(worker_lost(code, w.proc->pid()));
-      std::deque<chunk> unstarted;
-      for (auto& c : w.held) {
-        std::size_t first = c.first, n = c.n;
-        if (&c == &w.held.front()) {
-          first += w.front_answered;
-          n -= w.front_answered;
-        }
-        std::size_t fail = std::min<std::uint64_t>(lost, n);
-        for (std::size_t i = 0; i < fail; ++i) c.job->sink->fail(first + i, error);
-        lost -= fail;
-        if (fail < n) unstarted.push_back({c.job, first + fail, n - fail});
-      }
-      retry_.insert(retry_.begin(), unstarted.begin(), unstarted.end());
-    }
     w.held.clear();
     w.held_items = 0;
     --live_;
@@ -559,6 +651,7 @@ private:
   void terminate_locked() noexcept {
     if (terminated_) return;
     terminated_ = closed_ = true;
+    rebalance_timer_.cancel();
     for (auto& w : workers_) {
       try {
         w->proc->signal(SIGKILL);
@@ -579,9 +672,11 @@ private:
   std::deque<std::shared_ptr<pool_job>> queue_; // submitted, not all sent
   std::deque<chunk> retry_;                     // sent to a worker that died before starting them
   std::vector<std::shared_ptr<worker>> workers_;
+  std::unordered_map<std::intptr_t, double> cost_; // measured ns per item, by trampoline
   std::size_t live_ = 0; // worker processes not reaped yet
   waiter_list join_waiters_;
-  bool closed_ = false, terminated_ = false, dispatch_posted_ = false;
+  boost::asio::steady_timer rebalance_timer_{ex_};
+  bool closed_ = false, terminated_ = false, dispatch_posted_ = false, rebalance_armed_ = false;
 };
 
 std::shared_ptr<pool_core> make_pool_core(boost::asio::any_io_executor ex, pool_config config) {

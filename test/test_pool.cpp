@@ -4,18 +4,544 @@
 
 #include "support/checks.hpp"
 
+#include <boost/asio/steady_timer.hpp>
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <csignal>
+#include <cstdlib>
+#include <map>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+using namespace std::chrono_literals;
+
 namespace {
+
+// ---- tasks (they run in the workers) ----
 int square(int x) { return x * x; }
+int add3(int a, int b, int c) { return a + b + c; }
+std::string greet(std::string name, int times) {
+  std::string out;
+  for (int i = 0; i < times; ++i) out += "hi " + name + ";";
+  return out;
+}
+int worker_pid() { return ::getpid(); }
+int worker_ppid() { return ::getppid(); }
+std::string worker_name() { return coproc::this_process::name(); }
+void nap(int ms) { ::usleep(static_cast<useconds_t>(ms) * 1000); }
+int nap_then(int ms) {
+  nap(ms);
+  return ms;
+}
+int fail_on_odd(int x) {
+  if (x % 2) throw std::invalid_argument("odd item " + std::to_string(x));
+  return x;
+}
+int throw_int(int) { throw 42; }
+int die_by_signal(int sig) {
+  ::kill(::getpid(), sig);
+  ::pause();
+  return 0;
+}
+int die_by_exit(int code) { ::_exit(code); }
+int die_by_abort(int) { std::abort(); }
+std::vector<int> range_of(int n) {
+  std::vector<int> v(static_cast<std::size_t>(n));
+  for (int i = 0; i < n; ++i) v[static_cast<std::size_t>(i)] = i;
+  return v;
 }
 
-TEST_CASE("apply returns the result computed in a worker") {
+struct point {
+  int x = 0, y = 0;
+  std::string label;
+  template <class Archive> void serialize(Archive& ar) { ar(x, y, label); }
+  bool operator==(const point&) const = default;
+};
+point mirror(point p) { return {p.y, p.x, p.label + "'"}; }
+
+struct doubler {
+  int operator()(int x) const { return 2 * x; }
+};
+
+// What a worker tells the test: its pid and how often the initializer ran in it.
+struct worker_report {
+  int pid;
+  int inits;
+};
+int g_inits = 0;
+void count_init() { ++g_inits; }
+void failing_init() { throw std::runtime_error("initializer refused"); }
+worker_report report(int ms) {
+  nap(ms);
+  return {::getpid(), g_inits};
+}
+
+// A page shared with every worker (mapped before main, so before any fork): tasks
+// announce their pid there.
+std::atomic<int>* const g_slots = [] {
+  void* mem = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (mem == MAP_FAILED) std::abort();
+  return new (mem) std::atomic<int>[64]{};
+}();
+std::atomic<int>* shared_slots() { return g_slots; }
+int announce_and_sleep(int slot) {
+  shared_slots()[slot].store(::getpid());
+  ::sleep(30);
+  return -1;
+}
+
+coproc::awaitable<void> sleep_for(std::chrono::microseconds d) {
+  boost::asio::steady_timer t(co_await boost::asio::this_coro::executor, d);
+  co_await t.async_wait(boost::asio::use_awaitable);
+}
+
+// The pid a task published in slot, once it runs.
+coproc::awaitable<int> announced(int slot) {
+  for (;;) {
+    if (int pid = shared_slots()[slot].load()) co_return pid;
+    co_await sleep_for(200us);
+  }
+}
+
+template <class E, class A> coproc::awaitable<E> failure_of(A op) {
+  try {
+    co_await std::move(op);
+  } catch (const E& e) {
+    co_return e;
+  }
+  FAIL("expected an exception");
+  throw std::logic_error("unreachable");
+}
+
+auto elapsed_ms(std::chrono::steady_clock::time_point since) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - since).count();
+}
+
+} // namespace
+
+TEST_CASE("apply runs f(args...) in a worker and returns its result") {
   coproc_test::run([]() -> coproc::awaitable<void> {
     coproc::pool pool(co_await boost::asio::this_coro::executor, 2);
+    CHECK(pool.size() == 2);
     CHECK(co_await pool.apply(square, 7) == 49);
-    std::vector<int> items{1, 2, 3, 4, 5};
-    auto squares = co_await pool.map(square, items);
-    CHECK(squares == std::vector<int>{1, 4, 9, 16, 25});
+    CHECK(co_await pool.apply(add3, 1, 20, 300) == 321);
+    CHECK(co_await pool.apply(greet, std::string("bo"), 2) == "hi bo;hi bo;");
+    CHECK(co_await pool.apply(mirror, point{1, 2, "p"}) == point{2, 1, "p'"});
+    CHECK(co_await pool.apply([](int x) { return x + 1; }, 41) == 42);
+    CHECK(co_await pool.apply(doubler{}, 21) == 42);
+    co_await pool.apply(nap, 1); // void
+    int pid = co_await pool.apply(worker_pid);
+    CHECK(pid != ::getpid());
+    CHECK(co_await pool.apply(worker_ppid) == ::getpid());
+    auto v = co_await pool.apply(range_of, 1000);
+    CHECK(v.size() == 1000);
+    CHECK(v[999] == 999);
+  }());
+}
+
+TEST_CASE("workers are named ForkPoolWorker-N") {
+  coproc_test::run([]() -> coproc::awaitable<void> {
+    coproc::pool pool(co_await boost::asio::this_coro::executor, 2);
+    std::vector<coproc::async_result<std::string>> names;
+    for (int i = 0; i < 20; ++i) names.push_back(pool.apply_async(worker_name));
+    for (auto& n : names) {
+      auto name = co_await n.get();
+      CHECK(name.rfind("ForkPoolWorker-", 0) == 0);
+    }
+    CHECK(coproc::this_process::name() == "MainProcess");
+  }());
+}
+
+TEST_CASE("apply_async results arrive for many tasks and get may be awaited again") {
+  coproc_test::run([]() -> coproc::awaitable<void> {
+    coproc::pool pool(co_await boost::asio::this_coro::executor, 2);
+    std::vector<coproc::async_result<int>> results;
+    for (int i = 0; i < 20000; ++i) results.push_back(pool.apply_async(square, i));
+    for (int i = 0; i < 20000; ++i) REQUIRE(co_await results[static_cast<std::size_t>(i)].get() == i * i);
+    CHECK(results[3].ready());
+    CHECK(results[3].successful());
+    CHECK(co_await results[3].get() == 9);
+    CHECK(co_await results[3].get() == 9);
+
+    // Two coroutines waiting for one result.
+    auto slow = pool.apply_async(nap_then, 30);
+    CHECK_FALSE(slow.ready());
+    CHECK_THROWS_AS((void)slow.successful(), std::logic_error);
+    std::vector<coproc::awaitable<int>> both;
+    both.push_back(slow.get());
+    both.push_back(slow.get());
+    auto got = co_await coproc::gather(std::move(both));
+    CHECK(got == std::vector<int>{30, 30});
+    co_await slow.wait();
+    CHECK(co_await slow.wait(1ms));
+  }());
+}
+
+TEST_CASE("map and starmap keep item order for every chunksize") {
+  coproc_test::run([]() -> coproc::awaitable<void> {
+    coproc::pool pool(co_await boost::asio::this_coro::executor, 3);
+    auto items = range_of(1001);
+    std::vector<int> expected;
+    for (int i : items) expected.push_back(i * i);
+    for (std::size_t chunksize : {0u, 1u, 3u, 1000u, 5000u}) {
+      CAPTURE(chunksize);
+      CHECK(co_await pool.map(square, items, chunksize) == expected);
+    }
+    std::vector<int> none;
+    CHECK((co_await pool.map(square, none)).empty());
+    std::set<int> as_set{3, 1, 2};
+    CHECK(co_await pool.map(square, as_set) == std::vector<int>{1, 4, 9});
+    auto async = pool.map_async(doubler{}, items, 7);
+    auto doubled = co_await async.get();
+    CHECK(doubled[1000] == 2000);
+
+    std::vector<std::tuple<int, int, int>> triples{{1, 2, 3}, {4, 5, 6}, {7, 8, 9}};
+    CHECK(co_await pool.starmap(add3, triples) == std::vector<int>{6, 15, 24});
+    std::vector<std::pair<std::string, int>> pairs{{"a", 1}, {"b", 2}};
+    CHECK(co_await pool.starmap(greet, pairs, 1) == std::vector<std::string>{"hi a;", "hi b;hi b;"});
+  }());
+}
+
+TEST_CASE("imap yields in item order and imap_unordered yields every item once") {
+  coproc_test::run([]() -> coproc::awaitable<void> {
+    coproc::pool pool(co_await boost::asio::this_coro::executor, 2);
+    auto items = range_of(500);
+    for (std::size_t chunksize : {1u, 7u}) {
+      auto stream = pool.imap(square, items, chunksize);
+      std::vector<int> got;
+      while (auto r = co_await stream.next()) got.push_back(*r);
+      CHECK(got.size() == 500);
+      for (std::size_t i = 0; i < got.size(); ++i) REQUIRE(got[i] == static_cast<int>(i * i));
+      CHECK_FALSE(co_await stream.next());
+    }
+    // A slow first item finishes last: unordered hands out what is ready.
+    std::vector<int> naps{80, 1, 1, 1, 1, 1};
+    auto stream = pool.imap_unordered(nap_then, naps);
+    std::multiset<int> got;
+    std::vector<int> order;
+    while (auto r = co_await stream.next()) {
+      got.insert(*r);
+      order.push_back(*r);
+    }
+    CHECK(got == std::multiset<int>(naps.begin(), naps.end()));
+    CHECK(order.front() == 1);
+    CHECK(order.back() == 80);
+  }());
+}
+
+TEST_CASE("a task that throws fails with remote_error naming type message and pid") {
+  coproc_test::run([]() -> coproc::awaitable<void> {
+    coproc::pool pool(co_await boost::asio::this_coro::executor, 2);
+    auto e = co_await failure_of<coproc::remote_error>(pool.apply(fail_on_odd, 3));
+    CHECK(e.type_name() == "std::invalid_argument");
+    CHECK(e.message() == "odd item 3");
+    CHECK(e.pid() != ::getpid());
+    CHECK(e.pid() > 0);
+    CHECK(std::string(e.what()).find("odd item 3") != std::string::npos);
+    CHECK(std::string(e.what()).find(std::to_string(e.pid())) != std::string::npos);
+
+    auto unknown = co_await failure_of<coproc::remote_error>(pool.apply(throw_int, 0));
+    CHECK(unknown.type_name() == "unknown exception");
+
+    auto r = pool.apply_async(fail_on_odd, 5);
+    co_await r.wait();
+    CHECK(r.ready());
+    CHECK_FALSE(r.successful());
+    CHECK(co_await pool.apply(fail_on_odd, 4) == 4); // the worker goes on
+  }());
+}
+
+TEST_CASE("map rethrows the first failing item and imap goes on after a failure") {
+  coproc_test::run([]() -> coproc::awaitable<void> {
+    coproc::pool pool(co_await boost::asio::this_coro::executor, 2);
+    std::vector<int> items{2, 4, 7, 8, 9, 10};
+    for (std::size_t chunksize : {1u, 2u, 0u}) {
+      auto e = co_await failure_of<coproc::remote_error>(pool.map(fail_on_odd, items, chunksize));
+      CHECK(e.message() == "odd item 7");
+    }
+    auto stream = pool.imap(fail_on_odd, items);
+    std::vector<std::string> seen;
+    for (;;) {
+      try {
+        auto r = co_await stream.next();
+        if (!r) break;
+        seen.push_back(std::to_string(*r));
+      } catch (const coproc::remote_error& e) {
+        seen.push_back(e.message());
+      }
+    }
+    CHECK(seen == std::vector<std::string>{"2", "4", "odd item 7", "8", "odd item 9", "10"});
+  }());
+}
+
+TEST_CASE("a worker killed mid-task fails that task with worker_lost and the pool goes on") {
+  coproc_test::run([]() -> coproc::awaitable<void> {
+    coproc::pool pool(co_await boost::asio::this_coro::executor, 2);
+    auto e = co_await failure_of<coproc::worker_lost>(pool.apply(die_by_signal, SIGKILL));
+    CHECK(e.exitcode() == -SIGKILL);
+    CHECK(e.pid() != ::getpid());
+    CHECK(std::string(e.what()).find(std::to_string(e.pid())) != std::string::npos);
+    CHECK_FALSE(coproc_test::pid_exists(e.pid()));
+
+    auto exited = co_await failure_of<coproc::worker_lost>(pool.apply(die_by_exit, 3));
+    CHECK(exited.exitcode() == 3);
+    auto aborted = co_await failure_of<coproc::worker_lost>(pool.apply(die_by_abort, 0));
+    CHECK(aborted.exitcode() == -SIGABRT);
+
+    auto items = range_of(100);
+    auto expected = co_await pool.map(square, items, 1);
+    CHECK(expected.size() == 100);
+    CHECK(co_await pool.map(square, items) == expected);
+  }());
+}
+
+TEST_CASE("100 rounds of kill -9 fail only the killed task and recover within 100 ms") {
+  coproc_test::run([]() -> coproc::awaitable<void> {
+    coproc::pool pool(co_await boost::asio::this_coro::executor, {.processes = 2, .initializer = count_init});
+    std::vector<long> detect_ms;
+    std::set<int> victims;
+    for (int round = 0; round < 100; ++round) {
+      shared_slots()[0].store(0);
+      auto victim = pool.apply_async(announce_and_sleep, 0);
+      auto bystanders = pool.map_async(square, range_of(50), 1);
+      int pid = co_await announced(0);
+      REQUIRE(::kill(pid, SIGKILL) == 0);
+      auto killed = std::chrono::steady_clock::now();
+      auto e = co_await failure_of<coproc::worker_lost>(victim.get());
+      detect_ms.push_back(elapsed_ms(killed));
+      CHECK(e.pid() == pid);
+      CHECK(e.exitcode() == -SIGKILL);
+      victims.insert(pid);
+      auto squares = co_await bystanders.get();
+      REQUIRE(squares.size() == 50);
+      CHECK(squares[49] == 49 * 49);
+    }
+    CHECK(victims.size() == 100);
+    std::sort(detect_ms.begin(), detect_ms.end());
+    MESSAGE("worker_lost after kill -9: median " << detect_ms[50] << " ms, max " << detect_ms.back() << " ms");
+    CHECK(detect_ms[50] < 100);
+    CHECK(detect_ms.back() < 2000); // a loaded CI machine
+    // Every replacement ran the initializer once.
+    std::vector<int> naps(40, 2);
+    for (auto r : co_await pool.map(report, naps, 1)) CHECK(r.inits == 1);
+  }());
+}
+
+TEST_CASE("tasks queued behind a killed task are not lost") {
+  coproc_test::run([]() -> coproc::awaitable<void> {
+    coproc::pool pool(co_await boost::asio::this_coro::executor, 1);
+    // Fast tasks first: the worker's measured speed lets the parent queue many in its socket.
+    (void)co_await pool.map(square, range_of(2000), 1);
+    shared_slots()[1].store(0);
+    auto victim = pool.apply_async(announce_and_sleep, 1);
+    std::vector<coproc::async_result<int>> behind;
+    for (int i = 0; i < 100; ++i) behind.push_back(pool.apply_async(square, i));
+    int pid = co_await announced(1);
+    ::kill(pid, SIGKILL);
+    (void)co_await failure_of<coproc::worker_lost>(victim.get());
+    for (int i = 0; i < 100; ++i) CHECK(co_await behind[static_cast<std::size_t>(i)].get() == i * i);
+    CHECK(co_await pool.apply(worker_pid) != pid);
+  }());
+}
+
+TEST_CASE("the initializer runs once in every worker") {
+  coproc_test::run([]() -> coproc::awaitable<void> {
+    coproc::pool pool(co_await boost::asio::this_coro::executor, {.processes = 3, .initializer = count_init});
+    CHECK(g_inits == 0); // not in the parent
+    std::vector<int> naps(30, 5);
+    std::set<int> pids;
+    for (auto r : co_await pool.map(report, naps, 1)) {
+      CHECK(r.inits == 1);
+      pids.insert(r.pid);
+    }
+    CHECK(pids.size() == 3);
+  }());
+}
+
+TEST_CASE("a failing initializer does not spin and the pool can still be terminated") {
+  coproc_test::run([]() -> coproc::awaitable<void> {
+    coproc::pool pool(co_await boost::asio::this_coro::executor, {.processes = 1, .initializer = failing_init});
+    auto r = pool.apply_async(square, 2);
+    CHECK_FALSE(co_await r.wait(150ms));
+    pool.terminate();
+    (void)co_await failure_of<coproc::pool_closed>(r.get());
+    co_await pool.join();
+  }());
+}
+
+TEST_CASE("maxtasksperchild replaces workers after that many tasks") {
+  coproc_test::run([]() -> coproc::awaitable<void> {
+    coproc::pool pool(co_await boost::asio::this_coro::executor,
+                      {.processes = 2, .initializer = count_init, .maxtasksperchild = 3});
+    std::map<int, int> tasks_per_pid;
+    for (int i = 0; i < 30; ++i) {
+      auto r = co_await pool.apply(report, 0);
+      CHECK(r.inits == 1);
+      ++tasks_per_pid[r.pid];
+    }
+    CHECK(tasks_per_pid.size() >= 10);
+    for (auto [pid, n] : tasks_per_pid) CHECK(n <= 3);
+    // A map's chunks count as tasks too.
+    CHECK((co_await pool.map(square, range_of(100), 5)).size() == 100);
     pool.close();
     co_await pool.join();
   }());
+}
+
+TEST_CASE("get with a timeout throws timeout_error and the task goes on") {
+  coproc_test::run([]() -> coproc::awaitable<void> {
+    coproc::pool pool(co_await boost::asio::this_coro::executor, 1);
+    auto r = pool.apply_async(nap_then, 300);
+    auto start = std::chrono::steady_clock::now();
+    auto e = co_await failure_of<coproc::timeout_error>(r.get(50ms));
+    CHECK(elapsed_ms(start) >= 45);
+    CHECK(elapsed_ms(start) < 250);
+    CHECK(std::string(e.what()).find("pool task") != std::string::npos);
+    CHECK_FALSE(co_await r.wait(10ms));
+    CHECK(co_await r.get(5s) == 300);
+    CHECK(co_await r.get(0ms) == 300); // ready: no waiting at all
+  }());
+}
+
+TEST_CASE("close then join waits for every queued task and the workers exit") {
+  coproc_test::run([]() -> coproc::awaitable<void> {
+    coproc::pool pool(co_await boost::asio::this_coro::executor, 2);
+    std::vector<coproc::async_result<worker_report>> results;
+    auto start = std::chrono::steady_clock::now();
+    for (int i = 0; i < 10; ++i) results.push_back(pool.apply_async(report, 20));
+    pool.close();
+    co_await pool.join();
+    CHECK(elapsed_ms(start) >= 90); // five rounds of 20 ms on two workers
+    std::set<int> pids;
+    for (auto& r : results) {
+      CHECK(r.ready());
+      pids.insert((co_await r.get()).pid);
+    }
+    CHECK(pids.size() == 2);
+    for (int pid : pids) CHECK_FALSE(coproc_test::pid_exists(pid));
+    co_await pool.join(); // again: still fine
+  }());
+}
+
+TEST_CASE("terminate fails unfinished tasks with pool_closed at once") {
+  coproc_test::run([]() -> coproc::awaitable<void> {
+    coproc::pool pool(co_await boost::asio::this_coro::executor, 2);
+    auto done = pool.apply_async(square, 5);
+    CHECK(co_await done.get() == 25);
+    std::vector<coproc::async_result<int>> running;
+    for (int i = 0; i < 6; ++i) running.push_back(pool.apply_async(nap_then, 10000));
+    auto stream = pool.imap(nap_then, std::vector<int>{10000, 10000});
+    auto mapped = pool.map_async(nap_then, std::vector<int>{10000, 1});
+    auto queued = pool.apply_async(worker_pid); // behind the naps: fails too
+    co_await sleep_for(20ms);
+    auto start = std::chrono::steady_clock::now();
+    pool.terminate();
+    for (auto& r : running) (void)co_await failure_of<coproc::pool_closed>(r.get());
+    (void)co_await failure_of<coproc::pool_closed>(stream.next());
+    (void)co_await failure_of<coproc::pool_closed>(stream.next());
+    CHECK_FALSE(co_await stream.next());
+    (void)co_await failure_of<coproc::pool_closed>(mapped.get());
+    (void)co_await failure_of<coproc::pool_closed>(queued.get());
+    CHECK(co_await done.get() == 25); // finished results stay
+    co_await pool.join();
+    CHECK(elapsed_ms(start) < 1000);
+    CHECK(coproc_test::live_children().empty());
+  }());
+}
+
+TEST_CASE("misuse is a logic_error") {
+  coproc_test::run([]() -> coproc::awaitable<void> {
+    auto ex = co_await boost::asio::this_coro::executor;
+    coproc::pool pool(ex, 1);
+    auto join_early = co_await failure_of<std::logic_error>(pool.join());
+    CHECK(std::string(join_early.what()).find("close()") != std::string::npos);
+    pool.close();
+    CHECK_THROWS_WITH_AS(pool.apply_async(square, 1), doctest::Contains("closed pool"), std::logic_error);
+    CHECK_THROWS_AS((void)pool.map(square, range_of(3)), std::logic_error);
+    CHECK_THROWS_AS(pool.imap(square, range_of(3)), std::logic_error);
+    co_await pool.join();
+
+    coproc::pool other(ex, 1);
+    other.terminate();
+    CHECK_THROWS_WITH_AS(other.apply_async(square, 1), doctest::Contains("terminated pool"), std::logic_error);
+    other.terminate(); // twice is fine
+    co_await other.join();
+
+    coproc::pool_options spawn{.processes = 1, .method = coproc::start_method::spawn};
+    CHECK_THROWS_AS(coproc::pool(ex, spawn), std::invalid_argument);
+  }());
+}
+
+TEST_CASE("results and streams that outlive their pool fail with pool_closed") {
+  coproc_test::run([]() -> coproc::awaitable<void> {
+    auto ex = co_await boost::asio::this_coro::executor;
+    std::optional<coproc::async_result<int>> result;
+    std::optional<coproc::result_stream<int>> stream;
+    std::vector<int> pids;
+    {
+      coproc::pool pool(ex, 2);
+      for (int i = 0; i < 2; ++i) pids.push_back(co_await pool.apply(worker_pid));
+      result = pool.apply_async(nap_then, 10000);
+      stream = pool.imap(nap_then, std::vector<int>{10000});
+    } // destruction terminates
+    (void)co_await failure_of<coproc::pool_closed>(result->get());
+    (void)co_await failure_of<coproc::pool_closed>(stream->next());
+    co_await sleep_for(50ms);
+    for (int pid : pids) CHECK_FALSE(coproc_test::pid_exists(pid));
+  }());
+}
+
+TEST_CASE("a pool destroyed without a running io_context leaves no zombie") {
+  int fds = coproc_test::count_fds();
+  {
+    boost::asio::io_context ctx;
+    coproc::pool pool(ctx.get_executor(), 2);
+    auto r = pool.apply_async(square, 3);
+    ctx.run_for(200ms);
+    CHECK(r.ready());
+  }
+  CHECK(coproc_test::settle(fds));
+  CHECK(coproc_test::live_children().empty());
+}
+
+TEST_CASE("the io_context stays responsive while the pool is saturated") {
+  coproc_test::run([]() -> coproc::awaitable<void> {
+    auto ex = co_await boost::asio::this_coro::executor;
+    coproc::pool pool(ex, 2);
+    auto items = range_of(300000);
+    auto mapped = pool.map_async(square, items, 1);
+    std::chrono::microseconds worst{0};
+    int ticks = 0;
+    while (!mapped.ready()) {
+      auto due = std::chrono::steady_clock::now() + 1ms;
+      boost::asio::steady_timer t(ex, due);
+      co_await t.async_wait(boost::asio::use_awaitable);
+      worst = std::max(worst, std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - due));
+      ++ticks;
+    }
+    MESSAGE("timer ticks during the map: " << ticks << ", worst lag " << worst.count() << " us");
+    CHECK(worst < 100ms);
+    CHECK((co_await mapped.get())[299999] == square(299999));
+  }());
+}
+
+TEST_CASE("tasks travel as image offsets and stateful callables are refused") {
+  using coproc::detail::pool_callable;
+  using coproc::detail::pool_target;
+  auto offset = pool_target(&square);
+  CHECK(offset != reinterpret_cast<std::intptr_t>(&square));
+  CHECK(static_cast<bool>(pool_callable<int (*)(int)>(offset) == &square));
+  CHECK(pool_target(doubler{}) == 0);
+  int captured = 1;
+  auto capturing = [captured](int x) { return x + captured; };
+  static_assert(!coproc::detail::pool_stateless_object<decltype(capturing)>);
+  static_assert(!coproc::detail::pool_function_pointer<std::function<int(int)>>);
+  static_assert(coproc::detail::pool_stateless_object<decltype([](int x) { return x; })>);
+  CHECK(capturing(1) == 2);
 }
