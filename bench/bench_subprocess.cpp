@@ -74,8 +74,9 @@ std::string payload() {
 
 double coproc_cat(const std::string& data) {
   return coproc::block_on([&]() -> coproc::awaitable<double> {
+    std::string input = data; // moved into the call below, as Python passes a reference
     auto start = bench::clock::now();
-    auto r = co_await coproc::run({"cat"}, {.input = data, .out = coproc::stdio::pipe});
+    auto r = co_await coproc::run({"cat"}, {.input = std::move(input), .out = coproc::stdio::pipe});
     double elapsed = bench::seconds_since(start);
     if (r.out.size() != data.size()) throw std::runtime_error("cat lost bytes");
     co_return data.size() / elapsed / 1e9;
