@@ -4,10 +4,15 @@
 //   2. 200 and 1000 spawned at once, then all waited (spawns per second; the per-spawn
 //      cost at 1000 over the one at 200 shows whether spawning while others run stays
 //      linear)
-//   3. 64 MiB through cat, input fed while output is read (GB/s)
+//   3. spawn+wait while 0, 200, 1000 other children are awaited (us per spawn: flat
+//      means spawning N children while N run stays linear)
+//   4. 64 MiB through cat, input fed while output is read (GB/s)
 #include <coproc/subprocess.hpp>
 
 #include "common.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
 
 #include <fcntl.h>
 #include <poll.h>
@@ -63,6 +68,29 @@ double coproc_concurrent(int n) {
     for (int i = 0; i < n; ++i) calls.push_back(coproc::call({true_path}));
     co_await coproc::gather(std::move(calls));
     co_return n / bench::seconds_since(start);
+  }());
+}
+
+coproc::awaitable<void> wait_for(std::shared_ptr<coproc::popen> p) { co_await p->wait(); }
+
+// Sequential spawn+wait of /bin/true while `running` other children are being awaited
+// on the same io_context (each one's pidfd registered with it). A launcher that
+// re-registers the context's descriptors per spawn (Boost.Process 1.81's notify_fork)
+// grows with `running`; this must not.
+double spawn_while_running(int running) {
+  return coproc::block_on([running]() -> coproc::awaitable<double> {
+    auto ex = co_await boost::asio::this_coro::executor;
+    std::vector<std::shared_ptr<coproc::popen>> sleepers;
+    for (int i = 0; i < running; ++i) {
+      sleepers.push_back(std::make_shared<coproc::popen>(ex, std::vector<std::string>{"sleep", "60"}));
+      boost::asio::co_spawn(ex, wait_for(sleepers.back()), boost::asio::detached);
+    }
+    co_await coproc::call({true_path}); // every waiter has registered by now
+    auto start = bench::clock::now();
+    for (int i = 0; i < sequential_n; ++i) co_await coproc::call({true_path});
+    double us = bench::seconds_since(start) / sequential_n * 1e6;
+    for (auto& p : sleepers) p->kill();
+    co_return us;
   }());
 }
 
@@ -169,6 +197,17 @@ int main() {
   }
   std::printf("  linearity: coproc %.1f us/spawn at 1000 concurrent vs %.1f at 200 (%.2fx)\n",
               per_spawn[1], per_spawn[0], per_spawn[1] / per_spawn[0]);
+
+  std::printf("\nsequential spawn+wait of /bin/true while N other children are awaited\n");
+  double alone = 0, busiest = 0;
+  for (int running : {0, 200, 1000}) {
+    busiest = spawn_while_running(running);
+    if (running == 0) alone = busiest;
+    bench::row("subprocess: spawn+wait while " + std::to_string(running) + " run", "coproc::call",
+               busiest, "us/spawn", true);
+  }
+  std::printf("  => while 1000 run: %.2fx the cost with none running (1.00 = linear total)\n",
+              busiest / alone);
 
   std::printf("\n%d MiB through cat, input written while output is read, median of %d rounds\n",
               cat_mib, rounds);
