@@ -377,6 +377,15 @@ TEST_CASE("a timeout kills and reaps sleep 10 well under 2 s") {
   CHECK(coproc_test::live_children().empty());
 }
 
+TEST_CASE("a command that finishes within its timeout returns normally") {
+  auto start = clock_type::now();
+  auto r = run(coproc::run({"sh", "-c", "echo in time; exit 2"}, {.capture_output = true, .timeout = 10s}));
+  CHECK(r.returncode == 2);
+  CHECK(r.out == "in time\n");
+  CHECK(run(coproc::check_output({"tr", "a-z", "A-Z"}, {.input = "abc", .timeout = 10s})) == "ABC");
+  CHECK(seconds_since(start) < 5.0); // the timer does not hold the call until it expires
+}
+
 TEST_CASE("timeout_expired carries the output captured so far") {
   auto e = thrown_by<coproc::timeout_expired>(coproc::check_output(
       {"sh", "-c", "echo partial; echo oops >&2; exec sleep 10"}, {.capture_output = true, .timeout = 300ms}));
