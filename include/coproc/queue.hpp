@@ -34,6 +34,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
 
 namespace coproc {
@@ -75,12 +76,13 @@ public:
   explicit queue(queue_options options)
       : ring_(std::make_shared<detail::queue_ring>(options.maxsize, options.capacity_bytes)) {}
 
-  // Waits for room. queue_closed if the queue is (or becomes) closed; std::length_error,
-  // naming both sizes, if the item can never fit the capacity.
-  awaitable<void> put(T item) { return put_until(ring_, std::move(item), std::nullopt); }
+  // Waits for room. The item is encoded before the call returns (it may be a temporary).
+  // queue_closed if the queue is (or becomes) closed; std::length_error, naming both
+  // sizes, if the item can never fit the capacity.
+  awaitable<void> put(const T& item) { return put_until(ring_, pack(item), std::nullopt); }
   // queue_full if there is still no room after timeout.
-  awaitable<void> put(T item, duration timeout) {
-    return put_until(ring_, std::move(item), detail::deadline_after(timeout));
+  awaitable<void> put(const T& item, duration timeout) {
+    return put_until(ring_, pack(item), detail::deadline_after(timeout));
   }
   // Waits for an item. Once the queue is closed, the items left are still returned, then
   // queue_closed. A malformed item is a coproc::error (and is consumed).
@@ -89,7 +91,7 @@ public:
   awaitable<T> get(duration timeout) { return get_until(ring_, detail::deadline_after(timeout)); }
 
   // queue_full / queue_empty instead of waiting.
-  void put_nowait(T item) {
+  void put_nowait(const T& item) {
     auto s = ring_->try_put(detail::encode_item(item, detail::encode_scratch()));
     if (s == detail::queue_ring::status::closed) throw queue_closed("coproc::queue: put_nowait on a closed queue");
     if (s == detail::queue_ring::status::full) throw queue_full("coproc::queue: put_nowait on a full queue");
@@ -118,14 +120,22 @@ public:
 private:
   using ring_ptr = std::shared_ptr<detail::queue_ring>;
 
-  static awaitable<void> put_until(ring_ptr ring, T item, detail::deadline until) {
-    auto bytes = detail::encode_item(item, detail::encode_scratch());
+  // What a put carries until it is awaited: the value itself when its bytes are its
+  // encoding, else the encoding.
+  using packed = std::conditional_t<wire::trivially_encoded<T>, T, std::string>;
+  static packed pack(const T& item) {
+    if constexpr (wire::trivially_encoded<T>) return item;
+    else return wire::encode(item);
+  }
+
+  static awaitable<void> put_until(ring_ptr ring, packed item, detail::deadline until) {
+    std::string_view bytes;
+    if constexpr (wire::trivially_encoded<T>) bytes = {reinterpret_cast<const char*>(&item), sizeof(T)};
+    else bytes = item;
     auto s = ring->try_put(bytes);
     if (s == detail::queue_ring::status::ok) co_return;
     if (s == detail::queue_ring::status::closed) throw queue_closed("coproc::queue: put on a closed queue");
-    // Waiting: other coroutines of this thread may reuse the scratch buffer meanwhile.
-    std::string own(bytes);
-    co_await ring->put(own, until);
+    co_await ring->put(bytes, until);
   }
 
   static awaitable<T> get_until(ring_ptr ring, detail::deadline until) {
