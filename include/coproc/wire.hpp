@@ -162,15 +162,17 @@ void CEREAL_LOAD_FUNCTION_NAME(coproc::wire::input_archive& ar, T& t) {
   }
 }
 
-template <class T>
-  requires coproc::wire::detail::raw_class<T>
-void CEREAL_SAVE_FUNCTION_NAME(coproc::wire::output_archive& ar, const T& t) {
+// The archive is a deduced parameter checked first, so probing raw_class with the probe
+// archive never asks about raw_class itself (g++ checks constraints before conversions).
+template <class Archive, class T>
+  requires std::is_same_v<Archive, coproc::wire::output_archive> && coproc::wire::detail::raw_class<T>
+void CEREAL_SAVE_FUNCTION_NAME(Archive& ar, const T& t) {
   ar.save_binary(std::addressof(t), sizeof(t));
 }
 
-template <class T>
-  requires coproc::wire::detail::raw_class<T>
-void CEREAL_LOAD_FUNCTION_NAME(coproc::wire::input_archive& ar, T& t) {
+template <class Archive, class T>
+  requires std::is_same_v<Archive, coproc::wire::input_archive> && coproc::wire::detail::raw_class<T>
+void CEREAL_LOAD_FUNCTION_NAME(Archive& ar, T& t) {
   ar.load_binary(std::addressof(t), sizeof(t));
 }
 
