@@ -217,6 +217,7 @@ void queue_ring::unlock(side s) noexcept {
 
 // The previous holder died. If it had published its position, its count must match the
 // journal; if not, its half-written record lies beyond the position and is ignored.
+// Either way it may have died before waking the other side's sleepers: wake them.
 void queue_ring::recover(side s) noexcept {
   auto& c = *control_;
   if (s == putters) {
@@ -226,6 +227,8 @@ void queue_ring::recover(side s) noexcept {
     if (c.head.load(std::memory_order_relaxed) == c.get_journal_head)
       c.get_count.store(c.get_journal_count, std::memory_order_relaxed);
   }
+  const std::uint64_t one = 1;
+  (void)!::write(event_fd_[s == putters ? getters : putters], &one, sizeof one);
 }
 
 queue_ring::status queue_ring::try_put(std::string_view bytes) {
@@ -263,8 +266,10 @@ queue_ring::status queue_ring::try_put(std::string_view bytes) {
     c.put_journal_count = count + 1;
     c.tail.store(tail + need, std::memory_order_release); // the commit
     c.put_count.store(count + 1, std::memory_order_relaxed);
+    // Still under the lock: a producer killed between its commit and this wake-up is
+    // found by the next one to lock, which wakes the consumers in its place.
+    wake(getters);
   }
-  wake(getters);
   return status::ok;
 }
 
@@ -314,8 +319,8 @@ queue_ring::status queue_ring::try_get(consumer f, void* context) {
       throw;
     }
     commit();
+    wake(putters); // under the lock, as in try_put
   }
-  wake(putters);
   return status::ok;
 }
 

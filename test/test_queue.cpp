@@ -460,6 +460,19 @@ TEST_CASE("processes killed at random moments in put and get never break the que
     REQUIRE(q.qsize() == 0);
     lost_total += lost;
     consumed_total += static_cast<int>(order.size());
+    // Whatever the kills left behind (a lock, a wake-up flag, a sleeper's count), a new
+    // consumer that goes to sleep is woken by the next put.
+    coproc::process sleeper(
+        [](coproc::queue<std::string> q, std::uint32_t round) -> coproc::awaitable<int> {
+          std::uint32_t got_round, seq;
+          auto item = co_await q.get(10s);
+          co_return check_item(item, got_round, seq) && got_round == round && seq == 0xfffff ? 0 : 1;
+        },
+        q, static_cast<std::uint32_t>(r));
+    sleeper.start();
+    std::this_thread::sleep_for(std::chrono::microseconds(rng() % 2000));
+    q.put_nowait(make_item(static_cast<std::uint32_t>(r), 0xfffff));
+    REQUIRE(run(sleeper.join()) == 0);
   }
   MESSAGE(rounds << " rounds: " << consumed_total << " items checked, " << lost_total
                  << " in-flight items lost with their killed consumer");

@@ -17,10 +17,12 @@
 //
 // Sleepers wait on an eventfd per direction, registered with the awaiting coroutine's
 // io_context. A waiter counts itself in and clears the direction's `wake_pending` flag
-// before it looks again; the other side writes the eventfd only when someone waits and
-// no wake-up is already on its way, so a busy queue makes no syscalls and a burst makes
-// one. A waiter killed while asleep leaves its count behind, which costs at most one
-// spare write per burst.
+// before it looks again; the other side, after a commit and still under its lock, writes
+// the eventfd only when someone waits and no wake-up is already on its way, so a busy
+// queue makes no syscalls and a burst makes one. A process killed between its commit and
+// that write still holds the lock: the next process to lock that side wakes the sleepers
+// in its place. A waiter killed while asleep leaves its count behind, which costs at most
+// one spare write per burst.
 #pragma once
 
 #include <coproc/this_process.hpp>
