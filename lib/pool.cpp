@@ -56,6 +56,9 @@ using clock = std::chrono::steady_clock;
 constexpr std::uint32_t error_bit = 0x80000000u;
 constexpr std::uint32_t timing_mark = 0xffffffffu;
 constexpr std::size_t frame_header = 4 + 8 + 8 + 4;
+// A larger chunk travels as several frames (each one task for maxtasksperchild), so no
+// single step of the parent's loop encodes or decodes more than about 0.2 ms of items.
+constexpr std::size_t max_frame_items = 16384;
 
 // What a worker tells its parent without a syscall.
 struct worker_page {
@@ -216,8 +219,17 @@ public:
                              (terminated_ ? "terminated" : "closed") + " pool");
     if (job->count == 0) return;
     queue_.push_back(std::move(job));
-    // Submissions made in one go leave together: the dispatch runs once the submitting
+    // A lone task for an idle worker leaves at once (apply's round trip). Otherwise
+    // submissions made in one go leave together: the dispatch runs once the submitting
     // code yields to the io_context.
+    bool idle = queue_.size() == 1 && retry_.empty() &&
+                std::any_of(workers_.begin(), workers_.end(), [](const auto& w) {
+                  return !w->gone && !w->shut && !w->retiring && w->held.empty() && !w->write_pending;
+                });
+    if (idle) {
+      dispatch_locked();
+      if (!has_work()) return;
+    }
     if (!dispatch_posted_) {
       dispatch_posted_ = true;
       boost::asio::post(ex_, [self = shared_from_this()] {
@@ -453,7 +465,7 @@ private:
   std::pair<const pool_job*, std::size_t> peek_chunk() const {
     if (!retry_.empty()) return {retry_.front().job.get(), retry_.front().n};
     const auto& job = *queue_.front();
-    return {&job, std::min(job.chunksize, job.count - job.next)};
+    return {&job, std::min({job.chunksize, max_frame_items, job.count - job.next})};
   }
 
   chunk take_chunk() {
@@ -463,7 +475,7 @@ private:
       return c;
     }
     auto& job = queue_.front();
-    std::size_t n = std::min(job->chunksize, job->count - job->next);
+    std::size_t n = std::min({job->chunksize, max_frame_items, job->count - job->next});
     chunk c{job, job->next, n};
     job->next += n;
     if (job->next == job->count) queue_.pop_front();
