@@ -146,6 +146,20 @@ TEST_CASE("apply runs f(args...) in a worker and returns its result") {
   }());
 }
 
+TEST_CASE("large arguments and results cross intact") {
+  coproc_test::run([]() -> coproc::awaitable<void> {
+    coproc::pool pool(co_await boost::asio::this_coro::executor, 2);
+    std::string big(3 << 20, 'x');
+    big[12345] = 'y';
+    auto echoed = co_await pool.apply(greet, big, 2);
+    CHECK(echoed.size() == 2 * (big.size() + 4));
+    CHECK(echoed.substr(3 + 12345, 1) == "y");
+    auto v = co_await pool.apply(range_of, 2'000'000);
+    CHECK(v.size() == 2'000'000);
+    CHECK(v.back() == 1'999'999);
+  }());
+}
+
 TEST_CASE("workers are named ForkPoolWorker-N") {
   coproc_test::run([]() -> coproc::awaitable<void> {
     coproc::pool pool(co_await boost::asio::this_coro::executor, 2);

@@ -43,7 +43,8 @@ struct pool_options {
   unsigned processes = 0;              // 0 → cpu_count()
   std::function<void()> initializer{}; // run once in every worker, replacements too
   unsigned maxtasksperchild = 0;       // 0 → unlimited; else a worker is replaced after N tasks
-                                       // (one apply, or one chunk of a map, is one task)
+                                       // (one apply, or one chunk of a map, is one task;
+                                       // a chunk above 16384 items counts as several)
   start_method method = start_method::fork; // only fork so far (std::invalid_argument otherwise)
 };
 
