@@ -80,11 +80,11 @@ public:
 
 private:
   void shutdown() override {
+    unlink(); // first, and not under mutex_: forget_fd locks the registry, then mutex_
     std::lock_guard lock(mutex_);
     if (owner_ == ::getpid())
       for (auto& [fd, d] : descriptors_) d->release();
     descriptors_.clear();
-    unlink();
   }
   void unlink() noexcept {
     std::lock_guard lock(services().mutex);
@@ -468,58 +468,55 @@ awaitable<void> pipe_end::send(std::string_view payload) {
     } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
       co_await wait_writable(fd_, std::nullopt);
       check_open("send");
-    } else if (errno != EINTR) {
-      throw_errno(errno, "coproc::connection::send (pid " + std::to_string(::getpid()) +
-                             "): the peer end is closed");
+    } else if (int err = errno; err != EINTR) {
+      throw_errno(err, "coproc::connection::send (pid " + std::to_string(::getpid()) + ")" +
+                           (err == EPIPE || err == ECONNRESET ? ": the other end is closed" : ""));
     }
   }
 }
 
 bool pipe_end::has_frame() const noexcept {
-  if (in_.size() - in_pos_ < 8) return false;
+  if (end_ - begin_ < 8) return false;
   std::uint64_t length;
-  std::memcpy(&length, in_.data() + in_pos_, 8);
-  return length <= in_.size() - in_pos_ - 8;
+  std::memcpy(&length, in_.data() + begin_, 8);
+  return length <= end_ - begin_ - 8;
 }
 
 bool pipe_end::fill() {
-  if (in_pos_ != 0 && in_pos_ == in_.size()) {
-    in_.clear();
-    in_pos_ = 0;
-  } else if (in_pos_ > 65536 && in_pos_ * 2 > in_.size()) {
-    in_.erase(0, in_pos_);
-    in_pos_ = 0;
-  }
+  if (begin_ == end_) begin_ = end_ = 0;
   // Read at least what the pending frame still needs, so a large message takes few reads.
   std::size_t want = 65536;
-  if (in_.size() - in_pos_ >= 8) {
+  if (end_ - begin_ >= 8) {
     std::uint64_t length;
-    std::memcpy(&length, in_.data() + in_pos_, 8);
+    std::memcpy(&length, in_.data() + begin_, 8);
     if (length > max_frame) {
-      in_.clear();
-      in_pos_ = 0;
+      begin_ = end_ = 0;
       throw coproc::error("coproc::connection::recv: malformed frame announcing " +
                           std::to_string(length) + " bytes");
     }
-    want = std::max<std::size_t>(want, 8 + length - (in_.size() - in_pos_));
+    want = std::max<std::size_t>(want, 8 + length - (end_ - begin_));
   }
-  std::size_t old = in_.size();
-  in_.resize(old + want);
+  if (in_.size() - end_ < want) {
+    // Move the pending bytes to the front; grow (the only zero-filling) if still short.
+    in_.erase(0, begin_);
+    end_ -= begin_;
+    begin_ = 0;
+    if (in_.size() - end_ < want) in_.resize(end_ + want);
+  }
   ssize_t r;
-  do r = ::recv(fd_, in_.data() + old, want, MSG_DONTWAIT);
+  do r = ::recv(fd_, in_.data() + end_, in_.size() - end_, MSG_DONTWAIT);
   while (r < 0 && errno == EINTR);
-  in_.resize(old + (r > 0 ? static_cast<std::size_t>(r) : 0));
-  if (r > 0) return true;
-  if (r == 0) {
+  if (r > 0) {
+    end_ += static_cast<std::size_t>(r);
+    return true;
+  }
+  if (r == 0 || errno == ECONNRESET) {
     eof_ = true;
     return true;
   }
-  if (errno == EAGAIN || errno == EWOULDBLOCK) return false;
-  if (errno == ECONNRESET) {
-    eof_ = true;
-    return true;
-  }
-  throw_errno(errno, "coproc::connection::recv");
+  int err = errno;
+  if (err == EAGAIN || err == EWOULDBLOCK) return false;
+  throw_errno(err, "coproc::connection::recv (pid " + std::to_string(::getpid()) + ")");
 }
 
 awaitable<std::string_view> pipe_end::recv() {
@@ -527,9 +524,8 @@ awaitable<std::string_view> pipe_end::recv() {
   if (!can_recv_) throw std::logic_error("coproc::connection::recv on the send-only end of a one-way pipe");
   while (!has_frame()) {
     if (eof_) {
-      std::size_t partial = in_.size() - in_pos_;
-      in_.clear();
-      in_pos_ = 0;
+      std::size_t partial = end_ - begin_;
+      begin_ = end_ = 0;
       eof_ = false; // a later recv looks again (and finds EOF again)
       if (partial == 0) throw eof_error();
       throw coproc::error("coproc::connection::recv: the peer closed in the middle of a frame, "
@@ -541,9 +537,9 @@ awaitable<std::string_view> pipe_end::recv() {
     }
   }
   std::uint64_t length;
-  std::memcpy(&length, in_.data() + in_pos_, 8);
-  std::string_view frame(in_.data() + in_pos_ + 8, length);
-  in_pos_ += 8 + length;
+  std::memcpy(&length, in_.data() + begin_, 8);
+  std::string_view frame(in_.data() + begin_ + 8, length);
+  begin_ += 8 + length;
   co_return frame;
 }
 

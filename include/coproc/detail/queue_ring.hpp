@@ -129,8 +129,8 @@ private:
   int fd_;
   bool can_send_, can_recv_;
   bool eof_ = false;
-  std::string in_;
-  std::size_t in_pos_ = 0;
+  std::string in_;                   // storage: bytes [begin_, end_) are received, unread
+  std::size_t begin_ = 0, end_ = 0;
 };
 
 // Two connected ends: [0] and [1]; one-way: [0] receives, [1] sends.
