@@ -567,7 +567,7 @@ TEST_CASE("concurrent runs capture their own output") {
 TEST_CASE("popen streams stdout lines as they arrive") {
   auto lines = run([]() -> coproc::awaitable<std::vector<std::string>> {
     auto ex = co_await asio::this_coro::executor;
-    coproc::popen p(ex, {"sh", "-c", "for i in 1 2 3; do echo line$i; sleep 0.1; done"},
+    coproc::popen p(ex, {"sh", "-c", "for i in 1 2 3; do echo line$i; sleep 0.2; done"},
                     {.out = coproc::stdio::pipe});
     std::vector<std::string> got;
     std::string buffer;
