@@ -5,10 +5,10 @@
 
 #include "support/checks.hpp"
 
+#include <dirent.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <unistd.h>
-
-#include <boost/asio/steady_timer.hpp>
 
 #include <algorithm>
 #include <atomic>
@@ -29,11 +29,6 @@ using coproc_test::run;
 namespace {
 
 using clock_type = std::chrono::steady_clock;
-
-coproc::awaitable<void> sleep_for(clock_type::duration d) {
-  boost::asio::steady_timer timer(co_await boost::asio::this_coro::executor, d);
-  co_await timer.async_wait(boost::asio::use_awaitable);
-}
 
 struct person {
   std::string name;
@@ -213,7 +208,7 @@ TEST_CASE("a timed get is woken by a put from another process before its deadlin
   coproc::queue<int> q;
   coproc::process child(
       [](coproc::queue<int> q) -> coproc::awaitable<void> {
-        co_await sleep_for(100ms);
+        co_await coproc::sleep(100ms);
         co_await q.put(7);
       },
       q);
@@ -239,8 +234,8 @@ TEST_CASE("a bounded queue blocks its producer until a consumer makes room") {
       q, progress.data);
   producer.start();
   run([&]() -> coproc::awaitable<void> {
-    while (progress.data->load() < 3) co_await sleep_for(5ms);
-    co_await sleep_for(100ms);
+    while (progress.data->load() < 3) co_await coproc::sleep(5ms);
+    co_await coproc::sleep(100ms);
     CHECK(progress.data->load() == 3); // the fourth put waits
     CHECK(q.qsize() == 3);
     CHECK(q.full());
@@ -258,7 +253,7 @@ TEST_CASE("a queue bounded by bytes blocks its producer too") {
       q);
   producer.start();
   run([&]() -> coproc::awaitable<void> {
-    co_await sleep_for(50ms);
+    co_await coproc::sleep(50ms);
     CHECK(q.qsize() == 1); // a 20-byte string takes 40 bytes of ring: one fits in 64
     for (int i = 0; i < 20; ++i) CHECK(co_await q.get(10s) == std::string(20, static_cast<char>('a' + i)));
     CHECK(co_await producer.join() == 0);
@@ -305,7 +300,7 @@ TEST_CASE("close wakes a getter and a putter waiting in other processes") {
   g.start();
   p.start();
   run([&]() -> coproc::awaitable<void> {
-    co_await sleep_for(100ms);
+    co_await coproc::sleep(100ms);
     CHECK(g.is_alive());
     CHECK(p.is_alive());
     empty_q.close();
@@ -345,7 +340,7 @@ TEST_CASE("several coroutines of one process wait on one queue") {
   coproc::queue<int> q;
   coproc::process child(
       [](coproc::queue<int> q) -> coproc::awaitable<void> {
-        co_await sleep_for(50ms);
+        co_await coproc::sleep(50ms);
         for (int i = 0; i < 4; ++i) co_await q.put(i);
       },
       q);
@@ -400,7 +395,7 @@ TEST_CASE("processes killed at random moments in put and get never break the que
         [](coproc::queue<std::string> q, std::uint32_t round, int mode) -> coproc::awaitable<void> {
           for (std::uint32_t seq = 0; seq < (1u << 20); ++seq) {
             co_await q.put(make_item(round, seq));
-            if (mode == 1 && seq % 8 == 0) co_await sleep_for(50us);
+            if (mode == 1 && seq % 8 == 0) co_await coproc::sleep(50us);
           }
         },
         q, static_cast<std::uint32_t>(r), mode);
@@ -415,7 +410,7 @@ TEST_CASE("processes killed at random moments in put and get never break the que
               log->seqs[n] = seq;
               log->count.store(n + 1, std::memory_order_release);
             }
-            if (mode == 0 && seq % 8 == 0) co_await sleep_for(50us);
+            if (mode == 0 && seq % 8 == 0) co_await coproc::sleep(50us);
           }
         },
         q, log.data, mode);
@@ -530,7 +525,7 @@ TEST_CASE("poll waits up to its timeout and sees a message or the end") {
   auto [a, b] = coproc::pipe<int>();
   coproc::process child(
       [](coproc::connection<int> conn) -> coproc::awaitable<void> {
-        co_await sleep_for(150ms);
+        co_await coproc::sleep(150ms);
         co_await conn.send(9);
       },
       b);
@@ -555,7 +550,7 @@ TEST_CASE("recv from a peer killed by SIGKILL is eof_error") {
   coproc::process child(
       [](coproc::connection<int> conn) -> coproc::awaitable<void> {
         co_await conn.send(1);
-        co_await sleep_for(60s);
+        co_await coproc::sleep(60s);
       },
       b);
   child.start();
@@ -566,7 +561,14 @@ TEST_CASE("recv from a peer killed by SIGKILL is eof_error") {
     CHECK(co_await child.join() == -9);
     CHECK_THROWS_AS(co_await a.recv(), coproc::eof_error);
     // Sending to it fails too, with the OS error.
-    CHECK_THROWS_AS(co_await a.send(2), std::system_error);
+    std::string what;
+    try {
+      co_await a.send(2);
+    } catch (const std::system_error& e) {
+      what = e.what();
+    }
+    CHECK(what.find("pid " + std::to_string(::getpid())) != std::string::npos);
+    CHECK(what.find("the other end is closed") != std::string::npos);
   }());
 }
 
@@ -580,7 +582,7 @@ TEST_CASE("a message cut short by a killed sender is a coproc error") {
   child.start();
   b.close();
   run([&]() -> coproc::awaitable<void> {
-    co_await sleep_for(100ms);
+    co_await coproc::sleep(100ms);
     child.kill();
     CHECK(co_await child.join() == -9);
     std::string what;
@@ -603,6 +605,52 @@ TEST_CASE("a message that does not decode is a coproc error") {
     CHECK_THROWS_AS(co_await a.recv(), coproc::error);
     co_await b.send(skewed{"3", 4});
     CHECK_THROWS_AS(co_await a.recv(), coproc::error);
+  }());
+}
+
+namespace {
+std::set<int> open_fds() {
+  std::set<int> fds;
+  DIR* dir = ::opendir("/proc/self/fd");
+  while (auto* e = ::readdir(dir))
+    if (e->d_name[0] != '.' && std::atoi(e->d_name) != ::dirfd(dir)) fds.insert(std::atoi(e->d_name));
+  ::closedir(dir);
+  return fds;
+}
+} // namespace
+
+TEST_CASE("forged frames with a wrong or absurd length are coproc errors") {
+  auto before = open_fds();
+  auto [a, b] = coproc::pipe<int>();
+  std::vector<int> made;
+  for (int fd : open_fds())
+    if (!before.count(fd)) made.push_back(fd);
+  REQUIRE(made.size() == 2);
+  int raw_b = made[1]; // socketpair takes the lowest free numbers, a's first
+  auto send_raw = [&](std::uint64_t length, const std::string& body) {
+    std::string frame(reinterpret_cast<const char*>(&length), 8);
+    frame += body;
+    REQUIRE(::send(raw_b, frame.data(), frame.size(), 0) == static_cast<ssize_t>(frame.size()));
+  };
+  run([&]() -> coproc::awaitable<void> {
+    send_raw(3, "abc"); // an int frame must hold 4 bytes
+    std::string what;
+    try {
+      co_await a.recv();
+    } catch (const coproc::error& e) {
+      what = e.what();
+    }
+    CHECK(what.find("malformed int frame of 3 bytes") != std::string::npos);
+    co_await b.send(5); // the stream is still in step
+    CHECK(co_await a.recv() == 5);
+    send_raw(std::uint64_t{1} << 50, "");
+    what.clear();
+    try {
+      co_await a.recv();
+    } catch (const coproc::error& e) {
+      what = e.what();
+    }
+    CHECK(what.find("malformed frame announcing 1125899906842624 bytes") != std::string::npos);
   }());
 }
 
