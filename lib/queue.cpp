@@ -98,7 +98,7 @@ private:
 };
 boost::asio::execution_context::id fd_wait_service::id;
 
-awaitable<bool> wait_fd(int fd, deadline until, boost::asio::posix::descriptor_base::wait_type w) {
+awaitable<bool> wait_fd(int fd, wait_deadline until, boost::asio::posix::descriptor_base::wait_type w) {
   using namespace boost::asio::experimental::awaitable_operators;
   auto ex = co_await boost::asio::this_coro::executor;
   auto& ctx = boost::asio::query(ex, boost::asio::execution::context);
@@ -118,10 +118,10 @@ awaitable<bool> wait_fd(int fd, deadline until, boost::asio::posix::descriptor_b
 
 } // namespace
 
-awaitable<bool> wait_readable(int fd, deadline until) {
+awaitable<bool> wait_readable(int fd, wait_deadline until) {
   return wait_fd(fd, until, boost::asio::posix::descriptor_base::wait_read);
 }
-awaitable<bool> wait_writable(int fd, deadline until) {
+awaitable<bool> wait_writable(int fd, wait_deadline until) {
   return wait_fd(fd, until, boost::asio::posix::descriptor_base::wait_write);
 }
 
@@ -352,7 +352,7 @@ struct waiter_scope {
 };
 } // namespace
 
-awaitable<void> queue_ring::put(std::string_view bytes, deadline until) {
+awaitable<void> queue_ring::put(std::string_view bytes, wait_deadline until) {
   for (;;) {
     auto s = try_put(bytes);
     if (s == status::ok) co_return;
@@ -370,7 +370,7 @@ awaitable<void> queue_ring::put(std::string_view bytes, deadline until) {
   }
 }
 
-awaitable<void> queue_ring::get(consumer f, void* context, deadline until) {
+awaitable<void> queue_ring::get(consumer f, void* context, wait_deadline until) {
   for (;;) {
     auto s = try_get(f, context);
     if (s == status::ok) co_return;
@@ -543,7 +543,7 @@ awaitable<std::string_view> pipe_end::recv() {
   co_return frame;
 }
 
-awaitable<bool> pipe_end::poll(deadline until) {
+awaitable<bool> pipe_end::poll(wait_deadline until) {
   check_open("poll");
   if (!can_recv_) throw std::logic_error("coproc::connection::poll on the send-only end of a one-way pipe");
   for (;;) {
