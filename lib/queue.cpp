@@ -180,7 +180,7 @@ queue_ring::queue_ring(std::size_t maxsize, std::size_t capacity_bytes)
     init_robust_mutex(&control_->put_lock);
     init_robust_mutex(&control_->get_lock);
     for (int& fd : event_fd_) {
-      fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+      fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC | EFD_SEMAPHORE);
       if (fd < 0) throw_errno(errno, "coproc::queue: eventfd");
     }
   } catch (...) {
@@ -227,8 +227,8 @@ void queue_ring::recover(side s) noexcept {
     if (c.head.load(std::memory_order_relaxed) == c.get_journal_head)
       c.get_count.store(c.get_journal_count, std::memory_order_relaxed);
   }
-  const std::uint64_t one = 1;
-  (void)!::write(event_fd_[s == putters ? getters : putters], &one, sizeof one);
+  const side other = s == putters ? getters : putters;
+  signal(other, std::max<std::uint64_t>(1, c.waiters[other].load(std::memory_order_relaxed)));
 }
 
 queue_ring::status queue_ring::try_put(std::string_view bytes) {
@@ -324,20 +324,35 @@ queue_ring::status queue_ring::try_get(consumer f, void* context) {
   return status::ok;
 }
 
+// The eventfds count wake tokens (EFD_SEMAPHORE): a wake-up adds one per counted
+// sleeper and each sleeper that wakes takes one, so sleepers in other processes still
+// find theirs. Tokens left by sleepers that timed out or died cost a spurious wake-up
+// each, then the count is back to zero and a wait sleeps again (Asio re-checks an fd's
+// readiness when a wait starts, so an eventfd that stayed readable would never sleep).
+void queue_ring::signal(side s, std::uint64_t tokens) noexcept {
+  (void)!::write(event_fd_[s], &tokens, sizeof tokens);
+}
+
+void queue_ring::take_token(side s) noexcept {
+  std::uint64_t token;
+  (void)!::read(event_fd_[s], &token, sizeof token); // EAGAIN: another sleeper took it
+}
+
 void queue_ring::wake(side s) noexcept {
   auto& c = *control_;
   // Pairs with the waiter's count-in before it looks again: either it sees our commit or
   // we see it waiting.
   std::atomic_thread_fence(std::memory_order_seq_cst);
-  if (c.waiters[s].load(std::memory_order_relaxed) == 0) return;
+  const std::uint32_t sleepers = c.waiters[s].load(std::memory_order_relaxed);
+  if (sleepers == 0) return;
   if (c.wake_pending[s].exchange(1, std::memory_order_seq_cst) != 0) return;
-  const std::uint64_t one = 1;
-  (void)!::write(event_fd_[s], &one, sizeof one);
+  signal(s, sleepers);
 }
 
 void queue_ring::wake_all() noexcept {
-  const std::uint64_t one = 1;
-  for (int fd : event_fd_) (void)!::write(fd, &one, sizeof one);
+  // After close() nobody sleeps again: plenty of tokens for every current sleeper.
+  signal(getters, std::uint64_t{1} << 32);
+  signal(putters, std::uint64_t{1} << 32);
 }
 
 namespace {
@@ -361,12 +376,14 @@ awaitable<void> queue_ring::put(std::string_view bytes, wait_deadline until) {
     s = try_put(bytes);
     if (s == status::ok) co_return;
     if (s == status::closed) throw queue_closed("coproc::queue: put on a closed queue");
-    if (!co_await wait_readable(event_fd_[putters], until)) {
-      s = try_put(bytes);
-      if (s == status::ok) co_return;
-      if (s == status::closed) throw queue_closed("coproc::queue: put on a closed queue");
-      throw queue_full("coproc::queue: still full at the put's deadline");
+    if (co_await wait_readable(event_fd_[putters], until)) {
+      take_token(putters);
+      continue;
     }
+    s = try_put(bytes); // the deadline: one last look
+    if (s == status::ok) co_return;
+    if (s == status::closed) throw queue_closed("coproc::queue: put on a closed queue");
+    throw queue_full("coproc::queue: still full at the put's deadline");
   }
 }
 
@@ -379,12 +396,14 @@ awaitable<void> queue_ring::get(consumer f, void* context, wait_deadline until) 
     s = try_get(f, context);
     if (s == status::ok) co_return;
     if (s == status::closed) throw queue_closed("coproc::queue: get on a closed, empty queue");
-    if (!co_await wait_readable(event_fd_[getters], until)) {
-      s = try_get(f, context);
-      if (s == status::ok) co_return;
-      if (s == status::closed) throw queue_closed("coproc::queue: get on a closed, empty queue");
-      throw queue_empty("coproc::queue: still empty at the get's deadline");
+    if (co_await wait_readable(event_fd_[getters], until)) {
+      take_token(getters);
+      continue;
     }
+    s = try_get(f, context); // the deadline: one last look
+    if (s == status::ok) co_return;
+    if (s == status::closed) throw queue_closed("coproc::queue: get on a closed, empty queue");
+    throw queue_empty("coproc::queue: still empty at the get's deadline");
   }
 }
 

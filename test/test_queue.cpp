@@ -7,6 +7,7 @@
 
 #include <dirent.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -334,6 +335,56 @@ TEST_CASE("a malformed item is a coproc error and the queue goes on") {
   CHECK(what.find("skewed") != std::string::npos);
   CHECK_THROWS_AS(q.get_nowait(), coproc::error);
   CHECK(q.empty());
+}
+
+namespace {
+long cpu_ms() {
+  rusage ru;
+  ::getrusage(RUSAGE_SELF, &ru);
+  return (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000 +
+         (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1000;
+}
+} // namespace
+
+TEST_CASE("waiting gets and puts sleep instead of spinning also after earlier wake-ups") {
+  coproc::queue<int> q(1);
+  // A getter and a putter are each woken once, so the wake-up eventfds have been used.
+  coproc::process first_getter([](coproc::queue<int> q) -> coproc::awaitable<void> { co_await q.get(10s); }, q);
+  first_getter.start();
+  run([&]() -> coproc::awaitable<void> {
+    co_await coproc::sleep(100ms);
+    q.put_nowait(1);
+    CHECK(co_await first_getter.join() == 0);
+  }());
+  q.put_nowait(2);
+  coproc::process first_putter([](coproc::queue<int> q) -> coproc::awaitable<void> { co_await q.put(3, 10s); }, q);
+  first_putter.start();
+  run([&]() -> coproc::awaitable<void> {
+    co_await coproc::sleep(100ms);
+    CHECK(q.get_nowait() == 2);
+    CHECK(co_await first_putter.join() == 0);
+  }());
+  // Now a putter on the full queue and, on another queue, a getter wait 500 ms each.
+  coproc::queue<int> empty_q;
+  auto sleeper = [](coproc::queue<int> full_q, coproc::queue<int> empty_q) -> coproc::awaitable<int> {
+    long before = cpu_ms();
+    int expired = 0;
+    try {
+      co_await full_q.put(4, 500ms);
+    } catch (const coproc::queue_full&) {
+      ++expired;
+    }
+    try {
+      co_await empty_q.get(500ms);
+    } catch (const coproc::queue_empty&) {
+      ++expired;
+    }
+    if (expired != 2) co_return 2;
+    co_return cpu_ms() - before < 200 ? 0 : 1; // a spinning wait would burn ~1000 ms
+  };
+  coproc::process s(sleeper, q, empty_q);
+  s.start();
+  CHECK(run(s.join()) == 0);
 }
 
 TEST_CASE("several coroutines of one process wait on one queue") {

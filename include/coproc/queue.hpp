@@ -19,10 +19,7 @@
 // process-shared mutexes and a commit protocol, see detail/queue_ring.hpp).
 //
 // queue<T> and connection<T> are cheap copyable handles to one shared object: pass them
-// by value to process targets. Coroutines of one process may share a handle. A waiting
-// coroutine's io_context must be run by one thread (the usual coproc setup): waits are
-// edge-triggered, and another thread running the same reactor between a waiter's last
-// look and its wait could swallow the wake-up.
+// by value to process targets. Coroutines of one process may share a handle.
 //
 // put takes const T& (API.md sketches put(T)): the item is encoded when put is called,
 // so a temporary may be passed and the awaitable awaited later, and a large item is

@@ -19,7 +19,9 @@
 // io_context. A waiter counts itself in and clears the direction's `wake_pending` flag
 // before it looks again; the other side, after a commit and still under its lock, writes
 // the eventfd only when someone waits and no wake-up is already on its way, so a busy
-// queue makes no syscalls and a burst makes one. A process killed between its commit and
+// queue makes no syscalls and a burst makes one. The eventfds count tokens
+// (EFD_SEMAPHORE): one per sleeper, each woken sleeper takes one, so sleepers of every
+// process are woken and none keeps waking up on a readable eventfd. A process killed between its commit and
 // that write still holds the lock: the next process to lock that side wakes the sleepers
 // in its place. A waiter killed while asleep leaves its count behind, which costs at most
 // one spare write per burst.
@@ -85,6 +87,8 @@ private:
   void lock(side s);
   void unlock(side s) noexcept;
   void recover(side s) noexcept;
+  void signal(side s, std::uint64_t tokens) noexcept;
+  void take_token(side s) noexcept;
   void wake(side s) noexcept;
   void wake_all() noexcept;
 
