@@ -29,6 +29,8 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/write.hpp>
 
+#include <fcntl.h>
+#include <spawn.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -40,6 +42,7 @@
 #include <cstdio>
 #include <cstring>
 #include <iostream>
+#include <sstream>
 #include <system_error>
 #include <unordered_map>
 
@@ -182,6 +185,7 @@ std::size_t complete_frame(std::string_view in) {
     }
     in.erase(0, pos);
     pos = 0;
+    if (!out.empty()) flush(); // answers never wait behind a blocking read
     ssize_t n;
     do n = ::read(fd, buf.data(), buf.size());
     while (n < 0 && errno == EINTR);
@@ -194,6 +198,103 @@ std::size_t complete_frame(std::string_view in) {
 }
 
 } // namespace
+
+[[noreturn]] void run_initializer_then_work(const std::function<void()>& initializer, int fd, worker_page* page,
+                                            unsigned maxtasks) {
+  if (initializer) {
+    try {
+      initializer();
+    } catch (const std::exception& e) {
+      std::cerr << "Process " << process_name() << ":\n"
+                << exception_type_name(e) << ": " << e.what() << " (in the pool initializer)" << std::endl;
+      worker_exit(1);
+    } catch (...) {
+      std::cerr << "Process " << process_name() << ":\nunknown exception (in the pool initializer)" << std::endl;
+      worker_exit(1);
+    }
+  }
+  worker_main(fd, page, maxtasks);
+}
+
+// ---- start_method::spawn: a fresh image of this executable ---------------------------
+//
+// The worker is /proc/self/exe started with posix_spawn (no copy of the parent's page
+// tables, so the start cost does not grow with the parent's memory) and told in
+// COPROC_POOL_WORKER which descriptors to use. It becomes a worker during static
+// initialization, before main: the program's own globals are constructed by then when
+// libcoproc is linked after the program's objects (the usual order of a static link).
+
+constexpr const char* worker_env = "COPROC_POOL_WORKER";
+
+[[noreturn]] void run_spawned_worker(const char* spec) {
+  int fd = -1, memfd = -1, parent = 0;
+  unsigned maxtasks = 0;
+  long long init = 0;
+  char name[128] = {};
+  char path[256] = {};
+  if (std::sscanf(spec, "%d,%d,%u,%lld,%d,%127[^,],%255s", &fd, &memfd, &maxtasks, &init, &parent, name,
+                  path) != 7)
+    ::_exit(70);
+  ::unsetenv(worker_env);
+  ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (::getppid() != parent) ::_exit(1);
+  void* mem = ::mmap(nullptr, page_size, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
+  if (mem == MAP_FAILED) ::_exit(71);
+  ::close(memfd);
+  ::fcntl(fd, F_SETFD, FD_CLOEXEC);
+  identity id{{}, name};
+  std::istringstream parts(path);
+  for (unsigned n; parts >> n; parts.ignore(1)) id.path.push_back(n);
+  enter_child(std::move(id));
+  std::function<void()> initializer;
+  if (init != 0) initializer = reinterpret_cast<void (*)()>(static_cast<std::intptr_t>(init) + pool_anchor_address());
+  run_initializer_then_work(initializer, fd, static_cast<worker_page*>(mem), maxtasks);
+}
+
+[[maybe_unused]] const bool spawned_worker = [] {
+  if (const char* spec = std::getenv(worker_env)) run_spawned_worker(spec);
+  return false;
+}();
+
+// Starts a fresh image on the worker's end of the socket and the shared page.
+int spawn_image(int fd, int memfd, const pool_config& config, const identity& id) {
+  // The new image keeps these two (copies without FD_CLOEXEC, closed again here).
+  int child_fd = ::fcntl(fd, F_DUPFD, 3);
+  int child_mem = child_fd < 0 ? -1 : ::fcntl(memfd, F_DUPFD, 3);
+  if (child_mem < 0) {
+    int err = errno;
+    if (child_fd >= 0) ::close(child_fd);
+    throw std::system_error(err, std::generic_category(), "coproc::pool: dup for a spawned worker");
+  }
+  std::string path;
+  for (unsigned n : id.path) path += (path.empty() ? "" : ".") + std::to_string(n);
+  std::string spec = std::string(worker_env) + "=" + std::to_string(child_fd) + "," + std::to_string(child_mem) +
+                     "," + std::to_string(config.maxtasksperchild) + "," +
+                     std::to_string(static_cast<long long>(config.initializer_offset)) + "," +
+                     std::to_string(::getpid()) + "," + id.name + "," + path;
+  std::vector<char*> envp;
+  std::string prefix = std::string(worker_env) + "=";
+  for (char** e = environ; *e; ++e)
+    if (std::strncmp(*e, prefix.c_str(), prefix.size()) != 0) envp.push_back(*e);
+  envp.push_back(spec.data());
+  envp.push_back(nullptr);
+  char* argv[] = {program_invocation_name, nullptr};
+  posix_spawnattr_t attr;
+  ::posix_spawnattr_init(&attr);
+  sigset_t none, all;
+  sigemptyset(&none);
+  sigfillset(&all);
+  ::posix_spawnattr_setsigmask(&attr, &none);
+  ::posix_spawnattr_setsigdefault(&attr, &all);
+  ::posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+  int pid = 0;
+  int rc = ::posix_spawn(&pid, "/proc/self/exe", nullptr, &attr, argv, envp.data());
+  ::posix_spawnattr_destroy(&attr);
+  ::close(child_fd);
+  ::close(child_mem);
+  if (rc != 0) throw std::system_error(rc, std::generic_category(), "coproc::pool: posix_spawn of /proc/self/exe for a worker");
+  return pid;
+}
 
 // ---- the parent side ---------------------------------------------------------------
 
@@ -297,25 +398,41 @@ private:
     int sv[2];
     if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
       throw std::system_error(errno, std::generic_category(), "coproc::pool: socketpair for a worker");
-    void* mem = ::mmap(nullptr, page_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    // A spawned worker maps the page from a memfd; a forked one inherits the mapping.
+    int memfd = -1;
+    if (config_.spawn) {
+      memfd = ::memfd_create("coproc-pool-worker", MFD_CLOEXEC);
+      if (memfd >= 0 && ::ftruncate(memfd, page_size) != 0) {
+        ::close(memfd);
+        memfd = -1;
+      }
+    }
+    void* mem = config_.spawn && memfd < 0
+                    ? MAP_FAILED
+                    : ::mmap(nullptr, page_size, PROT_READ | PROT_WRITE,
+                             memfd >= 0 ? MAP_SHARED : MAP_SHARED | MAP_ANONYMOUS, memfd, 0);
     if (mem == MAP_FAILED) {
       int err = errno;
       ::close(sv[0]);
       ::close(sv[1]);
-      throw std::system_error(err, std::generic_category(), "coproc::pool: mmap for a worker");
+      if (memfd >= 0) ::close(memfd);
+      throw std::system_error(err, std::generic_category(), "coproc::pool: shared page for a worker");
     }
     auto* page = new (mem) worker_page;
-    auto id = next_child_identity("ForkPoolWorker");
+    auto id = next_child_identity(config_.spawn ? "SpawnPoolWorker" : "ForkPoolWorker");
     int parent = ::getpid();
     int pid;
     try {
-      pid = fork_flushed("coproc::pool: fork() of a worker failed");
+      pid = config_.spawn ? spawn_image(sv[1], memfd, config_, id)
+                          : fork_flushed("coproc::pool: fork() of a worker failed");
     } catch (...) {
       ::munmap(mem, page_size);
       ::close(sv[0]);
       ::close(sv[1]);
+      if (memfd >= 0) ::close(memfd);
       throw;
     }
+    if (memfd >= 0) ::close(memfd);
     if (pid == 0) {
       reset_signals();
       // Workers are daemonic, as in Python: they die with the parent, even by SIGKILL.
@@ -324,19 +441,7 @@ private:
       ::close(sv[0]);
       for (auto& other : workers_) ::close(other->socket.native_handle());
       enter_child(std::move(id));
-      if (config_.initializer) {
-        try {
-          config_.initializer();
-        } catch (const std::exception& e) {
-          std::cerr << "Process " << process_name() << ":\n"
-                    << exception_type_name(e) << ": " << e.what() << " (in the pool initializer)" << std::endl;
-          worker_exit(1);
-        } catch (...) {
-          std::cerr << "Process " << process_name() << ":\nunknown exception (in the pool initializer)" << std::endl;
-          worker_exit(1);
-        }
-      }
-      worker_main(sv[1], page, config_.maxtasksperchild);
+      run_initializer_then_work(config_.initializer, sv[1], page, config_.maxtasksperchild);
     }
     ::close(sv[1]);
     auto w = std::make_shared<worker>(ex_);
@@ -709,10 +814,21 @@ namespace coproc {
 
 namespace {
 detail::pool_config config_of(pool_options& options) {
-  if (options.method != start_method::fork)
-    throw std::invalid_argument("coproc::pool: only start_method::fork is implemented");
-  return {options.processes == 0 ? cpu_count() : options.processes, std::move(options.initializer),
-          options.maxtasksperchild};
+  if (options.method == start_method::forkserver)
+    throw std::invalid_argument("coproc::pool: start_method::forkserver is not implemented (fork and spawn are)");
+  detail::pool_config config{options.processes == 0 ? cpu_count() : options.processes,
+                             std::move(options.initializer), options.maxtasksperchild};
+  if (options.method == start_method::spawn) {
+    config.spawn = true;
+    if (config.initializer) {
+      auto* fn = config.initializer.target<void (*)()>();
+      if (!fn)
+        throw std::invalid_argument("coproc::pool: with start_method::spawn the initializer must be a plain "
+                                    "function (a fresh worker image has no copy of a lambda's or object's state)");
+      config.initializer_offset = detail::pool_image_offset(*fn);
+    }
+  }
+  return config;
 }
 } // namespace
 

@@ -13,6 +13,7 @@
 #include <atomic>
 #include <csignal>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <set>
 #include <stdexcept>
@@ -76,6 +77,8 @@ struct worker_report {
   int inits;
 };
 int g_inits = 0;
+int g_parent_state = 0; // set by the parent at run time: a forked worker sees it, a spawned one does not
+int parent_state() { return g_parent_state; }
 void count_init() { ++g_inits; }
 void failing_init() { throw std::runtime_error("initializer refused"); }
 worker_report report(int ms) {
@@ -488,8 +491,12 @@ TEST_CASE("misuse is a logic_error") {
     other.terminate(); // twice is fine
     co_await other.join();
 
-    coproc::pool_options spawn{.processes = 1, .method = coproc::start_method::spawn};
-    CHECK_THROWS_AS(coproc::pool(ex, spawn), std::invalid_argument);
+    coproc::pool_options forkserver{.processes = 1, .method = coproc::start_method::forkserver};
+    CHECK_THROWS_WITH_AS(coproc::pool(ex, forkserver), doctest::Contains("forkserver"), std::invalid_argument);
+    int state = 0;
+    coproc::pool_options stateful{.processes = 1, .initializer = [&state] { ++state; },
+                                  .method = coproc::start_method::spawn};
+    CHECK_THROWS_WITH_AS(coproc::pool(ex, stateful), doctest::Contains("plain function"), std::invalid_argument);
   }());
 }
 
@@ -559,4 +566,54 @@ TEST_CASE("tasks travel as image offsets and stateful callables are refused") {
   static_assert(!coproc::detail::pool_function_pointer<std::function<int(int)>>);
   static_assert(coproc::detail::pool_stateless_object<decltype([](int x) { return x; })>);
   CHECK(capturing(1) == 2);
+}
+
+TEST_CASE("start_method spawn runs tasks in fresh images of the executable") {
+  coproc_test::run([]() -> coproc::awaitable<void> {
+    g_parent_state = 7;
+    auto ex = co_await boost::asio::this_coro::executor;
+    coproc::pool forked(ex, 1);
+    CHECK(co_await forked.apply(parent_state) == 7);
+    coproc::pool pool(ex, {.processes = 2, .initializer = count_init, .method = coproc::start_method::spawn});
+    CHECK(co_await pool.apply(parent_state) == 0); // a fresh image: the program's initial globals
+    CHECK(co_await pool.apply(square, 9) == 81);
+    CHECK(co_await pool.apply([](std::string s) { return s + "!"; }, std::string("lambda")) == "lambda!");
+    CHECK(co_await pool.apply(worker_ppid) == ::getpid());
+    auto name = co_await pool.apply(worker_name);
+    CHECK(name.rfind("SpawnPoolWorker-", 0) == 0);
+    auto items = range_of(5000);
+    auto squares = co_await pool.map(square, items, 1);
+    CHECK(squares[4999] == 4999 * 4999);
+    std::vector<int> naps(10, 2);
+    for (auto r : co_await pool.map(report, naps, 1)) CHECK(r.inits == 1);
+    auto e = co_await failure_of<coproc::worker_lost>(pool.apply(die_by_signal, SIGKILL));
+    CHECK(e.exitcode() == -SIGKILL);
+    auto thrown = co_await failure_of<coproc::remote_error>(pool.apply(fail_on_odd, 1));
+    CHECK(thrown.message() == "odd item 1");
+    CHECK(co_await pool.apply(square, 3) == 9); // a replacement image took over
+    pool.close();
+    co_await pool.join();
+    g_parent_state = 0;
+  }());
+}
+
+TEST_CASE("a spawned pool starts as fast from a big parent as from a small one") {
+  auto start_ms = [] {
+    boost::asio::io_context ctx;
+    auto start = std::chrono::steady_clock::now();
+    {
+      coproc::pool pool(ctx.get_executor(), {.processes = 2, .method = coproc::start_method::spawn});
+      auto r = pool.apply_async(square, 2); // started and answering
+      ctx.run_one();
+      while (!r.ready()) ctx.run_one();
+    }
+    ctx.run();
+    return elapsed_ms(start);
+  };
+  auto small = start_ms();
+  std::vector<char> ballast(256u << 20);
+  std::memset(ballast.data(), 1, ballast.size());
+  auto big = start_ms();
+  MESSAGE("spawned pool(2) up and answering: " << small << " ms, with 256 MiB more resident: " << big << " ms");
+  CHECK(big < 5 * small + 50);
 }

@@ -45,7 +45,11 @@ struct pool_options {
   unsigned maxtasksperchild = 0;       // 0 → unlimited; else a worker is replaced after N tasks
                                        // (one apply, or one chunk of a map, is one task;
                                        // a chunk above 16384 items counts as several)
-  start_method method = start_method::fork; // only fork so far (std::invalid_argument otherwise)
+  // fork: workers are copies of this process now (Python's fork). spawn: fresh images of
+  // this executable (posix_spawn of /proc/self/exe, named SpawnPoolWorker-N): start cost
+  // does not grow with this process's memory, workers see the program's initial globals,
+  // and the initializer must be a plain function. forkserver: std::invalid_argument.
+  start_method method = start_method::fork;
 };
 
 // multiprocessing.pool.AsyncResult.

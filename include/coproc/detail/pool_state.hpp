@@ -142,6 +142,10 @@ struct pool_config {
   unsigned processes = 0;
   std::function<void()> initializer{};
   unsigned maxtasksperchild = 0;
+  // start_method::spawn: workers are fresh images of this executable, and the
+  // initializer (a plain function) travels as an image offset.
+  bool spawn = false;
+  std::intptr_t initializer_offset = 0;
 };
 std::shared_ptr<pool_core> make_pool_core(boost::asio::any_io_executor ex, pool_config config);
 // std::logic_error once the pool is closed or terminated.
