@@ -699,6 +699,17 @@ private:
   }
 
   void start_write(const std::shared_ptr<worker>& w) {
+    // Most batches fit in the socket buffer: send them now, and leave only a rest (or a
+    // full buffer) to an asynchronous write.
+    ssize_t sent;
+    do sent = ::send(w->socket.native_handle(), w->out.data(), w->out.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+    while (sent < 0 && errno == EINTR);
+    if (sent < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+      w->out.clear(); // the worker died: its reader handles that
+      return;
+    }
+    if (sent > 0) w->out.erase(0, static_cast<std::size_t>(sent));
+    if (w->out.empty()) return;
     w->writing.swap(w->out);
     w->out.clear();
     w->write_pending = true;

@@ -10,7 +10,9 @@
 #include <coproc/errors.hpp>
 #include <coproc/this_process.hpp>
 
+#include <boost/asio/any_completion_handler.hpp>
 #include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/async_result.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -35,9 +37,10 @@
 
 namespace coproc::detail {
 
-// Coroutines waiting for a condition guarded by their owner's mutex. A waiter parks on
-// a timer of its own executor; notify_all posts the timer's cancellation to that
-// executor, so a waiter on another io_context is woken on its own thread.
+// Coroutines waiting for a condition guarded by their owner's mutex. An untimed waiter
+// is a stored completion handler; a timed one parks on a timer of its own executor.
+// notify_all posts each wake-up to the waiter's own executor, so a waiter on another
+// io_context is woken on its own thread, never inside the notifier's locks.
 class waiter_list {
 public:
   using clock = std::chrono::steady_clock;
@@ -49,20 +52,48 @@ public:
     timers_.push_back(t);
     return t;
   }
+  template <class Handler> void add_handler(Handler handler) {
+    auto ex = boost::asio::get_associated_executor(handler);
+    handlers_.push_back({ex, boost::asio::any_completion_handler<void()>(std::move(handler))});
+  }
   void remove(const timer_ptr& t) { std::erase(timers_, t); }
   void notify_all() {
     for (auto& t : timers_) boost::asio::post(t->get_executor(), [t] { t->cancel(); });
     timers_.clear();
+    for (auto& h : handlers_) boost::asio::post(h.ex, std::move(h.handler));
+    handlers_.clear();
   }
 
 private:
+  struct stored_handler {
+    boost::asio::any_io_executor ex;
+    boost::asio::any_completion_handler<void()> handler;
+  };
   std::vector<timer_ptr> timers_;
+  std::vector<stored_handler> handlers_;
 };
 
 // Waits until ready() (evaluated with `mutex` held) or the deadline. True if ready.
 template <class Ready>
 awaitable<bool> wait_for_condition(std::mutex& mutex, waiter_list& waiters, Ready ready,
                                    waiter_list::clock::time_point deadline) {
+  if (deadline == waiter_list::clock::time_point::max()) {
+    for (;;) {
+      {
+        std::lock_guard lock(mutex);
+        if (ready()) co_return true;
+      }
+      co_await boost::asio::async_initiate<const boost::asio::use_awaitable_t<>&, void()>(
+          [&](auto handler) {
+            std::unique_lock lock(mutex);
+            if (!ready()) return waiters.add_handler(std::move(handler));
+            lock.unlock();
+            auto ex = boost::asio::get_associated_executor(handler);
+            boost::asio::post(ex, std::move(handler));
+          },
+          boost::asio::use_awaitable);
+    }
+  }
   auto ex = co_await boost::asio::this_coro::executor;
   for (;;) {
     waiter_list::timer_ptr timer;
