@@ -254,6 +254,7 @@ TEST_CASE("a queue bounded by bytes blocks its producer too") {
       q);
   producer.start();
   run([&]() -> coproc::awaitable<void> {
+    for (int i = 0; i < 1000 && q.empty(); ++i) co_await coproc::sleep(5ms);
     co_await coproc::sleep(50ms);
     CHECK(q.qsize() == 1); // a 20-byte string takes 40 bytes of ring: one fits in 64
     for (int i = 0; i < 20; ++i) CHECK(co_await q.get(10s) == std::string(20, static_cast<char>('a' + i)));
@@ -576,7 +577,7 @@ TEST_CASE("poll waits up to its timeout and sees a message or the end") {
   auto [a, b] = coproc::pipe<int>();
   coproc::process child(
       [](coproc::connection<int> conn) -> coproc::awaitable<void> {
-        co_await coproc::sleep(150ms);
+        co_await coproc::sleep(500ms);
         co_await conn.send(9);
       },
       b);
@@ -625,15 +626,19 @@ TEST_CASE("recv from a peer killed by SIGKILL is eof_error") {
 
 TEST_CASE("a message cut short by a killed sender is a coproc error") {
   auto [a, b] = coproc::pipe<std::string>();
+  shared_array<std::atomic<int>> sending(1);
   coproc::process child(
-      [](coproc::connection<std::string> conn) -> coproc::awaitable<void> {
-        co_await conn.send(std::string(8 << 20, 'x')); // blocks: nobody reads yet
+      [](coproc::connection<std::string> conn, std::atomic<int>* sending) -> coproc::awaitable<void> {
+        std::string big(8 << 20, 'x');
+        sending->store(1);
+        co_await conn.send(big); // blocks: nobody reads yet
       },
-      b);
+      b, sending.data);
   child.start();
   b.close();
   run([&]() -> coproc::awaitable<void> {
-    co_await coproc::sleep(100ms);
+    while (sending.data->load() == 0) co_await coproc::sleep(5ms);
+    co_await coproc::sleep(100ms); // the socket buffer is full long before
     child.kill();
     CHECK(co_await child.join() == -9);
     std::string what;
