@@ -4,8 +4,10 @@
 // cereal with coproc's own binary archives: arithmetic types, enums, std::string, the
 // standard containers, pair/tuple/optional/variant, and user types with a cereal
 // serialize(Archive&) member (or save/load). A trivially copyable class needs no
-// serialize, also inside containers. Pointers are refused: their values mean nothing
-// in another process.
+// serialize, also inside containers (where one that has a serialize keeps using it).
+// Pointers are refused: their values mean nothing in another process. The bytes are
+// native (endianness, sizes, layout): a format between processes of one program, not
+// for files or other machines.
 //
 // Decoding never trusts its input: a truncated frame, trailing bytes, a length larger
 // than the bytes that follow, a bool that is neither 0 nor 1 or a bad variant index is
