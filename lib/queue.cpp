@@ -248,11 +248,13 @@ queue_ring::status queue_ring::try_put(std::string_view bytes) {
     guard g{this};
     if (c.closed.load(std::memory_order_relaxed)) return status::closed;
     const std::uint64_t count = c.put_count.load(std::memory_order_relaxed);
-    if (maxsize_ != 0 && count - c.get_count.load(std::memory_order_acquire) >= maxsize_)
+    // seq_cst loads: after a waiter's count-in, these must see the commit whose wake(),
+    // fenced, did not see the waiter.
+    if (maxsize_ != 0 && count - c.get_count.load(std::memory_order_seq_cst) >= maxsize_)
       return status::full;
     const std::uint64_t tail = c.tail.load(std::memory_order_relaxed);
     if (tail + need - known_head_ > capacity_) {
-      known_head_ = c.head.load(std::memory_order_acquire);
+      known_head_ = c.head.load(std::memory_order_seq_cst);
       if (tail + need - known_head_ > capacity_) return status::full;
     }
     const std::size_t at = tail % capacity_;
@@ -285,8 +287,8 @@ queue_ring::status queue_ring::try_get(consumer f, void* context) {
     const std::uint64_t head = c.head.load(std::memory_order_relaxed);
     if (static_cast<std::int64_t>(known_tail_ - head) <= 0) {
       // Closed is read before tail: close() publishes it after the last commit.
-      bool closed = c.closed.load(std::memory_order_acquire) != 0;
-      known_tail_ = c.tail.load(std::memory_order_acquire);
+      bool closed = c.closed.load(std::memory_order_seq_cst) != 0;
+      known_tail_ = c.tail.load(std::memory_order_seq_cst); // seq_cst: as in try_put
       if (known_tail_ == head) return closed ? status::closed : status::empty;
     }
     std::uint64_t length;
@@ -316,6 +318,7 @@ queue_ring::status queue_ring::try_get(consumer f, void* context) {
       f(context, bytes);
     } catch (...) {
       commit(); // a frame that does not decode is consumed, not retried forever
+      wake(putters);
       throw;
     }
     commit();
