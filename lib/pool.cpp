@@ -4,7 +4,8 @@
 //   [u32 length][i64 trampoline][i64 target][u32 count] count × ([u32 length][argument bytes])
 // and the worker answers with one record per item, in order:
 //   [u32 length | error bit][result bytes, or the encoded (type name, message) of the error]
-// and after the last item of a frame, [u32 0xffffffff][u64 nanoseconds the frame took].
+// and, before each batch of answers leaves and whenever the function changes,
+//   [u32 0xffffffff][i64 trampoline][u32 items][u64 nanoseconds they took].
 // Many frames go out in one write and many records come back in one, so small tasks do
 // not cost a syscall each.
 //
@@ -142,7 +143,21 @@ std::size_t complete_frame(std::string_view in) {
   std::uint64_t seq = 0;
   unsigned tasks = 0;
   auto last_flush = now_ns();
+  // What the items run since the last timing record cost, for the parent's estimates.
+  std::int64_t timed_fn = 0;
+  std::uint32_t timed_items = 0;
+  std::uint64_t timed_ns = 0;
+  auto record_timing = [&] {
+    if (timed_items == 0) return;
+    append<std::uint32_t>(out, timing_mark);
+    append<std::int64_t>(out, timed_fn);
+    append<std::uint32_t>(out, timed_items);
+    append<std::uint64_t>(out, timed_ns);
+    timed_items = 0;
+    timed_ns = 0;
+  };
   auto flush = [&] {
+    record_timing();
     flush_stdio(); // what the tasks printed comes before their results
     write_all(fd, out);
     last_flush = now_ns();
@@ -152,12 +167,17 @@ std::size_t complete_frame(std::string_view in) {
       const char* p = in.data() + pos + 4;
       const char* end = in.data() + pos + len;
       if (len < frame_header) worker_exit(70);
-      auto fn = reinterpret_cast<pool_trampoline>(load<std::int64_t>(p) + pool_anchor_address());
+      auto fn_offset = load<std::int64_t>(p);
+      auto fn = reinterpret_cast<pool_trampoline>(fn_offset + pool_anchor_address());
+      if (fn_offset != timed_fn) {
+        record_timing();
+        timed_fn = fn_offset;
+      }
       auto target = static_cast<std::intptr_t>(load<std::int64_t>(p + 8));
       auto count = load<std::uint32_t>(p + 16);
       p += 20;
       auto t0 = now_ns();
-      bool ran = false;
+      std::uint32_t ran = 0;
       for (std::uint32_t i = 0; i < count; ++i) {
         if (end - p < 4) worker_exit(70);
         auto n = load<std::uint32_t>(p);
@@ -166,15 +186,15 @@ std::size_t complete_frame(std::string_view in) {
         // Fails when the parent took this item back: skip it without an answer.
         if (page->claimed.compare_exchange_strong(expected, seq)) {
           run_item(fn, target, std::string_view(p + 4, n), out);
-          ran = true;
+          ++ran;
         }
         p += 4 + n;
       }
       auto t1 = now_ns();
       pos += len;
-      if (!ran) continue;
-      append<std::uint32_t>(out, timing_mark);
-      append<std::uint64_t>(out, static_cast<std::uint64_t>(t1 - t0));
+      if (ran == 0) continue;
+      timed_items += ran;
+      timed_ns += static_cast<std::uint64_t>(t1 - t0);
       if (maxtasks != 0 && ++tasks >= maxtasks) {
         flush();
         worker_exit(0);
@@ -331,14 +351,17 @@ public:
       dispatch_locked();
       if (!has_work()) return;
     }
-    if (!dispatch_posted_) {
-      dispatch_posted_ = true;
-      boost::asio::post(ex_, [self = shared_from_this()] {
-        std::lock_guard lock(self->mutex_);
-        self->dispatch_posted_ = false;
-        self->dispatch_locked();
-      });
-    }
+    schedule_dispatch_locked();
+  }
+
+  void schedule_dispatch_locked() {
+    if (dispatch_posted_) return;
+    dispatch_posted_ = true;
+    boost::asio::post(ex_, [self = shared_from_this()] {
+      std::lock_guard lock(self->mutex_);
+      self->dispatch_posted_ = false;
+      self->dispatch_locked();
+    });
   }
 
   void close() {
@@ -387,9 +410,7 @@ private:
     bool retiring = false;          // maxtasksperchild chunks were sent
     bool gone = false;
     unsigned chunks_sent = 0;
-    std::int64_t last_progress = 0;      // when it last answered, or got work while idle
-    std::shared_ptr<pool_job> last_done; // the job of the last chunk fully answered
-    std::size_t last_done_n = 0;
+    std::int64_t last_progress = 0; // when it last answered, or got work while idle
   };
 
   bool has_work() const { return !retry_.empty() || !queue_.empty(); }
@@ -512,14 +533,13 @@ private:
     while (in.size() - pos >= 4) {
       auto header = load<std::uint32_t>(in.data() + pos);
       if (header == timing_mark) {
-        if (in.size() - pos < 12) break;
-        if (w.last_done) {
-          double sample = double(load<std::uint64_t>(in.data() + pos + 4)) / double(w.last_done_n);
-          double& cost = cost_[w.last_done->trampoline];
-          cost = cost == 0 ? sample : (cost + sample) / 2;
-          w.last_done.reset();
-        }
-        pos += 12;
+        if (in.size() - pos < 24) break;
+        auto fn = load<std::int64_t>(in.data() + pos + 4);
+        auto items = load<std::uint32_t>(in.data() + pos + 12);
+        double sample = double(load<std::uint64_t>(in.data() + pos + 16)) / double(std::max(items, 1u));
+        double& cost = cost_[fn];
+        cost = cost == 0 ? sample : (cost + sample) / 2;
+        pos += 24;
         continue;
       }
       if (w.held.empty()) break;
@@ -544,8 +564,6 @@ private:
       --w.held_items;
       answered = true;
       if (++w.front_answered == c.n) {
-        w.last_done = c.job;
-        w.last_done_n = c.n;
         w.held.pop_front();
         w.front_answered = 0;
       }
@@ -670,15 +688,24 @@ private:
   void dispatch_locked() {
     if (terminated_) return;
     auto now = now_ns();
+    // Items encoded in one step of the loop: a large map is sent in several steps, so
+    // the io_context runs other work in between.
+    std::size_t budget = max_frame_items;
     do {
       // One chunk per worker per round: work spreads evenly while speeds are unknown.
       for (bool progress = true; progress && has_work();) {
         progress = false;
         for (auto& w : workers_) {
           if (!has_work()) break;
+          if (budget == 0) {
+            schedule_dispatch_locked();
+            progress = false;
+            break;
+          }
           auto [job, n] = peek_chunk();
           if (!can_take(*w, *job, n, now)) continue;
           if (w->held.empty()) w->last_progress = now;
+          budget -= std::min(budget, n);
           send_chunk(*w, take_chunk());
           progress = true;
         }
