@@ -30,6 +30,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/write.hpp>
 
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <spawn.h>
 #include <sys/mman.h>
@@ -46,6 +47,7 @@
 #include <sstream>
 #include <system_error>
 #include <unordered_map>
+#include <unordered_set>
 
 namespace coproc::detail {
 
@@ -338,6 +340,7 @@ public:
     if (closed_)
       throw std::logic_error(std::string("coproc::pool: cannot submit a task to a ") +
                              (terminated_ ? "terminated" : "closed") + " pool");
+    if (config_.spawn) check_same_image_locked(*job);
     if (job->count == 0) return;
     queue_.push_back(std::move(job));
     // A lone task for an idle worker leaves at once (apply's round trip). Otherwise
@@ -352,6 +355,22 @@ public:
       if (!has_work()) return;
     }
     schedule_dispatch_locked();
+  }
+
+  // Offsets are only the same in a fresh image for code in the anchor's own module (a
+  // shared libcoproc and the program are placed independently).
+  void check_same_image_locked(const pool_job& job) {
+    for (std::intptr_t offset : {job.trampoline, job.target}) {
+      if (offset == 0 || checked_offsets_.count(offset)) continue;
+      Dl_info anchor{}, code{};
+      bool same = ::dladdr(reinterpret_cast<void*>(pool_anchor_address()), &anchor) &&
+                  ::dladdr(reinterpret_cast<void*>(offset + pool_anchor_address()), &code) &&
+                  anchor.dli_fbase == code.dli_fbase;
+      if (!same)
+        throw std::invalid_argument("coproc::pool: with start_method::spawn the task must be in the same "
+                                    "image as libcoproc (link coproc statically), or use start_method::fork");
+      checked_offsets_.insert(offset);
+    }
   }
 
   void schedule_dispatch_locked() {
@@ -828,6 +847,7 @@ private:
   std::deque<chunk> retry_;                     // sent to a worker that died before starting them
   std::vector<std::shared_ptr<worker>> workers_;
   std::unordered_map<std::intptr_t, double> cost_; // measured ns per item, by trampoline
+  std::unordered_set<std::intptr_t> checked_offsets_; // spawn: code known to be in the anchor's image
   std::size_t live_ = 0; // worker processes not reaped yet
   waiter_list join_waiters_;
   boost::asio::steady_timer rebalance_timer_{ex_};
