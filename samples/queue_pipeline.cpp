@@ -3,7 +3,6 @@
 // down a queue; when a stage's input queue is closed and drained, it closes its output
 // queue, so the end of the input flows down the pipeline and every process ends cleanly.
 #include <coproc/coproc.hpp>
-#include <coproc/queue.hpp>
 
 #include <cstdio>
 #include <map>

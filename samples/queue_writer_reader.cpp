@@ -3,7 +3,6 @@
 // loops forever and is left running; here the parent closes the queue after the writer,
 // so the reader drains the three items, gets queue_closed and ends by itself.
 #include <coproc/coproc.hpp>
-#include <coproc/queue.hpp>
 
 #include <chrono>
 #include <cstdio>
