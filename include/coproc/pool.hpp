@@ -6,15 +6,20 @@
 //   pool.close();
 //   co_await pool.join();
 //
-// Workers are forked when the pool is made and talk to it over one socket each; many
-// small tasks and results travel batched, and the parent's io_context only ever does
-// short steps, so it stays responsive while the pool is saturated. A task is a function
-// pointer or a captureless lambda / empty function object plus arguments; arguments and
-// results cross in the wire format (coproc/wire.hpp).
+// Workers start when the pool is made (forked, or fresh images with start_method::spawn)
+// and talk to it over one socket each; many small tasks and results travel batched, and
+// the parent's io_context only ever does short steps, so it stays responsive while the
+// pool is saturated. Work queued behind a slow task is taken back for an idle worker.
+// A task is a function pointer or a captureless lambda / empty function object plus
+// arguments; arguments and results cross in the wire format (coproc/wire.hpp), the
+// callable as an offset in the executable's image, never as a pointer into this heap.
 //
 // A task that throws fails with remote_error. A worker that dies (signal, _exit, OOM)
-// fails exactly the tasks it held with worker_lost, tasks it had not started yet go to
-// the other workers, and a replacement worker starts (running the initializer).
+// fails exactly the tasks it had started and not answered with worker_lost, tasks it
+// had not started go to the other workers, and a replacement worker starts (running
+// the initializer). terminate() kills the workers with SIGKILL.
+//
+// Use a pool from the threads of its executor (one thread, or a strand).
 #pragma once
 
 #include <coproc/detail/pool_state.hpp>
