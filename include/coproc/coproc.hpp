@@ -2,5 +2,9 @@
 #pragma once
 
 #include <coproc/errors.hpp>
+#include <coproc/pool.hpp>
 #include <coproc/process.hpp>
+#include <coproc/queue.hpp>
+#include <coproc/subprocess.hpp>
 #include <coproc/this_process.hpp>
+#include <coproc/wire.hpp>
