@@ -396,12 +396,15 @@ public:
   }
 
   awaitable<void> join() {
+    bool closed;
     {
       std::lock_guard lock(mutex_);
-      if (!closed_) throw std::logic_error("coproc::pool::join: call close() or terminate() first");
+      closed = closed_;
     }
-    co_await wait_for_condition(mutex_, join_waiters_, [this] { return live_ == 0; },
-                                waiter_list::clock::time_point::max());
+    if (!closed) throw std::logic_error("coproc::pool::join: call close() or terminate() first");
+    auto gone = wait_for_condition(mutex_, join_waiters_, [this] { return live_ == 0; },
+                                   waiter_list::clock::time_point::max());
+    co_await std::move(gone);
   }
 
   std::size_t size() const noexcept { return config_.processes; }
@@ -863,7 +866,10 @@ std::shared_ptr<pool_core> make_pool_core(boost::asio::any_io_executor ex, pool_
 void pool_submit(pool_core& core, std::shared_ptr<pool_job> job) { core.submit(std::move(job)); }
 void pool_close(pool_core& core) { core.close(); }
 void pool_terminate(pool_core& core) noexcept { core.terminate(); }
-awaitable<void> pool_join(std::shared_ptr<pool_core> core) { co_await core->join(); }
+awaitable<void> pool_join(std::shared_ptr<pool_core> core) {
+  auto join = core->join();
+  co_await std::move(join);
+}
 std::size_t pool_size(const pool_core& core) noexcept { return core.size(); }
 
 } // namespace coproc::detail

@@ -76,14 +76,17 @@ private:
   friend class pool;
   explicit async_result(std::shared_ptr<detail::result_state<T>> state) : state_(std::move(state)) {}
 
+  // (Awaitables named first: g++ 12 mishandles them inside a co_await expression.)
   static awaitable<T> get_until(std::shared_ptr<detail::result_state<T>> state,
                                 detail::waiter_list::clock::time_point deadline) {
-    if (!co_await state->wait(deadline))
-      throw timeout_error("coproc::async_result::get: the pool task did not finish in time");
+    auto wait = state->wait(deadline);
+    bool ready = co_await std::move(wait);
+    if (!ready) throw timeout_error("coproc::async_result::get: the pool task did not finish in time");
     co_return state->result();
   }
   static awaitable<void> wait_until(std::shared_ptr<detail::result_state<T>> state) {
-    co_await state->wait(detail::waiter_list::clock::time_point::max());
+    auto wait = state->wait(detail::waiter_list::clock::time_point::max());
+    co_await std::move(wait);
   }
 
   std::shared_ptr<detail::result_state<T>> state_;
@@ -101,7 +104,9 @@ private:
   friend class pool;
   explicit result_stream(std::shared_ptr<detail::stream_state<T>> state) : state_(std::move(state)) {}
   static awaitable<std::optional<T>> next_of(std::shared_ptr<detail::stream_state<T>> state) {
-    co_return co_await state->next();
+    auto next = state->next();
+    auto item = co_await std::move(next);
+    co_return item;
   }
 
   std::shared_ptr<detail::stream_state<T>> state_;

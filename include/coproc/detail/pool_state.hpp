@@ -74,40 +74,44 @@ private:
 };
 
 // Waits until ready() (evaluated with `mutex` held) or the deadline. True if ready.
+// (No co_return inside a lock's scope, and the initiation is named first: g++ 12
+// mishandles both in coroutines.)
 template <class Ready>
 awaitable<bool> wait_for_condition(std::mutex& mutex, waiter_list& waiters, Ready ready,
                                    waiter_list::clock::time_point deadline) {
+  auto is_ready = [&] {
+    std::lock_guard lock(mutex);
+    return ready();
+  };
   if (deadline == waiter_list::clock::time_point::max()) {
-    for (;;) {
-      {
-        std::lock_guard lock(mutex);
-        if (ready()) co_return true;
-      }
-      co_await boost::asio::async_initiate<const boost::asio::use_awaitable_t<>&, void()>(
-          [&](auto handler) {
-            std::unique_lock lock(mutex);
-            if (!ready()) return waiters.add_handler(std::move(handler));
-            lock.unlock();
-            auto ex = boost::asio::get_associated_executor(handler);
-            boost::asio::post(ex, std::move(handler));
-          },
-          boost::asio::use_awaitable);
+    auto park = [&](auto handler) {
+      std::unique_lock lock(mutex);
+      if (!ready()) return waiters.add_handler(std::move(handler));
+      lock.unlock();
+      auto ex = boost::asio::get_associated_executor(handler);
+      boost::asio::post(ex, std::move(handler));
+    };
+    while (!is_ready()) {
+      auto parked = boost::asio::async_initiate<const boost::asio::use_awaitable_t<>&, void()>(
+          park, boost::asio::use_awaitable);
+      co_await std::move(parked);
     }
+    co_return true;
   }
   auto ex = co_await boost::asio::this_coro::executor;
-  for (;;) {
-    waiter_list::timer_ptr timer;
-    {
-      std::lock_guard lock(mutex);
-      if (ready()) co_return true;
-      if (waiter_list::clock::now() >= deadline) co_return false;
-      timer = waiters.add(ex, deadline);
-    }
+  auto arm = [&]() -> waiter_list::timer_ptr {
+    std::lock_guard lock(mutex);
+    if (ready() || waiter_list::clock::now() >= deadline) return nullptr;
+    return waiters.add(ex, deadline);
+  };
+  while (auto timer = arm()) {
     boost::system::error_code ec;
-    co_await timer->async_wait(boost::asio::redirect_error(boost::asio::use_awaitable, ec));
+    auto wait = timer->async_wait(boost::asio::redirect_error(boost::asio::use_awaitable, ec));
+    co_await std::move(wait);
     std::lock_guard lock(mutex);
     waiters.remove(timer);
   }
+  co_return is_ready();
 }
 
 inline waiter_list::clock::time_point deadline_after(duration timeout) {
@@ -295,12 +299,15 @@ public:
 
   // nullopt after the last item; rethrows a failed item's error.
   awaitable<std::optional<R>> next() {
+    bool finished;
     {
       std::lock_guard lock(mutex_);
-      if (handed_ == total_) co_return std::nullopt;
+      finished = handed_ == total_;
     }
-    co_await wait_for_condition(mutex_, waiters_, [this] { return available(); },
-                                waiter_list::clock::time_point::max());
+    if (finished) co_return std::nullopt;
+    auto wait = wait_for_condition(mutex_, waiters_, [this] { return available(); },
+                                   waiter_list::clock::time_point::max());
+    co_await std::move(wait);
     std::variant<R, std::exception_ptr> item;
     {
       std::lock_guard lock(mutex_);
