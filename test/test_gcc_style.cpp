@@ -69,3 +69,87 @@ TEST_CASE("g++ style: gather of joins") {
   auto codes = coproc::block_on(std::move(op));
   CHECK(codes == std::vector<int>{0, 1, 2, 3, 4, 5, 6, 7});
 }
+
+TEST_CASE("g++ style: run with input and a timeout") {
+  auto main = []() -> coproc::awaitable<coproc::completed_process> {
+    std::vector<std::string> args{"cat"};
+    coproc::run_options options;
+    options.input = "through cat";
+    options.capture_output = true;
+    options.timeout = 5s;
+    auto op = coproc::run(args, options);
+    auto result = co_await std::move(op);
+    co_return result;
+  };
+  auto op = main();
+  auto r = coproc::block_on(std::move(op));
+  CHECK(r.returncode == 0);
+  CHECK(r.out == "through cat");
+}
+
+TEST_CASE("g++ style: popen communicate") {
+  auto main = []() -> coproc::awaitable<std::string> {
+    auto ex = co_await boost::asio::this_coro::executor;
+    std::vector<std::string> args{"sh", "-c", "tr a-z A-Z"};
+    coproc::popen_options options;
+    options.in = coproc::stdio::pipe;
+    options.out = coproc::stdio::pipe;
+    coproc::popen child(ex, args, options);
+    auto talk = child.communicate(std::string("shout"));
+    auto [out, err] = co_await std::move(talk);
+    auto wait = child.wait();
+    CHECK(co_await std::move(wait) == 0);
+    co_return out;
+  };
+  auto op = main();
+  CHECK(coproc::block_on(std::move(op)) == "SHOUT");
+}
+
+namespace {
+int square(int x) { return x * x; }
+} // namespace
+
+TEST_CASE("g++ style: pool apply and map") {
+  auto main = []() -> coproc::awaitable<std::vector<int>> {
+    auto ex = co_await boost::asio::this_coro::executor;
+    coproc::pool_options options;
+    options.processes = 2;
+    coproc::pool pool(ex, options);
+    auto one = pool.apply(square, 7);
+    CHECK(co_await std::move(one) == 49);
+    std::vector<int> items{1, 2, 3, 4};
+    auto all = pool.map(square, items);
+    auto squares = co_await std::move(all);
+    pool.close();
+    auto join = pool.join();
+    co_await std::move(join);
+    co_return squares;
+  };
+  auto op = main();
+  CHECK(coproc::block_on(std::move(op)) == std::vector<int>{1, 4, 9, 16});
+}
+
+TEST_CASE("g++ style: a queue between two processes") {
+  auto main = []() -> coproc::awaitable<std::vector<std::string>> {
+    coproc::queue<std::string> q;
+    coproc::process writer(
+        [](coproc::queue<std::string> q) -> coproc::awaitable<void> {
+          for (const char* item : {"A", "B", "C"}) {
+            auto put = q.put(std::string(item));
+            co_await std::move(put);
+          }
+        },
+        q);
+    writer.start();
+    std::vector<std::string> got;
+    for (int i = 0; i < 3; ++i) {
+      auto get = q.get(5s);
+      got.push_back(co_await std::move(get));
+    }
+    auto join = writer.join();
+    CHECK(co_await std::move(join) == 0);
+    co_return got;
+  };
+  auto op = main();
+  CHECK(coproc::block_on(std::move(op)) == std::vector<std::string>{"A", "B", "C"});
+}
