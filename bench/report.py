@@ -53,23 +53,24 @@ def main(rows_path, out_dir):
         cells = {"coproc": [], "python": [], "raw": []}
         for impl, value, unit, better in entries:
             label = f"{value:,.4g} {unit}"
-            if kind(impl) != "coproc" or impl != "coproc":
+            if impl != "coproc":
                 label += f" ({impl})"
             cells[kind(impl)].append(label)
         ours = [e for e in entries if kind(e[0]) == "coproc"]
         peers = [e for e in entries if kind(e[0]) == "python"]
         ratio = ""
         if ours and peers:
-            best_peer = min(peers, key=lambda e: speedup(ours[0][1], e[1], e[3]))
-            r = speedup(ours[0][1], best_peer[1], best_peer[3])
+            best_ours = max(ours, key=lambda e: speedup(e[1], peers[0][1], e[3]))
+            best_peer = min(peers, key=lambda e: speedup(best_ours[1], e[1], e[3]))
+            r = speedup(best_ours[1], best_peer[1], best_peer[3])
             ratio = f"**{r:.1f}x**" if r >= 1 else f"{1 / r:.1f}x slower"
             chart.append((bench, r))
         lines.append(f"| {bench} | " + " | ".join("<br>".join(cells[k]) or "—"
                                                    for k in ("coproc", "python", "raw"))
                      + f" | {ratio} |")
     lines.append("")
-    lines.append("coproc vs Python compares with the fastest Python peer in the row; "
-                 "higher is better for coproc.")
+    lines.append("coproc vs Python: the best coproc figure against the fastest Python peer "
+                 "in the row, as a factor (above 1: coproc is better).")
     with open(os.path.join(out_dir, "results.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
 
