@@ -30,6 +30,15 @@ def kind(impl):
     return "raw"
 
 
+def figure(value, unit):
+    """5.27M tasks/s, 32.7k tasks/s, 53.16 us."""
+    if abs(value) >= 1e6:
+        return f"{value / 1e6:.3g}M {unit}"
+    if abs(value) >= 1e4:
+        return f"{value / 1e3:.3g}k {unit}"
+    return f"{value:.4g} {unit}"
+
+
 def speedup(ours, theirs, better):
     return theirs / ours if better == "lower" else ours / theirs
 
@@ -52,7 +61,7 @@ def main(rows_path, out_dir):
     for bench, entries in groups.items():
         cells = {"coproc": [], "python": [], "raw": []}
         for impl, value, unit, better in entries:
-            label = f"{value:,.4g} {unit}"
+            label = figure(value, unit)
             if impl != "coproc":
                 label += f" ({impl})"
             cells[kind(impl)].append(label)
@@ -76,10 +85,10 @@ def main(rows_path, out_dir):
 
     data = os.path.join(out_dir, "results.dat")
     with open(data, "w") as f:
-        for bench, r in chart:
+        for bench, r in reversed(chart):  # gnuplot draws the first row at the bottom
             f.write(f"\"{bench}\" {r:.3f}\n")
     script = f"""
-set terminal pngcairo size 1100,{120 + 34 * max(1, len(chart))} font ",11"
+set terminal pngcairo noenhanced size 1100,{120 + 34 * max(1, len(chart))} font ",11"
 set output "{os.path.join(out_dir, 'results.png')}"
 set title "coproc speed-up over Python multiprocessing/subprocess ({stamp})"
 set style fill solid 0.8
