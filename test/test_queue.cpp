@@ -4,6 +4,7 @@
 #include <doctest/doctest.h>
 
 #include "support/checks.hpp"
+#include "support/person.hpp"
 
 #include <dirent.h>
 #include <sys/mman.h>
@@ -31,13 +32,7 @@ namespace {
 
 using clock_type = std::chrono::steady_clock;
 
-struct person {
-  std::string name;
-  int age = 0;
-  std::vector<std::string> tags;
-  template <class Archive> void serialize(Archive& ar) { ar(name, age, tags); }
-  bool operator==(const person&) const = default;
-};
+using coproc_test::person;
 
 // Saved with one field, loaded with two: every frame it reads is malformed (as when two
 // programs disagree on a type's layout).

@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 
 #include "support/checks.hpp"
+#include "support/person.hpp"
 
 #include <array>
 #include <cstdint>
@@ -28,14 +29,7 @@ template <class T> T round_trip(const T& value) { return wire::decode<T>(wire::e
 
 enum class color : std::uint8_t { red = 1, green = 2 };
 
-// A user type with a cereal serialize member: not trivially copyable.
-struct person {
-  std::string name;
-  int age = 0;
-  std::vector<std::string> tags;
-  template <class Archive> void serialize(Archive& ar) { ar(name, age, tags); }
-  bool operator==(const person&) const = default;
-};
+using coproc_test::person;
 
 // Plain trivially copyable structs: no serialize needed.
 struct point {
