@@ -1,4 +1,5 @@
 #include <coproc/detail/child.hpp>
+#include <coproc/detail/deadline.hpp>
 
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
@@ -243,7 +244,7 @@ boost::asio::awaitable<int> child::wait_sigchld() {
 boost::asio::awaitable<std::optional<int>> child::wait(std::chrono::steady_clock::duration timeout) {
   using namespace boost::asio::experimental::awaitable_operators;
   if (auto code = poll()) co_return code;
-  boost::asio::steady_timer timer(co_await boost::asio::this_coro::executor, timeout);
+  boost::asio::steady_timer timer(co_await boost::asio::this_coro::executor, deadline::after(timeout).when());
   auto first = co_await (wait() || timer.async_wait(boost::asio::use_awaitable));
   if (first.index() == 0) co_return std::get<0>(first);
   co_return poll();

@@ -402,8 +402,7 @@ public:
       closed = closed_;
     }
     if (!closed) throw std::logic_error("coproc::pool::join: call close() or terminate() first");
-    auto gone = wait_for_condition(mutex_, join_waiters_, [this] { return live_ == 0; },
-                                   waiter_list::clock::time_point::max());
+    auto gone = wait_for_condition(mutex_, join_waiters_, [this] { return live_ == 0; }, deadline::never());
     co_await std::move(gone);
   }
 

@@ -98,18 +98,18 @@ private:
 };
 boost::asio::execution_context::id fd_wait_service::id;
 
-awaitable<bool> wait_fd(int fd, wait_deadline until, boost::asio::posix::descriptor_base::wait_type w) {
+awaitable<bool> wait_fd(int fd, deadline until, boost::asio::posix::descriptor_base::wait_type w) {
   using namespace boost::asio::experimental::awaitable_operators;
   auto ex = co_await boost::asio::this_coro::executor;
   auto& ctx = boost::asio::query(ex, boost::asio::execution::context);
   auto& d = boost::asio::use_service<fd_wait_service>(ctx).get(ex, fd);
-  if (!until) {
+  if (until.is_never()) {
     boost::system::error_code ec; // aborted by forget_fd: the caller looks again
     co_await d.async_wait(w, boost::asio::redirect_error(boost::asio::use_awaitable, ec));
     co_return true;
   }
-  if (std::chrono::steady_clock::now() >= *until) co_return false;
-  boost::asio::steady_timer timer(ex, *until);
+  if (until.passed()) co_return false;
+  boost::asio::steady_timer timer(ex, until.when());
   auto ready = d.async_wait(w, boost::asio::use_awaitable);
   auto expired = timer.async_wait(boost::asio::use_awaitable);
   auto which = co_await (std::move(ready) || std::move(expired));
@@ -118,10 +118,10 @@ awaitable<bool> wait_fd(int fd, wait_deadline until, boost::asio::posix::descrip
 
 } // namespace
 
-awaitable<bool> wait_readable(int fd, wait_deadline until) {
+awaitable<bool> wait_readable(int fd, deadline until) {
   return wait_fd(fd, until, boost::asio::posix::descriptor_base::wait_read);
 }
-awaitable<bool> wait_writable(int fd, wait_deadline until) {
+awaitable<bool> wait_writable(int fd, deadline until) {
   return wait_fd(fd, until, boost::asio::posix::descriptor_base::wait_write);
 }
 
@@ -370,7 +370,7 @@ struct waiter_scope {
 };
 } // namespace
 
-awaitable<void> queue_ring::put(std::string_view bytes, wait_deadline until) {
+awaitable<void> queue_ring::put(std::string_view bytes, deadline until) {
   for (;;) {
     auto s = try_put(bytes);
     if (s == status::ok) co_return;
@@ -390,7 +390,7 @@ awaitable<void> queue_ring::put(std::string_view bytes, wait_deadline until) {
   }
 }
 
-awaitable<void> queue_ring::get(consumer f, void* context, wait_deadline until) {
+awaitable<void> queue_ring::get(consumer f, void* context, deadline until) {
   for (;;) {
     auto s = try_get(f, context);
     if (s == status::ok) co_return;
@@ -488,7 +488,7 @@ awaitable<void> pipe_end::send(std::string_view payload) {
     if (r >= 0) {
       done += static_cast<std::size_t>(r);
     } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
-      co_await wait_writable(fd_, std::nullopt);
+      co_await wait_writable(fd_, deadline::never());
       check_open("send");
     } else if (int err = errno; err != EINTR) {
       throw_errno(err, "coproc::connection::send (pid " + std::to_string(::getpid()) + ")" +
@@ -554,7 +554,7 @@ awaitable<std::string_view> pipe_end::recv() {
                           "after " + std::to_string(partial) + " bytes");
     }
     if (!fill()) {
-      co_await wait_readable(fd_, std::nullopt);
+      co_await wait_readable(fd_, deadline::never());
       check_open("recv");
     }
   }
@@ -565,13 +565,13 @@ awaitable<std::string_view> pipe_end::recv() {
   co_return frame;
 }
 
-awaitable<bool> pipe_end::poll(wait_deadline until) {
+awaitable<bool> pipe_end::poll(deadline until) {
   check_open("poll");
   if (!can_recv_) throw std::logic_error("coproc::connection::poll on the send-only end of a one-way pipe");
   for (;;) {
     if (has_frame() || eof_) co_return true;
     if (fill()) continue;
-    if (until && std::chrono::steady_clock::now() >= *until) co_return false;
+    if (until.passed()) co_return false;
     bool woke = co_await wait_readable(fd_, until);
     check_open("poll");
     if (!woke) {

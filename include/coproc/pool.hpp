@@ -62,12 +62,12 @@ template <class T> class async_result {
 public:
   // The value, or the task's error (remote_error, worker_lost, pool_closed). May be
   // awaited more than once, also from several coroutines.
-  awaitable<T> get() { return get_until(state_, detail::waiter_list::clock::time_point::max()); }
+  awaitable<T> get() { return get_until(state_, detail::deadline::never()); }
   // timeout_error when the result is not ready in time (the task goes on).
-  awaitable<T> get(duration timeout) { return get_until(state_, detail::deadline_after(timeout)); }
+  awaitable<T> get(duration timeout) { return get_until(state_, detail::deadline::after(timeout)); }
   awaitable<void> wait() { return wait_until(state_); }
   // Whether it became ready in time.
-  awaitable<bool> wait(duration timeout) { return state_->wait(detail::deadline_after(timeout)); }
+  awaitable<bool> wait(duration timeout) { return state_->wait(detail::deadline::after(timeout)); }
   bool ready() const { return state_->ready(); }
   // std::logic_error while not ready.
   bool successful() const { return state_->successful(); }
@@ -78,14 +78,14 @@ private:
 
   // (Awaitables named first: g++ 12 mishandles them inside a co_await expression.)
   static awaitable<T> get_until(std::shared_ptr<detail::result_state<T>> state,
-                                detail::waiter_list::clock::time_point deadline) {
-    auto wait = state->wait(deadline);
+                                detail::deadline until) {
+    auto wait = state->wait(until);
     bool ready = co_await std::move(wait);
     if (!ready) throw timeout_error("coproc::async_result::get: the pool task did not finish in time");
     co_return state->result();
   }
   static awaitable<void> wait_until(std::shared_ptr<detail::result_state<T>> state) {
-    auto wait = state->wait(detail::waiter_list::clock::time_point::max());
+    auto wait = state->wait(detail::deadline::never());
     co_await std::move(wait);
   }
 

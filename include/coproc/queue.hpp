@@ -82,16 +82,16 @@ public:
   // Waits for room. The item is encoded before the call returns (it may be a temporary).
   // queue_closed if the queue is (or becomes) closed; std::length_error, naming both
   // sizes, if the item can never fit the capacity.
-  awaitable<void> put(const T& item) { return put_until(ring_, pack(item), std::nullopt); }
+  awaitable<void> put(const T& item) { return put_until(ring_, pack(item), detail::deadline::never()); }
   // queue_full if there is still no room after timeout.
   awaitable<void> put(const T& item, duration timeout) {
-    return put_until(ring_, pack(item), detail::wait_deadline_after(timeout));
+    return put_until(ring_, pack(item), detail::deadline::after(timeout));
   }
   // Waits for an item. Once the queue is closed, the items left are still returned, then
   // queue_closed. A malformed item is a coproc::error (and is consumed).
-  awaitable<T> get() { return get_until(ring_, std::nullopt); }
+  awaitable<T> get() { return get_until(ring_, detail::deadline::never()); }
   // queue_empty if there is still no item after timeout.
-  awaitable<T> get(duration timeout) { return get_until(ring_, detail::wait_deadline_after(timeout)); }
+  awaitable<T> get(duration timeout) { return get_until(ring_, detail::deadline::after(timeout)); }
 
   // queue_full / queue_empty instead of waiting.
   void put_nowait(const T& item) {
@@ -131,7 +131,7 @@ private:
     else return wire::encode(item);
   }
 
-  static awaitable<void> put_until(ring_ptr ring, packed item, detail::wait_deadline until) {
+  static awaitable<void> put_until(ring_ptr ring, packed item, detail::deadline until) {
     std::string_view bytes;
     if constexpr (wire::trivially_encoded<T>) bytes = {reinterpret_cast<const char*>(&item), sizeof(T)};
     else bytes = item;
@@ -141,7 +141,7 @@ private:
     co_await ring->put(bytes, until);
   }
 
-  static awaitable<T> get_until(ring_ptr ring, detail::wait_deadline until) {
+  static awaitable<T> get_until(ring_ptr ring, detail::deadline until) {
     std::optional<T> out;
     if (ring->try_get(&detail::decode_item<T>, &out) != detail::queue_ring::status::ok)
       co_await ring->get(&detail::decode_item<T>, &out, until);
@@ -167,7 +167,7 @@ public:
   awaitable<T> recv() { return recv_on(end_); }
   // Whether recv would return at once (a message, or EOF), waiting up to timeout.
   awaitable<bool> poll(duration timeout = duration::zero()) {
-    return end_->poll(detail::wait_deadline_after(timeout));
+    return end_->poll(detail::deadline::after(timeout));
   }
   // Closes this end in this process, for every handle to it here. Idempotent.
   void close() noexcept { end_->close(); }

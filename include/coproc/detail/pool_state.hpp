@@ -6,6 +6,7 @@
 // consumers read.
 #pragma once
 
+#include <coproc/detail/deadline.hpp>
 #include <coproc/detail/pool_task.hpp>
 #include <coproc/errors.hpp>
 #include <coproc/this_process.hpp>
@@ -78,12 +79,12 @@ private:
 // mishandles both in coroutines.)
 template <class Ready>
 awaitable<bool> wait_for_condition(std::mutex& mutex, waiter_list& waiters, Ready ready,
-                                   waiter_list::clock::time_point deadline) {
+                                   deadline until) {
   auto is_ready = [&] {
     std::lock_guard lock(mutex);
     return ready();
   };
-  if (deadline == waiter_list::clock::time_point::max()) {
+  if (until.is_never()) {
     auto park = [&](auto handler) {
       std::unique_lock lock(mutex);
       if (!ready()) return waiters.add_handler(std::move(handler));
@@ -101,8 +102,8 @@ awaitable<bool> wait_for_condition(std::mutex& mutex, waiter_list& waiters, Read
   auto ex = co_await boost::asio::this_coro::executor;
   auto arm = [&]() -> waiter_list::timer_ptr {
     std::lock_guard lock(mutex);
-    if (ready() || waiter_list::clock::now() >= deadline) return nullptr;
-    return waiters.add(ex, deadline);
+    if (ready() || until.passed()) return nullptr;
+    return waiters.add(ex, until.when());
   };
   while (auto timer = arm()) {
     boost::system::error_code ec;
@@ -112,12 +113,6 @@ awaitable<bool> wait_for_condition(std::mutex& mutex, waiter_list& waiters, Read
     waiters.remove(timer);
   }
   co_return is_ready();
-}
-
-inline waiter_list::clock::time_point deadline_after(duration timeout) {
-  auto now = waiter_list::clock::now();
-  return timeout >= waiter_list::clock::time_point::max() - now ? waiter_list::clock::time_point::max()
-                                                               : now + timeout;
 }
 
 // Where the results of one submission's items go.
@@ -209,8 +204,8 @@ public:
   }
   void fail(std::size_t, std::exception_ptr error) override { finish(std::nullopt, error); }
 
-  awaitable<bool> wait(waiter_list::clock::time_point deadline) {
-    return wait_for_condition(mutex_, waiters_, [this] { return done_; }, deadline);
+  awaitable<bool> wait(deadline until) {
+    return wait_for_condition(mutex_, waiters_, [this] { return done_; }, until);
   }
   bool ready() const {
     std::lock_guard lock(mutex_);
@@ -305,8 +300,7 @@ public:
       finished = handed_ == total_;
     }
     if (finished) co_return std::nullopt;
-    auto wait = wait_for_condition(mutex_, waiters_, [this] { return available(); },
-                                   waiter_list::clock::time_point::max());
+    auto wait = wait_for_condition(mutex_, waiters_, [this] { return available(); }, deadline::never());
     co_await std::move(wait);
     std::variant<R, std::exception_ptr> item;
     {

@@ -27,6 +27,7 @@
 // one spare write per burst.
 #pragma once
 
+#include <coproc/detail/deadline.hpp>
 #include <coproc/this_process.hpp>
 
 #include <atomic>
@@ -39,17 +40,11 @@
 
 namespace coproc::detail {
 
-using wait_deadline = std::optional<std::chrono::steady_clock::time_point>;
-
-inline wait_deadline wait_deadline_after(duration timeout) {
-  return std::chrono::steady_clock::now() + timeout;
-}
-
 // Sleeps on the awaiting coroutine's io_context until fd becomes readable (writable), or
 // the deadline passes (false). The fd stays registered with that io_context until it
 // ends or forget_fd(fd); a wake-up may be spurious, callers look again.
-awaitable<bool> wait_readable(int fd, wait_deadline until);
-awaitable<bool> wait_writable(int fd, wait_deadline until);
+awaitable<bool> wait_readable(int fd, deadline until);
+awaitable<bool> wait_writable(int fd, deadline until);
 // Before closing an fd that may have been waited on: drops this process's registrations.
 void forget_fd(int fd) noexcept;
 
@@ -69,8 +64,8 @@ public:
   status try_put(std::string_view bytes);
   status try_get(consumer f, void* context);
   // Loop until done: queue_full at the deadline, queue_closed.
-  awaitable<void> put(std::string_view bytes, wait_deadline until);
-  awaitable<void> get(consumer f, void* context, wait_deadline until);
+  awaitable<void> put(std::string_view bytes, deadline until);
+  awaitable<void> get(consumer f, void* context, deadline until);
 
   void close();
   bool closed() const noexcept;
@@ -119,7 +114,7 @@ public:
   // Waits for a whole frame; the view stays valid until the next call on this end.
   // eof_error when the peer closed, coproc::error for a truncated or oversized frame.
   awaitable<std::string_view> recv();
-  awaitable<bool> poll(wait_deadline until);
+  awaitable<bool> poll(deadline until);
   void close() noexcept;
   bool can_send() const noexcept { return can_send_; }
   bool can_recv() const noexcept { return can_recv_; }
