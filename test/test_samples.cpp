@@ -67,6 +67,25 @@ std::vector<int> children_of(int pid) {
   return out;
 }
 
+// CPU time (utime + stime, in clock ticks) the processes have used so far.
+long cpu_ticks(const std::vector<int>& pids) {
+  long total = 0;
+  for (int pid : pids) {
+    std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+    std::string line;
+    std::getline(stat, line);
+    auto close = line.rfind(')');
+    if (close == std::string::npos) continue;
+    std::istringstream rest(line.substr(close + 2));
+    std::string field;
+    for (int i = 3; i <= 13; ++i) rest >> field; // state .. cmajflt
+    long utime = 0, stime = 0;
+    rest >> utime >> stime;
+    total += utime + stime;
+  }
+  return total;
+}
+
 // The server, started on an ephemeral port; its port is read from its first line.
 struct running_server {
   coproc::popen proc;
@@ -165,8 +184,10 @@ TEST_CASE("server sample: SIGTERM finishes the request in flight and leaves no w
     auto ex = co_await net::this_coro::executor;
     response r;
     auto slow = [&]() -> net::awaitable<void> { r = co_await get(s.port, "/primes?n=40000000"); };
+    // SIGTERM once the request is in flight: a worker has started computing it.
     auto stop = [&]() -> net::awaitable<void> {
-      co_await coproc::sleep(150ms);
+      long idle = cpu_ticks(workers);
+      while (cpu_ticks(workers) < idle + 2) co_await coproc::sleep(5ms);
       s.proc.terminate();
     };
     std::vector<net::awaitable<void>> both;
@@ -207,11 +228,14 @@ TEST_CASE("checksum script: every file counted with plain progress lines when no
 TEST_CASE("checksum script: SIGINT kills and reaps its workers and commands and reports partial results") {
   coproc::block_on([]() -> net::awaitable<void> {
     coproc::popen p(co_await net::this_coro::executor, {COPROC_CHECKSUM_TREE, "/usr"}, {.out = coproc::stdio::pipe});
-    co_await coproc::sleep(700ms);
+    // Its first line comes once the pool's workers run and SIGINT is handled.
+    std::string first;
+    co_await net::async_read_until(p.stdout_pipe(), net::dynamic_buffer(first), "workers\n", net::use_awaitable);
     auto helpers = children_of(p.pid());
     CHECK(helpers.size() >= 2); // the pool's workers, and commands still running
     p.send_signal(SIGINT);
     auto [out, err] = co_await p.communicate();
+    out = first + out;
     CHECK(co_await p.wait() == 130);
     CHECK(out.find("interrupted by signal 2 after ") != std::string::npos);
     for (int pid : helpers) CHECK_FALSE(coproc_test::pid_exists(pid));

@@ -518,24 +518,29 @@ TEST_CASE("spawning does not notify the io_context of a fork") {
 }
 
 namespace {
-coproc::awaitable<void> tick_until(int& ticks, const bool& done) {
+// Ticks until done; after 10 ticks it creates `flag`.
+coproc::awaitable<void> tick_until(int& ticks, const bool& done, std::filesystem::path flag) {
   while (!done) {
     co_await sleep_for(10ms);
-    ++ticks;
+    if (++ticks == 10) std::ofstream{flag};
   }
 }
 } // namespace
 
 TEST_CASE("the io_context keeps running while a child is awaited") {
+  temp_dir dir;
+  auto flag = dir.path / "ticked";
   int ticks = 0;
   bool done = false;
   run([&]() -> coproc::awaitable<void> {
     auto ex = co_await asio::this_coro::executor;
-    asio::co_spawn(ex, tick_until(ticks, done), asio::detached);
-    CHECK(co_await coproc::call({"sleep", "0.5"}) == 0);
+    asio::co_spawn(ex, tick_until(ticks, done, flag), asio::detached);
+    // The child ends once the loop has ticked 10 times while it was awaited (a loop
+    // blocked in waitpid never would: exit 1 after 60 s).
+    CHECK(co_await coproc::call({"sh", "-c", "for i in $(seq 6000); do [ -e \"$0\" ] && exit 0; sleep 0.01; done; exit 1",
+                                 flag.string()}) == 0);
     done = true;
   }());
-  // About 50 ticks; a loop blocked in waitpid would see one or two.
   CHECK(ticks >= 10);
 }
 
@@ -567,7 +572,11 @@ TEST_CASE("concurrent runs capture their own output") {
 TEST_CASE("popen streams stdout lines as they arrive") {
   auto lines = run([]() -> coproc::awaitable<std::vector<std::string>> {
     auto ex = co_await asio::this_coro::executor;
-    coproc::popen p(ex, {"sh", "-c", "for i in 1 2 3; do echo line$i; sleep 0.2; done"},
+    // The child writes each line, then waits for the test to have read it.
+    temp_dir dir;
+    auto flag = (dir.path / "read").string();
+    coproc::popen p(ex, {"sh", "-c", "for i in 1 2 3; do echo line$i; while [ ! -e \"$0.$i\" ]; do sleep 0.01; done; done",
+                         flag},
                     {.out = coproc::stdio::pipe});
     std::vector<std::string> got;
     std::string buffer;
@@ -577,8 +586,10 @@ TEST_CASE("popen streams stdout lines as they arrive") {
       if (ec) break;
       got.push_back(buffer.substr(0, n - 1));
       buffer.erase(0, n);
-      // Each line is read before the child is done: streaming, not buffering to EOF.
-      if (got.size() < 3) CHECK_FALSE(p.poll().has_value());
+      // Each line is read while the child waits for it to be read: streaming, not
+      // buffering to EOF.
+      CHECK_FALSE(p.poll().has_value());
+      std::ofstream{flag + "." + std::to_string(got.size())};
     }
     CHECK(co_await p.wait() == 0);
     CHECK(p.returncode() == 0);
@@ -619,7 +630,12 @@ TEST_CASE("popen communicate sends input and collects both streams") {
 TEST_CASE("popen communicate with a timeout keeps the output for the next call") {
   run([]() -> coproc::awaitable<void> {
     auto ex = co_await asio::this_coro::executor;
-    coproc::popen p(ex, {"sh", "-c", "echo first; sleep 0.5; echo second"}, {.out = coproc::stdio::pipe});
+    temp_dir dir;
+    auto started = dir.path / "started", go = dir.path / "go";
+    coproc::popen p(ex, {"sh", "-c", "echo first; touch \"$0\"; while [ ! -e \"$1\" ]; do sleep 0.01; done; echo second",
+                         started.string(), go.string()},
+                    {.out = coproc::stdio::pipe});
+    while (!std::filesystem::exists(started)) co_await sleep_for(5ms); // "first" is in the pipe
     try {
       co_await p.communicate("", 100ms);
       FAIL("no timeout");
@@ -630,6 +646,7 @@ TEST_CASE("popen communicate with a timeout keeps the output for the next call")
     }
     CHECK_FALSE(p.poll().has_value()); // left alone
     CHECK_THROWS_AS(co_await p.communicate("late input"), std::invalid_argument);
+    std::ofstream{go};
     auto [out, err] = co_await p.communicate();
     CHECK(out == "first\nsecond\n");
     CHECK(err.empty());
