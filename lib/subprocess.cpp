@@ -154,37 +154,29 @@ struct spawned {
   unique_fd in, out, err; // the parent's ends of the piped streams
 };
 
-// RAII for posix_spawn's attribute and file-action objects.
-struct spawn_setup {
-  posix_spawnattr_t attr;
-  posix_spawn_file_actions_t actions;
-  spawn_setup() {
-    ::posix_spawnattr_init(&attr);
-    ::posix_spawn_file_actions_init(&actions);
-  }
-  ~spawn_setup() {
-    ::posix_spawn_file_actions_destroy(&actions);
-    ::posix_spawnattr_destroy(&attr);
-  }
-  void check(int r, const char* what) {
-    if (r != 0) throw_errno(r, what);
-  }
+// The program to exec and its argv (pointing into shell_argv or the request's args;
+// moving a command_line keeps both in place).
+struct command_line {
+  std::string program;
+  std::vector<std::string> shell_argv;
+  std::vector<char*> argv;
 };
 
-spawned spawn(const spawn_request& req) {
-  // argv and the program to exec.
-  std::vector<std::string> argv_storage;
+// execvp's rules: the shell for shell=true, a name with a '/' as it is (relative paths
+// resolve in the new cwd, as with Python), else the first match on PATH — the new
+// env's PATH when env is replaced.
+command_line resolve_command(const spawn_request& req) {
+  command_line cmd;
   const std::vector<std::string>* argv_strings = &req.args;
-  std::string program;
   if (req.shell) {
-    argv_storage.reserve(req.args.size() + 2);
-    argv_storage.push_back("/bin/sh");
-    argv_storage.push_back("-c");
-    argv_storage.insert(argv_storage.end(), req.args.begin(), req.args.end());
-    argv_strings = &argv_storage;
-    program = "/bin/sh";
+    cmd.shell_argv.reserve(req.args.size() + 2);
+    cmd.shell_argv.push_back("/bin/sh");
+    cmd.shell_argv.push_back("-c");
+    cmd.shell_argv.insert(cmd.shell_argv.end(), req.args.begin(), req.args.end());
+    argv_strings = &cmd.shell_argv;
+    cmd.program = "/bin/sh";
   } else if (req.args[0].find('/') != std::string::npos) {
-    program = req.args[0]; // relative paths resolve in the new cwd, as with Python
+    cmd.program = req.args[0];
   } else {
     std::string path = default_path;
     if (req.env) {
@@ -193,37 +185,112 @@ spawned spawn(const spawn_request& req) {
       path = p;
     }
     int err;
-    program = find_program(req.args[0], path, err);
-    if (program.empty())
+    cmd.program = find_program(req.args[0], path, err);
+    if (cmd.program.empty())
       throw_errno(err, "cannot run '" + req.args[0] + "' (searched PATH=" + path + ")");
   }
-  std::vector<char*> argv;
-  argv.reserve(argv_strings->size() + 1);
-  for (const auto& a : *argv_strings) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
+  cmd.argv.reserve(argv_strings->size() + 1);
+  for (const auto& a : *argv_strings) cmd.argv.push_back(const_cast<char*>(a.c_str()));
+  cmd.argv.push_back(nullptr);
+  return cmd;
+}
 
-  std::vector<std::string> env_storage;
-  std::vector<char*> envp;
-  char** child_env = environ;
-  if (req.env) {
-    env_storage.reserve(req.env->size());
-    for (const auto& [name, value] : *req.env) env_storage.push_back(name + "=" + value);
-    envp.reserve(env_storage.size() + 1);
-    for (auto& e : env_storage) envp.push_back(e.data());
-    envp.push_back(nullptr);
-    child_env = envp.data();
+// The child's environment block: this process's environ, or exactly the given env.
+class environment_block {
+public:
+  explicit environment_block(const std::optional<std::map<std::string, std::string>>& env) {
+    if (!env) return;
+    strings_.reserve(env->size());
+    for (const auto& [name, value] : *env) strings_.push_back(name + "=" + value);
+    pointers_.reserve(strings_.size() + 1);
+    for (auto& e : strings_) pointers_.push_back(e.data());
+    pointers_.push_back(nullptr);
+  }
+  char** envp() { return pointers_.empty() ? environ : pointers_.data(); }
+
+private:
+  std::vector<std::string> strings_;
+  std::vector<char*> pointers_;
+};
+
+// Checked before spawning so that the error names the directory, not the program.
+void check_cwd(const spawn_request& req) {
+  if (!req.cwd) return;
+  struct stat st;
+  int err = ::stat(req.cwd->c_str(), &st) != 0 ? errno
+            : !S_ISDIR(st.st_mode)              ? ENOTDIR
+            : ::access(req.cwd->c_str(), X_OK) != 0 ? errno
+                                                    : 0;
+  if (err) throw_errno(err, "cannot use '" + req.cwd->string() + "' as the cwd of '" + req.args[0] + "'");
+}
+
+// posix_spawn's attribute and file-action objects, filled for one request.
+class spawn_setup {
+public:
+  spawn_setup() {
+    ::posix_spawnattr_init(&attr_);
+    ::posix_spawn_file_actions_init(&actions_);
+  }
+  spawn_setup(const spawn_setup&) = delete;
+  spawn_setup& operator=(const spawn_setup&) = delete;
+  ~spawn_setup() {
+    ::posix_spawn_file_actions_destroy(&actions_);
+    ::posix_spawnattr_destroy(&attr_);
   }
 
-  if (req.cwd) {
-    // Checked first so that the error names the directory, not the program.
-    struct stat st;
-    int err = ::stat(req.cwd->c_str(), &st) != 0 ? errno
-              : !S_ISDIR(st.st_mode)              ? ENOTDIR
-              : ::access(req.cwd->c_str(), X_OK) != 0 ? errno
-                                                      : 0;
-    if (err) throw_errno(err, "cannot use '" + req.cwd->string() + "' as the cwd of '" +
-                                  req.args[0] + "'");
+  // Default dispositions for every signal (also those the parent ignores, SIGPIPE
+  // first) and an empty mask: the child starts as from a shell. With setsid the child
+  // leads a new session and process group, so killpg reaches its descendants.
+  void set_signals(bool new_session) {
+    sigset_t all, none;
+    sigfillset(&all);
+    sigemptyset(&none);
+    short flags = POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK;
+    if (new_session) flags |= POSIX_SPAWN_SETSID;
+    check(::posix_spawnattr_setflags(&attr_, flags), "posix_spawnattr_setflags");
+    check(::posix_spawnattr_setsigdefault(&attr_, &all), "posix_spawnattr_setsigdefault");
+    check(::posix_spawnattr_setsigmask(&attr_, &none), "posix_spawnattr_setsigmask");
   }
+
+  // Stream `target` of the child: the child's end of a pipe, /dev/null, or stdout.
+  void redirect(stdio how, const unique_fd& child_end, int target, int devnull_flags) {
+    if (how == stdio::pipe)
+      check(::posix_spawn_file_actions_adddup2(&actions_, child_end.fd, target), "adddup2");
+    else if (how == stdio::devnull)
+      check(::posix_spawn_file_actions_addopen(&actions_, target, "/dev/null", devnull_flags, 0), "addopen");
+    else if (how == stdio::to_stdout)
+      check(::posix_spawn_file_actions_adddup2(&actions_, 1, target), "adddup2");
+  }
+
+  void chdir(const std::filesystem::path& dir) {
+    check(::posix_spawn_file_actions_addchdir_np(&actions_, dir.c_str()), "addchdir_np");
+  }
+
+  // Only 0, 1 and 2 reach the program: descriptors other threads or libraries opened
+  // without O_CLOEXEC are closed too (close_range in the child).
+  void close_the_rest() { check(::posix_spawn_file_actions_addclosefrom_np(&actions_, 3), "addclosefrom_np"); }
+
+  int spawn(command_line& cmd, char** envp) {
+    pid_t pid;
+    int r = ::posix_spawn(&pid, cmd.program.c_str(), &actions_, &attr_, cmd.argv.data(), envp);
+    // glibc reports an exec failure here, having reaped the failed child already.
+    if (r != 0) throw_errno(r, "cannot run '" + cmd.program + "'");
+    return pid;
+  }
+
+private:
+  static void check(int r, const char* what) {
+    if (r != 0) throw_errno(r, what);
+  }
+
+  posix_spawnattr_t attr_;
+  posix_spawn_file_actions_t actions_;
+};
+
+spawned spawn(const spawn_request& req) {
+  auto cmd = resolve_command(req);
+  environment_block env(req.env);
+  check_cwd(req);
 
   spawned result{};
   unique_fd child_in, child_out, child_err;
@@ -231,43 +298,14 @@ spawned spawn(const spawn_request& req) {
   if (req.out == stdio::pipe) std::tie(result.out, child_out) = make_pipe(true);
   if (req.err == stdio::pipe) std::tie(result.err, child_err) = make_pipe(true);
 
-  spawn_setup s;
-  // Default dispositions for every signal (also those the parent ignores, SIGPIPE
-  // first) and an empty mask: the child starts as from a shell. With setsid the child
-  // leads a new session and process group, so killpg reaches its descendants.
-  sigset_t all, none;
-  sigfillset(&all);
-  sigemptyset(&none);
-  short flags = POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK;
-  if (req.new_session) flags |= POSIX_SPAWN_SETSID;
-  s.check(::posix_spawnattr_setflags(&s.attr, flags), "posix_spawnattr_setflags");
-  s.check(::posix_spawnattr_setsigdefault(&s.attr, &all), "posix_spawnattr_setsigdefault");
-  s.check(::posix_spawnattr_setsigmask(&s.attr, &none), "posix_spawnattr_setsigmask");
-
-  auto* fa = &s.actions;
-  auto redirect = [&](stdio how, const unique_fd& child_end, int target, int devnull_flags) {
-    if (how == stdio::pipe)
-      s.check(::posix_spawn_file_actions_adddup2(fa, child_end.fd, target), "adddup2");
-    else if (how == stdio::devnull)
-      s.check(::posix_spawn_file_actions_addopen(fa, target, "/dev/null", devnull_flags, 0),
-              "addopen");
-    else if (how == stdio::to_stdout)
-      s.check(::posix_spawn_file_actions_adddup2(fa, 1, target), "adddup2");
-  };
-  redirect(req.in, child_in, 0, O_RDONLY);
-  redirect(req.out, child_out, 1, O_WRONLY);
-  redirect(req.err, child_err, 2, O_WRONLY);
-  if (req.cwd)
-    s.check(::posix_spawn_file_actions_addchdir_np(fa, req.cwd->c_str()), "addchdir_np");
-  // Only 0, 1 and 2 reach the program: descriptors other threads or libraries opened
-  // without O_CLOEXEC are closed too (close_range in the child).
-  s.check(::posix_spawn_file_actions_addclosefrom_np(fa, 3), "addclosefrom_np");
-
-  pid_t pid;
-  int r = ::posix_spawn(&pid, program.c_str(), fa, &s.attr, argv.data(), child_env);
-  // glibc reports an exec failure here, having reaped the failed child already.
-  if (r != 0) throw_errno(r, "cannot run '" + program + "'");
-  result.pid = pid;
+  spawn_setup setup;
+  setup.set_signals(req.new_session);
+  setup.redirect(req.in, child_in, 0, O_RDONLY);
+  setup.redirect(req.out, child_out, 1, O_WRONLY);
+  setup.redirect(req.err, child_err, 2, O_WRONLY);
+  if (req.cwd) setup.chdir(*req.cwd);
+  setup.close_the_rest();
+  result.pid = setup.spawn(cmd, env.envp());
   return result;
 }
 
@@ -437,19 +475,17 @@ struct kill_unless_reaped {
   }
 };
 
-awaitable<int> exchange_and_wait(detail::child& child, asio::writable_pipe& in,
-                                 asio::readable_pipe& out, asio::readable_pipe& err,
-                                 std::string_view input, std::size_t& offset, std::string& out_text,
-                                 std::string& err_text) {
+awaitable<int> exchange_and_wait(detail::child& child, asio::writable_pipe& in, asio::readable_pipe& out,
+                                 asio::readable_pipe& err, detail::exchange_state& state) {
   std::vector<awaitable<void>> ops;
-  if (in.is_open()) ops.push_back(write_all(in, input, offset, child.pid()));
-  if (out.is_open()) ops.push_back(read_all(out, out_text, child.pid()));
-  if (err.is_open()) ops.push_back(read_all(err, err_text, child.pid()));
+  if (in.is_open()) ops.push_back(write_all(in, state.input, state.input_offset, child.pid()));
+  if (out.is_open()) ops.push_back(read_all(out, state.out, child.pid()));
+  if (err.is_open()) ops.push_back(read_all(err, state.err, child.pid()));
   co_await all_of(std::move(ops));
   co_return co_await child.wait();
 }
 
-awaitable<completed_process> run_checked(std::vector<std::string> args, run_options o) {
+awaitable<completed_process> run_child(std::vector<std::string> args, run_options o) {
   auto ex = co_await asio::this_coro::executor;
   spawn_request request{args, o.cwd, o.env, o.shell, o.start_new_session, o.in, o.out, o.err};
   spawned s = spawn(request);
@@ -462,13 +498,12 @@ awaitable<completed_process> run_checked(std::vector<std::string> args, run_opti
   adopt(out, s.out);
   adopt(err, s.err);
 
-  completed_process result;
-  std::string_view input = o.input ? std::string_view(*o.input) : std::string_view();
-  std::size_t offset = 0;
+  detail::exchange_state state;
+  if (o.input) state.input = std::move(*o.input);
   std::optional<int> code;
   std::exception_ptr failure;
   try {
-    auto op = exchange_and_wait(child, in, out, err, input, offset, result.out, result.err);
+    auto op = exchange_and_wait(child, in, out, err, state);
     if (o.timeout) {
       auto bounded = before_deadline(std::move(op), *o.timeout);
       code = co_await std::move(bounded);
@@ -487,28 +522,31 @@ awaitable<completed_process> run_checked(std::vector<std::string> args, run_opti
     co_await reap(child);
     co_await asio::this_coro::throw_if_cancelled(previous);
     if (failure) std::rethrow_exception(failure);
-    throw timeout_expired(std::move(args), *o.timeout, std::move(result.out), std::move(result.err));
+    throw timeout_expired(std::move(args), *o.timeout, std::move(state.out), std::move(state.err));
   }
-  result.returncode = *code;
   if (o.check && *code != 0)
-    throw called_process_error(*code, std::move(args), std::move(result.out), std::move(result.err));
+    throw called_process_error(*code, std::move(args), std::move(state.out), std::move(state.err));
+  completed_process result;
   result.args = std::move(args);
+  result.returncode = *code;
+  result.out = std::move(state.out);
+  result.err = std::move(state.err);
   co_return result;
 }
 
-awaitable<int> call_checked(std::vector<std::string> args, run_options o) {
-  auto op = run_checked(std::move(args), std::move(o));
+awaitable<int> call_child(std::vector<std::string> args, run_options o) {
+  auto op = run_child(std::move(args), std::move(o));
   auto r = co_await std::move(op);
   co_return r.returncode;
 }
 
-awaitable<void> check_call_checked(std::vector<std::string> args, run_options o) {
-  auto op = run_checked(std::move(args), std::move(o));
+awaitable<void> check_call_child(std::vector<std::string> args, run_options o) {
+  auto op = run_child(std::move(args), std::move(o));
   co_await std::move(op);
 }
 
-awaitable<std::string> check_output_checked(std::vector<std::string> args, run_options o) {
-  auto op = run_checked(std::move(args), std::move(o));
+awaitable<std::string> check_output_child(std::vector<std::string> args, run_options o) {
+  auto op = run_child(std::move(args), std::move(o));
   auto r = co_await std::move(op);
   co_return std::move(r.out);
 }
@@ -520,18 +558,18 @@ awaitable<std::string> check_output_checked(std::vector<std::string> args, run_o
 
 awaitable<completed_process> run(std::vector<std::string> args, run_options options) {
   auto o = normalized("run", args, std::move(options));
-  return run_checked(std::move(args), std::move(o));
+  return run_child(std::move(args), std::move(o));
 }
 
 awaitable<int> call(std::vector<std::string> args, run_options options) {
   auto o = normalized("call", args, std::move(options));
-  return call_checked(std::move(args), std::move(o));
+  return call_child(std::move(args), std::move(o));
 }
 
 awaitable<void> check_call(std::vector<std::string> args, run_options options) {
   auto o = normalized("check_call", args, std::move(options));
   o.check = true;
-  return check_call_checked(std::move(args), std::move(o));
+  return check_call_child(std::move(args), std::move(o));
 }
 
 awaitable<std::string> check_output(std::vector<std::string> args, run_options options) {
@@ -540,7 +578,7 @@ awaitable<std::string> check_output(std::vector<std::string> args, run_options o
   auto o = normalized("check_output", args, std::move(options));
   o.out = stdio::pipe;
   o.check = true;
-  return check_output_checked(std::move(args), std::move(o));
+  return check_output_child(std::move(args), std::move(o));
 }
 
 // ---- popen ----------------------------------------------------------------------------
@@ -605,56 +643,45 @@ void popen::send_signal(int sig) { child_->signal(sig, group_); }
 void popen::terminate() { send_signal(SIGTERM); }
 void popen::kill() { send_signal(SIGKILL); }
 
-awaitable<int> popen::exchange() {
-  return exchange_and_wait(*child_, stdin_, stdout_, stderr_, input_, input_offset_, out_, err_);
-}
-
-namespace {
-void start_communication(const popen& p, bool& communicating, std::string& pending,
-                         std::string input, bool stdin_piped, bool stdin_open) {
-  if (input.empty()) {
-    communicating = true;
-    return;
+void popen::communication::begin(int pid, std::string input, bool stdin_open) {
+  if (!input.empty()) {
+    if (started)
+      throw std::invalid_argument("coproc::popen::communicate: pid " + std::to_string(pid) +
+                                  " — input cannot be sent after communication has started");
+    if (!stdin_open)
+      throw std::invalid_argument("coproc::popen::communicate: input given but the stdin of pid " +
+                                  std::to_string(pid) + " is not an open stdio::pipe");
+    streams.input = std::move(input);
   }
-  if (communicating)
-    throw std::invalid_argument("coproc::popen::communicate: pid " + std::to_string(p.pid()) +
-                                " — input cannot be sent after communication has started");
-  if (!stdin_piped || !stdin_open)
-    throw std::invalid_argument("coproc::popen::communicate: input given but the stdin of pid " +
-                                std::to_string(p.pid()) + " is not an open stdio::pipe");
-  communicating = true;
-  pending = std::move(input);
+  started = true;
 }
 
-awaitable<std::pair<std::string, std::string>> finish_communication(
-    awaitable<int> exchange, std::optional<duration> timeout, const std::vector<std::string>& args,
-    bool& communicating, std::string& input, std::size_t& offset, std::string& out,
-    std::string& err) {
+std::pair<std::string, std::string> popen::communication::finish() {
+  auto streams_done = std::exchange(streams, {});
+  started = false;
+  return {std::move(streams_done.out), std::move(streams_done.err)};
+}
+
+awaitable<std::pair<std::string, std::string>> popen::communicate_until(std::optional<duration> timeout) {
+  auto exchange = exchange_and_wait(*child_, stdin_, stdout_, stderr_, communication_.streams);
   if (timeout) {
     auto bounded = before_deadline(std::move(exchange), *timeout);
     auto done = co_await std::move(bounded);
-    if (!done) throw timeout_expired(args, *timeout, out, err);
+    if (!done) throw timeout_expired(args_, *timeout, communication_.streams.out, communication_.streams.err);
   } else {
     co_await std::move(exchange);
   }
-  communicating = false;
-  input.clear();
-  offset = 0;
-  co_return std::pair<std::string, std::string>(std::move(out), std::move(err));
+  co_return communication_.finish();
 }
-} // namespace
 
 awaitable<std::pair<std::string, std::string>> popen::communicate(std::string input) {
-  start_communication(*this, communicating_, input_, std::move(input), piped_[0], stdin_.is_open());
-  return finish_communication(exchange(), std::nullopt, args_, communicating_, input_,
-                              input_offset_, out_, err_);
+  communication_.begin(pid(), std::move(input), piped_[0] && stdin_.is_open());
+  return communicate_until(std::nullopt);
 }
 
-awaitable<std::pair<std::string, std::string>> popen::communicate(std::string input,
-                                                                 duration timeout) {
-  start_communication(*this, communicating_, input_, std::move(input), piped_[0], stdin_.is_open());
-  return finish_communication(exchange(), timeout, args_, communicating_, input_, input_offset_,
-                              out_, err_);
+awaitable<std::pair<std::string, std::string>> popen::communicate(std::string input, duration timeout) {
+  communication_.begin(pid(), std::move(input), piped_[0] && stdin_.is_open());
+  return communicate_until(timeout);
 }
 
 } // namespace coproc

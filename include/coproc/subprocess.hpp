@@ -68,7 +68,14 @@ namespace coproc {
 
 namespace detail {
 class child;
-}
+// What crosses a child's piped streams: the input and how much of it was written, the
+// output read so far. It survives a cancelled or timed-out exchange.
+struct exchange_state {
+  std::string input{};
+  std::size_t input_offset = 0;
+  std::string out{}, err{};
+};
+} // namespace detail
 
 // Where a child's standard stream goes. to_stdout is for err only (2>&1).
 enum class stdio { inherit, pipe, devnull, to_stdout };
@@ -156,7 +163,16 @@ public:
   void kill();                                // SIGKILL
 
 private:
-  awaitable<int> exchange();
+  // communicate() state kept across a timeout, as Python keeps it.
+  struct communication {
+    bool started = false;
+    detail::exchange_state streams;
+    // std::invalid_argument for input that cannot be sent now.
+    void begin(int pid, std::string input, bool stdin_open);
+    // The output so far; the next communicate() starts afresh.
+    std::pair<std::string, std::string> finish();
+  };
+  awaitable<std::pair<std::string, std::string>> communicate_until(std::optional<duration> timeout);
 
   std::vector<std::string> args_;
   bool group_ = false;
@@ -164,11 +180,7 @@ private:
   std::unique_ptr<detail::child> child_;
   boost::asio::writable_pipe stdin_;
   boost::asio::readable_pipe stdout_, stderr_;
-  // communicate() state kept across a timeout, as Python keeps it.
-  bool communicating_ = false;
-  std::string input_;
-  std::size_t input_offset_ = 0;
-  std::string out_, err_;
+  communication communication_;
 };
 
 } // namespace coproc
