@@ -151,6 +151,9 @@ private:
   ring_ptr ring_;
 };
 
+// The largest message a connection carries: 4 GiB.
+inline constexpr std::size_t max_message_bytes = std::size_t{1} << 32;
+
 // One end of a pipe (multiprocessing.connection.Connection): messages are whole T values.
 // Both ends live in every process forked after pipe(); as with Python, recv reports EOF
 // only once every copy of the other end is closed, so a process closes the ends it does
