@@ -788,7 +788,7 @@ TEST_CASE("a send cancelled in the middle of a large message still delivers it w
     try {
       first = co_await a.recv();
     } catch (const coproc::error& e) {
-      FAIL(std::string("the stream is corrupt: ") + e.what());
+      FAIL((std::string("the stream is corrupt: ") + e.what()));
     }
     CHECK(first.size() == std::size_t{8} << 20);
     CHECK(first == std::string(8 << 20, 'x'));
