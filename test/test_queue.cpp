@@ -931,3 +931,31 @@ TEST_CASE("a header above the message size limit is a coproc error and the pipe 
     CHECK(co_await p.a.recv() == 5);
   }());
 }
+
+TEST_CASE("a piece of a message without its start and a start cut short are coproc errors") {
+  raw_pipe<int> p;
+  constexpr std::uint64_t continued = std::uint64_t{1} << 63;
+  auto error_from_recv = [&]() -> coproc::awaitable<std::string> {
+    try {
+      co_await p.a.recv();
+    } catch (const coproc::error& e) {
+      co_return e.what();
+    }
+    co_return "";
+  };
+  run([&]() -> coproc::awaitable<void> {
+    // What a second receiver of a large message gets: its middle.
+    p.forge(continued | 65528, "abcd");
+    p.forge(continued | 65532, "efgh"); // dropped with the first piece, silently
+    CHECK((co_await error_from_recv()).find("a piece at offset 65528 of a message whose start") != std::string::npos);
+    co_await p.b.send(7);
+    CHECK(co_await p.a.recv() == 7);
+    // What follows a sender killed half-way when another process sends on the same end.
+    p.forge(100, "12345678");
+    co_await p.b.send(8);
+    CHECK((co_await error_from_recv()).find("a message of 100 bytes was cut short after 8 bytes") != std::string::npos);
+    CHECK(co_await p.a.recv() == 8);
+    co_await p.b.send(9);
+    CHECK(co_await p.a.recv() == 9);
+  }());
+}
