@@ -959,3 +959,23 @@ TEST_CASE("a piece of a message without its start and a start cut short are copr
     CHECK(co_await p.a.recv() == 9);
   }());
 }
+
+TEST_CASE("messages from a peer that exited without reading its own still arrive") {
+  // The kernel reports ECONNRESET once, before the records still queued for the reader.
+  auto [a, b] = coproc::pipe<int>();
+  coproc::process child(
+      [](coproc::connection<int> conn) -> coproc::awaitable<void> {
+        co_await conn.send(2);
+        co_await conn.send(3);
+      },
+      b);
+  run([&]() -> coproc::awaitable<void> {
+    co_await a.send(1); // never read
+    child.start();
+    b.close();
+    CHECK(co_await child.join() == 0);
+    CHECK(co_await a.recv() == 2);
+    CHECK(co_await a.recv() == 3);
+    CHECK_THROWS_AS(co_await a.recv(), coproc::eof_error);
+  }());
+}
