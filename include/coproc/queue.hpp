@@ -151,21 +151,40 @@ private:
   ring_ptr ring_;
 };
 
+// The largest message (its encoded bytes) a connection carries: 4 GiB. A receiver takes
+// memory as a message's bytes arrive, never on the word of its header.
+inline constexpr std::size_t max_message_bytes = detail::pipe_end::max_message;
+
 // One end of a pipe (multiprocessing.connection.Connection): messages are whole T values.
 // Both ends live in every process forked after pipe(); as with Python, recv reports EOF
 // only once every copy of the other end is closed, so a process closes the ends it does
 // not use (the parent, after starting a child with one end, closes that end). A peer
 // killed by SIGKILL counts as closed: the kernel closes its descriptors.
-// One sender and one receiver per end at a time.
+//
+// Processes sharing an end: poll reads nothing and recv reads only the records of its own
+// message, so a process that polls, receives or exits never takes another's message. A
+// message of up to 64 KiB - 8 encoded bytes is one record, atomic in the kernel: with
+// several processes receiving from one end at once (or sending on it), each such message
+// goes whole to exactly one receiver. A larger message is several records and needs one
+// sender and one receiver per end at a time; a receiver that gets a piece without its
+// start, or a start cut short, reports a coproc::error, not a wrong message. Within a
+// process: one sender and one receiver per end at a time.
+//
+// Cancellation: a send cancelled before its first record went out has no effect; once the
+// receiver may hold part of it, the rest is sent in the background, on the send's
+// executor, before any later send on this end in this process (close() drops it;
+// block_on does not return before it is out). A cancelled recv consumes nothing it does not return:
+// what had arrived of its message goes to the next recv.
 template <class T> class connection {
 public:
   // std::logic_error on a receive-only end or after close(); std::system_error (EPIPE)
-  // if the other end is closed everywhere.
+  // if the other end is closed everywhere; std::length_error above max_message_bytes.
   awaitable<void> send(T item) { return send_on(end_, std::move(item)); }
   // eof_error once the other end is closed everywhere and every message was read; a
-  // malformed or truncated message is a coproc::error.
+  // malformed, truncated, torn or oversized message is a coproc::error.
   awaitable<T> recv() { return recv_on(end_); }
-  // Whether recv would return at once (a message, or EOF), waiting up to timeout.
+  // Whether a message has begun to arrive (or the other end is closed everywhere),
+  // waiting up to timeout. Reads nothing.
   awaitable<bool> poll(duration timeout = duration::zero()) {
     return end_->poll(detail::deadline::after(timeout));
   }
