@@ -235,7 +235,7 @@ TEST_CASE("cancellation racing completion gives the value or operation_aborted")
     for (int i = 0; i < rounds; ++i) {
       auto r = pool.apply_async(square, i);
       bool timed = i % 2 == 1;
-      auto delay = std::chrono::microseconds(std::uniform_int_distribution<int>(0, 1500)(rng));
+      auto delay = std::chrono::microseconds(std::uniform_int_distribution<int>(0, 400)(rng));
       boost::asio::post(waiters, [&, r, i, timed, delay]() mutable {
         auto signal = std::make_shared<boost::asio::cancellation_signal>();
         auto get = timed ? r.get(std::chrono::hours(1)) : r.get();
@@ -277,7 +277,7 @@ TEST_CASE("cancellation racing completion on one thread gives the value or opera
     std::mt19937 rng(54321);
     int values = 0, aborted = 0;
     for (int i = 0; i < 300; ++i) {
-      auto delay = std::chrono::microseconds(std::uniform_int_distribution<int>(0, 1500)(rng));
+      auto delay = std::chrono::microseconds(std::uniform_int_distribution<int>(0, 400)(rng));
       if (i % 3 == 0) {
         // A next() cancelled before it completes takes no item: the following next() gets it.
         auto stream = pool.imap(square, std::vector<int>{i});
@@ -317,5 +317,32 @@ TEST_CASE("cancellation racing completion on one thread gives the value or opera
       CHECK(co_await r.get() == i * i);
     }
     MESSAGE("values " << values << ", aborted " << aborted);
+  }());
+}
+
+TEST_CASE("two readers of one result_stream both end") {
+  coproc_test::run([]() -> coproc::awaitable<void> {
+    coproc::pool pool(co_await boost::asio::this_coro::executor, 2);
+    for (bool ordered : {true, false}) {
+      CAPTURE(ordered);
+      std::vector<int> items;
+      for (int i = 0; i < 40; ++i) items.push_back(i % 5);
+      auto stream = ordered ? pool.imap(nap_then, items) : pool.imap_unordered(nap_then, items);
+      auto reader = [](coproc::result_stream<int>& s) -> coproc::awaitable<std::vector<int>> {
+        std::vector<int> got;
+        while (auto r = co_await s.next()) got.push_back(*r);
+        co_return got;
+      };
+      std::vector<coproc::awaitable<std::vector<int>>> readers;
+      readers.push_back(reader(stream));
+      readers.push_back(reader(stream));
+      auto outcome = co_await (coproc::gather(std::move(readers)) || coproc::sleep(20s));
+      REQUIRE_MESSAGE(outcome.index() == 0, "a reader never got nullopt");
+      auto& got = std::get<0>(outcome);
+      std::multiset<int> all(got[0].begin(), got[0].end());
+      all.insert(got[1].begin(), got[1].end());
+      CHECK(all == std::multiset<int>(items.begin(), items.end()));
+      CHECK_FALSE(co_await stream.next());
+    }
   }());
 }

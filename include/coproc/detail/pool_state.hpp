@@ -343,30 +343,25 @@ public:
   }
   void fail(std::size_t index, std::exception_ptr error) override { put(index, error); }
 
-  // nullopt after the last item; rethrows a failed item's error.
+  // nullopt after the last item; rethrows a failed item's error. Several readers may
+  // wait at once: each item goes to one of them, and all get nullopt at the end.
   awaitable<std::optional<R>> next() {
-    bool finished;
-    {
+    std::optional<std::variant<R, std::exception_ptr>> item;
+    for (;;) {
+      // Woken, another reader may still take the item first: look again under the lock.
+      auto wait = wait_for_condition(mutex_, waiters_, [this] { return exhausted() || available(); },
+                                     deadline::never());
+      co_await std::move(wait);
       std::lock_guard lock(mutex_);
-      finished = handed_ == total_;
-    }
-    if (finished) co_return std::nullopt;
-    auto wait = wait_for_condition(mutex_, waiters_, [this] { return available(); }, deadline::never());
-    co_await std::move(wait);
-    std::variant<R, std::exception_ptr> item;
-    {
-      std::lock_guard lock(mutex_);
-      if (ordered_) {
-        item = std::move(*slots_[handed_]);
-        slots_[handed_].reset();
-      } else {
-        item = std::move(arrived_.front());
-        arrived_.pop_front();
+      if (exhausted()) break;
+      if (available()) {
+        item.emplace(take());
+        break;
       }
-      ++handed_;
     }
-    if (item.index() == 1) std::rethrow_exception(std::get<1>(item));
-    co_return std::move(std::get<0>(item));
+    if (!item) co_return std::nullopt;
+    if (item->index() == 1) std::rethrow_exception(std::get<1>(*item));
+    co_return std::move(std::get<0>(*item));
   }
 
 private:
@@ -376,9 +371,19 @@ private:
     else arrived_.push_back(std::move(item));
     waiters_.notify_all();
   }
+  bool exhausted() const { return handed_ == total_; }
   bool available() const {
-    if (handed_ == total_) return false;
+    if (exhausted()) return false;
     return ordered_ ? slots_[handed_].has_value() : !arrived_.empty();
+  }
+  // Caller holds the mutex; available().
+  std::variant<R, std::exception_ptr> take() {
+    std::variant<R, std::exception_ptr> item = ordered_ ? std::move(*slots_[handed_]) : std::move(arrived_.front());
+    if (ordered_) slots_[handed_].reset();
+    else arrived_.pop_front();
+    // Readers still waiting for an item learn that none is left.
+    if (++handed_ == total_) waiters_.notify_all();
+    return item;
   }
 
   std::mutex mutex_;
