@@ -19,6 +19,12 @@
 // had not started go to the other workers, and a replacement worker starts (running
 // the initializer). terminate() kills the workers with SIGKILL.
 //
+// Every await of the pool (apply, map, get, wait, next, join) honours Asio cancellation,
+// e.g. `co_await (pool.apply(f, x) || timer)`: the await ends at once with
+// boost::system::system_error (operation_aborted), as use_awaitable reports it. Only
+// that wait is abandoned: the task goes on in its worker, a later get() of the same
+// result still returns it, and a cancelled next() takes no item.
+//
 // Use a pool from the threads of its executor (one thread, or a strand).
 #pragma once
 
@@ -67,7 +73,7 @@ public:
   awaitable<T> get(duration timeout) { return get_until(state_, detail::deadline::after(timeout)); }
   awaitable<void> wait() { return wait_until(state_); }
   // Whether it became ready in time.
-  awaitable<bool> wait(duration timeout) { return state_->wait(detail::deadline::after(timeout)); }
+  awaitable<bool> wait(duration timeout) { return ready_by(state_, detail::deadline::after(timeout)); }
   bool ready() const { return state_->ready(); }
   // std::logic_error while not ready.
   bool successful() const { return state_->successful(); }
@@ -87,6 +93,12 @@ private:
   static awaitable<void> wait_until(std::shared_ptr<detail::result_state<T>> state) {
     auto wait = state->wait(detail::deadline::never());
     co_await std::move(wait);
+  }
+  // (The state is held by the coroutine: the wait may outlive this async_result.)
+  static awaitable<bool> ready_by(std::shared_ptr<detail::result_state<T>> state, detail::deadline until) {
+    auto wait = state->wait(until);
+    bool ready = co_await std::move(wait);
+    co_return ready;
   }
 
   std::shared_ptr<detail::result_state<T>> state_;

@@ -13,14 +13,19 @@
 
 #include <boost/asio/any_completion_handler.hpp>
 #include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/append.hpp>
+#include <boost/asio/associated_cancellation_slot.hpp>
 #include <boost/asio/async_result.hpp>
+#include <boost/asio/cancellation_signal.hpp>
+#include <boost/asio/error.hpp>
 #include <boost/asio/post.hpp>
-#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/redirect_error.hpp> // lib/pool.cpp uses it
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -38,81 +43,127 @@
 
 namespace coproc::detail {
 
-// Coroutines waiting for a condition guarded by their owner's mutex. An untimed waiter
-// is a stored completion handler; a timed one parks on a timer of its own executor.
-// notify_all posts each wake-up to the waiter's own executor, so a waiter on another
-// io_context is woken on its own thread, never inside the notifier's locks.
+// Coroutines waiting for a condition guarded by their owner's mutex. A waiter is a
+// stored completion handler; notify_all, its deadline (a timer of its own executor) and
+// a cancellation through the handler's cancellation slot race to wake it, and the first
+// to take it out of the list (under the owner's mutex) wakes it, so it completes exactly
+// once. The completion is posted to the waiter's own executor, so a waiter on another
+// io_context is woken on its own thread, never inside the notifier's locks. It fails with
+// operation_aborted if a cancellation arrived before it ran: a cancelled wait then never
+// goes on to take what it waited for (a stream item stays for the next reader).
 class waiter_list {
 public:
-  using clock = std::chrono::steady_clock;
-  using timer_ptr = std::shared_ptr<boost::asio::steady_timer>;
-
-  // Caller holds the owner's mutex.
-  timer_ptr add(const boost::asio::any_io_executor& ex, clock::time_point deadline) {
-    auto t = std::make_shared<boost::asio::steady_timer>(ex, deadline);
-    timers_.push_back(t);
-    return t;
-  }
-  template <class Handler> void add_handler(Handler handler) {
+  // Caller holds `mutex`, the owner's, which guards this list; the owner outlives the
+  // wait (the awaiting coroutine holds it).
+  template <class Handler> void park(std::mutex& mutex, deadline until, Handler handler) {
     auto ex = boost::asio::get_associated_executor(handler);
-    handlers_.push_back({ex, boost::asio::any_completion_handler<void()>(std::move(handler))});
+    auto slot = boost::asio::get_associated_cancellation_slot(handler);
+    auto w = std::make_shared<waiter>(std::move(ex), slot, std::move(handler));
+    waiters_.push_back(w);
+    if (w->slot.is_connected()) w->slot.template emplace<cancel_waiter>(*this, mutex, w);
+    if (until.is_never()) return;
+    w->timer.emplace(w->ex, until.when());
+    w->timer->async_wait([this, &mutex, weak = std::weak_ptr<waiter>(w)](boost::system::error_code ec) {
+      auto expired = weak.lock();
+      if (ec || !expired) return; // woken or cancelled first
+      std::lock_guard lock(mutex);
+      wake(expired);
+    });
   }
-  void remove(const timer_ptr& t) { std::erase(timers_, t); }
+  // Caller holds the owner's mutex.
   void notify_all() {
-    for (auto& t : timers_) boost::asio::post(t->get_executor(), [t] { t->cancel(); });
-    timers_.clear();
-    for (auto& h : handlers_) boost::asio::post(h.ex, std::move(h.handler));
-    handlers_.clear();
+    for (auto& w : waiters_) complete(std::move(w));
+    waiters_.clear();
   }
 
 private:
-  struct stored_handler {
-    boost::asio::any_io_executor ex;
-    boost::asio::any_completion_handler<void()> handler;
+  struct waiter {
+    // (The handler is move-constructed: Asio 1.81's any_completion_handler move
+    // assignment recurses without end.)
+    waiter(boost::asio::any_io_executor ex, boost::asio::cancellation_slot slot,
+           boost::asio::any_completion_handler<void(boost::system::error_code)> handler)
+        : ex(std::move(ex)), slot(slot), handler(std::move(handler)) {}
+    const boost::asio::any_io_executor ex;
+    boost::asio::cancellation_slot slot;
+    boost::asio::any_completion_handler<void(boost::system::error_code)> handler;
+    std::optional<boost::asio::steady_timer> timer;
+    std::atomic<bool> cancelled{false};
   };
-  std::vector<timer_ptr> timers_;
-  std::vector<stored_handler> handlers_;
+
+  // Installed in the waiter's cancellation slot while it is parked.
+  class cancel_waiter {
+  public:
+    cancel_waiter(waiter_list& list, std::mutex& mutex, std::shared_ptr<waiter> w)
+        : list_(list), mutex_(mutex), w_(std::move(w)) {}
+    void operator()(boost::asio::cancellation_type type) {
+      if (type == boost::asio::cancellation_type::none) return;
+      std::lock_guard lock(mutex_);
+      w_->cancelled = true; // also when a wake-up is already on its way
+      list_.wake(w_);
+    }
+
+  private:
+    waiter_list& list_;
+    std::mutex& mutex_;
+    std::shared_ptr<waiter> w_;
+  };
+
+  // Caller holds the owner's mutex. Nothing if someone else woke it first.
+  void wake(const std::shared_ptr<waiter>& w) {
+    auto it = std::find(waiters_.begin(), waiters_.end(), w);
+    if (it == waiters_.end()) return;
+    waiters_.erase(it);
+    complete(w);
+  }
+
+  // On the waiter's executor, as the timer and the slot want: there nobody else uses them.
+  static void complete(std::shared_ptr<waiter> w) {
+    auto ex = w->ex;
+    boost::asio::post(ex, [w = std::move(w)]() mutable {
+      if (w->timer) w->timer->cancel();
+      w->slot.clear();
+      boost::system::error_code ec;
+      if (w->cancelled) ec = boost::asio::error::operation_aborted;
+      auto handler = std::move(w->handler);
+      w.reset();
+      std::move(handler)(ec);
+    });
+  }
+
+  std::vector<std::shared_ptr<waiter>> waiters_;
 };
 
 // Waits until ready() (evaluated with `mutex` held) or the deadline. True if ready.
+// Cancellation (through the awaiting coroutine's cancellation slot) ends the wait at
+// once: use_awaitable then throws system_error with operation_aborted.
 // (No co_return inside a lock's scope, and the initiation is named first: g++ 12
 // mishandles both in coroutines.)
 template <class Ready>
 awaitable<bool> wait_for_condition(std::mutex& mutex, waiter_list& waiters, Ready ready,
                                    deadline until) {
-  auto is_ready = [&] {
-    std::lock_guard lock(mutex);
-    return ready();
+  auto settled = [&] { return ready() || until.passed(); }; // with the mutex held
+  auto park = [&](auto handler) {
+    std::unique_lock lock(mutex);
+    if (!settled()) return waiters.park(mutex, until, std::move(handler));
+    lock.unlock();
+    auto ex = boost::asio::get_associated_executor(handler);
+    boost::asio::post(ex, boost::asio::append(std::move(handler), boost::system::error_code()));
   };
-  if (until.is_never()) {
-    auto park = [&](auto handler) {
-      std::unique_lock lock(mutex);
-      if (!ready()) return waiters.add_handler(std::move(handler));
-      lock.unlock();
-      auto ex = boost::asio::get_associated_executor(handler);
-      boost::asio::post(ex, std::move(handler));
-    };
-    while (!is_ready()) {
-      auto parked = boost::asio::async_initiate<const boost::asio::use_awaitable_t<>&, void()>(
-          park, boost::asio::use_awaitable);
-      co_await std::move(parked);
+  for (;;) {
+    {
+      std::lock_guard lock(mutex);
+      if (settled()) break;
     }
-    co_return true;
+    auto parked = boost::asio::async_initiate<const boost::asio::use_awaitable_t<>&,
+                                              void(boost::system::error_code)>(park, boost::asio::use_awaitable);
+    co_await std::move(parked);
   }
-  auto ex = co_await boost::asio::this_coro::executor;
-  auto arm = [&]() -> waiter_list::timer_ptr {
+  bool is_ready;
+  {
     std::lock_guard lock(mutex);
-    if (ready() || until.passed()) return nullptr;
-    return waiters.add(ex, until.when());
-  };
-  while (auto timer = arm()) {
-    boost::system::error_code ec;
-    auto wait = timer->async_wait(boost::asio::redirect_error(boost::asio::use_awaitable, ec));
-    co_await std::move(wait);
-    std::lock_guard lock(mutex);
-    waiters.remove(timer);
+    is_ready = ready();
   }
-  co_return is_ready();
+  co_return is_ready;
 }
 
 // Where the results of one submission's items go.
@@ -292,30 +343,25 @@ public:
   }
   void fail(std::size_t index, std::exception_ptr error) override { put(index, error); }
 
-  // nullopt after the last item; rethrows a failed item's error.
+  // nullopt after the last item; rethrows a failed item's error. Several readers may
+  // wait at once: each item goes to one of them, and all get nullopt at the end.
   awaitable<std::optional<R>> next() {
-    bool finished;
-    {
+    std::optional<std::variant<R, std::exception_ptr>> item;
+    for (;;) {
+      // Woken, another reader may still take the item first: look again under the lock.
+      auto wait = wait_for_condition(mutex_, waiters_, [this] { return exhausted() || available(); },
+                                     deadline::never());
+      co_await std::move(wait);
       std::lock_guard lock(mutex_);
-      finished = handed_ == total_;
-    }
-    if (finished) co_return std::nullopt;
-    auto wait = wait_for_condition(mutex_, waiters_, [this] { return available(); }, deadline::never());
-    co_await std::move(wait);
-    std::variant<R, std::exception_ptr> item;
-    {
-      std::lock_guard lock(mutex_);
-      if (ordered_) {
-        item = std::move(*slots_[handed_]);
-        slots_[handed_].reset();
-      } else {
-        item = std::move(arrived_.front());
-        arrived_.pop_front();
+      if (exhausted()) break;
+      if (available()) {
+        item.emplace(take());
+        break;
       }
-      ++handed_;
     }
-    if (item.index() == 1) std::rethrow_exception(std::get<1>(item));
-    co_return std::move(std::get<0>(item));
+    if (!item) co_return std::nullopt;
+    if (item->index() == 1) std::rethrow_exception(std::get<1>(*item));
+    co_return std::move(std::get<0>(*item));
   }
 
 private:
@@ -325,9 +371,19 @@ private:
     else arrived_.push_back(std::move(item));
     waiters_.notify_all();
   }
+  bool exhausted() const { return handed_ == total_; }
   bool available() const {
-    if (handed_ == total_) return false;
+    if (exhausted()) return false;
     return ordered_ ? slots_[handed_].has_value() : !arrived_.empty();
+  }
+  // Caller holds the mutex; available().
+  std::variant<R, std::exception_ptr> take() {
+    std::variant<R, std::exception_ptr> item = ordered_ ? std::move(*slots_[handed_]) : std::move(arrived_.front());
+    if (ordered_) slots_[handed_].reset();
+    else arrived_.pop_front();
+    // Readers still waiting for an item learn that none is left.
+    if (++handed_ == total_) waiters_.notify_all();
+    return item;
   }
 
   std::mutex mutex_;
