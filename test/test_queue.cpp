@@ -583,17 +583,17 @@ TEST_CASE("processes killed at random moments in put and get never break the que
 TEST_CASE("gets cancelled by a timer take nothing so every item arrives exactly once") {
   using namespace boost::asio::experimental::awaitable_operators;
   constexpr int cancellations = 20000;
-  coproc::queue<int> q;
+  coproc::queue<int> q(1); // the getter mostly waits, however slow it runs (TSan)
   shared_array<std::atomic<int>> control(3); // [0] stop, [1] items put, [2] done
-  // Pauses longer than the getter's timers: puts land just before, at and just
-  // after the moment a timer cancels a waiting get.
+  // Pauses longer than the getter's timers: puts land just before, at and just after the
+  // moment a timer cancels a waiting get.
   coproc::process producer(
       [](coproc::queue<int> q, std::atomic<int>* control) -> coproc::awaitable<void> {
         std::mt19937 rng(20261202);
         int i = 0;
         for (; control[0].load() == 0; ++i) {
           co_await q.put(i);
-          co_await coproc::sleep(std::chrono::microseconds(50 + rng() % 200));
+          co_await coproc::sleep(std::chrono::microseconds(100 + rng() % 400));
         }
         control[1].store(i);
         control[2].store(1);
@@ -622,6 +622,13 @@ TEST_CASE("gets cancelled by a timer take nothing so every item arrives exactly 
       }
       if (item >= seen.size()) seen.resize(item + 1);
       ++seen[item];
+    }
+    control.data[0].store(1); // when it gave up too: the producer, maybe waiting for room, ends
+    while (control.data[2].load() == 0) {
+      try {
+        co_await q.get(100ms);
+      } catch (const coproc::queue_empty&) {
+      }
     }
     CHECK(co_await producer.join() == 0);
   }());
