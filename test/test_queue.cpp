@@ -701,8 +701,8 @@ TEST_CASE("timed-out and cancelled puts that are retried put every item exactly 
   CHECK(missing == 0);
   CHECK(duplicated == 0);
   CHECK(q.qsize() == 0);
-  CHECK(timed_out > 100); // the deadlines and the timers did race the gets
-  CHECK(cancelled > 100);
+  CHECK(timed_out > 10); // the deadlines and the timers did race the gets
+  CHECK(cancelled > 10);
 }
 
 TEST_CASE("a getter wakes with the item when its putter is killed between commit and wake-up") {
