@@ -4,13 +4,17 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/execution/context.hpp>
-#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/deferred.hpp>
+#include <boost/asio/experimental/parallel_group.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/query.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/system/system_error.hpp>
 
 #include <pthread.h>
+#include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -101,22 +105,31 @@ private:
 };
 boost::asio::execution_context::id fd_wait_service::id;
 
+// A cancellation of the awaiting coroutine aborts the wait too, and must not look like a
+// wake-up: the caller would go on and move an item nobody receives. So the coroutine's
+// own cancellation state tells the two apart (it also covers a wake-up that completed
+// just before the cancellation arrived); a forget_fd abort is a spurious wake-up.
 awaitable<bool> wait_fd(int fd, deadline until, boost::asio::posix::descriptor_base::wait_type w) {
-  using namespace boost::asio::experimental::awaitable_operators;
-  auto ex = co_await boost::asio::this_coro::executor;
-  auto& ctx = boost::asio::query(ex, boost::asio::execution::context);
-  auto& d = boost::asio::use_service<fd_wait_service>(ctx).get(ex, fd);
+  namespace asio = boost::asio;
+  auto state = co_await asio::this_coro::cancellation_state;
+  auto ex = co_await asio::this_coro::executor;
+  auto& ctx = asio::query(ex, asio::execution::context);
+  auto& d = asio::use_service<fd_wait_service>(ctx).get(ex, fd);
+  bool ready = false;
   if (until.is_never()) {
-    boost::system::error_code ec; // aborted by forget_fd: the caller looks again
-    co_await d.async_wait(w, boost::asio::redirect_error(boost::asio::use_awaitable, ec));
-    co_return true;
+    boost::system::error_code ec; // aborted: told apart below
+    co_await d.async_wait(w, asio::redirect_error(asio::use_awaitable, ec));
+    ready = true;
+  } else if (!until.passed()) {
+    asio::steady_timer timer(ex, until.when());
+    auto group = asio::experimental::make_parallel_group(d.async_wait(w, asio::deferred),
+                                                         timer.async_wait(asio::deferred));
+    auto done = co_await group.async_wait(asio::experimental::wait_for_one(), asio::use_awaitable);
+    ready = std::get<0>(done)[0] == 0; // the descriptor first (or forget_fd): look again
   }
-  if (until.passed()) co_return false;
-  boost::asio::steady_timer timer(ex, until.when());
-  auto ready = d.async_wait(w, boost::asio::use_awaitable);
-  auto expired = timer.async_wait(boost::asio::use_awaitable);
-  auto which = co_await (std::move(ready) || std::move(expired));
-  co_return which.index() == 0;
+  if (state.cancelled() != asio::cancellation_type::none)
+    throw boost::system::system_error(asio::error::operation_aborted);
+  co_return ready;
 }
 
 } // namespace
@@ -272,8 +285,9 @@ queue_ring::status queue_ring::try_put(std::string_view bytes) {
     c.tail.store(tail + need, std::memory_order_release); // the commit
     c.put_count.store(count + 1, std::memory_order_relaxed);
     // Still under the lock: a producer killed between its commit and this wake-up is
-    // found by the next one to lock, which wakes the consumers in its place.
-    wake(getters);
+    // found by the next one to lock, which wakes the consumers in its place (and the
+    // consumers look again on their own, recheck_interval).
+    committed(getters);
   }
   return status::ok;
 }
@@ -321,11 +335,11 @@ queue_ring::status queue_ring::try_get(consumer f, void* context) {
       f(context, bytes);
     } catch (...) {
       commit(); // a frame that does not decode is consumed, not retried forever
-      wake(putters);
+      committed(putters);
       throw;
     }
     commit();
-    wake(putters); // under the lock, as in try_put
+    committed(putters); // under the lock, as in try_put
   }
   return status::ok;
 }
@@ -355,6 +369,18 @@ void queue_ring::wake(side s) noexcept {
   signal(s, sleepers);
 }
 
+namespace {
+std::atomic<bool> kill_after_commit{false};
+}
+
+void queue_ring::kill_after_next_commit() noexcept { kill_after_commit.store(true, std::memory_order_relaxed); }
+
+void queue_ring::committed(side woken) noexcept {
+  if (kill_after_commit.load(std::memory_order_relaxed)) [[unlikely]]
+    ::raise(SIGKILL);
+  wake(woken);
+}
+
 void queue_ring::wake_all() noexcept {
   // After close() nobody sleeps again: plenty of tokens for every current sleeper.
   signal(getters, std::uint64_t{1} << 32);
@@ -373,6 +399,21 @@ struct waiter_scope {
 };
 } // namespace
 
+namespace {
+// A waiter whose waker died between its commit and its eventfd write is woken by nobody:
+// every wait looks again after this long at most (a sleeping waiter costs one wake-up
+// per interval, not a spin).
+constexpr std::chrono::milliseconds recheck_interval{100};
+
+deadline recheck_at(deadline until) {
+  const auto now = deadline::clock::now();
+  return until.when() - now > recheck_interval ? deadline::at(now + recheck_interval) : until;
+}
+} // namespace
+
+// A cancelled wait throws out of both loops before they take a token or try again, so a
+// cancelled put or get has no effect. It leaves its token (if one was written for it) in
+// the eventfd for the other sleepers.
 awaitable<void> queue_ring::put(std::string_view bytes, deadline until) {
   for (;;) {
     auto s = try_put(bytes);
@@ -382,10 +423,11 @@ awaitable<void> queue_ring::put(std::string_view bytes, deadline until) {
     s = try_put(bytes);
     if (s == status::ok) co_return;
     if (s == status::closed) throw queue_closed("coproc::queue: put on a closed queue");
-    if (co_await wait_readable(event_fd_[putters], until)) {
+    if (co_await wait_readable(event_fd_[putters], recheck_at(until))) {
       take_token(putters);
       continue;
     }
+    if (!until.passed()) continue; // a re-check
     s = try_put(bytes); // the deadline: one last look
     if (s == status::ok) co_return;
     if (s == status::closed) throw queue_closed("coproc::queue: put on a closed queue");
@@ -402,10 +444,11 @@ awaitable<void> queue_ring::get(consumer f, void* context, deadline until) {
     s = try_get(f, context);
     if (s == status::ok) co_return;
     if (s == status::closed) throw queue_closed("coproc::queue: get on a closed, empty queue");
-    if (co_await wait_readable(event_fd_[getters], until)) {
+    if (co_await wait_readable(event_fd_[getters], recheck_at(until))) {
       take_token(getters);
       continue;
     }
+    if (!until.passed()) continue; // a re-check
     s = try_get(f, context); // the deadline: one last look
     if (s == status::ok) co_return;
     if (s == status::closed) throw queue_closed("coproc::queue: get on a closed, empty queue");

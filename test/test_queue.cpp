@@ -3,6 +3,8 @@
 
 #include <doctest/doctest.h>
 
+#include <boost/asio/experimental/awaitable_operators.hpp>
+
 #include "support/checks.hpp"
 #include "support/person.hpp"
 
@@ -23,6 +25,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <map>
 #include <optional>
 #include <random>
@@ -73,6 +76,27 @@ template <class T> struct shared_array {
   T* data;
   std::size_t size;
 };
+
+// The state letter of a process in /proc ('S': asleep in the kernel).
+char process_state(int pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  std::getline(stat, line);
+  auto comm_end = line.rfind(')'); // pid (comm) state ...: comm may hold parentheses
+  return comm_end == std::string::npos || comm_end + 2 >= line.size() ? '?' : line[comm_end + 2];
+}
+
+// Waits until *announced reaches at least `value`, then until process pid is asleep: a
+// process that announces a wait and makes no other blocking call on its way into it is
+// then in that wait. False if that takes more than 20 s.
+coproc::awaitable<bool> until_waiting(int pid, const std::atomic<int>* announced, int value = 1) {
+  auto give_up = clock_type::now() + 20s;
+  while (!(announced->load() >= value && process_state(pid) == 'S')) {
+    if (clock_type::now() > give_up) co_return false;
+    co_await coproc::sleep(1ms);
+  }
+  co_return true;
+}
 
 } // namespace
 
@@ -210,15 +234,18 @@ TEST_CASE("a timed get on an empty queue and a timed put on a full one expire") 
 
 TEST_CASE("a timed get is woken by a put from another process before its deadline") {
   coproc::queue<int> q;
+  shared_array<std::atomic<int>> getting(1);
   coproc::process child(
-      [](coproc::queue<int> q) -> coproc::awaitable<void> {
-        co_await coproc::sleep(100ms);
+      [](coproc::queue<int> q, std::atomic<int>* getting) -> coproc::awaitable<int> {
+        if (!co_await until_waiting(coproc::getppid(), getting)) co_return 1;
         co_await q.put(7);
+        co_return 0;
       },
-      q);
+      q, getting.data);
   child.start();
   run([&]() -> coproc::awaitable<void> {
     auto start = clock_type::now();
+    getting.data->store(1);
     CHECK(co_await q.get(20s) == 7);
     CHECK(clock_type::now() - start < 10s);
     CHECK(co_await child.join() == 0);
@@ -238,8 +265,7 @@ TEST_CASE("a bounded queue blocks its producer until a consumer makes room") {
       q, progress.data);
   producer.start();
   run([&]() -> coproc::awaitable<void> {
-    while (progress.data->load() < 3) co_await coproc::sleep(5ms);
-    co_await coproc::sleep(100ms);
+    REQUIRE(co_await until_waiting(producer.pid(), progress.data, 3));
     CHECK(progress.data->load() == 3); // the fourth put waits
     CHECK(q.qsize() == 3);
     CHECK(q.full());
@@ -250,15 +276,19 @@ TEST_CASE("a bounded queue blocks its producer until a consumer makes room") {
 
 TEST_CASE("a queue bounded by bytes blocks its producer too") {
   coproc::queue<std::string> q(coproc::queue_options{.capacity_bytes = 64});
+  shared_array<std::atomic<int>> progress(1);
   coproc::process producer(
-      [](coproc::queue<std::string> q) -> coproc::awaitable<void> {
-        for (int i = 0; i < 20; ++i) co_await q.put(std::string(20, static_cast<char>('a' + i)));
+      [](coproc::queue<std::string> q, std::atomic<int>* progress) -> coproc::awaitable<void> {
+        for (int i = 0; i < 20; ++i) {
+          co_await q.put(std::string(20, static_cast<char>('a' + i)));
+          progress->store(i + 1);
+        }
       },
-      q);
+      q, progress.data);
   producer.start();
   run([&]() -> coproc::awaitable<void> {
-    for (int i = 0; i < 1000 && q.empty(); ++i) co_await coproc::sleep(5ms);
-    co_await coproc::sleep(50ms);
+    REQUIRE(co_await until_waiting(producer.pid(), progress.data));
+    CHECK(progress.data->load() == 1); // the second put waits
     CHECK(q.qsize() == 1); // a 20-byte string takes 40 bytes of ring: one fits in 64
     for (int i = 0; i < 20; ++i) CHECK(co_await q.get(10s) == std::string(20, static_cast<char>('a' + i)));
     CHECK(co_await producer.join() == 0);
@@ -285,27 +315,31 @@ TEST_CASE("close drains what is left then gets fail and puts fail") {
 TEST_CASE("close wakes a getter and a putter waiting in other processes") {
   coproc::queue<int> empty_q, full_q(1);
   full_q.put_nowait(0);
-  auto getter = [](coproc::queue<int> q) -> coproc::awaitable<int> {
+  shared_array<std::atomic<int>> waiting(2); // [0] the getter, [1] the putter
+  auto getter = [](coproc::queue<int> q, std::atomic<int>* waiting) -> coproc::awaitable<int> {
     try {
+      waiting->store(1);
       co_await q.get();
     } catch (const coproc::queue_closed&) {
       co_return 42;
     }
     co_return 1;
   };
-  auto putter = [](coproc::queue<int> q) -> coproc::awaitable<int> {
+  auto putter = [](coproc::queue<int> q, std::atomic<int>* waiting) -> coproc::awaitable<int> {
     try {
+      waiting->store(1);
       co_await q.put(1);
     } catch (const coproc::queue_closed&) {
       co_return 43;
     }
     co_return 1;
   };
-  coproc::process g(getter, empty_q), p(putter, full_q);
+  coproc::process g(getter, empty_q, waiting.data), p(putter, full_q, waiting.data + 1);
   g.start();
   p.start();
   run([&]() -> coproc::awaitable<void> {
-    co_await coproc::sleep(100ms);
+    REQUIRE(co_await until_waiting(g.pid(), waiting.data));
+    REQUIRE(co_await until_waiting(p.pid(), waiting.data + 1));
     CHECK(g.is_alive());
     CHECK(p.is_alive());
     empty_q.close();
@@ -352,25 +386,38 @@ long cpu_ms() {
 
 TEST_CASE("waiting gets and puts sleep instead of spinning also after earlier wake-ups") {
   coproc::queue<int> q(1);
+  shared_array<std::atomic<int>> waiting(2);
   // A getter and a putter are each woken once, so the wake-up eventfds have been used.
-  coproc::process first_getter([](coproc::queue<int> q) -> coproc::awaitable<void> { co_await q.get(10s); }, q);
+  coproc::process first_getter(
+      [](coproc::queue<int> q, std::atomic<int>* waiting) -> coproc::awaitable<void> {
+        waiting->store(1);
+        co_await q.get(10s);
+      },
+      q, waiting.data);
   first_getter.start();
   run([&]() -> coproc::awaitable<void> {
-    co_await coproc::sleep(100ms);
+    REQUIRE(co_await until_waiting(first_getter.pid(), waiting.data));
     q.put_nowait(1);
     CHECK(co_await first_getter.join() == 0);
   }());
   q.put_nowait(2);
-  coproc::process first_putter([](coproc::queue<int> q) -> coproc::awaitable<void> { co_await q.put(3, 10s); }, q);
+  coproc::process first_putter(
+      [](coproc::queue<int> q, std::atomic<int>* waiting) -> coproc::awaitable<void> {
+        waiting->store(1);
+        co_await q.put(3, 10s);
+      },
+      q, waiting.data + 1);
   first_putter.start();
   run([&]() -> coproc::awaitable<void> {
-    co_await coproc::sleep(100ms);
+    REQUIRE(co_await until_waiting(first_putter.pid(), waiting.data + 1));
     CHECK(q.get_nowait() == 2);
     CHECK(co_await first_putter.join() == 0);
   }());
-  // Now a putter on the full queue and, on another queue, a getter wait 500 ms each.
+  // Now a putter on the full queue and, on another queue, a getter wait 500 ms each, and
+  // a getter without a deadline (it looks again at intervals) is cancelled after 500 ms.
   coproc::queue<int> empty_q;
   auto sleeper = [](coproc::queue<int> full_q, coproc::queue<int> empty_q) -> coproc::awaitable<int> {
+    using namespace boost::asio::experimental::awaitable_operators;
     long before = cpu_ms();
     int expired = 0;
     try {
@@ -383,8 +430,10 @@ TEST_CASE("waiting gets and puts sleep instead of spinning also after earlier wa
     } catch (const coproc::queue_empty&) {
       ++expired;
     }
-    if (expired != 2) co_return 2;
-    co_return cpu_ms() - before < 200 ? 0 : 1; // a spinning wait would burn ~1000 ms
+    auto r = co_await (empty_q.get() || coproc::sleep(500ms));
+    if (r.index() == 1) ++expired;
+    if (expired != 3) co_return 2;
+    co_return cpu_ms() - before < 200 ? 0 : 1; // a spinning wait would burn ~1500 ms
   };
   coproc::process s(sleeper, q, empty_q);
   s.start();
@@ -393,14 +442,17 @@ TEST_CASE("waiting gets and puts sleep instead of spinning also after earlier wa
 
 TEST_CASE("several coroutines of one process wait on one queue") {
   coproc::queue<int> q;
+  shared_array<std::atomic<int>> getting(1);
   coproc::process child(
-      [](coproc::queue<int> q) -> coproc::awaitable<void> {
-        co_await coproc::sleep(50ms);
+      [](coproc::queue<int> q, std::atomic<int>* getting) -> coproc::awaitable<int> {
+        if (!co_await until_waiting(coproc::getppid(), getting)) co_return 1;
         for (int i = 0; i < 4; ++i) co_await q.put(i);
+        co_return 0;
       },
-      q);
+      q, getting.data);
   child.start();
   run([&]() -> coproc::awaitable<void> {
+    getting.data->store(1); // the four getters start at once, none finds an item
     std::vector<coproc::awaitable<int>> getters;
     for (int i = 0; i < 4; ++i) getters.push_back(q.get(20s));
     auto got = co_await coproc::gather(std::move(getters));
@@ -532,6 +584,203 @@ TEST_CASE("processes killed at random moments in put and get never break the que
     co_await q.put("after");
     CHECK(co_await q.get(1s) == "after");
   }());
+}
+
+// ---- hardening: cancelled queue operations, a killed waker ----
+
+TEST_CASE("gets cancelled by a timer take nothing so every item arrives exactly once") {
+  using namespace boost::asio::experimental::awaitable_operators;
+  constexpr int cancellations = 20000;
+  coproc::queue<int> q(1); // the getter mostly waits, however slow it runs (TSan)
+  shared_array<std::atomic<int>> control(3); // [0] stop, [1] items put, [2] done
+  // Pauses longer than the getter's timers: puts land just before, at and just after the
+  // moment a timer cancels a waiting get.
+  coproc::process producer(
+      [](coproc::queue<int> q, std::atomic<int>* control) -> coproc::awaitable<void> {
+        std::mt19937 rng(20261202);
+        int i = 0;
+        for (; control[0].load() == 0; ++i) {
+          co_await q.put(i);
+          co_await coproc::sleep(std::chrono::microseconds(100 + rng() % 400));
+        }
+        control[1].store(i);
+        control[2].store(1);
+      },
+      q, control.data);
+  producer.start();
+  std::vector<int> seen;
+  int cancelled = 0, out_of_range = 0;
+  run([&]() -> coproc::awaitable<void> {
+    std::mt19937 rng(7);
+    auto give_up = clock_type::now() + 100s;
+    // done before empty: once the last put is seen committed, an empty queue is drained.
+    while (!(control.data[2].load() != 0 && q.empty()) && clock_type::now() < give_up) {
+      if (cancelled >= cancellations) control.data[0].store(1);
+      auto timer = coproc::sleep(std::chrono::microseconds(rng() % 50));
+      // Both waits: without a deadline and with one that does not pass first.
+      auto r = rng() % 2 ? co_await (q.get() || std::move(timer)) : co_await (q.get(10s) || std::move(timer));
+      if (r.index() == 1) {
+        ++cancelled;
+        continue;
+      }
+      auto item = static_cast<std::size_t>(std::get<0>(r));
+      if (item >= 10'000'000) {
+        ++out_of_range;
+        continue;
+      }
+      if (item >= seen.size()) seen.resize(item + 1);
+      ++seen[item];
+    }
+    control.data[0].store(1); // when it gave up too: the producer, maybe waiting for room, ends
+    while (control.data[2].load() == 0) {
+      try {
+        co_await q.get(100ms);
+      } catch (const coproc::queue_empty&) {
+      }
+    }
+    CHECK(co_await producer.join() == 0);
+  }());
+  const int put = control.data[1].load();
+  seen.resize(static_cast<std::size_t>(std::max(put, 1)));
+  int missing = 0, duplicated = 0;
+  for (int count : seen) {
+    missing += count == 0;
+    duplicated += count > 1;
+  }
+  MESSAGE(put << " items, " << cancelled << " gets cancelled, " << missing << " items lost, " << duplicated
+              << " duplicated");
+  CHECK(cancelled >= cancellations);
+  CHECK(put > 1000);
+  CHECK(out_of_range == 0);
+  CHECK(seen.size() == static_cast<std::size_t>(put)); // nothing beyond what was put
+  CHECK(missing == 0);
+  CHECK(duplicated == 0);
+  CHECK(q.qsize() == 0);
+}
+
+TEST_CASE("timed-out and cancelled puts that are retried put every item exactly once") {
+  using namespace boost::asio::experimental::awaitable_operators;
+  constexpr int n = 10000;
+  coproc::queue<int> q(1); // every put but the first waits for the consumer
+  shared_array<std::atomic<int>> seen(n);
+  coproc::process consumer(
+      [](coproc::queue<int> q, std::atomic<int>* seen) -> coproc::awaitable<void> {
+        std::mt19937 rng(3);
+        for (;;) {
+          int item = co_await q.get();
+          if (item < 0) break;
+          seen[item].fetch_add(1);
+          if (rng() % 2) co_await coproc::sleep(std::chrono::microseconds(rng() % 200));
+        }
+      },
+      q, seen.data);
+  consumer.start();
+  int timed_out = 0, cancelled = 0;
+  run([&]() -> coproc::awaitable<void> {
+    std::mt19937 rng(5);
+    for (int i = 0; i < n; ++i) {
+      for (;;) {
+        auto timeout = std::chrono::microseconds(rng() % 300);
+        if (i % 2 == 0) {
+          try {
+            co_await q.put(i, timeout);
+            break;
+          } catch (const coproc::queue_full&) {
+            ++timed_out; // not put: put it again
+          }
+        } else {
+          auto r = rng() % 2 ? co_await (q.put(i) || coproc::sleep(timeout))
+                             : co_await (q.put(i, 10s) || coproc::sleep(timeout));
+          if (r.index() == 0) break;
+          ++cancelled; // not put: put it again
+        }
+      }
+    }
+    co_await q.put(-1);
+    CHECK(co_await consumer.join() == 0);
+  }());
+  int missing = 0, duplicated = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    missing += seen.data[i].load() == 0;
+    duplicated += seen.data[i].load() > 1;
+  }
+  MESSAGE(n << " items, " << timed_out << " puts timed out, " << cancelled << " cancelled, " << missing
+            << " items lost, " << duplicated << " duplicated");
+  CHECK(missing == 0);
+  CHECK(duplicated == 0);
+  CHECK(q.qsize() == 0);
+  CHECK(timed_out > 10); // the deadlines and the timers did race the gets
+  CHECK(cancelled > 10);
+}
+
+TEST_CASE("a getter wakes with the item when its putter is killed between commit and wake-up") {
+  using namespace boost::asio::experimental::awaitable_operators;
+  coproc::queue<int> q;
+  shared_array<std::atomic<int>> go(1);
+  coproc::process killed(
+      [](coproc::queue<int> q, std::atomic<int>* go) -> coproc::awaitable<void> {
+        while (go->load() == 0) co_await coproc::sleep(1ms);
+        coproc::detail::queue_ring::kill_after_next_commit();
+        co_await q.put(7); // dies with the item committed, its sleepers not woken
+      },
+      q, go.data);
+  killed.start();
+  bool got = false;
+  run([&]() -> coproc::awaitable<void> {
+    clock_type::time_point released;
+    auto getter = [&]() -> coproc::awaitable<void> {
+      auto r = co_await (q.get() || coproc::sleep(10s)); // no deadline of its own
+      REQUIRE(r.index() == 0);
+      CHECK(std::get<0>(r) == 7);
+      got = true;
+      CHECK(clock_type::now() - released < 3s);
+    };
+    // Runs once the getter has suspended in its wait (coroutines start in order).
+    auto release = [&]() -> coproc::awaitable<void> {
+      released = clock_type::now();
+      go.data->store(1);
+      CHECK(co_await killed.join() == -9);
+      CHECK((got || q.qsize() == 1)); // committed, and the getter was not woken
+    };
+    co_await (getter() && release());
+  }());
+  CHECK(got);
+  CHECK(q.qsize() == 0);
+}
+
+TEST_CASE("a putter wakes and puts when its getter is killed between commit and wake-up") {
+  using namespace boost::asio::experimental::awaitable_operators;
+  coproc::queue<int> q(1);
+  q.put_nowait(1);
+  shared_array<std::atomic<int>> go(1);
+  coproc::process killed(
+      [](coproc::queue<int> q, std::atomic<int>* go) -> coproc::awaitable<void> {
+        while (go->load() == 0) co_await coproc::sleep(1ms);
+        coproc::detail::queue_ring::kill_after_next_commit();
+        co_await q.get(); // dies with the room made, its sleepers not woken
+      },
+      q, go.data);
+  killed.start();
+  bool put = false;
+  run([&]() -> coproc::awaitable<void> {
+    clock_type::time_point released;
+    auto putter = [&]() -> coproc::awaitable<void> {
+      auto r = co_await (q.put(2, 20s) || coproc::sleep(10s)); // a far deadline
+      REQUIRE(r.index() == 0);
+      put = true;
+      CHECK(clock_type::now() - released < 3s);
+    };
+    auto release = [&]() -> coproc::awaitable<void> {
+      released = clock_type::now();
+      go.data->store(1);
+      CHECK(co_await killed.join() == -9);
+      CHECK((put || q.qsize() == 0)); // room made, and the putter was not woken
+    };
+    co_await (putter() && release());
+  }());
+  CHECK(put);
+  CHECK(q.qsize() == 1);
+  CHECK(q.get_nowait() == 2);
 }
 
 TEST_CASE("a duplex pipe carries messages both ways between processes") {

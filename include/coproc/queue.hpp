@@ -16,7 +16,13 @@
 //
 // Safe against kill -9: a process killed at any instant inside put or get loses at most
 // its own in-flight item; nothing is duplicated or torn and no lock stays held (robust
-// process-shared mutexes and a commit protocol, see detail/queue_ring.hpp).
+// process-shared mutexes and a commit protocol, see detail/queue_ring.hpp). A waiter
+// never depends on a killed process's wake-up: it looks again every 100 ms on its own.
+//
+// Cancellation: a put or get whose coroutine is cancelled while it waits (as the loser
+// of `co_await (q.get() || timer)`) moves nothing and throws
+// boost::system::system_error(operation_aborted). An item is in the queue exactly when
+// its put returned; a timed-out put (queue_full) or a cancelled one may be retried.
 //
 // queue<T> and connection<T> are cheap copyable handles to one shared object: pass them
 // by value to process targets. Coroutines of one process may share a handle.

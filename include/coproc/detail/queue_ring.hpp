@@ -21,10 +21,18 @@
 // the eventfd only when someone waits and no wake-up is already on its way, so a busy
 // queue makes no syscalls and a burst makes one. The eventfds count tokens
 // (EFD_SEMAPHORE): one per sleeper, each woken sleeper takes one, so sleepers of every
-// process are woken and none keeps waking up on a readable eventfd. A process killed between its commit and
-// that write still holds the lock: the next process to lock that side wakes the sleepers
-// in its place. A waiter killed while asleep leaves its count behind, which costs at most
-// one spare write per burst.
+// process are woken and none keeps waking up on a readable eventfd. A waiter whose
+// coroutine is cancelled takes no token and tries nothing more: a cancelled put or get
+// has no effect, and the token written for it stays for the other sleepers (one spare
+// wake-up, never a missed one).
+//
+// A process killed between its commit and that write wakes nobody, and the other side
+// may never lock again (it was the only producer): so no sleeper depends on it. Every
+// wait also ends after `recheck_interval` (100 ms, lib/queue.cpp) and the waiter looks
+// again, finding the committed item or room by itself; a sleeper costs one wake-up per
+// interval, not a spin. The next process to lock the dead one's side still finds it
+// (EOWNERDEAD), finishes its count and wakes the sleepers at once. A waiter killed while
+// asleep leaves its count behind, which costs at most one spare write per burst.
 #pragma once
 
 #include <coproc/detail/deadline.hpp>
@@ -45,7 +53,10 @@ namespace coproc::detail {
 
 // Sleeps on the awaiting coroutine's io_context until fd becomes readable (writable), or
 // the deadline passes (false). The fd stays registered with that io_context until it
-// ends or forget_fd(fd); a wake-up may be spurious, callers look again.
+// ends or forget_fd(fd); a wake-up may be spurious, callers look again. A cancelled wait
+// (the awaiting coroutine's cancellation state is cancelled when it ends, however it
+// ended) throws boost::system::system_error(operation_aborted), so the caller does
+// nothing more.
 awaitable<bool> wait_readable(int fd, deadline until);
 awaitable<bool> wait_writable(int fd, deadline until);
 // Before closing an fd that may have been waited on: drops this process's registrations.
@@ -79,6 +90,11 @@ public:
   // The ring space one item of this many bytes takes.
   static std::size_t record_size(std::size_t bytes) noexcept { return 8 + ((bytes + 7) & ~std::size_t{7}); }
 
+  // Test hook: this process raises SIGKILL right after its next commit (a put's or a
+  // get's), before it wakes the other side's sleepers, as a process killed at that
+  // instant would.
+  static void kill_after_next_commit() noexcept;
+
 private:
   struct control;
   enum side { getters = 0, putters = 1 };
@@ -88,6 +104,7 @@ private:
   void signal(side s, std::uint64_t tokens) noexcept;
   void take_token(side s) noexcept;
   void wake(side s) noexcept;
+  void committed(side woken) noexcept;
   void wake_all() noexcept;
 
   control* control_ = nullptr;
