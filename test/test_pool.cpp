@@ -6,14 +6,19 @@
 
 #include <boost/asio/steady_timer.hpp>
 
+#include <dlfcn.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <csignal>
 #include <cstdlib>
+#include <cstddef>
 #include <cstring>
+#include <fstream>
 #include <map>
 #include <set>
 #include <stdexcept>
@@ -621,4 +626,194 @@ TEST_CASE("a spawned pool starts as fast from a big parent as from a small one")
   auto big = start_ms();
   MESSAGE("spawned pool(2) up and answering: " << small << " ms, with 256 MiB more resident: " << big << " ms");
   CHECK(big < 5 * small + 50);
+}
+
+// ---- hardening: frame lengths, maxtasksperchild with stealing, spawn initializer ----
+
+// Tests that move gigabytes are skipped under ASan and TSan: their shadow memory and
+// checked copies would multiply the footprint (several GiB here) and the time by 5-20x.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define COPROC_TEST_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define COPROC_TEST_SANITIZED 1
+#endif
+#endif
+
+namespace {
+
+constexpr std::size_t gib = std::size_t(1) << 30;
+
+// MemAvailable of /proc/meminfo, in bytes.
+std::size_t available_memory() {
+  std::ifstream meminfo("/proc/meminfo");
+  std::string key;
+  std::size_t kib = 0;
+  while (meminfo >> key >> kib) {
+    if (key == "MemAvailable:") return kib * 1024;
+    meminfo.ignore(64, '\n');
+  }
+  return 0;
+}
+
+// Held while a test uses gigabytes, so that its twin (this file's COPROC_CHILD_WATCH=sigchld
+// run, which ctest -j may start at the same time) waits instead of doubling the peak. The
+// lock is an abstract socket name: nothing to clean up if the holder dies.
+class gigabytes_lock {
+public:
+  gigabytes_lock() : fd_(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) {
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    const char name[] = "coproc-test-pool-gigabytes";
+    std::memcpy(addr.sun_path + 1, name, sizeof name - 1);
+    auto len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + sizeof name);
+    auto deadline = std::chrono::steady_clock::now() + 100s;
+    while (!(held_ = ::bind(fd_, reinterpret_cast<sockaddr*>(&addr), len) == 0) &&
+           std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(50ms); // polls the condition: the other run released the name
+  }
+  ~gigabytes_lock() { ::close(fd_); }
+  gigabytes_lock(const gigabytes_lock&) = delete;
+  gigabytes_lock& operator=(const gigabytes_lock&) = delete;
+  bool held() const { return held_; }
+
+private:
+  int fd_;
+  bool held_ = false;
+};
+
+// A string of n zero bytes (n >= 2 GiB) with, at offset 64, a record for the next task in
+// the 32-bit format the pool once used ([u32 length][int 666]). Misreading the length of
+// this result as an error flag, and its bytes as further records, delivers 666 to the next
+// task.
+std::string planted_record(std::size_t n) {
+  std::string s(n, '\0');
+  std::uint32_t len = 4;
+  int planted = 666;
+  std::memcpy(s.data() + 64, &len, 4);
+  std::memcpy(s.data() + 68, &planted, 4);
+  return s;
+}
+int seven() { return 7; }
+
+// Barrier tasks: task i of n announces itself in slot 10 + i and waits (20 s at most) until
+// all n have. True if they met, i.e. they ran at the same time in different workers.
+bool meet(int i, int n) {
+  shared_slots()[10 + i].store(::getpid());
+  auto deadline = std::chrono::steady_clock::now() + 20s;
+  while (std::chrono::steady_clock::now() < deadline) {
+    bool all = true;
+    for (int j = 0; j < n; ++j) all = all && shared_slots()[10 + j].load() != 0;
+    if (all) return true;
+    ::usleep(200);
+  }
+  return false;
+}
+bool less_than(int a, int b) { return a < b; } // the same trampoline as meet: a fast task
+
+void init_noexcept() noexcept { ++g_inits; }
+int square_noexcept(int x) noexcept { return x * x; }
+worker_report report_noexcept(int ms) noexcept {
+  nap(ms);
+  return {::getpid(), g_inits};
+}
+
+} // namespace
+
+TEST_CASE("a result of 2 GiB or more is not read as an error or as further records") {
+#ifdef COPROC_TEST_SANITIZED
+  MESSAGE("skipped under a sanitizer (gigabytes of shadow memory)");
+#else
+  coproc_test::run([]() -> coproc::awaitable<void> {
+    coproc::pool pool(co_await boost::asio::this_coro::executor, 1);
+    gigabytes_lock lock;
+    if (!lock.held() || available_memory() < 9 * gib) {
+      MESSAGE("skipped: needs about 8 GiB of free memory");
+      co_return;
+    }
+    std::size_t n = 2 * gib + 16;
+    auto big = pool.apply_async(planted_record, n);
+    auto next = pool.apply_async(seven);
+    CHECK(co_await next.get() == 7);
+    auto s = co_await big.get();
+    REQUIRE(s.size() == n);
+    CHECK(s.substr(64, 8) == planted_record(80).substr(64, 8));
+    CHECK(s.find_first_not_of('\0', 72) == std::string::npos);
+  }());
+#endif
+}
+
+TEST_CASE("maxtasksperchild workers lend queued tasks to idle ones and still take more") {
+  coproc_test::run([]() -> coproc::awaitable<void> {
+    coproc::pool pool(co_await boost::asio::this_coro::executor, {.processes = 3, .maxtasksperchild = 3});
+    // A fast task of meet's trampoline: the parent then queues several in one worker.
+    for (int i = 0; i < 3; ++i) CHECK(co_await pool.apply(less_than, i, 5));
+    for (int round = 0; round < 2; ++round) {
+      CAPTURE(round);
+      for (int j = 0; j < 3; ++j) shared_slots()[10 + j].store(0);
+      std::vector<coproc::async_result<bool>> met;
+      for (int i = 0; i < 3; ++i) met.push_back(pool.apply_async(meet, i, 3));
+      for (auto& m : met) CHECK(co_await m.get());
+      std::set<int> pids;
+      for (int j = 0; j < 3; ++j) pids.insert(shared_slots()[10 + j].load());
+      CHECK(pids.size() == 3);
+    }
+    pool.close();
+    co_await pool.join();
+  }());
+}
+
+TEST_CASE("a spawn initializer outside the executable's image is refused") {
+  coproc_test::run([]() -> coproc::awaitable<void> {
+    auto ex = co_await boost::asio::this_coro::executor;
+    // sync() lives in libc, placed apart from the executable in a fresh image.
+    auto* outside = reinterpret_cast<void (*)()>(::dlsym(RTLD_DEFAULT, "sync"));
+    REQUIRE(static_cast<bool>(outside));
+    coproc::pool_options options{.processes = 1, .initializer = outside, .method = coproc::start_method::spawn};
+    CHECK_THROWS_WITH_AS(coproc::pool(ex, options), doctest::Contains("initializer"), std::invalid_argument);
+    CHECK_THROWS_WITH_AS(coproc::pool(ex, options), doctest::Contains("image"), std::invalid_argument);
+    // Declared noexcept: the same refusal, not "not a plain function".
+    coproc::pool_options declared{.processes = 1, .initializer = &::sync, .method = coproc::start_method::spawn};
+    CHECK_THROWS_WITH_AS(coproc::pool(ex, declared), doctest::Contains("image"), std::invalid_argument);
+  }());
+}
+
+TEST_CASE("an initializer that always fails fails the tasks with its error instead of hanging") {
+  coproc_test::run([]() -> coproc::awaitable<void> {
+    auto ex = co_await boost::asio::this_coro::executor;
+    for (auto method : {coproc::start_method::fork, coproc::start_method::spawn}) {
+      CAPTURE(static_cast<int>(method));
+      coproc::pool pool(ex, {.processes = 2, .initializer = failing_init, .method = method});
+      auto start = std::chrono::steady_clock::now();
+      auto r = pool.apply_async(square, 2);
+      auto e = co_await failure_of<coproc::error>(r.get(20s));
+      CHECK(elapsed_ms(start) < 10000);
+      CHECK(std::string(e.what()).find("initializer refused") != std::string::npos);
+      CHECK(std::string(e.what()).find("std::runtime_error") != std::string::npos);
+      CHECK(std::string(e.what()).find("exit") != std::string::npos);
+      // Later tasks fail the same way at once.
+      auto later = co_await failure_of<coproc::error>(pool.apply(square, 3));
+      CHECK(std::string(later.what()) == e.what());
+      auto mapped = co_await failure_of<coproc::error>(pool.map(square, range_of(10)));
+      CHECK(std::string(mapped.what()) == e.what());
+      pool.close();
+      co_await pool.join();
+    }
+    CHECK(coproc_test::live_children().empty());
+  }());
+}
+
+TEST_CASE("noexcept plain functions are accepted as initializers and as tasks") {
+  coproc_test::run([]() -> coproc::awaitable<void> {
+    auto ex = co_await boost::asio::this_coro::executor;
+    for (auto method : {coproc::start_method::fork, coproc::start_method::spawn}) {
+      CAPTURE(static_cast<int>(method));
+      coproc::pool pool(ex, {.processes = 2, .initializer = init_noexcept, .method = method});
+      CHECK(co_await pool.apply(square_noexcept, 5) == 25);
+      CHECK((co_await pool.apply(report_noexcept, 0)).inits == 1);
+      CHECK(co_await pool.map(square_noexcept, range_of(4)) == std::vector<int>{0, 1, 4, 9});
+      pool.close();
+      co_await pool.join();
+    }
+  }());
 }

@@ -144,10 +144,12 @@ public:
     static_assert(std::is_invocable_v<F&, A&...>, "coproc::pool::apply: f cannot be called with these arguments");
     using R = std::invoke_result_t<F&, A&...>;
     auto state = std::make_shared<detail::result_state<R>>();
-    std::string bytes;
-    detail::encode_apply_args<F>(bytes, args...);
-    submit(std::make_shared<detail::encoded_job>(&detail::apply_trampoline<F, A...>,
-                                                 detail::pool_target(f), std::move(bytes), state));
+    // The arguments are kept as they are and encoded straight into the frame when sent:
+    // a large argument is held once, plus its encoding while it is being written.
+    std::vector<std::tuple<A...>> item;
+    item.emplace_back(std::move(args)...);
+    submit(std::make_shared<detail::items_job<std::tuple<A...>, true>>(
+        &detail::apply_trampoline<F, A...>, detail::pool_target(f), std::move(item), 1, state));
     return async_result<R>(std::move(state));
   }
 
