@@ -808,11 +808,13 @@ private:
   void deliver_locked(worker& w, bool failed, std::string_view bytes) {
     chunk& c = w.held.front();
     std::size_t index = c.first + w.front_answered;
-    std::shared_ptr<pool_sink> sink = c.job->sink;
+    pool_sink* sink = c.job->sink.get();
+    std::shared_ptr<pool_sink> keep;
     ++w.answered;
     --w.held_items;
     if (++w.front_answered == c.n) {
       // Before decoding: the job (a large argument) may go now, not after the result is made.
+      keep = c.job->sink;
       w.held.pop_front();
       w.front_answered = 0;
     }
