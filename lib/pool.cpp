@@ -695,9 +695,11 @@ private:
   static awaitable<void> read_loop(std::shared_ptr<pool_core> self, std::shared_ptr<worker> w) {
     byte_buffer in;
     for (;;) {
+      // At most a plain read's worth of small records per step: the loop stays responsive.
+      std::size_t want = bytes_wanted<record_header>(in.data());
       std::span<char> room;
       try {
-        room = in.room(bytes_wanted<record_header>(in.data()));
+        room = in.room(want).first(want);
       } catch (const std::bad_alloc&) {
         room = {}; // no memory for this record: end the link as for a bad one
       }
