@@ -125,7 +125,7 @@ public:
       } else {
         std::size_t cap = std::max(size + n, base_size);
         std::unique_ptr<char[]> bigger(new char[cap]);
-        std::memcpy(bigger.get(), buf_.get() + begin_, size);
+        if (size != 0) std::memcpy(bigger.get(), buf_.get() + begin_, size); // buf_ may be null
         buf_ = std::move(bigger);
         cap_ = cap;
       }
