@@ -34,7 +34,6 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/write.hpp>
 
-#include <dlfcn.h>
 #include <fcntl.h>
 #include <link.h>
 #include <spawn.h>

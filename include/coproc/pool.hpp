@@ -17,7 +17,10 @@
 // A task that throws fails with remote_error. A worker that dies (signal, _exit, OOM)
 // fails exactly the tasks it had started and not answered with worker_lost, tasks it
 // had not started go to the other workers, and a replacement worker starts (running
-// the initializer). terminate() kills the workers with SIGKILL.
+// the initializer). Workers that fail to start 3 times in a row (an initializer that
+// throws, a crash before it returns) fail every unfinished and later task with a
+// coproc::error naming the initializer's error and the exit code. terminate() kills the
+// workers with SIGKILL.
 //
 // Use a pool from the threads of its executor (one thread, or a strand).
 #pragma once
@@ -53,7 +56,9 @@ struct pool_options {
   // fork: workers are copies of this process now (Python's fork). spawn: fresh images of
   // this executable (posix_spawn of /proc/self/exe, named SpawnPoolWorker-N): start cost
   // does not grow with this process's memory, workers see the program's initial globals,
-  // and the initializer must be a plain function. forkserver: std::invalid_argument.
+  // and the initializer must be a plain function (noexcept or not) in libcoproc's own
+  // image, the executable when coproc is linked statically: std::invalid_argument at
+  // construction otherwise. forkserver: std::invalid_argument.
   start_method method = start_method::fork;
 };
 
