@@ -1,20 +1,24 @@
 // The pool's core: worker processes, their transport, dispatch and crash recovery.
 //
-// Each worker has one Unix stream socket to the parent. The parent sends frames
-//   [u32 length][i64 trampoline][i64 target][u32 count] count × ([u32 length][argument bytes])
-// and the worker answers with one record per item, in order:
-//   [u32 length | error bit][result bytes, or the encoded (type name, message) of the error]
-// and, before each batch of answers leaves and whenever the function changes,
-//   [u32 0xffffffff][i64 trampoline][u32 items][u64 nanoseconds they took].
-// Many frames go out in one write and many records come back in one, so small tasks do
-// not cost a syscall each.
+// Each worker has one Unix stream socket to the parent. The parent sends one frame per
+// chunk (task_frame_header in coproc/detail/pool_task.hpp, then the items), and the
+// worker answers with records: once `started` when its initializer returned (or
+// `start_failed` with the initializer's error), then one value or error record per item,
+// in order, and, before each batch of answers leaves and whenever the function changes,
+// a timing record. Every length is 64 bits and checked against the bytes received: a
+// frame that does not add up, or names no code, makes the worker exit with
+// pool_protocol_error_exit without calling anything; a bad record makes the parent kill
+// the worker. Many frames go out in one write and many records come back in one, so
+// small tasks do not cost a syscall each.
 //
 // Items are numbered per worker in the order sent, and a worker claims each one before
 // running it by advancing a counter in a page shared with the parent (a compare-and-
 // swap, no syscall). The parent may claim a worker's unstarted items the same way and
 // send them elsewhere: a worker stuck in a slow task loses what was queued behind it to
 // idle workers, and a worker that dies fails exactly the items it had claimed and not
-// answered (worker_lost); the rest go to other workers.
+// answered (worker_lost); the rest go to other workers. A chunk taken back whole does not
+// count toward maxtasksperchild, on either side (the worker counts the frames of which it
+// ran an item).
 //
 // How many items a worker may hold is adaptive: about 2 ms of work by the measured cost
 // of the task's function, and one chunk at a time while that cost is unknown (so slow
@@ -30,8 +34,8 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/write.hpp>
 
-#include <dlfcn.h>
 #include <fcntl.h>
+#include <link.h>
 #include <spawn.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
@@ -44,6 +48,10 @@
 #include <cstdio>
 #include <cstring>
 #include <iostream>
+#include <limits>
+#include <memory>
+#include <optional>
+#include <span>
 #include <sstream>
 #include <system_error>
 #include <unordered_map>
@@ -59,12 +67,16 @@ void pool_image_anchor() noexcept {
 namespace {
 
 using clock = std::chrono::steady_clock;
-constexpr std::uint32_t error_bit = 0x80000000u;
-constexpr std::uint32_t timing_mark = 0xffffffffu;
-constexpr std::size_t frame_header = 4 + 8 + 8 + 4;
 // A larger chunk travels as several frames (each one task for maxtasksperchild), so no
 // single step of the parent's loop encodes or decodes more than about 0.2 ms of items.
 constexpr std::size_t max_frame_items = 16384;
+// No frame or record is believed beyond this (64 TiB): a length above it is corrupt.
+constexpr std::uint64_t max_message_bytes = std::uint64_t(1) << 46;
+// This many worker starts failing in a row (the process ended before its initializer
+// returned) fail the pool's tasks instead of starting workers forever.
+constexpr unsigned max_failed_starts = 3;
+// Buffers above this are given back once what they held is used.
+constexpr std::size_t large_buffer = 1 << 20;
 
 // What a worker tells its parent without a syscall.
 struct worker_page {
@@ -82,6 +94,109 @@ template <class T> T load(const char* p) {
 }
 template <class T> void store(std::string& s, std::size_t at, T v) { std::memcpy(s.data() + at, &v, sizeof v); }
 template <class T> void append(std::string& s, T v) { s.append(reinterpret_cast<const char*>(&v), sizeof v); }
+
+void append_record(std::string& out, record_kind kind, std::string_view bytes = {}) {
+  append(out, record_header{bytes.size(), kind});
+  out.append(bytes);
+}
+
+void release_if_large(std::string& s) {
+  if (s.capacity() > large_buffer) std::string().swap(s);
+  else s.clear();
+}
+
+// Received bytes: read straight into, consumed from the front. A message announced as
+// large gets exactly its size in one allocation (no doubling, no zero-filling), and the
+// memory goes back once it is consumed.
+class byte_buffer {
+public:
+  std::string_view data() const { return {buf_.get() + begin_, end_ - begin_}; }
+  void consume(std::size_t n) {
+    begin_ += n;
+    if (begin_ == end_) begin_ = end_ = 0;
+  }
+  // Room for n more bytes at the end (std::bad_alloc when there is no memory for it).
+  std::span<char> room(std::size_t n) {
+    std::size_t size = end_ - begin_;
+    if (cap_ - end_ < n) {
+      if (cap_ - size >= n && size <= large_buffer) {
+        std::memmove(buf_.get(), buf_.get() + begin_, size);
+      } else {
+        std::size_t cap = std::max(size + n, base_size);
+        std::unique_ptr<char[]> bigger(new char[cap]);
+        if (size != 0) std::memcpy(bigger.get(), buf_.get() + begin_, size); // buf_ may be null
+        buf_ = std::move(bigger);
+        cap_ = cap;
+      }
+      begin_ = 0;
+      end_ = size;
+    }
+    return {buf_.get() + end_, cap_ - end_};
+  }
+  void commit(std::size_t n) { end_ += n; }
+  // Gives a large allocation back when what is left of it is small.
+  void trim() {
+    std::size_t size = end_ - begin_;
+    if (cap_ <= large_buffer || size > base_size) return;
+    std::unique_ptr<char[]> smaller(new char[base_size]);
+    std::memcpy(smaller.get(), buf_.get() + begin_, size);
+    buf_ = std::move(smaller);
+    cap_ = base_size;
+    begin_ = 0;
+    end_ = size;
+  }
+  static constexpr std::size_t base_size = 256 * 1024;
+
+private:
+  std::unique_ptr<char[]> buf_;
+  std::size_t cap_ = 0, begin_ = 0, end_ = 0;
+};
+
+// How many more bytes complete the message at the front of `in` whose header is H, or a
+// plain read's worth while the header itself is incomplete or the message is complete.
+template <class H> std::size_t bytes_wanted(std::string_view in) {
+  constexpr std::size_t plain = 64 * 1024;
+  if (in.size() < sizeof(H)) return plain;
+  auto length = load<H>(in.data()).length;
+  if (length > max_message_bytes) return plain; // refused when parsed
+  std::size_t total = sizeof(H) + static_cast<std::size_t>(length);
+  return in.size() < total ? total - in.size() : plain;
+}
+
+// Whether the code at this offset from the anchor may be called: it lies in an executable
+// segment of a loaded object and, for a fresh image (spawn), in the anchor's own object,
+// the only one placed at the same offset from the anchor there.
+bool callable_offset(std::intptr_t offset, bool same_object) {
+  struct query {
+    std::uintptr_t addr;
+    const void* object = nullptr;
+    bool found = false;
+  };
+  auto find = [](std::uintptr_t addr) {
+    query q{addr};
+    ::dl_iterate_phdr(
+        [](dl_phdr_info* info, std::size_t, void* data) -> int {
+          auto& q = *static_cast<query*>(data);
+          for (int i = 0; i < info->dlpi_phnum; ++i) {
+            const auto& ph = info->dlpi_phdr[i];
+            if (ph.p_type != PT_LOAD || !(ph.p_flags & PF_X)) continue;
+            std::uintptr_t start = info->dlpi_addr + ph.p_vaddr;
+            if (q.addr >= start && q.addr - start < ph.p_memsz) {
+              q.found = true;
+              q.object = info->dlpi_phdr; // one per object
+              return 1;
+            }
+          }
+          return 0;
+        },
+        &q);
+    return q;
+  };
+  auto anchor = static_cast<std::uintptr_t>(pool_anchor_address());
+  auto code = find(static_cast<std::uintptr_t>(offset) + anchor); // wraps, never overflows
+  if (!code.found) return false;
+  return !same_object || code.object == find(anchor).object;
+}
 
 std::int64_t now_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(clock::now().time_since_epoch()).count();
@@ -104,33 +219,27 @@ void write_all(int fd, std::string& out) {
     if (n <= 0) ::_exit(0); // the parent is gone or terminated the pool
     done += static_cast<std::size_t>(n);
   }
-  out.clear();
+  release_if_large(out);
 }
 
 // Runs one item: appends its record to out.
-void run_item(pool_trampoline fn, std::intptr_t target, std::string_view args, std::string& out) {
+void run_item(pool_trampoline fn, std::intptr_t target, const pool_input& in, std::string& out) {
   std::size_t at = out.size();
-  out.append(4, '\0');
-  std::uint32_t flag = 0;
+  out.append(sizeof(record_header), '\0');
+  record_kind kind = record_kind::value;
   try {
-    fn(target, args, out);
+    fn(target, in, out);
   } catch (const std::exception& e) {
-    out.resize(at + 4);
+    out.resize(at + sizeof(record_header));
     encode_parts(out, exception_type_name(e), std::string(e.what()));
-    flag = error_bit;
+    kind = record_kind::error;
   } catch (...) {
-    out.resize(at + 4);
+    out.resize(at + sizeof(record_header));
     encode_parts(out, std::string("unknown exception"), std::string());
-    flag = error_bit;
+    kind = record_kind::error;
   }
-  store<std::uint32_t>(out, at, static_cast<std::uint32_t>(out.size() - at - 4) | flag);
-}
-
-// Length of the complete frame at the front of `in`, or 0.
-std::size_t complete_frame(std::string_view in) {
-  if (in.size() < 4) return 0;
-  auto len = load<std::uint32_t>(in.data());
-  return in.size() - 4 >= len ? 4 + std::size_t(len) : 0;
+  record_header header{out.size() - at - sizeof header, kind};
+  std::memcpy(out.data() + at, &header, sizeof header);
 }
 
 [[noreturn]] void worker_exit(int code) {
@@ -138,25 +247,92 @@ std::size_t complete_frame(std::string_view in) {
   ::_exit(code);
 }
 
-[[noreturn]] void worker_main(int fd, worker_page* page, unsigned maxtasks) {
-  std::string in, out;
-  std::size_t pos = 0;
-  std::vector<char> buf(256 * 1024);
+// A frame that does not add up: nothing of it runs. Every item this worker was sent is
+// marked claimed, so the parent fails them with worker_lost rather than handing the same
+// frame to the next worker.
+[[noreturn]] void protocol_error(worker_page* page, const char* what) {
+  page->claimed.store(std::numeric_limits<std::uint64_t>::max());
+  std::cerr << "coproc::pool worker " << ::getpid() << ": protocol error: " << what << std::endl;
+  worker_exit(pool_protocol_error_exit);
+}
+
+bool has_complete_frame(std::string_view in) {
+  if (in.size() < sizeof(task_frame_header)) return false;
+  return in.size() - sizeof(task_frame_header) >= load<task_frame_header>(in.data()).length;
+}
+
+struct task_frame {
+  task_frame_header header;
+  const char* items; // header.length bytes
+};
+
+// The code offsets a worker has checked, so each costs one walk of the loaded objects.
+class code_checker {
+public:
+  explicit code_checker(bool same_object) : same_object_(same_object) {}
+  bool callable(std::intptr_t offset) {
+    if (checked_.count(offset)) return true;
+    if (!callable_offset(offset, same_object_)) return false;
+    checked_.insert(offset);
+    return true;
+  }
+
+private:
+  bool same_object_;
+  std::unordered_set<std::intptr_t> checked_;
+};
+
+// The complete frame at the front of `in`, nullopt while it is incomplete. Every length
+// must add up to exactly what the header announced and the offsets must name code,
+// before any item runs.
+std::optional<task_frame> next_frame(std::string_view in, worker_page* page, code_checker& code) {
+  if (in.size() < sizeof(task_frame_header)) return std::nullopt;
+  auto header = load<task_frame_header>(in.data());
+  if (header.length > max_message_bytes) protocol_error(page, "a frame longer than 64 TiB");
+  if (in.size() - sizeof header < header.length) return std::nullopt;
+  if (header.count == 0 || header.count > max_frame_items) protocol_error(page, "a frame item count out of range");
+  const char* items = in.data() + sizeof header;
+  std::uint64_t left = header.length;
+  for (std::uint64_t i = 0; i < header.count; ++i) {
+    if (left < sizeof(std::uint64_t)) protocol_error(page, "a frame shorter than its items");
+    auto n = load<std::uint64_t>(items + (header.length - left));
+    left -= sizeof n;
+    if (n > left) protocol_error(page, "an item longer than its frame");
+    left -= n;
+  }
+  if (left != 0) protocol_error(page, "bytes after a frame's last item");
+  if (!code.callable(header.trampoline)) protocol_error(page, "a trampoline offset that names no code");
+  if (header.target != 0 && !code.callable(header.target)) protocol_error(page, "a target offset that names no code");
+  return task_frame{header, items};
+}
+
+// Frees the frame of the item being run once its arguments are decoded (pool_input).
+struct frame_release {
+  byte_buffer* in;
+  std::size_t size;
+  bool done = false;
+  static void release(void* self) {
+    auto& r = *static_cast<frame_release*>(self);
+    r.in->consume(r.size);
+    r.in->trim();
+    r.done = true;
+  }
+};
+
+[[noreturn]] void worker_main(int fd, worker_page* page, unsigned maxtasks, bool same_object) {
+  byte_buffer in;
+  std::string out;
+  code_checker code(same_object);
   std::uint64_t seq = 0;
   unsigned tasks = 0;
   auto last_flush = now_ns();
   // What the items run since the last timing record cost, for the parent's estimates.
-  std::int64_t timed_fn = 0;
-  std::uint32_t timed_items = 0;
-  std::uint64_t timed_ns = 0;
+  timing_record timed{0, 0, 0};
   auto record_timing = [&] {
-    if (timed_items == 0) return;
-    append<std::uint32_t>(out, timing_mark);
-    append<std::int64_t>(out, timed_fn);
-    append<std::uint32_t>(out, timed_items);
-    append<std::uint64_t>(out, timed_ns);
-    timed_items = 0;
-    timed_ns = 0;
+    if (timed.items == 0) return;
+    append_record(out, record_kind::timing, std::string_view(reinterpret_cast<const char*>(&timed), sizeof timed));
+    timed.items = 0;
+    timed.nanoseconds = 0;
   };
   auto flush = [&] {
     record_timing();
@@ -165,77 +341,90 @@ std::size_t complete_frame(std::string_view in) {
     last_flush = now_ns();
   };
   for (;;) {
-    while (std::size_t len = complete_frame(std::string_view(in).substr(pos))) {
-      const char* p = in.data() + pos + 4;
-      const char* end = in.data() + pos + len;
-      if (len < frame_header) worker_exit(70);
-      auto fn_offset = load<std::int64_t>(p);
-      auto fn = reinterpret_cast<pool_trampoline>(fn_offset + pool_anchor_address());
-      if (fn_offset != timed_fn) {
+    while (auto frame = next_frame(in.data(), page, code)) {
+      auto& h = frame->header;
+      auto fn = reinterpret_cast<pool_trampoline>(h.trampoline + pool_anchor_address());
+      if (h.trampoline != timed.trampoline) {
         record_timing();
-        timed_fn = fn_offset;
+        timed.trampoline = h.trampoline;
       }
-      auto target = static_cast<std::intptr_t>(load<std::int64_t>(p + 8));
-      auto count = load<std::uint32_t>(p + 16);
-      p += 20;
+      frame_release whole{&in, sizeof h + static_cast<std::size_t>(h.length)};
+      const char* p = frame->items;
       auto t0 = now_ns();
-      std::uint32_t ran = 0;
-      for (std::uint32_t i = 0; i < count; ++i) {
-        if (end - p < 4) worker_exit(70);
-        auto n = load<std::uint32_t>(p);
-        if (std::size_t(end - p - 4) < n) worker_exit(70);
+      std::uint64_t ran = 0;
+      for (std::uint64_t i = 0; i < h.count; ++i) {
+        auto n = static_cast<std::size_t>(load<std::uint64_t>(p));
+        pool_input input{std::string_view(p + sizeof(std::uint64_t), n)};
+        if (i + 1 == h.count && whole.size > large_buffer) {
+          input.on_consumed = &frame_release::release; // a large frame goes before its task runs
+          input.context = &whole;
+        }
+        p += sizeof(std::uint64_t) + n;
         std::uint64_t expected = seq++;
         // Fails when the parent took this item back: skip it without an answer.
         if (page->claimed.compare_exchange_strong(expected, seq)) {
-          run_item(fn, target, std::string_view(p + 4, n), out);
+          run_item(fn, static_cast<std::intptr_t>(h.target), input, out);
           ++ran;
         }
-        p += 4 + n;
       }
       auto t1 = now_ns();
-      pos += len;
-      if (ran == 0) continue;
-      timed_items += ran;
-      timed_ns += static_cast<std::uint64_t>(t1 - t0);
+      if (!whole.done) {
+        in.consume(whole.size);
+        in.trim();
+      }
+      if (ran == 0) continue; // taken back whole: not a task for maxtasksperchild
+      timed.items += ran;
+      timed.nanoseconds += static_cast<std::uint64_t>(t1 - t0);
       if (maxtasks != 0 && ++tasks >= maxtasks) {
         flush();
         worker_exit(0);
       }
-      if (out.size() >= 64 * 1024 || t1 - last_flush >= 1'000'000 ||
-          !complete_frame(std::string_view(in).substr(pos)))
-        flush();
+      if (out.size() >= 64 * 1024 || t1 - last_flush >= 1'000'000 || !has_complete_frame(in.data())) flush();
     }
-    in.erase(0, pos);
-    pos = 0;
     if (!out.empty()) flush(); // answers never wait behind a blocking read
+    std::span<char> room;
+    try {
+      room = in.room(bytes_wanted<task_frame_header>(in.data()));
+    } catch (const std::bad_alloc&) {
+      protocol_error(page, "no memory for a frame");
+    }
     ssize_t n;
-    do n = ::read(fd, buf.data(), buf.size());
+    do n = ::read(fd, room.data(), room.size());
     while (n < 0 && errno == EINTR);
     if (n <= 0) { // close(): everything was sent; terminate() kills instead
       flush();
       worker_exit(0);
     }
-    in.append(buf.data(), static_cast<std::size_t>(n));
+    in.commit(static_cast<std::size_t>(n));
   }
 }
 
 } // namespace
 
 [[noreturn]] void run_initializer_then_work(const std::function<void()>& initializer, int fd, worker_page* page,
-                                            unsigned maxtasks) {
+                                            unsigned maxtasks, bool same_object) {
+  std::string out;
+  auto failed = [&](const std::string& type, const std::string& message) {
+    std::cerr << "Process " << process_name() << ":\n" << type << ": " << message << " (in the pool initializer)"
+              << std::endl;
+    std::string parts;
+    encode_parts(parts, type, message);
+    append_record(out, record_kind::start_failed, parts);
+    write_all(fd, out);
+    worker_exit(1);
+  };
   if (initializer) {
     try {
       initializer();
     } catch (const std::exception& e) {
-      std::cerr << "Process " << process_name() << ":\n"
-                << exception_type_name(e) << ": " << e.what() << " (in the pool initializer)" << std::endl;
-      worker_exit(1);
+      failed(exception_type_name(e), e.what());
     } catch (...) {
-      std::cerr << "Process " << process_name() << ":\nunknown exception (in the pool initializer)" << std::endl;
-      worker_exit(1);
+      failed("unknown exception", "");
     }
   }
-  worker_main(fd, page, maxtasks);
+  append_record(out, record_kind::started);
+  write_all(fd, out);
+  worker_main(fd, page, maxtasks, same_object);
 }
 
 // ---- start_method::spawn: a fresh image of this executable ---------------------------
@@ -269,8 +458,13 @@ constexpr const char* worker_env = "COPROC_POOL_WORKER";
   for (unsigned n; parts >> n; parts.ignore(1)) id.path.push_back(n);
   enter_child(std::move(id));
   std::function<void()> initializer;
-  if (init != 0) initializer = reinterpret_cast<void (*)()>(static_cast<std::intptr_t>(init) + pool_anchor_address());
-  run_initializer_then_work(initializer, fd, static_cast<worker_page*>(mem), maxtasks);
+  if (init != 0) {
+    // Checked by the parent too; a forged environment must not choose what this calls.
+    if (!callable_offset(static_cast<std::intptr_t>(init), true))
+      protocol_error(static_cast<worker_page*>(mem), "an initializer offset outside libcoproc's image");
+    initializer = reinterpret_cast<void (*)()>(static_cast<std::intptr_t>(init) + pool_anchor_address());
+  }
+  run_initializer_then_work(initializer, fd, static_cast<worker_page*>(mem), maxtasks, true);
 }
 
 [[maybe_unused]] const bool spawned_worker = [] {
@@ -341,6 +535,10 @@ public:
       throw std::logic_error(std::string("coproc::pool: cannot submit a task to a ") +
                              (terminated_ ? "terminated" : "closed") + " pool");
     if (config_.spawn) check_same_image_locked(*job);
+    if (failed_) {
+      for (std::size_t i = 0; i < job->count; ++i) job->sink->fail(i, failed_);
+      return;
+    }
     if (job->count == 0) return;
     queue_.push_back(std::move(job));
     // A lone task for an idle worker leaves at once (apply's round trip). Otherwise
@@ -362,11 +560,7 @@ public:
   void check_same_image_locked(const pool_job& job) {
     for (std::intptr_t offset : {job.trampoline, job.target}) {
       if (offset == 0 || checked_offsets_.count(offset)) continue;
-      Dl_info anchor{}, code{};
-      bool same = ::dladdr(reinterpret_cast<void*>(pool_anchor_address()), &anchor) &&
-                  ::dladdr(reinterpret_cast<void*>(offset + pool_anchor_address()), &code) &&
-                  anchor.dli_fbase == code.dli_fbase;
-      if (!same)
+      if (!callable_offset(offset, true))
         throw std::invalid_argument("coproc::pool: with start_method::spawn the task must be in the same "
                                     "image as libcoproc (link coproc statically), or use start_method::fork");
       checked_offsets_.insert(offset);
@@ -430,6 +624,8 @@ private:
     bool shut = false;              // told no more work comes
     bool retiring = false;          // maxtasksperchild chunks were sent
     bool gone = false;
+    bool started = false;           // its initializer returned
+    std::string start_error;        // or what it threw
     unsigned chunks_sent = 0;
     std::int64_t last_progress = 0; // when it last answered, or got work while idle
   };
@@ -483,7 +679,7 @@ private:
       ::close(sv[0]);
       for (auto& other : workers_) ::close(other->socket.native_handle());
       enter_child(std::move(id));
-      run_initializer_then_work(config_.initializer, sv[1], page, config_.maxtasksperchild);
+      run_initializer_then_work(config_.initializer, sv[1], page, config_.maxtasksperchild, false);
     }
     ::close(sv[1]);
     auto w = std::make_shared<worker>(ex_);
@@ -496,24 +692,37 @@ private:
   }
 
   static awaitable<void> read_loop(std::shared_ptr<pool_core> self, std::shared_ptr<worker> w) {
-    std::vector<char> buf(64 * 1024);
-    std::size_t have = 0;
+    byte_buffer in;
     for (;;) {
-      boost::system::error_code ec;
-      auto read = w->socket.async_read_some(boost::asio::buffer(buf.data() + have, buf.size() - have),
-                                            boost::asio::redirect_error(boost::asio::use_awaitable, ec));
-      std::size_t n = co_await std::move(read);
-      if (ec || n == 0) break;
-      have += n;
-      std::size_t used;
-      {
+      // At most a plain read's worth of small records per step: the loop stays responsive.
+      std::size_t want = bytes_wanted<record_header>(in.data());
+      std::span<char> room;
+      try {
+        room = in.room(want).first(want);
+      } catch (const std::bad_alloc&) {
+        room = {}; // no memory for this record: end the link as for a bad one
+      }
+      bool ok = !room.empty();
+      if (ok) {
+        boost::system::error_code ec;
+        auto read = w->socket.async_read_some(boost::asio::buffer(room.data(), room.size()),
+                                              boost::asio::redirect_error(boost::asio::use_awaitable, ec));
+        std::size_t n = co_await std::move(read);
+        if (ec || n == 0) break;
+        in.commit(n);
         std::lock_guard lock(self->mutex_);
-        used = self->take_results_locked(*w, std::string_view(buf.data(), have));
+        ok = self->take_results_locked(*w, in);
         self->dispatch_locked();
       }
-      std::memmove(buf.data(), buf.data() + used, have - used);
-      have -= used;
-      if (have == buf.size()) buf.resize(buf.size() * 2); // one record larger than the buffer
+      if (!ok) {
+        // A record that does not add up: nothing more from this worker is believed.
+        try {
+          w->proc->signal(SIGKILL);
+        } catch (...) {
+        }
+        break;
+      }
+      in.trim();
     }
     // The worker's end closed: it has exited or is exiting.
     auto wait = w->proc->wait();
@@ -521,7 +730,7 @@ private:
     bool replace, slow;
     {
       std::lock_guard lock(self->mutex_);
-      slow = code != 0 && w->answered == 0 && w->page->claimed.load() == 0;
+      slow = !w->started;
       replace = self->worker_gone_locked(*w, code);
     }
     if (!replace) co_return;
@@ -545,53 +754,80 @@ private:
   }
 
   bool needs_worker_locked() const {
-    return !terminated_ && workers_.size() < config_.processes && (!closed_ || has_work());
+    return !terminated_ && !failed_ && workers_.size() < config_.processes && (!closed_ || has_work());
   }
 
-  std::size_t take_results_locked(worker& w, std::string_view in) {
-    std::size_t pos = 0;
+  // Consumes the complete records at the front of `in`. False on a record that does not
+  // add up (an unknown kind, a wrong length, an answer to nothing).
+  bool take_results_locked(worker& w, byte_buffer& in) {
     bool answered = false;
-    while (in.size() - pos >= 4) {
-      auto header = load<std::uint32_t>(in.data() + pos);
-      if (header == timing_mark) {
-        if (in.size() - pos < 24) break;
-        auto fn = load<std::int64_t>(in.data() + pos + 4);
-        auto items = load<std::uint32_t>(in.data() + pos + 12);
-        double sample = double(load<std::uint64_t>(in.data() + pos + 16)) / double(std::max(items, 1u));
-        double& cost = cost_[fn];
+    for (;;) {
+      std::string_view rest = in.data();
+      if (rest.size() < sizeof(record_header)) break;
+      auto header = load<record_header>(rest.data());
+      if (header.length > max_message_bytes) return false;
+      if (rest.size() - sizeof header < header.length) break;
+      std::string_view bytes = rest.substr(sizeof header, static_cast<std::size_t>(header.length));
+      switch (header.kind) {
+      case record_kind::timing: {
+        if (bytes.size() != sizeof(timing_record)) return false;
+        auto t = load<timing_record>(bytes.data());
+        double sample = double(t.nanoseconds) / double(std::max<std::uint64_t>(t.items, 1));
+        double& cost = cost_[t.trampoline];
         cost = cost == 0 ? sample : (cost + sample) / 2;
-        pos += 24;
-        continue;
+        break;
       }
-      if (w.held.empty()) break;
-      std::size_t len = header & ~error_bit;
-      if (in.size() - pos - 4 < len) break;
-      std::string_view bytes = in.substr(pos + 4, len);
-      chunk& c = w.held.front();
-      std::size_t index = c.first + w.front_answered;
-      if (header & error_bit) {
-        std::exception_ptr error;
+      case record_kind::started:
+        if (!bytes.empty() || w.started) return false;
+        w.started = true;
+        failed_starts_ = 0;
+        break;
+      case record_kind::start_failed:
         try {
           auto [type, message] = decode_parts<std::pair<std::string, std::string>>(bytes);
-          error = std::make_exception_ptr(remote_error(std::move(type), std::move(message), w.proc->pid()));
+          w.start_error = type + ": " + message;
         } catch (...) {
-          error = std::current_exception();
+          return false;
         }
-        c.job->sink->fail(index, error);
-      } else {
-        c.job->sink->deliver(index, bytes);
+        break;
+      case record_kind::value:
+      case record_kind::error:
+        if (w.held.empty()) return false;
+        deliver_locked(w, header.kind == record_kind::error, bytes);
+        answered = true;
+        break;
+      default:
+        return false;
       }
-      ++w.answered;
-      --w.held_items;
-      answered = true;
-      if (++w.front_answered == c.n) {
-        w.held.pop_front();
-        w.front_answered = 0;
-      }
-      pos += 4 + len;
+      in.consume(sizeof header + bytes.size());
     }
     if (answered) w.last_progress = now_ns();
-    return pos;
+    return true;
+  }
+
+  // The answer to w's next item.
+  void deliver_locked(worker& w, bool failed, std::string_view bytes) {
+    chunk& c = w.held.front();
+    std::size_t index = c.first + w.front_answered;
+    pool_sink* sink = c.job->sink.get();
+    std::shared_ptr<pool_sink> keep;
+    ++w.answered;
+    --w.held_items;
+    if (++w.front_answered == c.n) {
+      // Before decoding: the job (a large argument) may go now, not after the result is made.
+      keep = c.job->sink;
+      w.held.pop_front();
+      w.front_answered = 0;
+    }
+    if (!failed) return sink->deliver(index, bytes);
+    std::exception_ptr error;
+    try {
+      auto [type, message] = decode_parts<std::pair<std::string, std::string>>(bytes);
+      error = std::make_exception_ptr(remote_error(std::move(type), std::move(message), w.proc->pid()));
+    } catch (...) {
+      error = std::current_exception();
+    }
+    sink->fail(index, error);
   }
 
   // Whether w may take n more items of job: about 2 ms of work queued at most. A worker
@@ -630,22 +866,20 @@ private:
     std::string& out = w.out;
     std::size_t at = out.size();
     try {
-      out.append(4, '\0');
-      append<std::int64_t>(out, c.job->trampoline);
-      append<std::int64_t>(out, c.job->target);
-      append<std::uint32_t>(out, static_cast<std::uint32_t>(c.n));
+      out.append(sizeof(task_frame_header), '\0');
       for (std::size_t i = 0; i < c.n; ++i) {
         std::size_t item_at = out.size();
-        out.append(4, '\0');
+        out.append(sizeof(std::uint64_t), '\0');
         c.job->encode_item(c.first + i, out);
-        store<std::uint32_t>(out, item_at, static_cast<std::uint32_t>(out.size() - item_at - 4));
+        store<std::uint64_t>(out, item_at, out.size() - item_at - sizeof(std::uint64_t));
       }
     } catch (...) {
       out.resize(at);
       for (std::size_t i = 0; i < c.n; ++i) c.job->sink->fail(c.first + i, std::current_exception());
       return;
     }
-    store<std::uint32_t>(out, at, static_cast<std::uint32_t>(out.size() - at - 4));
+    task_frame_header header{out.size() - at - sizeof header, c.job->trampoline, c.job->target, c.n};
+    store(out, at, header);
     c.seq = w.sent_seq + 1;
     w.sent_seq += c.n;
     w.held_items += c.n;
@@ -672,9 +906,15 @@ private:
       std::size_t keep = c.seq > claimed ? 0 : static_cast<std::size_t>(claimed - c.seq + 1);
       taken.push_front({c.job, c.first + keep, c.n - keep});
       w.held_items -= c.n - keep;
-      if (keep == 0) w.held.pop_back();
-      else c.n = keep;
+      if (keep == 0) {
+        // Its frame runs nothing: the worker does not count it toward maxtasksperchild either.
+        w.held.pop_back();
+        --w.chunks_sent;
+      } else {
+        c.n = keep;
+      }
     }
+    w.retiring = config_.maxtasksperchild != 0 && w.chunks_sent >= config_.maxtasksperchild;
     retry_.insert(retry_.begin(), taken.begin(), taken.end());
     return true;
   }
@@ -689,7 +929,7 @@ private:
     std::int64_t soonest = -1;
     bool stole = false;
     for (auto& w : workers_) {
-      if (w->gone || w->retiring || w->held_items < 2 || unstarted(*w) == 0) continue;
+      if (w->gone || w->held_items < 2 || unstarted(*w) == 0) continue;
       std::int64_t wait = 2'000'000 - (now - w->last_progress);
       if (wait <= 0) stole |= steal_locked(*w);
       else if (soonest < 0 || wait < soonest) soonest = wait;
@@ -707,7 +947,7 @@ private:
   }
 
   void dispatch_locked() {
-    if (terminated_) return;
+    if (terminated_ || failed_) return;
     auto now = now_ns();
     // Items encoded in one step of the loop: a large map is sent in several steps, so
     // the io_context runs other work in between.
@@ -748,24 +988,21 @@ private:
 
   void start_write(const std::shared_ptr<worker>& w) {
     // Most batches fit in the socket buffer: send them now, and leave only a rest (or a
-    // full buffer) to an asynchronous write.
-    ssize_t sent;
-    do sent = ::send(w->socket.native_handle(), w->out.data(), w->out.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
-    while (sent < 0 && errno == EINTR);
-    if (sent < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
-      w->out.clear(); // the worker died: its reader handles that
-      return;
-    }
-    if (sent > 0) w->out.erase(0, static_cast<std::size_t>(sent));
-    if (w->out.empty()) return;
+    // full buffer) to an asynchronous write, from where the first send stopped.
     w->writing.swap(w->out);
-    w->out.clear();
+    release_if_large(w->out);
+    ssize_t sent;
+    do sent = ::send(w->socket.native_handle(), w->writing.data(), w->writing.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+    while (sent < 0 && errno == EINTR);
+    if (sent < 0 && errno != EAGAIN && errno != EWOULDBLOCK) sent = static_cast<ssize_t>(w->writing.size()); // the worker died: its reader handles that
+    std::size_t done = sent > 0 ? static_cast<std::size_t>(sent) : 0;
+    if (done == w->writing.size()) return release_if_large(w->writing);
     w->write_pending = true;
-    boost::asio::async_write(w->socket, boost::asio::buffer(w->writing),
+    boost::asio::async_write(w->socket, boost::asio::buffer(w->writing.data() + done, w->writing.size() - done),
                              [self = shared_from_this(), w](boost::system::error_code ec, std::size_t) {
                                std::lock_guard lock(self->mutex_);
                                w->write_pending = false;
-                               w->writing.clear();
+                               release_if_large(w->writing);
                                // A failed write means the worker died: its reader handles that.
                                if (!ec) self->dispatch_locked();
                              });
@@ -778,7 +1015,7 @@ private:
     boost::system::error_code ec;
     w.socket.close(ec);
     std::uint64_t claimed = w.page->claimed.load();
-    if (!terminated_) {
+    if (!terminated_ && !failed_) {
       // Claimed and unanswered: these ran (or were running) in the dead worker. The
       // rest were never started and go to the other workers first.
       auto error = std::make_exception_ptr(worker_lost(code, w.proc->pid()));
@@ -795,6 +1032,7 @@ private:
         }
       }
       retry_.insert(retry_.begin(), never_started.begin(), never_started.end());
+      if (!w.started && ++failed_starts_ >= max_failed_starts) fail_pool_locked(start_failure(w, code));
     }
     ::munmap(w.page, page_size);
     w.page = nullptr;
@@ -824,9 +1062,7 @@ private:
     }
   }
 
-  void terminate_locked() noexcept {
-    if (terminated_) return;
-    terminated_ = closed_ = true;
+  void kill_workers_locked() noexcept {
     rebalance_timer_.cancel();
     for (auto& w : workers_) {
       try {
@@ -836,8 +1072,34 @@ private:
       boost::system::error_code ec;
       w->socket.close(ec); // the reader wakes, reaps the worker and lets it go
     }
+  }
+
+  void terminate_locked() noexcept {
+    if (terminated_) return;
+    terminated_ = closed_ = true;
+    kill_workers_locked();
     try {
       fail_all_locked(std::make_exception_ptr(pool_closed()));
+    } catch (...) {
+    }
+  }
+
+  std::exception_ptr start_failure(const worker& w, int code) const {
+    std::string why = w.start_error.empty()
+                          ? "(a crash before its initializer returned?)"
+                          : "because its initializer threw " + w.start_error;
+    return std::make_exception_ptr(error("coproc::pool: " + std::to_string(max_failed_starts) +
+                                         " worker starts failed in a row, so the pool fails its tasks; the last "
+                                         "worker, pid " + std::to_string(w.proc->pid()) + ", " +
+                                         describe_exitcode(code) + " before taking tasks " + why));
+  }
+
+  // Workers cannot start: every unfinished and later task fails with `error`.
+  void fail_pool_locked(std::exception_ptr error) noexcept {
+    failed_ = error;
+    kill_workers_locked();
+    try {
+      fail_all_locked(error);
     } catch (...) {
     }
   }
@@ -851,6 +1113,8 @@ private:
   std::unordered_map<std::intptr_t, double> cost_; // measured ns per item, by trampoline
   std::unordered_set<std::intptr_t> checked_offsets_; // spawn: code known to be in the anchor's image
   std::size_t live_ = 0; // worker processes not reaped yet
+  unsigned failed_starts_ = 0; // workers in a row that ended before they started
+  std::exception_ptr failed_;  // why every task fails (fail_pool_locked)
   waiter_list join_waiters_;
   boost::asio::steady_timer rebalance_timer_{ex_};
   bool closed_ = false, terminated_ = false, dispatch_posted_ = false, rebalance_armed_ = false;
@@ -884,11 +1148,17 @@ detail::pool_config config_of(pool_options& options) {
   if (options.method == start_method::spawn) {
     config.spawn = true;
     if (config.initializer) {
-      auto* fn = config.initializer.target<void (*)()>();
+      void (*fn)() = nullptr;
+      if (auto* plain = config.initializer.target<void (*)()>()) fn = *plain;
+      else if (auto* declared = config.initializer.target<void (*)() noexcept>()) fn = *declared;
       if (!fn)
         throw std::invalid_argument("coproc::pool: with start_method::spawn the initializer must be a plain "
                                     "function (a fresh worker image has no copy of a lambda's or object's state)");
-      config.initializer_offset = detail::pool_image_offset(*fn);
+      config.initializer_offset = detail::pool_image_offset(fn);
+      // Only code in libcoproc's own image is at the same offset in a fresh image.
+      if (!detail::callable_offset(config.initializer_offset, true))
+        throw std::invalid_argument("coproc::pool: with start_method::spawn the initializer must be in the same "
+                                    "image as libcoproc (link coproc statically), or use start_method::fork");
     }
   }
   return config;

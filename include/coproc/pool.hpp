@@ -17,7 +17,10 @@
 // A task that throws fails with remote_error. A worker that dies (signal, _exit, OOM)
 // fails exactly the tasks it had started and not answered with worker_lost, tasks it
 // had not started go to the other workers, and a replacement worker starts (running
-// the initializer). terminate() kills the workers with SIGKILL.
+// the initializer). Workers that fail to start 3 times in a row (an initializer that
+// throws, a crash before it returns) fail every unfinished and later task with a
+// coproc::error naming the initializer's error and the exit code. terminate() kills the
+// workers with SIGKILL.
 //
 // Every await of the pool (apply, map, get, wait, next, join) honours Asio cancellation,
 // e.g. `co_await (pool.apply(f, x) || timer)`: the await ends at once with
@@ -59,7 +62,9 @@ struct pool_options {
   // fork: workers are copies of this process now (Python's fork). spawn: fresh images of
   // this executable (posix_spawn of /proc/self/exe, named SpawnPoolWorker-N): start cost
   // does not grow with this process's memory, workers see the program's initial globals,
-  // and the initializer must be a plain function. forkserver: std::invalid_argument.
+  // and the initializer must be a plain function (noexcept or not) in libcoproc's own
+  // image, the executable when coproc is linked statically: std::invalid_argument at
+  // construction otherwise. forkserver: std::invalid_argument.
   start_method method = start_method::fork;
 };
 
@@ -156,10 +161,12 @@ public:
     static_assert(std::is_invocable_v<F&, A&...>, "coproc::pool::apply: f cannot be called with these arguments");
     using R = std::invoke_result_t<F&, A&...>;
     auto state = std::make_shared<detail::result_state<R>>();
-    std::string bytes;
-    detail::encode_apply_args<F>(bytes, args...);
-    submit(std::make_shared<detail::encoded_job>(&detail::apply_trampoline<F, A...>,
-                                                 detail::pool_target(f), std::move(bytes), state));
+    // The arguments are kept as they are and encoded straight into the frame when sent:
+    // a large argument is held once, plus its encoding while it is being written.
+    std::vector<std::tuple<A...>> item;
+    item.emplace_back(std::move(args)...);
+    submit(std::make_shared<detail::items_job<std::tuple<A...>, true>>(
+        &detail::apply_trampoline<F, A...>, detail::pool_target(f), std::move(item), 1, state));
     return async_result<R>(std::move(state));
   }
 

@@ -11,6 +11,7 @@
 #include <coproc/errors.hpp>
 #include <coproc/wire.hpp>
 
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <functional>
@@ -22,9 +23,58 @@
 
 namespace coproc::detail {
 
+// One item's argument bytes. A trampoline calls consumed() once it has decoded them and
+// before the task runs: the worker may then free the frame, so a large argument is not
+// held twice while the task works on its decoded copy. `bytes` is invalid afterwards.
+struct pool_input {
+  std::string_view bytes;
+  void (*on_consumed)(void* context) = nullptr;
+  void* context = nullptr;
+  void consumed() const {
+    if (on_consumed) on_consumed(context);
+  }
+};
+
 // Decodes the arguments of one item from `in`, calls the callable and appends its
 // encoded result to `out`. Throws what the callable or the decoding threw.
-using pool_trampoline = void (*)(std::intptr_t target, std::string_view in, std::string& out);
+using pool_trampoline = void (*)(std::intptr_t target, const pool_input& in, std::string& out);
+
+// The protocol between the parent and a worker (lib/pool.cpp). Every length is 64 bits and
+// must agree exactly with the bytes that carry it: a frame or record whose lengths
+// disagree, or whose code offsets do not name code, is a protocol error that ends that
+// worker's link, never a call.
+//
+// parent -> worker, one frame per chunk: the header, then `count` items, each
+// [u64 length][argument bytes]; `length` counts every byte after the header.
+struct task_frame_header {
+  std::uint64_t length;
+  std::int64_t trampoline; // offset from the anchor
+  std::int64_t target;     // the function's offset from the anchor, 0 for a function object
+  std::uint64_t count;
+};
+
+// worker -> parent: records, each a header and `length` bytes.
+enum class record_kind : std::uint32_t {
+  value = 0,        // the next item's encoded result
+  error = 1,        // the next item's exception: parts (type name, message)
+  timing = 2,       // a timing_record
+  started = 3,      // the initializer returned: the worker takes tasks (no bytes)
+  start_failed = 4, // the initializer threw: parts (type name, message); the worker exits
+};
+struct record_header {
+  std::uint64_t length;
+  record_kind kind;
+  std::uint32_t reserved = 0;
+};
+// What the items run since the previous timing record cost, for the parent's estimates.
+struct timing_record {
+  std::int64_t trampoline;
+  std::uint64_t items;
+  std::uint64_t nanoseconds;
+};
+
+// The exit code of a worker that received a bad frame (EX_SOFTWARE).
+constexpr int pool_protocol_error_exit = 70;
 
 // The point that task offsets are measured from (defined in lib/pool.cpp).
 void pool_image_anchor() noexcept;
@@ -63,29 +113,41 @@ template <class F> F pool_callable(std::intptr_t target) noexcept {
   else return (void)target, F{};
 }
 
-template <class R, class Call> void pool_emit(std::string& out, Call&& call) {
-  if constexpr (std::is_void_v<R>) {
+template <class Call> void pool_emit(std::string& out, Call&& call) {
+  if constexpr (std::is_void_v<decltype(std::forward<Call>(call)())>) {
     std::forward<Call>(call)();
   } else {
     wire::encode_into(out, std::forward<Call>(call)());
   }
 }
 
-// Several values travel as parts, each [u32 length][wire bytes]: the arguments of an
-// apply, the elements of a starmap tuple, an error's type name and message.
-template <class... T> void encode_parts(std::string& out, const T&... parts) {
-  auto one = [&out](const auto& part) {
-    std::size_t at = out.size();
-    out.append(4, '\0');
-    wire::encode_into(out, part);
-    auto n = static_cast<std::uint32_t>(out.size() - at - 4);
-    std::memcpy(out.data() + at, &n, sizeof n);
-  };
-  (one(parts), ...);
+// Whether f takes the decoded arguments as rvalues: they are then moved into its by-value
+// parameters instead of copied (a 5 GiB string argument exists once in the worker).
+template <class F, class Tuple> constexpr bool invocable_moved() {
+  return []<std::size_t... I>(std::index_sequence<I...>) {
+    return std::is_invocable_v<F&, std::tuple_element_t<I, Tuple>&&...>;
+  }(std::make_index_sequence<std::tuple_size_v<Tuple>>{});
 }
 
+template <class F, class Tuple> decltype(auto) apply_decoded(F& f, Tuple& args) {
+  if constexpr (invocable_moved<F, Tuple>()) return std::apply(f, std::move(args));
+  else return std::apply(f, args);
+}
+
+// Several values travel as parts, each [u64 length][wire bytes]: the arguments of an
+// apply, the elements of a starmap tuple, an error's type name and message.
+template <class T> void encode_part(std::string& out, const T& part) {
+  std::size_t at = out.size();
+  out.append(sizeof(std::uint64_t), '\0');
+  wire::encode_into(out, part);
+  std::uint64_t n = out.size() - at - sizeof(std::uint64_t);
+  std::memcpy(out.data() + at, &n, sizeof n);
+}
+
+template <class... T> void encode_parts(std::string& out, const T&... parts) { (encode_part(out, parts), ...); }
+
 template <class T> T decode_part(std::string_view& in) {
-  std::uint32_t n;
+  std::uint64_t n;
   if (in.size() < sizeof n) throw error("coproc::pool: truncated task data");
   std::memcpy(&n, in.data(), sizeof n);
   if (in.size() - sizeof n < n) throw error("coproc::pool: truncated task data");
@@ -106,30 +168,31 @@ template <class Tuple> void encode_tuple_parts(std::string& out, const Tuple& t)
   std::apply([&](const auto&... e) { encode_parts(out, e...); }, t);
 }
 
-// apply(f, args...).
-template <class F, class... A> void apply_trampoline(std::intptr_t target, std::string_view in, std::string& out) {
+// apply(f, args...): one item, the arguments as parts.
+template <class F, class... A> void apply_trampoline(std::intptr_t target, const pool_input& in, std::string& out) {
   F f = pool_callable<F>(target);
-  using R = std::invoke_result_t<F&, A&...>;
-  auto args = decode_parts<std::tuple<A...>>(in);
-  pool_emit<R>(out, [&]() -> decltype(auto) { return std::apply(f, args); });
-}
-
-template <class F, class... A> void encode_apply_args(std::string& out, const A&... args) {
-  encode_parts(out, args...);
+  auto args = decode_parts<std::tuple<A...>>(in.bytes);
+  in.consumed();
+  pool_emit(out, [&]() -> decltype(auto) { return apply_decoded(f, args); });
 }
 
 // map / imap: one item is one argument.
-template <class F, class T> void item_trampoline(std::intptr_t target, std::string_view in, std::string& out) {
+template <class F, class T> void item_trampoline(std::intptr_t target, const pool_input& in, std::string& out) {
   F f = pool_callable<F>(target);
-  auto item = wire::decode<T>(in);
-  pool_emit<std::invoke_result_t<F&, T&>>(out, [&]() -> decltype(auto) { return std::invoke(f, item); });
+  auto item = wire::decode<T>(in.bytes);
+  in.consumed();
+  pool_emit(out, [&]() -> decltype(auto) {
+    if constexpr (std::is_invocable_v<F&, T&&>) return std::invoke(f, std::move(item));
+    else return std::invoke(f, item);
+  });
 }
 
 // starmap: one item is a tuple of arguments.
-template <class F, class T> void star_trampoline(std::intptr_t target, std::string_view in, std::string& out) {
+template <class F, class T> void star_trampoline(std::intptr_t target, const pool_input& in, std::string& out) {
   F f = pool_callable<F>(target);
-  auto item = decode_parts<T>(in);
-  pool_emit<decltype(std::apply(f, item))>(out, [&]() -> decltype(auto) { return std::apply(f, item); });
+  auto item = decode_parts<T>(in.bytes);
+  in.consumed();
+  pool_emit(out, [&]() -> decltype(auto) { return apply_decoded(f, item); });
 }
 
 } // namespace coproc::detail
