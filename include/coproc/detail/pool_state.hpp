@@ -191,17 +191,6 @@ public:
   std::size_t next = 0; // first item not yet sent (the core's)
 };
 
-// apply: the arguments, encoded at submission.
-class encoded_job final : public pool_job {
-public:
-  encoded_job(pool_trampoline fn, std::intptr_t target, std::string args, std::shared_ptr<pool_sink> sink)
-      : pool_job(fn, target, 1, 1, std::move(sink)), args_(std::move(args)) {}
-  void encode_item(std::size_t, std::string& out) const override { out.append(args_); }
-
-private:
-  std::string args_;
-};
-
 // map / imap / starmap: the items, copied at submission and encoded as they are sent
 // (a starmap tuple as its parts).
 template <class T, bool Parts = false> class items_job final : public pool_job {
