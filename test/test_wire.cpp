@@ -401,6 +401,26 @@ private:
 struct derived_point : point {
   int extra;
 };
+struct message { // C arrays and bit-fields of every-bit-valid types: bytes
+  char text[16];
+  std::uint8_t kind : 3;
+  std::uint8_t level : 5;
+  double grid[2][3];
+};
+struct bool_bits { // a bool bit-field cannot be read into field by field
+  bool on : 1;
+  int n;
+};
+struct nothing {};
+struct with_empty {
+  nothing none;
+  int n;
+};
+struct tree { // recursive, with its own serialize
+  std::vector<tree> kids;
+  int value = 0;
+  template <class Archive> void serialize(Archive& ar) { ar(kids, value); }
+};
 } // namespace
 
 // A trivially copyable class that cannot be checked opts in to its bytes.
@@ -429,6 +449,9 @@ TEST_CASE("pointers views and unchecked bytes are refused at compile time") {
   static_assert(!wire::serializable<holds_loose>);
   static_assert(!wire::serializable<opaque>);
   static_assert(!wire::serializable<derived_point>);
+  static_assert(!wire::serializable<bool_bits>);
+  static_assert(!wire::serializable<with_empty>);
+  static_assert(!wire::serializable<std::pair<int, std::string_view>>);
   // What crosses.
   static_assert(wire::serializable<int>);
   static_assert(wire::serializable<bool>);
@@ -443,6 +466,8 @@ TEST_CASE("pointers views and unchecked bytes are refused at compile time") {
   static_assert(wire::serializable<no_default>);
   static_assert(wire::serializable<half_saved>);
   static_assert(wire::serializable<std::map<std::string, std::optional<std::variant<int, point>>>>);
+  static_assert(wire::serializable<tree>);
+  static_assert(wire::serializable<std::vector<tree>>);
   // Which take the memcpy fast path: every bit pattern valid.
   static_assert(wire::trivially_encoded<int>);
   static_assert(wire::trivially_encoded<double>);
@@ -452,6 +477,8 @@ TEST_CASE("pointers views and unchecked bytes are refused at compile time") {
   static_assert(wire::trivially_encoded<point>);
   static_assert(wire::trivially_encoded<tagged>);
   static_assert(wire::trivially_encoded<no_default>);
+  static_assert(wire::trivially_encoded<message>);
+  static_assert(wire::trivially_encoded<std::array<std::array<std::uint16_t, 4>, 2>>);
   static_assert(!wire::trivially_encoded<bool>);
   static_assert(!wire::trivially_encoded<std::array<bool, 2>>);
   static_assert(!wire::trivially_encoded<flagged>);
@@ -461,4 +488,14 @@ TEST_CASE("pointers views and unchecked bytes are refused at compile time") {
   static_assert(!wire::trivially_encoded<std::variant<int, float>>);
   static_assert(!wire::trivially_encoded<half_saved>); // its serialize decides
   CHECK(wire::encode(half_saved{1, 2}).size() == sizeof(int));
+  message m{"hello", 5, 17, {{1, 2, 3}, {4, 5, 6}}};
+  CHECK(wire::encode(m).size() == sizeof(message));
+  auto back = round_trip(m);
+  CHECK(std::string(back.text) == "hello");
+  CHECK(int(back.kind) == 5);
+  CHECK(int(back.level) == 17);
+  CHECK(back.grid[1][2] == 6);
+  auto t = round_trip(tree{{tree{{}, 1}, tree{{tree{{}, 3}}, 2}}, 0});
+  REQUIRE(t.kids.size() == 2);
+  CHECK(t.kids[1].kids[0].value == 3);
 }

@@ -10,11 +10,14 @@
 // with a cereal serialize(Archive&) member (or save/load) — a class that has one always
 // uses it — and plain trivially copyable structs holding a bool, an optional, a variant
 // or such a struct, which are encoded field by field. C++20 has no reflection: a struct's
-// fields are found by aggregate initialization and structured bindings, which works for
-// aggregates without a base class and with at most 24 fields (C arrays included). Any
-// other trivially copyable class without a serialize is a compile-time error: its bytes
-// could hold a bool, an enum out of range or a pointer that nothing can check. If every
-// bit pattern of it is a valid value, say so:
+// fields are found by aggregate initialization and named by structured bindings, which
+// works for aggregates without a base class, with at most 24 fields (C arrays and
+// bit-fields included, though a struct whose bit-fields are not all every-bit-valid
+// cannot be read field by field), no const, reference or empty-struct field. (An
+// anonymous union member makes the compiler refuse the structured binding.) Any other
+// trivially copyable class without a serialize is a compile-time error: its bytes could
+// hold a bool, an enum out of range or a pointer that nothing can check. If every bit
+// pattern of it is a valid value, say so:
 //   template <> struct coproc::wire::memcpy_safe<my_type> : std::true_type {};
 //
 // Pointers, references and views (std::string_view, std::span), and the standard
@@ -52,6 +55,7 @@
 #include <cstddef>
 #include <cstring>
 #include <deque>
+#include <exception>
 #include <list>
 #include <map>
 #include <optional>
@@ -187,21 +191,25 @@ template <class T, std::size_t N = 0> constexpr std::size_t count_fields() {
   else return count_fields<T, N + 1>();
 }
 // Plain structs whose fields can be named: aggregates without a base, const or
-// reference fields (those are not copy assignable). Empty ones are not needed here.
+// reference fields (those are not copy assignable), not tuple-like (std::array: a
+// structured binding names its elements). Empty ones are not needed here.
 template <class T>
 concept reflectable = std::is_class_v<T> && std::is_aggregate_v<T> && !std::is_empty_v<T> &&
+                      !requires { std::tuple_size<T>::value; } &&
                       std::is_trivially_copyable_v<T> && std::is_copy_assignable_v<T> &&
                       !requires { T{any_base<T>{}}; } && count_fields<T>() != no_count &&
                       count_fields<T>() != 0;
 
-// Calls f with t's fields.
+// Calls f with t's fields; not_callable if f does not take them.
+struct not_callable {};
 template <class T, class F> decltype(auto) apply_fields(T& t, F&& f) {
   constexpr std::size_t n = count_fields<std::remove_cv_t<T>>();
   static_assert(n >= 1 && n <= max_fields);
 #define COPROC_WIRE_FIELDS(count, ...)                                                             \
   if constexpr (n == count) {                                                                      \
     auto& [__VA_ARGS__] = t;                                                                       \
-    return f(__VA_ARGS__);                                                                         \
+    if constexpr (requires { f(__VA_ARGS__); }) return f(__VA_ARGS__);                             \
+    else return not_callable{};                                                                    \
   } else
   COPROC_WIRE_FIELDS(1, f0)
   COPROC_WIRE_FIELDS(2, f0, f1)
@@ -236,10 +244,18 @@ template <class T, class F> decltype(auto) apply_fields(T& t, F&& f) {
                      f17, f18, f19, f20, f21, f22, f23) {}
 #undef COPROC_WIRE_FIELDS
 }
+// A bit-field binds only to a const reference (a copy).
 struct field_types_of {
-  template <class... F> type_list<std::remove_cv_t<F>...> operator()(F&...) const { return {}; }
+  template <class... F> type_list<F...> operator()(const F&...) const { return {}; }
 };
 template <class T> using field_types = decltype(apply_fields(std::declval<T&>(), field_types_of{}));
+struct bind_fields {
+  template <class... F> void operator()(F&...) const {}
+};
+// A plain struct without bit-fields: every field can be read into.
+template <class T>
+concept reflectable_bindable =
+    reflectable<T> && !std::is_same_v<decltype(apply_fields(std::declval<T&>(), bind_fields{})), not_callable>;
 
 template <class T> constexpr bool every_bit_valid();
 template <class... T> constexpr bool all_every_bit_valid(type_list<T...>) {
@@ -270,7 +286,7 @@ namespace detail {
 template <class T>
 concept raw_class = std::is_class_v<T> && trivially_encoded<T> && !own_serializer<T>;
 template <class T>
-concept fieldwise_class = reflectable<T> && !trivially_encoded<T> && !own_serializer<T>;
+concept fieldwise_class = reflectable_bindable<T> && !trivially_encoded<T> && !own_serializer<T>;
 
 // Why a type cannot cross, found before cereal would fail deep inside with its own words.
 enum class problem { none, pointer, unfixed_enum, unchecked_class, no_serializer };
@@ -291,8 +307,9 @@ template <class T> constexpr problem problem_of() {
   else if constexpr (is_std_holder<U>) return problem_of<typename U::value_type>();
   else if constexpr (requires { typename held_types<U>::type; }) return first_problem(typename held_types<U>::type{});
   else if constexpr (memcpy_safe<U>::value || own_serializer<U>) return problem::none;
-  else if constexpr (reflectable<U>) return first_problem(field_types<U>{});
-  else if constexpr (std::is_class_v<U> && std::is_trivially_copyable_v<U>) return problem::unchecked_class;
+  else if constexpr (reflectable_bindable<U>) return first_problem(field_types<U>{});
+  else if constexpr ((std::is_class_v<U> || std::is_union_v<U>) && std::is_trivially_copyable_v<U>)
+    return problem::unchecked_class;
   else return problem::no_serializer;
 }
 
@@ -309,10 +326,11 @@ template <class T> constexpr bool check_crossing() {
                 "it one (enum e : int { ... }) or make it an enum class.");
   static_assert(p != problem::unchecked_class,
                 "coproc::wire: a trivially copyable class that is not a plain struct (an aggregate "
-                "without a base class, const or reference fields, at most 24 fields) cannot be "
-                "checked field by field, so its bytes could hold an invalid bool, enum or a "
-                "pointer. Give it a cereal serialize(Archive&) member, or, if every bit pattern of "
-                "it is a valid value, specialize coproc::wire::memcpy_safe<T> as std::true_type.");
+                "without a base class, with at most 24 fields, none const, a reference or an empty "
+                "struct) cannot be checked field by field, so its bytes could hold an invalid "
+                "bool, enum or a pointer. Give it a cereal serialize(Archive&) member, or, if every "
+                "bit pattern of it is a valid value, specialize coproc::wire::memcpy_safe<T> as "
+                "std::true_type.");
   static_assert(p != problem::no_serializer,
                 "coproc::wire: the type is not trivially copyable and has no cereal "
                 "serialize(Archive&) member (nor save/load): cereal cannot encode it.");
@@ -344,10 +362,11 @@ template <class T> std::string encode(const T& value) {
 
 // Decodes exactly these bytes as one T.
 template <class T> T decode(std::string_view bytes) {
-  static_assert(detail::check_crossing<T>());
   static_assert(std::is_default_constructible_v<T> || trivially_encoded<T>,
                 "coproc::wire: a decoded type must be default constructible");
-  if constexpr (trivially_encoded<T>) {
+  if constexpr (!detail::check_crossing<T>()) {
+    std::terminate(); // never compiled: the static_assert said why
+  } else if constexpr (trivially_encoded<T>) {
     if (bytes.size() != sizeof(T))
       input_archive(bytes, typeid(T)).fail("expected " + std::to_string(sizeof(T)) + " bytes");
     // Trivially copyable types may lack a default constructor: copy into raw storage.
