@@ -315,6 +315,9 @@ template <class T> constexpr problem problem_of() {
 
 // The compile-time errors, in the user's words; true if T can cross.
 template <class T> constexpr bool check_crossing() {
+  static_assert(!memcpy_safe<T>::value || std::is_trivially_copyable_v<T>,
+                "coproc::wire: memcpy_safe<T> is true for a type that is not trivially copyable: "
+                "its bytes are not its value.");
   constexpr problem p = problem_of<T>();
   static_assert(p != problem::pointer,
                 "coproc::wire: pointers, references and views (std::string_view, std::span), and "
