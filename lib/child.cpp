@@ -143,7 +143,10 @@ public:
     orphans_.push_back({pid, ref});
     if (!running_) {
       running_ = true;
-      std::thread([this] { run(); }).detach();
+      std::thread([this] {
+        ::pthread_setname_np(::pthread_self(), "coproc-reaper");
+        run();
+      }).detach();
     }
   }
 
@@ -317,6 +320,7 @@ private:
 
   static void* run(void* arg) {
     int fd = static_cast<int>(reinterpret_cast<std::intptr_t>(arg));
+    ::pthread_setname_np(::pthread_self(), "coproc-sigchld");
     char bytes[64];
     for (;;) {
       ssize_t n = ::read(fd, bytes, sizeof bytes);

@@ -5,6 +5,7 @@
 #include "support/checks.hpp"
 
 #include <boost/asio/detached.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 
 #include <dirent.h>
@@ -17,6 +18,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <csignal>
 #include <cstdlib>
@@ -40,6 +42,29 @@ void sleep_ms(int ms) { std::this_thread::sleep_for(std::chrono::milliseconds(ms
 void forever() {
   for (;;) ::pause();
 }
+
+// Holds children until the test lets them go: a byte per child, so children that inherit
+// the write end do not keep the others waiting.
+class gate {
+public:
+  gate() { REQUIRE(::pipe(fd_) == 0); }
+  gate(const gate&) = delete;
+  ~gate() {
+    ::close(fd_[0]);
+    ::close(fd_[1]);
+  }
+  // In the child.
+  void pass() const {
+    char byte;
+    (void)!::read(fd_[0], &byte, 1);
+  }
+  void release(int children = 1) const {
+    for (int i = 0; i < children; ++i) (void)!::write(fd_[1], "x", 1);
+  }
+
+private:
+  int fd_[2];
+};
 
 // Runs f with descriptor fd redirected into a pipe; returns what was written to it.
 std::string capture(int fd, const std::function<void()>& f) {
@@ -180,7 +205,8 @@ TEST_CASE("names default to Process-N and children know their name") {
 }
 
 TEST_CASE("pid and is_alive and exitcode through the lifecycle") {
-  coproc::process p(sleep_ms, 200);
+  gate running;
+  coproc::process p([&running] { running.pass(); });
   CHECK(p.pid() == 0);
   CHECK_FALSE(p.is_alive());
   CHECK_FALSE(p.exitcode());
@@ -189,6 +215,7 @@ TEST_CASE("pid and is_alive and exitcode through the lifecycle") {
   CHECK(p.pid() != ::getpid());
   CHECK(p.is_alive());
   CHECK_FALSE(p.exitcode());
+  running.release();
   CHECK(join(p) == 0);
   CHECK_FALSE(p.is_alive());
   CHECK(p.exitcode() == 0);
@@ -208,15 +235,17 @@ TEST_CASE("is_alive and exitcode reap without a join or io_context") {
 }
 
 TEST_CASE("join with a timeout returns nullopt while running and the code once exited") {
-  coproc::process p(sleep_ms, 300);
+  gate running;
+  coproc::process p([&running] { running.pass(); });
   p.start();
   auto start = std::chrono::steady_clock::now();
   CHECK_FALSE(run(p.join(50ms)));
   auto waited = std::chrono::steady_clock::now() - start;
   CHECK(waited >= 50ms);
-  CHECK(waited < 250ms);
+  CHECK(waited < 5s); // the child runs until released: the timeout ended the wait
   CHECK(p.is_alive()); // left alone
-  CHECK(run(p.join(5s)) == 0);
+  running.release();
+  CHECK(run(p.join(10s)) == 0);
   CHECK(run(p.join(1ms)) == 0);
 }
 
@@ -272,14 +301,18 @@ TEST_CASE("200 children joined with gather leak no fd and use no thread per chil
 TEST_CASE("waiting uses a pidfd unless COPROC_CHILD_WATCH=sigchld forces the fallback") {
   const char* mode = std::getenv("COPROC_CHILD_WATCH");
   bool forced = mode && std::string(mode) == "sigchld";
-  coproc::process p(sleep_ms, 150);
+  gate running;
+  coproc::process p([&running] { running.pass(); });
   p.start();
   bool seen = false;
   run([&]() -> coproc::awaitable<void> {
     auto ex = co_await boost::asio::this_coro::executor;
     boost::asio::co_spawn(ex, [&]() -> coproc::awaitable<void> {
-      co_await sleep_for(50ms);
+      // Runs on once the join below is suspended in its wait.
+      co_await boost::asio::post(ex, boost::asio::use_awaitable);
       seen = has_pidfd();
+      running.release();
+      co_return;
     }, boost::asio::detached);
     CHECK(co_await p.join() == 0);
   }());
@@ -348,11 +381,20 @@ TEST_CASE("the child starts with default signal handlers and an empty mask") {
   sigemptyset(&block);
   sigaddset(&block, SIGUSR1);
   ::sigprocmask(SIG_BLOCK, &block, &old_mask);
-  coproc::process p(forever);
+  int ready[2];
+  REQUIRE(::pipe(ready) == 0);
+  // Reports once its target runs, after coproc has reset the dispositions.
+  coproc::process p([fd = ready[1]] {
+    (void)!::write(fd, "r", 1);
+    forever();
+  });
   p.start();
   ::sigprocmask(SIG_SETMASK, &old_mask, nullptr);
   std::signal(SIGTERM, old_handler);
-  sleep_ms(20);
+  char byte;
+  CHECK(::read(ready[0], &byte, 1) == 1);
+  ::close(ready[0]);
+  ::close(ready[1]);
   p.terminate();
   CHECK(join(p) == -15);
   coproc::process q([] {
@@ -467,10 +509,11 @@ TEST_CASE("a destroyed handle terminates a daemon and lets a plain child run on"
   int daemon_pid, plain_pid;
   int p[2];
   REQUIRE(::pipe(p) == 0);
+  gate handles_gone;
   {
     coproc::process d({.daemon = true}, forever);
-    coproc::process plain([fd = p[1]] {
-      sleep_ms(150);
+    coproc::process plain([fd = p[1], &handles_gone] {
+      handles_gone.pass();
       (void)!::write(fd, "done", 4);
     });
     d.start();
@@ -478,6 +521,7 @@ TEST_CASE("a destroyed handle terminates a daemon and lets a plain child run on"
     daemon_pid = d.pid();
     plain_pid = plain.pid();
   }
+  handles_gone.release();
   ::close(p[1]);
   char buf[8];
   CHECK(::read(p[0], buf, sizeof buf) == 4); // the plain child finished its work
@@ -598,17 +642,20 @@ int reuse_pid(int pid, const int* gate = nullptr) {
   return n;
 }
 
-int tasks() {
-  int n = 0;
+std::vector<std::string> thread_ids() {
+  std::vector<std::string> ids;
   DIR* dir = ::opendir("/proc/self/task");
-  while (auto* e = ::readdir(dir)) n += e->d_name[0] != '.';
+  while (auto* e = ::readdir(dir))
+    if (e->d_name[0] != '.') ids.push_back(e->d_name);
   ::closedir(dir);
-  return n;
+  std::sort(ids.begin(), ids.end());
+  return ids;
 }
 
 // The program reaps coproc's child itself, then its own new child gets the same pid.
 // Returns 0, or which expectation failed.
 int pid_reuse_scenario() {
+  auto own_threads = thread_ids(); // this thread, and a sanitizer's
   // Reaped while the handle lives: the handle must not take the new child for its own.
   {
     coproc::process o(exit_with, 7);
@@ -667,9 +714,7 @@ int pid_reuse_scenario() {
     siginfo_t info{};
     (void)::waitid(P_PID, n, &info, WEXITED | WNOWAIT); // until it exits, not reaping
     // The reaper's thread ends once it has no orphan left.
-    auto deadline = std::chrono::steady_clock::now() + 10s;
-    while (tasks() > 1 && std::chrono::steady_clock::now() < deadline) sleep_ms(1);
-    if (tasks() > 1) return 32;
+    if (!eventually([&] { return thread_ids() == own_threads; })) return 32;
     if (::waitpid(n, &status, WNOHANG) != n) return 33; // taken by the reaper
     if (WEXITSTATUS(status) != 42) return 34;
   }
