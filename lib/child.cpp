@@ -127,6 +127,19 @@ std::optional<int> reap(int pid, const process_ref& ref) {
   return r > 0 ? decode_wait_status(status) : 255;
 }
 
+// Runs f (which starts a thread) with every signal blocked, so coproc's threads never
+// run the program's signal handlers.
+template <class F> auto without_signals(F f) {
+  sigset_t all, old;
+  sigfillset(&all);
+  ::pthread_sigmask(SIG_SETMASK, &all, &old);
+  struct restore {
+    sigset_t& old;
+    ~restore() { ::pthread_sigmask(SIG_SETMASK, &old, nullptr); }
+  } guard{old};
+  return f();
+}
+
 // Children whose handles went away while they ran. A thread exists only while there
 // are some; it reaps each one when it exits, so no handle ever leaves a zombie.
 class reaper {
@@ -143,10 +156,12 @@ public:
     orphans_.push_back({pid, ref});
     if (!running_) {
       running_ = true;
-      std::thread([this] {
-        ::pthread_setname_np(::pthread_self(), "coproc-reaper");
-        run();
-      }).detach();
+      without_signals([this] {
+        std::thread([this] {
+          ::pthread_setname_np(::pthread_self(), "coproc-reaper");
+          run();
+        }).detach();
+      });
     }
   }
 
@@ -272,14 +287,12 @@ private:
     if (::pipe2(fds, O_CLOEXEC) != 0)
       throw std::system_error(errno, std::generic_category(), "coproc: pipe2 for SIGCHLD");
     ::fcntl(fds[1], F_SETFL, O_NONBLOCK); // never blocks the handler
-    auto fail = [&](int error, const char* what) {
+    auto* read_fd = reinterpret_cast<void*>(static_cast<std::intptr_t>(fds[0]));
+    if (int e = without_signals([&] { return ::pthread_create(&thread_, nullptr, run, read_fd); })) {
       ::close(fds[0]);
       ::close(fds[1]);
-      throw std::system_error(error, std::generic_category(), what);
-    };
-    auto* read_fd = reinterpret_cast<void*>(static_cast<std::intptr_t>(fds[0]));
-    if (int e = ::pthread_create(&thread_, nullptr, run, read_fd))
-      fail(e, "coproc: pthread_create for SIGCHLD");
+      throw std::system_error(e, std::generic_category(), "coproc: pthread_create for SIGCHLD");
+    }
     read_fd_ = fds[0];
     write_fd_ = fds[1];
     wake_fd.store(fds[1]);
@@ -421,14 +434,16 @@ bool child::owned() const noexcept {
   return owner_ == fork_generation.load(std::memory_order_relaxed);
 }
 
+// An inherited copy answers without the lock, which fork may have copied held; only the
+// forking thread was copied, so nothing writes code_ there.
 std::optional<int> child::poll() {
-  if (!owned()) return std::nullopt; // before the lock, which fork may have copied held
+  if (!owned()) return code_;
   std::lock_guard lock(mutex_);
   return poll_locked();
 }
 
 std::optional<int> child::exitcode() const {
-  if (!owned()) return std::nullopt;
+  if (!owned()) return code_;
   std::lock_guard lock(mutex_);
   return code_;
 }
