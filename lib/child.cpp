@@ -2,8 +2,8 @@
 #include <coproc/detail/deadline.hpp>
 
 #include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/experimental/concurrent_channel.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
-#include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -17,7 +17,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cstdint>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -25,6 +27,7 @@
 #include <iostream>
 #include <system_error>
 #include <thread>
+#include <utility>
 #include <vector>
 
 namespace coproc::detail {
@@ -41,33 +44,100 @@ bool pidfd_allowed() {
   return allowed;
 }
 
-// A pidfd for a child that has not been reaped yet (so its pid cannot have been reused),
-// or -1: then the caller falls back to SIGCHLD. Opened per wait rather than kept per
-// child, so a thousand running children cost no descriptors until they are awaited.
-int open_pidfd(int pid) {
-#ifdef SYS_pidfd_open
-  static std::atomic<bool> unsupported{!pidfd_allowed()};
-  if (unsupported.load(std::memory_order_relaxed)) return -1;
+// Runs open until it gives a descriptor; on EMFILE the soft descriptor limit is raised to
+// the hard one once, as Go's runtime does. -1 if that does not help.
+template <class Open> int open_with_room(Open open) {
   for (bool raised = false;; raised = true) {
-    // glibc 2.36's pidfd_open() wrapper does not link from C++ (PLATFORM.md).
-    int fd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
-    if (fd >= 0) {
-      ::fcntl(fd, F_SETFD, FD_CLOEXEC);
-      return fd;
-    }
-    if (errno == ENOSYS || errno == EPERM) unsupported = true; // old kernel, seccomp
-    // Many concurrent waits: the soft descriptor limit is raised to the hard one once,
-    // as Go's runtime does; past that, this waiter takes the SIGCHLD path.
-    if (errno != EMFILE || raised) return -1;
+    int fd = open();
+    if (fd >= 0 || errno != EMFILE || raised) return fd;
     rlimit limit;
     if (::getrlimit(RLIMIT_NOFILE, &limit) != 0 || limit.rlim_cur == limit.rlim_max) return -1;
     limit.rlim_cur = limit.rlim_max;
     ::setrlimit(RLIMIT_NOFILE, &limit);
   }
+}
+
+// A pidfd for a child that has not been reaped yet (so its pid cannot have been reused),
+// or -1 where pidfds are refused.
+int open_pidfd(int pid) {
+#ifdef SYS_pidfd_open
+  static std::atomic<bool> unsupported{!pidfd_allowed()};
+  if (unsupported.load(std::memory_order_relaxed)) return -1;
+  // glibc 2.36's pidfd_open() wrapper does not link from C++ (PLATFORM.md).
+  int fd = open_with_room([pid] { return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)); });
+  if (fd >= 0) ::fcntl(fd, F_SETFD, FD_CLOEXEC);
+  else if (errno == ENOSYS || errno == EPERM) unsupported = true; // old kernel, seccomp
+  return fd;
 #else
   (void)pid;
   return -1;
 #endif
+}
+
+// /proc/<pid> of an unreaped child, as a descriptor: once the process is reaped, lookups
+// under it fail even if the pid is reused. -1 when /proc is not this pid namespace's.
+int open_proc_dir(int pid) {
+  char self[32] = {};
+  if (::readlink("/proc/self", self, sizeof self - 1) <= 0 || std::atoi(self) != ::getpid())
+    return -1;
+  auto path = "/proc/" + std::to_string(pid);
+  return open_with_room([&] { return ::open(path.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC); });
+}
+
+bool is_pidfd(const process_ref& ref) { return ref.kind == process_ref::pidfd; }
+
+// Whether the process ref names has not been reaped yet (a zombie counts).
+bool unreaped(const process_ref& ref) {
+  switch (ref.kind) {
+  case process_ref::pidfd:
+    return ::syscall(SYS_pidfd_send_signal, ref.fd, 0, nullptr, 0) == 0 || errno != ESRCH;
+  case process_ref::proc_dir:
+    return ::faccessat(ref.fd, "stat", F_OK, 0) == 0 || (errno != ENOENT && errno != ESRCH);
+  case process_ref::none:
+    break;
+  }
+  return true;
+}
+
+// Reaps the child if it has exited and is still the process ref names, never blocks.
+// 255 when someone else reaped it (a waitpid(-1) elsewhere in the program): its status
+// is lost, as shells report an unknown status, and its pid is no longer ours to touch.
+std::optional<int> reap(int pid, const process_ref& ref) {
+  static std::atomic<bool> no_p_pidfd{false}; // Linux 5.3 has pidfds, 5.4 waitid(P_PIDFD)
+  int r;
+  if (is_pidfd(ref) && !no_p_pidfd.load(std::memory_order_relaxed)) {
+    siginfo_t info{};
+    do r = ::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(ref.fd), &info, WEXITED | WNOHANG);
+    while (r < 0 && errno == EINTR);
+    if (r == 0) {
+      if (info.si_pid == 0) return std::nullopt;
+      return info.si_code == CLD_EXITED ? info.si_status : -info.si_status;
+    }
+    if (errno != EINVAL) return 255;
+    no_p_pidfd = true;
+  }
+  // Without waitid(P_PIDFD) the last step is by pid: the check that the pid is still
+  // ours and the reap are two calls, so the program would have to reap our child and
+  // fork a new one into its pid in between.
+  if (!unreaped(ref)) return 255;
+  int status = 0;
+  do r = ::waitpid(pid, &status, WNOHANG);
+  while (r < 0 && errno == EINTR);
+  if (r == 0) return std::nullopt;
+  return r > 0 ? decode_wait_status(status) : 255;
+}
+
+// Runs f (which starts a thread) with every signal blocked, so coproc's threads never
+// run the program's signal handlers.
+template <class F> auto without_signals(F f) {
+  sigset_t all, old;
+  sigfillset(&all);
+  ::pthread_sigmask(SIG_SETMASK, &all, &old);
+  struct restore {
+    sigset_t& old;
+    ~restore() { ::pthread_sigmask(SIG_SETMASK, &old, nullptr); }
+  } guard{old};
+  return f();
 }
 
 // Children whose handles went away while they ran. A thread exists only while there
@@ -80,34 +150,37 @@ public:
     return *r;
   }
 
-  // Called before the child is reaped, so the pidfd names the right process.
-  void adopt(int pid) {
-    int pidfd = open_pidfd(pid);
+  // Takes over ref, held since the child was forked, so it names the right process.
+  void adopt(int pid, process_ref ref) {
     std::lock_guard lock(mutex_);
-    orphans_.push_back({pid, pidfd});
+    orphans_.push_back({pid, ref});
     if (!running_) {
       running_ = true;
-      std::thread([this] { run(); }).detach();
+      without_signals([this] {
+        std::thread([this] {
+          ::pthread_setname_np(::pthread_self(), "coproc-reaper");
+          run();
+        }).detach();
+      });
     }
+  }
+
+  void before_fork() { mutex_.lock(); }
+  void after_fork_in_parent() { mutex_.unlock(); }
+  // The child has none of the parent's threads and owns none of its children.
+  void after_fork_in_child() {
+    for (auto& o : orphans_)
+      if (o.ref.fd >= 0) ::close(o.ref.fd);
+    orphans_.clear();
+    running_ = false;
+    mutex_.unlock();
   }
 
 private:
   struct orphan {
-    int pid, pidfd;
+    int pid;
+    process_ref ref;
   };
-
-  reaper() {
-    // fork() copies the mutex, maybe held, and not the thread: the child starts over.
-    ::pthread_atfork([] { instance().mutex_.lock(); }, [] { instance().mutex_.unlock(); },
-                     [] {
-                       auto& r = instance();
-                       for (auto& o : r.orphans_)
-                         if (o.pidfd >= 0) ::close(o.pidfd);
-                       r.orphans_.clear();
-                       r.running_ = false;
-                       r.mutex_.unlock();
-                     });
-  }
 
   void run() {
     std::vector<pollfd> fds;
@@ -116,10 +189,8 @@ private:
       {
         std::lock_guard lock(mutex_);
         std::erase_if(orphans_, [](const orphan& o) {
-          int status;
-          int r = ::waitpid(o.pid, &status, WNOHANG);
-          if (r == 0) return false;
-          if (o.pidfd >= 0) ::close(o.pidfd);
+          if (!reap(o.pid, o.ref)) return false;
+          if (o.ref.fd >= 0) ::close(o.ref.fd);
           return true;
         });
         if (orphans_.empty()) {
@@ -127,7 +198,7 @@ private:
           return;
         }
         for (auto& o : orphans_)
-          if (o.pidfd >= 0) fds.push_back({o.pidfd, POLLIN, 0});
+          if (is_pidfd(o.ref)) fds.push_back({o.ref.fd, POLLIN, 0});
       }
       // New orphans and those without a pidfd are picked up on the next round.
       ::poll(fds.data(), fds.size(), 100);
@@ -137,6 +208,152 @@ private:
   std::mutex mutex_;
   std::vector<orphan> orphans_;
   bool running_ = false;
+};
+
+// SIGCHLD, shared with the program, for waits without a pidfd. While coproc waits, its
+// handler stands in for the program's: it wakes the waiters, then calls the program's
+// handler; after the last waiter the program's disposition is put back as it was (Asio's
+// signal_set would leave SIG_DFL). The handler only writes a byte to a pipe; a thread
+// turns the bytes into wake-ups on each waiter's executor. The pipe and the thread live
+// from the first waiter to the last, so an idle program holds neither.
+class sigchld_watch {
+public:
+  static sigchld_watch& instance() {
+    static sigchld_watch* w = new sigchld_watch; // leaked, as the reaper
+    return *w;
+  }
+
+  // Registered before the waiter's first look at the child, so no SIGCHLD after it is lost.
+  class waiter {
+  public:
+    explicit waiter(const boost::asio::any_io_executor& ex) : wake_(ex, 1) { instance().add(this); }
+    waiter(const waiter&) = delete;
+    waiter& operator=(const waiter&) = delete;
+    ~waiter() { instance().remove(this); }
+
+    // Completes after a SIGCHLD since the last call (or since registration).
+    boost::asio::awaitable<void> next() {
+      auto op = wake_.async_receive(boost::asio::use_awaitable);
+      co_await std::move(op);
+    }
+
+  private:
+    friend class sigchld_watch;
+    boost::asio::experimental::concurrent_channel<void(boost::system::error_code)> wake_;
+  };
+
+  void before_fork() { mutex_.lock(); }
+  void after_fork_in_parent() { mutex_.unlock(); }
+  // The child has no waiter and not the thread: the program's disposition, no pipe.
+  void after_fork_in_child() {
+    if (!waiters_.empty()) {
+      restore_program_handler();
+      wake_fd.store(-1);
+      ::close(std::exchange(write_fd_, -1));
+      ::close(std::exchange(read_fd_, -1));
+    }
+    waiters_.clear();
+    mutex_.unlock();
+  }
+
+private:
+  void add(waiter* w) {
+    std::lock_guard lock(mutex_);
+    if (waiters_.empty()) start();
+    waiters_.push_back(w);
+  }
+
+  void remove(waiter* w) {
+    int write_fd;
+    pthread_t thread;
+    {
+      std::lock_guard lock(mutex_);
+      std::erase(waiters_, w);
+      if (!waiters_.empty()) return;
+      restore_program_handler();
+      // A handler already running may still be about to write: wait until it has.
+      wake_fd.store(-1);
+      while (writing.load() != 0) std::this_thread::yield();
+      write_fd = std::exchange(write_fd_, -1);
+      read_fd_ = -1; // the thread's now
+      thread = thread_;
+    }
+    ::close(write_fd); // the thread reads end of file, closes its end and returns
+    ::pthread_join(thread, nullptr);
+  }
+
+  void start() {
+    int fds[2];
+    if (::pipe2(fds, O_CLOEXEC) != 0)
+      throw std::system_error(errno, std::generic_category(), "coproc: pipe2 for SIGCHLD");
+    ::fcntl(fds[1], F_SETFL, O_NONBLOCK); // never blocks the handler
+    auto* read_fd = reinterpret_cast<void*>(static_cast<std::intptr_t>(fds[0]));
+    if (int e = without_signals([&] { return ::pthread_create(&thread_, nullptr, run, read_fd); })) {
+      ::close(fds[0]);
+      ::close(fds[1]);
+      throw std::system_error(e, std::generic_category(), "coproc: pthread_create for SIGCHLD");
+    }
+    read_fd_ = fds[0];
+    write_fd_ = fds[1];
+    wake_fd.store(fds[1]);
+    // program_action is only written while coproc's handler is not installed.
+    ::sigaction(SIGCHLD, nullptr, &program_action);
+    struct sigaction mine {};
+    mine.sa_sigaction = on_sigchld;
+    mine.sa_mask = program_action.sa_mask;
+    // The program's choices where it has a handler; otherwise no EINTR, exits only.
+    mine.sa_flags = SA_SIGINFO | (chains() ? program_action.sa_flags & (SA_RESTART | SA_NOCLDSTOP | SA_ONSTACK | SA_NODEFER)
+                                           : SA_RESTART | SA_NOCLDSTOP);
+    ::sigaction(SIGCHLD, &mine, nullptr); // cannot fail for SIGCHLD with a valid action
+  }
+
+  // Unless the program replaced coproc's handler meanwhile: then its own choice stands.
+  static void restore_program_handler() {
+    struct sigaction now {};
+    ::sigaction(SIGCHLD, nullptr, &now);
+    if ((now.sa_flags & SA_SIGINFO) && now.sa_sigaction == on_sigchld)
+      ::sigaction(SIGCHLD, &program_action, nullptr);
+  }
+
+  static bool chains() {
+    return program_action.sa_handler != SIG_DFL && program_action.sa_handler != SIG_IGN;
+  }
+
+  static void on_sigchld(int sig, siginfo_t* info, void* context) {
+    int saved = errno;
+    writing.fetch_add(1);
+    int fd = wake_fd.load();
+    if (fd >= 0) (void)!::write(fd, "", 1);
+    writing.fetch_sub(1);
+    errno = saved;
+    if (!chains()) return;
+    if (program_action.sa_flags & SA_SIGINFO) program_action.sa_sigaction(sig, info, context);
+    else program_action.sa_handler(sig);
+  }
+
+  static void* run(void* arg) {
+    int fd = static_cast<int>(reinterpret_cast<std::intptr_t>(arg));
+    ::pthread_setname_np(::pthread_self(), "coproc-sigchld");
+    char bytes[64];
+    for (;;) {
+      ssize_t n = ::read(fd, bytes, sizeof bytes);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;
+      auto& self = instance();
+      std::lock_guard lock(self.mutex_);
+      for (auto* w : self.waiters_) w->wake_.try_send(boost::system::error_code{});
+    }
+    ::close(fd);
+    return nullptr;
+  }
+
+  static inline struct sigaction program_action {};
+  static inline std::atomic<int> wake_fd{-1};
+  static inline std::atomic<int> writing{0};
+  std::mutex mutex_;
+  std::vector<waiter*> waiters_;
+  int read_fd_ = -1, write_fd_ = -1;
+  pthread_t thread_{};
 };
 
 struct runtime_identity {
@@ -151,6 +368,47 @@ runtime_identity& current_identity() {
 }
 std::mutex identity_mutex;
 
+// Counts the forks this process descends through, so a child object knows without a
+// getpid() call whether it was inherited by a forked process that does not own it.
+std::atomic<unsigned> fork_generation{0};
+
+// fork() copies each mutex, maybe held by another thread, and not that thread: every
+// mutex a forked child may take is held across fork and released on both sides.
+void install_fork_hooks() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    reaper::instance();
+    sigchld_watch::instance();
+    ::pthread_atfork(
+        [] {
+          identity_mutex.lock();
+          sigchld_watch::instance().before_fork();
+          reaper::instance().before_fork();
+        },
+        [] {
+          reaper::instance().after_fork_in_parent();
+          sigchld_watch::instance().after_fork_in_parent();
+          identity_mutex.unlock();
+        },
+        [] {
+          fork_generation.fetch_add(1, std::memory_order_relaxed);
+          reaper::instance().after_fork_in_child();
+          sigchld_watch::instance().after_fork_in_child();
+          current_identity().children = 0;
+          identity_mutex.unlock();
+        });
+  });
+}
+// At load time, so a program's own fork() is covered before coproc forks anything.
+[[maybe_unused]] const bool fork_hooks_installed = (install_fork_hooks(), true);
+
+process_ref open_process_ref(int pid) {
+  install_fork_hooks();
+  if (int fd = open_pidfd(pid); fd >= 0) return {process_ref::pidfd, fd};
+  if (int fd = open_proc_dir(pid); fd >= 0) return {process_ref::proc_dir, fd};
+  return {};
+}
+
 } // namespace
 
 int decode_wait_status(int status) {
@@ -158,69 +416,60 @@ int decode_wait_status(int status) {
   return WEXITSTATUS(status);
 }
 
-namespace {
-// Counts the forks this process descends through, so a child object knows without a
-// getpid() call whether it was inherited by a forked process that does not own it.
-std::atomic<unsigned> fork_generation{0};
-
-void install_fork_hooks() {
-  static std::once_flag once;
-  std::call_once(once, [] {
-    reaper::instance();
-    ::pthread_atfork(nullptr, nullptr, [] { fork_generation.fetch_add(1, std::memory_order_relaxed); });
-  });
-}
-} // namespace
-
 child::child(int pid, bool group)
-    : pid_(pid), owner_((install_fork_hooks(), fork_generation.load(std::memory_order_relaxed))),
-      group_(group) {}
+    : pid_(pid), owner_(fork_generation.load(std::memory_order_relaxed)), group_(group),
+      ref_(open_process_ref(pid)) {}
 
 child::~child() {
-  if (!owned()) return;
+  // An inherited copy: another process owns the child; and its mutex may be held.
+  if (!owned()) {
+    if (ref_.fd >= 0) ::close(ref_.fd);
+    return;
+  }
   std::lock_guard lock(mutex_);
-  if (!poll_locked()) reaper::instance().adopt(pid_);
+  if (!poll_locked()) reaper::instance().adopt(pid_, std::exchange(ref_, {}));
 }
 
 bool child::owned() const noexcept {
   return owner_ == fork_generation.load(std::memory_order_relaxed);
 }
 
+// An inherited copy answers without the lock, which fork may have copied held; only the
+// forking thread was copied, so nothing writes code_ there.
 std::optional<int> child::poll() {
+  if (!owned()) return code_;
   std::lock_guard lock(mutex_);
   return poll_locked();
 }
 
 std::optional<int> child::exitcode() const {
+  if (!owned()) return code_;
   std::lock_guard lock(mutex_);
   return code_;
 }
 
 std::optional<int> child::poll_locked() {
   if (code_ || !owned()) return code_;
-  int status = 0;
-  int r;
-  do r = ::waitpid(pid_, &status, WNOHANG);
-  while (r < 0 && errno == EINTR);
-  if (r == 0) return std::nullopt;
-  // ECHILD: someone else reaped our child (a waitpid(-1) elsewhere in the program);
-  // its status is lost, so report 255 as shells do for an unknown status.
-  code_ = r > 0 ? decode_wait_status(status) : 255;
+  code_ = reap(pid_, ref_);
+  if (code_ && ref_.fd >= 0) ::close(std::exchange(ref_.fd, -1));
   return code_;
 }
 
 boost::asio::awaitable<int> child::wait() {
-  int fd;
+  if (!owned())
+    throw std::logic_error("can only wait for a child of this process (pid " + std::to_string(pid_) + ")");
+  int fd = -1;
+  std::optional<int> code;
   {
     std::lock_guard lock(mutex_);
-    if (auto code = poll_locked()) co_return *code;
-    if (!owned()) throw std::logic_error("can only wait for a child of this process (pid " +
-                                         std::to_string(pid_) + ")");
-    fd = open_pidfd(pid_);
+    code = poll_locked();
+    // Each waiter watches its own duplicate, so several coroutines on several io_contexts
+    // can wait for one child.
+    if (!code && is_pidfd(ref_))
+      fd = open_with_room([this] { return ::fcntl(ref_.fd, F_DUPFD_CLOEXEC, 0); });
   }
+  if (code) co_return *code;
   if (fd < 0) co_return co_await wait_sigchld();
-  // Each waiter watches its own pidfd, so several coroutines on several io_contexts can
-  // wait for one child.
   boost::asio::posix::stream_descriptor pidfd(co_await boost::asio::this_coro::executor, fd);
   for (;;) {
     // Readiness is a hint (a stale edge can arrive after a reap, PLATFORM.md): reap
@@ -232,12 +481,10 @@ boost::asio::awaitable<int> child::wait() {
 }
 
 boost::asio::awaitable<int> child::wait_sigchld() {
-  // The set is registered before the first poll, so a SIGCHLD between the poll and
-  // the wait is queued in the set, not lost.
-  boost::asio::signal_set sigchld(co_await boost::asio::this_coro::executor, SIGCHLD);
+  sigchld_watch::waiter sigchld(co_await boost::asio::this_coro::executor);
   for (;;) {
     if (auto code = poll()) co_return *code;
-    co_await sigchld.async_wait(boost::asio::use_awaitable);
+    co_await sigchld.next();
   }
 }
 
@@ -251,9 +498,14 @@ boost::asio::awaitable<std::optional<int>> child::wait(std::chrono::steady_clock
 }
 
 bool child::signal(int sig, bool whole_group) {
+  if (!owned()) return false;
   std::lock_guard lock(mutex_);
-  if (code_ || !owned()) return false;
-  int r = whole_group && group_ ? ::killpg(pid_, sig) : ::kill(pid_, sig);
+  // Reaped elsewhere in the program: the pid may be someone else's by now.
+  if (code_ || !unreaped(ref_)) return false;
+  int r;
+  if (whole_group && group_) r = ::killpg(pid_, sig);
+  else if (is_pidfd(ref_)) r = static_cast<int>(::syscall(SYS_pidfd_send_signal, ref_.fd, sig, nullptr, 0));
+  else r = ::kill(pid_, sig);
   if (r != 0 && errno != ESRCH)
     throw std::system_error(errno, std::generic_category(),
                             "coproc: kill(" + std::to_string(pid_) + ", " +
@@ -280,12 +532,10 @@ int fork_flushed(const char* what) {
   std::fflush(nullptr);
   int pid = ::fork();
   if (pid < 0) throw std::system_error(errno, std::generic_category(), what);
-  // The child has one thread: no lock, and identity_mutex may have been copied held.
-  if (pid == 0) current_identity().children = 0;
   return pid;
 }
 
-const std::string& process_name() {
+std::string process_name() {
   std::lock_guard lock(identity_mutex);
   return current_identity().name;
 }
@@ -306,6 +556,7 @@ identity next_child_identity(const char* prefix) {
 }
 
 void enter_child(identity id) {
+  std::lock_guard lock(identity_mutex);
   auto& self = current_identity();
   self.path = std::move(id.path);
   self.name = std::move(id.name);

@@ -2,6 +2,8 @@
 
 #include <coproc/errors.hpp>
 
+#include <pthread.h>
+#include <signal.h>
 #include <sys/prctl.h>
 #include <unistd.h>
 
@@ -53,9 +55,21 @@ void process::start() {
                                 "': only start_method::fork is implemented");
   int parent = ::getpid();
   std::string what = "coproc: fork failed starting process '" + name_ + "'";
-  int pid = detail::fork_flushed(what.c_str());
+  // The child starts with every signal blocked until its dispositions are reset: a
+  // signal sent at once (a destroyed daemon's SIGTERM) must not run the parent's handler.
+  sigset_t all, old;
+  sigfillset(&all);
+  ::pthread_sigmask(SIG_SETMASK, &all, &old);
+  int pid;
+  try {
+    pid = detail::fork_flushed(what.c_str());
+  } catch (...) {
+    ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    throw;
+  }
+  if (pid != 0) ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
   if (pid == 0) {
-    detail::reset_signals();
+    detail::reset_signals(); // and unblocks
     if (daemon_) {
       // The kernel kills the child when its parent dies, even by SIGKILL; the parent
       // may have died before the request took effect.

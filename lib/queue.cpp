@@ -53,7 +53,13 @@ struct registry {
   std::vector<fd_wait_service*> services;
 };
 registry& services() {
-  static auto* r = new registry; // outlives every io_context, static destructors included
+  static auto* r = [] {
+    auto* made = new registry; // outlives every io_context, static destructors included
+    // A forked child may close a connection: fork must not copy the lock held.
+    ::pthread_atfork([] { services().mutex.lock(); }, [] { services().mutex.unlock(); },
+                     [] { services().mutex.unlock(); });
+    return made;
+  }();
   return *r;
 }
 

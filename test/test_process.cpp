@@ -5,15 +5,21 @@
 #include "support/checks.hpp"
 
 #include <boost/asio/detached.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 
 #include <dirent.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <sys/mount.h>
 #include <pwd.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <csignal>
 #include <cstdlib>
 #include <functional>
@@ -36,6 +42,29 @@ void sleep_ms(int ms) { std::this_thread::sleep_for(std::chrono::milliseconds(ms
 void forever() {
   for (;;) ::pause();
 }
+
+// Holds children until the test lets them go: a byte per child, so children that inherit
+// the write end do not keep the others waiting.
+class gate {
+public:
+  gate() { REQUIRE(::pipe(fd_) == 0); }
+  gate(const gate&) = delete;
+  ~gate() {
+    ::close(fd_[0]);
+    ::close(fd_[1]);
+  }
+  // In the child.
+  void pass() const {
+    char byte;
+    (void)!::read(fd_[0], &byte, 1);
+  }
+  void release(int children = 1) const {
+    for (int i = 0; i < children; ++i) (void)!::write(fd_[1], "x", 1);
+  }
+
+private:
+  int fd_[2];
+};
 
 // Runs f with descriptor fd redirected into a pipe; returns what was written to it.
 std::string capture(int fd, const std::function<void()>& f) {
@@ -176,7 +205,8 @@ TEST_CASE("names default to Process-N and children know their name") {
 }
 
 TEST_CASE("pid and is_alive and exitcode through the lifecycle") {
-  coproc::process p(sleep_ms, 200);
+  gate running;
+  coproc::process p([&running] { running.pass(); });
   CHECK(p.pid() == 0);
   CHECK_FALSE(p.is_alive());
   CHECK_FALSE(p.exitcode());
@@ -185,6 +215,7 @@ TEST_CASE("pid and is_alive and exitcode through the lifecycle") {
   CHECK(p.pid() != ::getpid());
   CHECK(p.is_alive());
   CHECK_FALSE(p.exitcode());
+  running.release();
   CHECK(join(p) == 0);
   CHECK_FALSE(p.is_alive());
   CHECK(p.exitcode() == 0);
@@ -204,15 +235,17 @@ TEST_CASE("is_alive and exitcode reap without a join or io_context") {
 }
 
 TEST_CASE("join with a timeout returns nullopt while running and the code once exited") {
-  coproc::process p(sleep_ms, 300);
+  gate running;
+  coproc::process p([&running] { running.pass(); });
   p.start();
   auto start = std::chrono::steady_clock::now();
   CHECK_FALSE(run(p.join(50ms)));
   auto waited = std::chrono::steady_clock::now() - start;
   CHECK(waited >= 50ms);
-  CHECK(waited < 250ms);
+  CHECK(waited < 5s); // the child runs until released: the timeout ended the wait
   CHECK(p.is_alive()); // left alone
-  CHECK(run(p.join(5s)) == 0);
+  running.release();
+  CHECK(run(p.join(10s)) == 0);
   CHECK(run(p.join(1ms)) == 0);
 }
 
@@ -239,6 +272,8 @@ TEST_CASE("joins from two threads with their own io_contexts") {
 }
 
 TEST_CASE("200 children joined with gather leak no fd and use no thread per child") {
+  const char* mode = std::getenv("COPROC_CHILD_WATCH");
+  bool sigchld = mode && std::string(mode) == "sigchld"; // one thread turns SIGCHLD into wake-ups
   int fds = coproc_test::count_fds();
   int threads = thread_count();
   std::vector<coproc::process> procs;
@@ -257,7 +292,7 @@ TEST_CASE("200 children joined with gather leak no fd and use no thread per chil
   }());
   codes.pop_back();
   for (int i = 0; i < 200; ++i) CHECK(codes[i] == i % 100);
-  CHECK(peak_threads == threads);
+  CHECK(peak_threads <= threads + sigchld);
   procs.clear();
   CHECK(coproc_test::count_fds() == fds);
   CHECK(coproc_test::zombie_children().empty());
@@ -266,14 +301,18 @@ TEST_CASE("200 children joined with gather leak no fd and use no thread per chil
 TEST_CASE("waiting uses a pidfd unless COPROC_CHILD_WATCH=sigchld forces the fallback") {
   const char* mode = std::getenv("COPROC_CHILD_WATCH");
   bool forced = mode && std::string(mode) == "sigchld";
-  coproc::process p(sleep_ms, 150);
+  gate running;
+  coproc::process p([&running] { running.pass(); });
   p.start();
   bool seen = false;
   run([&]() -> coproc::awaitable<void> {
     auto ex = co_await boost::asio::this_coro::executor;
     boost::asio::co_spawn(ex, [&]() -> coproc::awaitable<void> {
-      co_await sleep_for(50ms);
+      // Runs on once the join below is suspended in its wait.
+      co_await boost::asio::post(ex, boost::asio::use_awaitable);
       seen = has_pidfd();
+      running.release();
+      co_return;
     }, boost::asio::detached);
     CHECK(co_await p.join() == 0);
   }());
@@ -342,11 +381,20 @@ TEST_CASE("the child starts with default signal handlers and an empty mask") {
   sigemptyset(&block);
   sigaddset(&block, SIGUSR1);
   ::sigprocmask(SIG_BLOCK, &block, &old_mask);
-  coproc::process p(forever);
+  int ready[2];
+  REQUIRE(::pipe(ready) == 0);
+  // Reports once its target runs, after coproc has reset the dispositions.
+  coproc::process p([fd = ready[1]] {
+    (void)!::write(fd, "r", 1);
+    forever();
+  });
   p.start();
   ::sigprocmask(SIG_SETMASK, &old_mask, nullptr);
   std::signal(SIGTERM, old_handler);
-  sleep_ms(20);
+  char byte;
+  CHECK(::read(ready[0], &byte, 1) == 1);
+  ::close(ready[0]);
+  ::close(ready[1]);
   p.terminate();
   CHECK(join(p) == -15);
   coproc::process q([] {
@@ -461,10 +509,11 @@ TEST_CASE("a destroyed handle terminates a daemon and lets a plain child run on"
   int daemon_pid, plain_pid;
   int p[2];
   REQUIRE(::pipe(p) == 0);
+  gate handles_gone;
   {
     coproc::process d({.daemon = true}, forever);
-    coproc::process plain([fd = p[1]] {
-      sleep_ms(150);
+    coproc::process plain([fd = p[1], &handles_gone] {
+      handles_gone.pass();
       (void)!::write(fd, "done", 4);
     });
     d.start();
@@ -472,6 +521,7 @@ TEST_CASE("a destroyed handle terminates a daemon and lets a plain child run on"
     daemon_pid = d.pid();
     plain_pid = plain.pid();
   }
+  handles_gone.release();
   ::close(p[1]);
   char buf[8];
   CHECK(::read(p[0], buf, sizeof buf) == 4); // the plain child finished its work
@@ -499,4 +549,202 @@ TEST_CASE("a moved process keeps its child and a pending join survives the handl
     co_return co_await std::move(op);
   }());
   CHECK(code == 6);
+}
+
+namespace {
+std::atomic<int> program_sigchld{0};
+void program_handler(int) { program_sigchld.fetch_add(1); }
+void program_action(int, siginfo_t*, void*) { program_sigchld.fetch_add(1); }
+
+bool same_disposition(const struct sigaction& a, const struct sigaction& b) {
+  bool same = a.sa_flags == b.sa_flags && ((a.sa_flags & SA_SIGINFO)
+                                                ? a.sa_sigaction == b.sa_sigaction
+                                                : a.sa_handler == b.sa_handler);
+  for (int sig = 1; sig < NSIG; ++sig)
+    same = same && sigismember(&a.sa_mask, sig) == sigismember(&b.sa_mask, sig);
+  return same;
+}
+
+template <class F> bool eventually(F condition, std::chrono::milliseconds limit = 10s) {
+  auto deadline = std::chrono::steady_clock::now() + limit;
+  while (!condition()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    sleep_ms(1);
+  }
+  return true;
+}
+} // namespace
+
+// The SIGCHLD fallback (COPROC_CHILD_WATCH=sigchld, the second ctest run of this file)
+// must share SIGCHLD with the program; on the pidfd path coproc never touches it.
+TEST_CASE("coproc chains to the program's SIGCHLD handler and restores it exactly") {
+  for (bool siginfo : {true, false}) {
+    CAPTURE(siginfo);
+    struct sigaction mine {};
+    if (siginfo) mine.sa_sigaction = program_action;
+    else mine.sa_handler = program_handler;
+    mine.sa_flags = siginfo ? SA_SIGINFO | SA_RESTART : SA_NOCLDSTOP;
+    sigemptyset(&mine.sa_mask);
+    sigaddset(&mine.sa_mask, SIGUSR2);
+    struct sigaction saved {}, before {}, after {};
+    ::sigaction(SIGCHLD, &mine, &saved);
+    ::sigaction(SIGCHLD, nullptr, &before);
+    for (int i = 0; i < 5; ++i) {
+      int seen = program_sigchld.load();
+      coproc::process p(exit_with, i);
+      p.start();
+      CHECK(join(p) == i);
+      bool called = eventually([&] { return program_sigchld.load() > seen; });
+      CHECK(called);
+      if (!called) break;
+    }
+    // Several waiters at once, the last one restores the handler.
+    int seen = program_sigchld.load();
+    std::vector<coproc::process> procs;
+    for (int i = 0; i < 4; ++i) procs.emplace_back(sleep_ms, 20 * i);
+    for (auto& p : procs) p.start();
+    run([&]() -> coproc::awaitable<void> {
+      std::vector<coproc::awaitable<int>> joins;
+      for (auto& p : procs) joins.push_back(p.join());
+      co_await coproc::gather(std::move(joins));
+    }());
+    CHECK(eventually([&] { return program_sigchld.load() > seen; }));
+    ::sigaction(SIGCHLD, nullptr, &after);
+    CHECK(same_disposition(after, before));
+    ::sigaction(SIGCHLD, &saved, nullptr);
+  }
+}
+
+namespace {
+// Forces the next fork of this pid namespace to get `pid` (root only).
+bool next_pid_is(int pid) {
+  int fd = ::open("/proc/sys/kernel/ns_last_pid", O_WRONLY);
+  if (fd < 0) return false;
+  auto text = std::to_string(pid - 1);
+  bool ok = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size());
+  ::close(fd);
+  return ok;
+}
+
+// A raw fork with pid `pid` that exits with 42 once the gate's read end sees end of
+// file (or at once without a gate).
+int reuse_pid(int pid, const int* gate = nullptr) {
+  if (!next_pid_is(pid)) return -1;
+  int n = ::fork();
+  if (n == 0) {
+    char byte;
+    if (gate) {
+      ::close(gate[1]);
+      (void)!::read(gate[0], &byte, 1);
+    }
+    ::_exit(42);
+  }
+  return n;
+}
+
+std::vector<std::string> thread_ids() {
+  std::vector<std::string> ids;
+  DIR* dir = ::opendir("/proc/self/task");
+  while (auto* e = ::readdir(dir))
+    if (e->d_name[0] != '.') ids.push_back(e->d_name);
+  ::closedir(dir);
+  std::sort(ids.begin(), ids.end());
+  return ids;
+}
+
+// The program reaps coproc's child itself, then its own new child gets the same pid.
+// Returns 0, or which expectation failed.
+int pid_reuse_scenario() {
+  auto own_threads = thread_ids(); // this thread, and a sanitizer's
+  // Reaped while the handle lives: the handle must not take the new child for its own.
+  {
+    coproc::process o(exit_with, 7);
+    o.start();
+    int status;
+    if (::waitpid(o.pid(), &status, 0) != o.pid()) return 10;
+    int n = reuse_pid(o.pid());
+    if (n != o.pid()) return 11;
+    siginfo_t info{};
+    if (::waitid(P_PID, n, &info, WEXITED | WNOWAIT) != 0) return 12; // until it exits
+    if (o.exitcode() == 42) return 13; // the program's child's status, and reaped
+    if (::waitpid(n, &status, 0) != n || WEXITSTATUS(status) != 42) return 14;
+  }
+  // Reaped while the handle lives, and the handle goes away while the new child runs: the
+  // orphan reaper must not adopt it.
+  {
+    int gate[2];
+    if (::pipe(gate) != 0) return 20;
+    int pid;
+    {
+      coproc::process o(exit_with, 7);
+      o.start();
+      pid = o.pid();
+      int status;
+      if (::waitpid(pid, &status, 0) != pid) return 21;
+      if (reuse_pid(pid, gate) != pid) return 22;
+    }
+    ::close(gate[1]);
+    ::close(gate[0]);
+    int status;
+    if (::waitpid(pid, &status, 0) != pid || WEXITSTATUS(status) != 42) return 23;
+  }
+  // An orphan the program reaps itself (waitpid(-1) elsewhere in the program), its pid
+  // reused by a child that exits at once: the runtime's reaper must leave that one alone.
+  int won = 0;
+  for (int attempt = 0; attempt < 20 && won < 3; ++attempt) {
+    int gate[2];
+    if (::pipe(gate) != 0) return 30;
+    int pid;
+    {
+      coproc::process o([&gate] {
+        char byte;
+        ::close(gate[1]);
+        (void)!::read(gate[0], &byte, 1);
+      });
+      o.start();
+      pid = o.pid();
+    }
+    ::close(gate[0]);
+    ::close(gate[1]); // the orphan exits
+    int status;
+    if (::waitpid(pid, &status, 0) != pid) continue; // the reaper was first: fine, again
+    ++won;
+    int n = reuse_pid(pid);
+    if (n != pid) return 31;
+    siginfo_t info{};
+    (void)::waitid(P_PID, n, &info, WEXITED | WNOWAIT); // until it exits, not reaping
+    // The reaper's thread ends once it has no orphan left.
+    if (!eventually([&] { return thread_ids() == own_threads; })) return 32;
+    if (::waitpid(n, &status, WNOHANG) != n) return 33; // taken by the reaper
+    if (WEXITSTATUS(status) != 42) return 34;
+  }
+  return won > 0 ? 0 : 35;
+}
+} // namespace
+
+TEST_CASE("a pid the program reaped and reused is never reaped or adopted by coproc") {
+  if (::geteuid() != 0) {
+    MESSAGE("skipped: forcing pid reuse needs root");
+    return;
+  }
+  // In a fresh pid namespace no other process takes the pid, and its own /proc.
+  int helper = ::fork();
+  REQUIRE(helper >= 0);
+  if (helper == 0) {
+    if (::unshare(CLONE_NEWPID | CLONE_NEWNS) != 0) ::_exit(2);
+    int init = ::fork();
+    if (init == 0) {
+      if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0 ||
+          ::mount("proc", "/proc", "proc", 0, nullptr) != 0)
+        ::_exit(3);
+      ::_exit(pid_reuse_scenario());
+    }
+    int status = 0;
+    if (init < 0 || ::waitpid(init, &status, 0) != init) ::_exit(4);
+    ::_exit(WIFEXITED(status) ? WEXITSTATUS(status) : 100 + WTERMSIG(status));
+  }
+  int status;
+  REQUIRE(::waitpid(helper, &status, 0) == helper);
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
 }

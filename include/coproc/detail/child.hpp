@@ -3,9 +3,27 @@
 // Shared by coproc::process, coproc::popen and the pool. Waiting is event-driven on the
 // awaiting coroutine's executor: a pidfd (Linux 5.3+) whose readiness is only a hint,
 // followed by a non-blocking reap; where pidfd_open is refused (ENOSYS, EPERM, seccomp)
-// or COPROC_CHILD_WATCH=sigchld is set, SIGCHLD wakes the waiters instead and each reaps
-// only its own pid with waitpid(pid, WNOHANG). Nothing ever blocks in waitpid, and no
-// handler reaps children that other code owns.
+// or COPROC_CHILD_WATCH=sigchld is set, SIGCHLD wakes the waiters instead. Nothing ever
+// blocks in waitpid, and no handler reaps children that other code owns.
+//
+// The program may reap a child itself (a waitpid(-1) of its own), and the kernel may then
+// give the pid to the program's next child. So a child is named by the process, not its
+// pid: a pidfd opened right after fork, held until the reap, reaped through
+// waitid(P_PIDFD) and signalled through pidfd_send_signal. Without pidfds, the child's
+// /proc/<pid> directory is held instead: lookups under it fail once that process is
+// reaped, even if the pid is reused, and the pid is reaped or signalled only after that
+// check (a window of two system calls). When the check says someone else reaped it, the
+// code is 255 and the pid is never touched again; the runtime's orphan reaper holds the
+// same reference. The cost: one descriptor per running child (Go's os.Process does the
+// same); waiting dups it, so each waiter has its own.
+//
+// SIGCHLD is the program's too: while a fallback wait is in progress coproc's handler
+// stands in for the program's and calls it, and the last waiter puts the program's
+// disposition (handler, flags, mask) back exactly.
+//
+// fork() copies coproc's mutexes, maybe held by another thread, and not the thread:
+// pthread_atfork hooks hold every mutex a child may take (identity, SIGCHLD watch,
+// orphan reaper, descriptor-wait registry) across fork and release them on both sides.
 #pragma once
 
 #include <boost/asio/any_io_executor.hpp>
@@ -20,6 +38,12 @@
 
 namespace coproc::detail {
 
+// What names one child process itself rather than its pid (see above).
+struct process_ref {
+  enum kind_t { none, pidfd, proc_dir } kind = none;
+  int fd = -1;
+};
+
 class child {
 public:
   // Takes ownership of a freshly forked or spawned pid. group: the child leads its own
@@ -33,7 +57,7 @@ public:
   int pid() const noexcept { return pid_; }
 
   // Reaps if the child has exited, never blocks. Python's convention: >= 0 exit status,
-  // -N killed by signal N.
+  // -N killed by signal N, 255 if the program reaped it itself.
   std::optional<int> poll();
   // The exit code once known, without reaping.
   std::optional<int> exitcode() const;
@@ -59,6 +83,7 @@ private:
   bool group_;
   mutable std::mutex mutex_;
   std::optional<int> code_;
+  process_ref ref_; // closed once reaped, or handed to the reaper
 };
 
 // Python's exit code from a wait status.
@@ -72,7 +97,7 @@ int fork_flushed(const char* what);
 void reset_signals();
 
 // this_process::name(); the pool names its workers with set_process_name.
-const std::string& process_name();
+std::string process_name();
 void set_process_name(std::string name);
 
 // Names as in Python: "Process-1" is the parent's first child, "Process-1:2" the second
