@@ -284,7 +284,7 @@ deadline recheck_at(deadline until) {
 }
 } // namespace
 
-bool queue_ring::done(side s, status result) const {
+bool queue_ring::done(side s, status result) {
   if (result == status::ok) return true;
   if (result == status::closed)
     throw queue_closed(s == putters ? "coproc::queue: put on a closed queue"

@@ -91,7 +91,8 @@ private:
   // queue_closed once the queue is closed, at the deadline queue_full (putters) or
   // queue_empty (getters).
   template <class Attempt> awaitable<void> retry(side s, deadline until, Attempt attempt);
-  bool done(side s, status result) const;
+  // Whether an attempt went through; queue_closed if the queue is closed.
+  static bool done(side s, status result);
   void recover(side s) noexcept;
   void signal(side s, std::uint64_t tokens) noexcept;
   void take_token(side s) noexcept;
