@@ -27,11 +27,12 @@
 // queue<T> and connection<T> are cheap copyable handles to one shared object: pass them
 // by value to process targets. Coroutines of one process may share a handle.
 //
-// put takes const T& (API.md sketches put(T)): the item is encoded when put is called,
-// so a temporary may be passed and the awaitable awaited later, and a large item is
-// copied once, not twice.
+// put takes const T& (docs/design.md sketches put(T)): the item is encoded when put is
+// called, so a temporary may be passed and the awaitable awaited later, and a large item
+// is copied once, not twice.
 #pragma once
 
+#include <coproc/detail/pipe_end.hpp>
 #include <coproc/detail/queue_ring.hpp>
 #include <coproc/errors.hpp>
 #include <coproc/this_process.hpp>
@@ -40,7 +41,6 @@
 #include <cstddef>
 #include <memory>
 #include <optional>
-#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -83,7 +83,8 @@ public:
   // std::invalid_argument if capacity_bytes is below 16 or above 2^40; std::system_error
   // if the shared memory or the eventfds cannot be made.
   explicit queue(queue_options options)
-      : ring_(std::make_shared<detail::queue_ring>(options.maxsize, options.capacity_bytes)) {}
+      : ring_(std::make_shared<detail::queue_ring>(
+            options.maxsize, options.capacity_bytes == 0 ? default_queue_capacity : options.capacity_bytes)) {}
 
   // Waits for room. The item is encoded before the call returns (it may be a temporary).
   // queue_closed if the queue is (or becomes) closed; std::length_error, naming both

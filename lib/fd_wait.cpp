@@ -1,0 +1,137 @@
+#include <coproc/detail/fd_wait.hpp>
+
+#include <boost/asio/execution/context.hpp>
+#include <boost/asio/deferred.hpp>
+#include <boost/asio/experimental/parallel_group.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/query.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/system/system_error.hpp>
+
+#include <pthread.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <memory>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
+
+namespace coproc::detail {
+
+namespace {
+
+// Descriptor waits: one registration per (io_context, fd), kept by an io_context service
+// so that a sleeping consumer costs no epoll_ctl. The registered descriptor is the
+// caller's own fd (never a dup: a dup would keep a socket open and hide the peer's EOF),
+// so whoever closes the fd calls forget_fd first.
+
+class fd_wait_service;
+
+struct registry {
+  std::mutex mutex;
+  std::vector<fd_wait_service*> services;
+};
+registry& services() {
+  static auto* r = [] {
+    auto* made = new registry; // outlives every io_context, static destructors included
+    // A forked child may close a connection: fork must not copy the lock held.
+    ::pthread_atfork([] { services().mutex.lock(); }, [] { services().mutex.unlock(); },
+                     [] { services().mutex.unlock(); });
+    return made;
+  }();
+  return *r;
+}
+
+class fd_wait_service : public boost::asio::execution_context::service {
+public:
+  static boost::asio::execution_context::id id;
+  using descriptor = boost::asio::posix::stream_descriptor;
+
+  explicit fd_wait_service(boost::asio::execution_context& ctx)
+      : service(ctx), owner_(::getpid()) {
+    std::lock_guard lock(services().mutex);
+    services().services.push_back(this);
+  }
+  ~fd_wait_service() override { unlink(); }
+
+  descriptor& get(const boost::asio::any_io_executor& ex, int fd) {
+    std::lock_guard lock(mutex_);
+    auto& slot = descriptors_[fd];
+    if (!slot) slot = std::make_unique<descriptor>(ex, fd);
+    return *slot;
+  }
+
+  void forget(int fd) noexcept {
+    if (owner_ != ::getpid()) return; // the parent's io_context, inherited by fork
+    std::lock_guard lock(mutex_);
+    auto it = descriptors_.find(fd);
+    if (it == descriptors_.end()) return;
+    it->second->release(); // deregisters, leaves the fd open
+    descriptors_.erase(it);
+  }
+
+private:
+  void shutdown() override {
+    unlink(); // first, and not under mutex_: forget_fd locks the registry, then mutex_
+    std::lock_guard lock(mutex_);
+    if (owner_ == ::getpid())
+      for (auto& [fd, d] : descriptors_) d->release();
+    descriptors_.clear();
+  }
+  void unlink() noexcept {
+    std::lock_guard lock(services().mutex);
+    auto& v = services().services;
+    v.erase(std::remove(v.begin(), v.end(), this), v.end());
+  }
+
+  int owner_;
+  std::mutex mutex_;
+  std::unordered_map<int, std::unique_ptr<descriptor>> descriptors_;
+};
+boost::asio::execution_context::id fd_wait_service::id;
+
+// A cancellation of the awaiting coroutine aborts the wait too, and must not look like a
+// wake-up: the caller would go on and move an item nobody receives. So the coroutine's
+// own cancellation state tells the two apart (it also covers a wake-up that completed
+// just before the cancellation arrived); a forget_fd abort is a spurious wake-up.
+awaitable<bool> wait_fd(int fd, deadline until, boost::asio::posix::descriptor_base::wait_type w) {
+  namespace asio = boost::asio;
+  auto state = co_await asio::this_coro::cancellation_state;
+  auto ex = co_await asio::this_coro::executor;
+  auto& ctx = asio::query(ex, asio::execution::context);
+  auto& d = asio::use_service<fd_wait_service>(ctx).get(ex, fd);
+  bool ready = false;
+  if (until.is_never()) {
+    boost::system::error_code ec; // aborted: told apart below
+    co_await d.async_wait(w, asio::redirect_error(asio::use_awaitable, ec));
+    ready = true;
+  } else if (!until.passed()) {
+    asio::steady_timer timer(ex, until.when());
+    auto group = asio::experimental::make_parallel_group(d.async_wait(w, asio::deferred),
+                                                         timer.async_wait(asio::deferred));
+    auto done = co_await group.async_wait(asio::experimental::wait_for_one(), asio::use_awaitable);
+    ready = std::get<0>(done)[0] == 0; // the descriptor first (or forget_fd): look again
+  }
+  if (state.cancelled() != asio::cancellation_type::none)
+    throw boost::system::system_error(asio::error::operation_aborted);
+  co_return ready;
+}
+
+} // namespace
+
+awaitable<bool> wait_readable(int fd, deadline until) {
+  return wait_fd(fd, until, boost::asio::posix::descriptor_base::wait_read);
+}
+awaitable<bool> wait_writable(int fd, deadline until) {
+  return wait_fd(fd, until, boost::asio::posix::descriptor_base::wait_write);
+}
+
+void forget_fd(int fd) noexcept {
+  std::lock_guard lock(services().mutex);
+  for (auto* s : services().services) s->forget(fd);
+}
+
+} // namespace coproc::detail
