@@ -1,6 +1,8 @@
 #include <coproc/detail/queue_ring.hpp>
 #include <coproc/errors.hpp>
 
+#include "os.hpp"
+
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/execution/context.hpp>
@@ -35,10 +37,6 @@
 namespace coproc::detail {
 
 namespace {
-
-[[noreturn]] void throw_errno(int err, const std::string& what) {
-  throw std::system_error(err, std::system_category(), what);
-}
 
 // ---------------------------------------------------------------------------------------
 // Descriptor waits: one registration per (io_context, fd), kept by an io_context service

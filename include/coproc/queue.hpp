@@ -32,9 +32,9 @@
 // copied once, not twice.
 #pragma once
 
+#include <coproc/awaitable.hpp>
 #include <coproc/detail/queue_ring.hpp>
 #include <coproc/errors.hpp>
-#include <coproc/this_process.hpp>
 #include <coproc/wire.hpp>
 
 #include <cstddef>
