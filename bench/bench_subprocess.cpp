@@ -7,6 +7,7 @@
 //   3. spawn+wait while 0, 200, 1000 other children are awaited (us per spawn: flat
 //      means spawning N children while N run stays linear)
 //   4. 64 MiB through cat, input fed while output is read (GB/s)
+#include <coproc/run.hpp>
 #include <coproc/subprocess.hpp>
 
 #include "common.hpp"

@@ -1,6 +1,8 @@
 #include <coproc/detail/child.hpp>
 #include <coproc/detail/deadline.hpp>
 
+#include "os.hpp"
+
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/experimental/concurrent_channel.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
@@ -21,10 +23,8 @@
 #include <atomic>
 #include <cstdint>
 #include <cerrno>
-#include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <iostream>
 #include <system_error>
 #include <thread>
 #include <utility>
@@ -63,7 +63,7 @@ int open_pidfd(int pid) {
 #ifdef SYS_pidfd_open
   static std::atomic<bool> unsupported{!pidfd_allowed()};
   if (unsupported.load(std::memory_order_relaxed)) return -1;
-  // glibc 2.36's pidfd_open() wrapper does not link from C++ (PLATFORM.md).
+  // glibc 2.36's pidfd_open() wrapper does not link from C++ (docs/platform.md).
   int fd = open_with_room([pid] { return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)); });
   if (fd >= 0) ::fcntl(fd, F_SETFD, FD_CLOEXEC);
   else if (errno == ENOSYS || errno == EPERM) unsupported = true; // old kernel, seccomp
@@ -472,7 +472,7 @@ boost::asio::awaitable<int> child::wait() {
   if (fd < 0) co_return co_await wait_sigchld();
   boost::asio::posix::stream_descriptor pidfd(co_await boost::asio::this_coro::executor, fd);
   for (;;) {
-    // Readiness is a hint (a stale edge can arrive after a reap, PLATFORM.md): reap
+    // Readiness is a hint (a stale edge can arrive after a reap, docs/platform.md): reap
     // without blocking and wait again if the child still runs.
     if (auto code = poll()) co_return *code;
     co_await pidfd.async_wait(boost::asio::posix::stream_descriptor::wait_read,
@@ -526,10 +526,7 @@ void reset_signals() {
 
 int fork_flushed(const char* what) {
   install_fork_hooks(); // they must exist before the first fork
-  std::cout.flush();
-  std::cerr.flush();
-  std::clog.flush();
-  std::fflush(nullptr);
+  flush_stdio();
   int pid = ::fork();
   if (pid < 0) throw std::system_error(errno, std::generic_category(), what);
   return pid;

@@ -2,6 +2,8 @@
 #include <coproc/detail/pipe_end.hpp>
 #include <coproc/errors.hpp>
 
+#include "os.hpp"
+
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/this_coro.hpp>
@@ -20,10 +22,6 @@
 namespace coproc::detail {
 
 namespace {
-
-[[noreturn]] void throw_errno(int err, const std::string& what) {
-  throw std::system_error(err, std::system_category(), what);
-}
 
 constexpr std::uint64_t continued = std::uint64_t{1} << 63; // a record that is not a first
 

@@ -24,13 +24,17 @@
 // of the task's function, and one chunk at a time while that cost is unknown (so slow
 // tasks spread over the workers as Python's shared queue spreads them).
 #include <coproc/pool.hpp>
+#include <coproc/this_process.hpp>
 
 #include <coproc/detail/child.hpp>
+
+#include "os.hpp"
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/write.hpp>
 
@@ -200,13 +204,6 @@ bool callable_offset(std::intptr_t offset, bool same_object) {
 
 std::int64_t now_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(clock::now().time_since_epoch()).count();
-}
-
-void flush_stdio() {
-  std::cout.flush();
-  std::cerr.flush();
-  std::fflush(stdout);
-  std::fflush(stderr);
 }
 
 // ---- the worker side -------------------------------------------------------------
@@ -405,8 +402,7 @@ struct frame_release {
                                             unsigned maxtasks, bool same_object) {
   std::string out;
   auto failed = [&](const std::string& type, const std::string& message) {
-    std::cerr << "Process " << process_name() << ":\n" << type << ": " << message << " (in the pool initializer)"
-              << std::endl;
+    print_process_error(process_name(), type + ": " + message + " (in the pool initializer)");
     std::string parts;
     encode_parts(parts, type, message);
     append_record(out, record_kind::start_failed, parts);
@@ -447,8 +443,7 @@ constexpr const char* worker_env = "COPROC_POOL_WORKER";
                   path) != 7)
     ::_exit(70);
   ::unsetenv(worker_env);
-  ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-  if (::getppid() != parent) ::_exit(1);
+  die_with_parent(parent);
   void* mem = ::mmap(nullptr, page_size, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
   if (mem == MAP_FAILED) ::_exit(71);
   ::close(memfd);
@@ -674,8 +669,7 @@ private:
     if (pid == 0) {
       reset_signals();
       // Workers are daemonic, as in Python: they die with the parent, even by SIGKILL.
-      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-      if (::getppid() != parent) ::_exit(1);
+      die_with_parent(parent);
       ::close(sv[0]);
       for (auto& other : workers_) ::close(other->socket.native_handle());
       enter_child(std::move(id));

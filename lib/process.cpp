@@ -1,18 +1,23 @@
 #include <coproc/process.hpp>
 
 #include <coproc/errors.hpp>
+#include <coproc/run.hpp>
+
+#include "os.hpp"
 
 #include <pthread.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <unistd.h>
 
 #include <csignal>
-#include <cstdio>
-#include <iostream>
 #include <stdexcept>
 
 namespace coproc {
+
+namespace detail {
+void run_target(awaitable<void> main) { block_on(std::move(main)); }
+int run_target(awaitable<int> main) { return block_on(std::move(main)); }
+} // namespace detail
 
 process::process(process_options options)
     : name_(std::move(options.name)), identity_(detail::next_child_identity("Process")),
@@ -73,8 +78,7 @@ void process::start() {
     if (daemon_) {
       // The kernel kills the child when its parent dies, even by SIGKILL; the parent
       // may have died before the request took effect.
-      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-      if (::getppid() != parent) ::_exit(1);
+      detail::die_with_parent(parent);
     }
     detail::enter_child({identity_.path, name_});
     run_child();
@@ -88,16 +92,13 @@ void process::run_child() {
     run();
     code = exit_code_;
   } catch (const std::exception& e) {
-    std::cerr << "Process " << name_ << ":\n"
-              << detail::exception_type_name(e) << ": " << e.what() << std::endl;
+    detail::print_process_error(name_, detail::exception_type_name(e) + ": " + e.what());
   } catch (...) {
-    std::cerr << "Process " << name_ << ":\nunknown exception" << std::endl;
+    detail::print_process_error(name_, "unknown exception");
   }
   // Flush here: _exit skips the parent's atexit handlers and static destructors, which
   // belong to the parent, and would also skip stdio's flush.
-  std::cout.flush();
-  std::cerr.flush();
-  std::fflush(nullptr);
+  detail::flush_stdio();
   ::_exit(code);
 }
 

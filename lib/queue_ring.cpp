@@ -2,6 +2,8 @@
 #include <coproc/detail/queue_ring.hpp>
 #include <coproc/errors.hpp>
 
+#include "os.hpp"
+
 #include <pthread.h>
 #include <signal.h>
 #include <sys/eventfd.h>
@@ -35,10 +37,6 @@ struct alignas(64) queue_ring::control {
 };
 
 namespace {
-[[noreturn]] void throw_errno(int err, const std::string& what) {
-  throw std::system_error(err, std::system_category(), what);
-}
-
 void init_robust_mutex(pthread_mutex_t* m) {
   pthread_mutexattr_t attr;
   pthread_mutexattr_init(&attr);

@@ -2,6 +2,8 @@
 
 #include <coproc/detail/child.hpp>
 
+#include "os.hpp"
+
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/deferred.hpp>
@@ -34,6 +36,7 @@ namespace {
 
 namespace asio = boost::asio;
 using asio::use_awaitable;
+using detail::throw_errno;
 
 // ---- validation -------------------------------------------------------------------
 
@@ -98,21 +101,17 @@ struct unique_fd {
   int release() { return std::exchange(fd, -1); }
 };
 
-[[noreturn]] void throw_errno(int err, const std::string& what) {
-  throw std::system_error(err, std::generic_category(), "coproc: " + what);
-}
-
 // A close-on-exec pipe whose ends are both above stderr (a parent started with 0, 1
 // or 2 closed would otherwise hand one out, and dup2 onto itself keeps CLOEXEC).
 // The parent's end is non-blocking, the child's end blocking.
 std::pair<unique_fd, unique_fd> make_pipe(bool parent_reads) {
   int fds[2];
-  if (::pipe2(fds, O_CLOEXEC) != 0) throw_errno(errno, "pipe2");
+  if (::pipe2(fds, O_CLOEXEC) != 0) throw_errno(errno, "coproc: pipe2");
   unique_fd r(fds[0]), w(fds[1]);
   for (unique_fd* end : {&r, &w}) {
     if (end->fd > 2) continue;
     int moved = ::fcntl(end->fd, F_DUPFD_CLOEXEC, 3);
-    if (moved < 0) throw_errno(errno, "fcntl(F_DUPFD_CLOEXEC)");
+    if (moved < 0) throw_errno(errno, "coproc: fcntl(F_DUPFD_CLOEXEC)");
     *end = unique_fd(moved);
   }
   int parent = parent_reads ? r.fd : w.fd;
@@ -187,7 +186,7 @@ command_line resolve_command(const spawn_request& req) {
     int err;
     cmd.program = find_program(req.args[0], path, err);
     if (cmd.program.empty())
-      throw_errno(err, "cannot run '" + req.args[0] + "' (searched PATH=" + path + ")");
+      throw_errno(err, "coproc: cannot run '" + req.args[0] + "' (searched PATH=" + path + ")");
   }
   cmd.argv.reserve(argv_strings->size() + 1);
   for (const auto& a : *argv_strings) cmd.argv.push_back(const_cast<char*>(a.c_str()));
@@ -221,7 +220,7 @@ void check_cwd(const spawn_request& req) {
             : !S_ISDIR(st.st_mode)              ? ENOTDIR
             : ::access(req.cwd->c_str(), X_OK) != 0 ? errno
                                                     : 0;
-  if (err) throw_errno(err, "cannot use '" + req.cwd->string() + "' as the cwd of '" + req.args[0] + "'");
+  if (err) throw_errno(err, "coproc: cannot use '" + req.cwd->string() + "' as the cwd of '" + req.args[0] + "'");
 }
 
 // posix_spawn's attribute and file-action objects, filled for one request.
@@ -274,13 +273,13 @@ public:
     pid_t pid;
     int r = ::posix_spawn(&pid, cmd.program.c_str(), &actions_, &attr_, cmd.argv.data(), envp);
     // glibc reports an exec failure here, having reaped the failed child already.
-    if (r != 0) throw_errno(r, "cannot run '" + cmd.program + "'");
+    if (r != 0) throw_errno(r, "coproc: cannot run '" + cmd.program + "'");
     return pid;
   }
 
 private:
   static void check(int r, const char* what) {
-    if (r != 0) throw_errno(r, what);
+    if (r != 0) throw_errno(r, std::string("coproc: ") + what);
   }
 
   posix_spawnattr_t attr_;
@@ -366,7 +365,7 @@ awaitable<void> write_all(asio::writable_pipe& pipe, std::string_view data, std:
     } else if (errno == EPIPE) {
       offset = data.size();
     } else if (errno != EINTR) {
-      throw_errno(errno, "writing to the stdin of pid " + std::to_string(pid));
+      throw_errno(errno, "coproc: writing to the stdin of pid " + std::to_string(pid));
     }
   }
   pipe.close();

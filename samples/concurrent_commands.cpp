@@ -1,6 +1,7 @@
 // A script author's subprocess sample: several commands run at once, each output line
 // is printed as it arrives with the command's tag, and every exit code is reported.
 // One thread, one io_context; no command waits for another.
+#include <coproc/run.hpp>
 #include <coproc/subprocess.hpp>
 
 #include <boost/asio/as_tuple.hpp>

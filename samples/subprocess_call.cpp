@@ -3,6 +3,7 @@
 // The seed runs `nslookup www.python.org`. nslookup is not installed on a bare Debian
 // machine and the lookup needs a network, so this twin runs `uname -a`, which every
 // POSIX system has; the structure is the seed's.
+#include <coproc/run.hpp>
 #include <coproc/subprocess.hpp>
 
 #include <cstdio>

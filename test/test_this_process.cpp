@@ -2,6 +2,7 @@
 
 #include <coproc/process.hpp>
 #include <coproc/queue.hpp>
+#include <coproc/run.hpp>
 
 #include <doctest/doctest.h>
 

@@ -1,10 +1,13 @@
 // coproc/coproc.hpp — Python's multiprocessing and subprocess as Boost.Asio coroutines.
 #pragma once
 
+#include <coproc/awaitable.hpp>
 #include <coproc/errors.hpp>
 #include <coproc/pool.hpp>
 #include <coproc/process.hpp>
 #include <coproc/queue.hpp>
+#include <coproc/run.hpp>
+#include <coproc/start_method.hpp>
 #include <coproc/subprocess.hpp>
 #include <coproc/this_process.hpp>
 #include <coproc/wire.hpp>

@@ -31,10 +31,10 @@
 // Use a pool from the threads of its executor (one thread, or a strand).
 #pragma once
 
+#include <coproc/awaitable.hpp>
 #include <coproc/detail/pool_state.hpp>
 #include <coproc/detail/pool_task.hpp>
-#include <coproc/process.hpp>
-#include <coproc/this_process.hpp>
+#include <coproc/start_method.hpp>
 
 #include <boost/asio/any_io_executor.hpp>
 

@@ -8,8 +8,9 @@
 // (detail/child.hpp). Handles are move-only; several coroutines may join one process.
 #pragma once
 
+#include <coproc/awaitable.hpp>
 #include <coproc/detail/child.hpp>
-#include <coproc/this_process.hpp>
+#include <coproc/start_method.hpp>
 
 #include <functional>
 #include <memory>
@@ -23,10 +24,6 @@ namespace coproc {
 
 class process;
 
-// Only fork is implemented; start() refuses the others with std::invalid_argument
-// until they are (they need serializable targets).
-enum class start_method { fork, forkserver, spawn };
-
 struct process_options {
   std::string name{};
   bool daemon = false;
@@ -37,6 +34,15 @@ namespace detail {
 
 template <class T> struct is_awaitable : std::false_type {};
 template <class T> struct is_awaitable<boost::asio::awaitable<T>> : std::true_type {};
+
+// block_on for a target's awaitable, in lib/ (so this header needs no io_context).
+void run_target(awaitable<void> main);
+int run_target(awaitable<int> main);
+
+template <class T> awaitable<int> as_exit_code(awaitable<T> main) {
+  T code = co_await std::move(main);
+  co_return static_cast<int>(code);
+}
 
 // The child-side body: target(args...) with its result turned into an exit code.
 struct process_body {
@@ -54,12 +60,13 @@ template <class F, class... Args> struct target_body final : process_body {
       std::apply(f, args);
       return 0;
     } else if constexpr (std::is_same_v<R, awaitable<void>>) {
-      block_on(std::apply(f, args));
+      run_target(std::apply(f, args));
       return 0;
     } else if constexpr (is_awaitable<R>::value) {
       static_assert(std::is_convertible_v<typename R::value_type, int>,
                     "a coproc::process target returns void, int, awaitable<void> or awaitable<int>");
-      return block_on(std::apply(f, args));
+      if constexpr (std::is_same_v<R, awaitable<int>>) return run_target(std::apply(f, args));
+      else return run_target(as_exit_code(std::apply(f, args)));
     } else {
       static_assert(std::is_convertible_v<R, int>,
                     "a coproc::process target returns void, int, awaitable<void> or awaitable<int>");

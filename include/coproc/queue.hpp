@@ -27,15 +27,15 @@
 // queue<T> and connection<T> are cheap copyable handles to one shared object: pass them
 // by value to process targets. Coroutines of one process may share a handle.
 //
-// put takes const T& (docs/design.md sketches put(T)): the item is encoded when put is
+// put takes const T&, not T: the item is encoded when put is
 // called, so a temporary may be passed and the awaitable awaited later, and a large item
 // is copied once, not twice.
 #pragma once
 
+#include <coproc/awaitable.hpp>
 #include <coproc/detail/pipe_end.hpp>
 #include <coproc/detail/queue_ring.hpp>
 #include <coproc/errors.hpp>
-#include <coproc/this_process.hpp>
 #include <coproc/wire.hpp>
 
 #include <cstddef>

@@ -49,8 +49,8 @@
 // belong to the executor given to its constructor.
 #pragma once
 
+#include <coproc/awaitable.hpp>
 #include <coproc/errors.hpp>
-#include <coproc/this_process.hpp>
 
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/readable_pipe.hpp>

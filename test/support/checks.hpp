@@ -1,6 +1,7 @@
 // Shared by the test programs: what every test must leave behind, and small helpers.
 #pragma once
 
+#include <coproc/run.hpp>
 #include <coproc/this_process.hpp>
 
 #include <chrono>

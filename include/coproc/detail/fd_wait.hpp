@@ -3,7 +3,7 @@
 #pragma once
 
 #include <coproc/detail/deadline.hpp>
-#include <coproc/this_process.hpp>
+#include <coproc/awaitable.hpp>
 
 namespace coproc::detail {
 

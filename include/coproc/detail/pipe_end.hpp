@@ -2,7 +2,7 @@
 #pragma once
 
 #include <coproc/detail/deadline.hpp>
-#include <coproc/this_process.hpp>
+#include <coproc/awaitable.hpp>
 
 #include <boost/asio/any_io_executor.hpp>
 

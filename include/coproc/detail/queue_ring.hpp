@@ -34,8 +34,8 @@
 // asleep leaves its count behind, which costs at most one spare write per burst.
 #pragma once
 
+#include <coproc/awaitable.hpp>
 #include <coproc/detail/deadline.hpp>
-#include <coproc/this_process.hpp>
 
 #include <atomic>
 #include <chrono>

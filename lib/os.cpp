@@ -1,0 +1,33 @@
+#include "os.hpp"
+
+#include <sys/prctl.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <cstdio>
+#include <iostream>
+#include <system_error>
+
+namespace coproc::detail {
+
+void flush_stdio() {
+  std::cout.flush();
+  std::cerr.flush();
+  std::clog.flush();
+  std::fflush(nullptr);
+}
+
+void die_with_parent(int parent) {
+  ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (::getppid() != parent) ::_exit(1);
+}
+
+void print_process_error(const std::string& name, const std::string& error) {
+  std::cerr << "Process " << name << ":\n" << error << std::endl;
+}
+
+void throw_errno(int err, const std::string& what) {
+  throw std::system_error(err, std::generic_category(), what);
+}
+
+} // namespace coproc::detail

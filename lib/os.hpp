@@ -1,0 +1,26 @@
+// lib/os.hpp — small pieces the library's sources share (private: not installed).
+// Their home is lib/os.cpp.
+#pragma once
+
+#include <string>
+
+namespace coproc::detail {
+
+// Flushes the standard iostreams and every C stdio stream: before fork (so nothing
+// buffered is printed twice), before _exit (which skips stdio's flush), and before a
+// pool worker's answer (what a task printed comes before its result).
+void flush_stdio();
+
+// In a fresh child: the kernel kills it with SIGKILL when its parent dies, even by
+// SIGKILL; it exits at once (_exit(1)) if the parent, whose pid is `parent`, already
+// died before the request took effect.
+void die_with_parent(int parent);
+
+// What a child prints when its body fails, as Python's multiprocessing does:
+// "Process <name>:" and then `error` on the next line, on std::cerr.
+void print_process_error(const std::string& name, const std::string& error);
+
+// std::system_error(err, std::generic_category(), what).
+[[noreturn]] void throw_errno(int err, const std::string& what);
+
+} // namespace coproc::detail
