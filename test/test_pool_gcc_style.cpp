@@ -1,4 +1,4 @@
-// The pool in the style g++ 12 compiles correctly (PLATFORM.md): every awaitable and
+// The pool in the style g++ 12 compiles correctly (docs/platform.md): every awaitable and
 // option struct named before it is awaited. Built by both compilers; the g++ stage of
 // ./dev test can list it next to test_gcc_style.
 #include <coproc/coproc.hpp>
