@@ -19,7 +19,6 @@
 #include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/error.hpp>
 #include <boost/asio/post.hpp>
-#include <boost/asio/redirect_error.hpp> // lib/pool.cpp uses it
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -206,24 +205,6 @@ public:
 private:
   std::vector<T> items_;
 };
-
-class pool_core;
-struct pool_config {
-  unsigned processes = 0;
-  std::function<void()> initializer{};
-  unsigned maxtasksperchild = 0;
-  // start_method::spawn: workers are fresh images of this executable, and the
-  // initializer (a plain function) travels as an image offset.
-  bool spawn = false;
-  std::intptr_t initializer_offset = 0;
-};
-std::shared_ptr<pool_core> make_pool_core(boost::asio::any_io_executor ex, pool_config config);
-// std::logic_error once the pool is closed or terminated.
-void pool_submit(pool_core& core, std::shared_ptr<pool_job> job);
-void pool_close(pool_core& core);
-void pool_terminate(pool_core& core) noexcept;
-awaitable<void> pool_join(std::shared_ptr<pool_core> core);
-std::size_t pool_size(const pool_core& core) noexcept;
 
 // The outcome of one value: what async_result::get returns or throws.
 template <class T> class result_state : public pool_sink {
