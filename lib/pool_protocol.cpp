@@ -55,15 +55,6 @@ std::optional<frame_view> parse_frame(std::string_view in) {
   return frame_view{header, items, sizeof header + static_cast<std::size_t>(header.length)};
 }
 
-std::optional<record_view> parse_record(std::string_view in) {
-  if (in.size() < sizeof(record_header)) return std::nullopt;
-  auto header = load<record_header>(in.data());
-  if (header.length > max_message_bytes) throw pool_protocol_violation("a record longer than 64 TiB");
-  if (in.size() - sizeof header < header.length) return std::nullopt;
-  auto length = static_cast<std::size_t>(header.length);
-  return record_view{header.kind, in.substr(sizeof header, length), sizeof header + length};
-}
-
 timing_record parse_timing(std::string_view bytes) {
   if (bytes.size() != sizeof(timing_record)) throw pool_protocol_violation("a timing record of the wrong size");
   return load<timing_record>(bytes.data());

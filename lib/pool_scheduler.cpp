@@ -28,62 +28,6 @@ double pool_scheduler::cost(std::intptr_t trampoline) const {
   return it == cost_.end() ? 0 : it->second;
 }
 
-pool_scheduler::answer pool_scheduler::answered(scheduled_worker& w) {
-  pool_chunk& c = w.held.front();
-  answer a{c.job->sink.get(), c.first + w.front_answered, nullptr};
-  --w.held_items;
-  if (++w.front_answered == c.n) {
-    a.keep = c.job->sink;
-    w.held.pop_front();
-    w.front_answered = 0;
-  }
-  return a;
-}
-
-// About queued_work_ns of work queued at most. A worker that has answered nothing for a
-// while is busy with something slow, whatever the estimate says.
-bool pool_scheduler::may_take(const scheduled_worker& w, const pool_job& job, std::size_t n,
-                              std::int64_t now) const {
-  if (!w.accepting()) return false;
-  if (w.held.empty()) return true;
-  auto cost = cost_.find(job.trampoline);
-  if (cost == cost_.end() || w.held.size() >= max_held_chunks) return false;
-  return double(now - w.last_progress) + double(w.held_items + n) * cost->second <= double(queued_work_ns);
-}
-
-std::pair<const pool_job*, std::size_t> pool_scheduler::peek_chunk() const {
-  if (!retry_.empty()) return {retry_.front().job.get(), retry_.front().n};
-  const auto& job = *queue_.front();
-  return {&job, std::min({job.chunksize, max_frame_items, job.count - job.next})};
-}
-
-pool_chunk pool_scheduler::take_chunk() {
-  if (!retry_.empty()) {
-    pool_chunk c = std::move(retry_.front());
-    retry_.pop_front();
-    return c;
-  }
-  auto& job = queue_.front();
-  std::size_t n = std::min({job->chunksize, max_frame_items, job->count - job->next});
-  pool_chunk c{job, job->next, n};
-  job->next += n;
-  if (job->next == job->count) queue_.pop_front();
-  return c;
-}
-
-void pool_scheduler::sent(scheduled_worker& w, pool_chunk c) {
-  c.seq = w.sent_seq + 1;
-  w.sent_seq += c.n;
-  w.held_items += c.n;
-  w.held.push_back(std::move(c));
-  ++w.chunks_sent;
-  retire_if_done(w);
-}
-
-void pool_scheduler::retire_if_done(scheduled_worker& w) {
-  w.retiring = maxtasks_ != 0 && w.chunks_sent >= maxtasks_;
-}
-
 bool pool_scheduler::steal(scheduled_worker& w) {
   std::uint64_t claimed = w.claimed->load();
   do {

@@ -151,7 +151,14 @@ struct record_view {
 };
 // The complete record at the front of `in`, nullopt while it is incomplete;
 // pool_protocol_violation for a length beyond reason. The kind is the caller's to check.
-std::optional<record_view> parse_record(std::string_view in);
+inline std::optional<record_view> parse_record(std::string_view in) {
+  if (in.size() < sizeof(record_header)) return std::nullopt;
+  auto header = load<record_header>(in.data());
+  if (header.length > max_message_bytes) throw pool_protocol_violation("a record longer than 64 TiB");
+  if (in.size() - sizeof header < header.length) return std::nullopt;
+  auto length = static_cast<std::size_t>(header.length);
+  return record_view{header.kind, in.substr(sizeof header, length), sizeof header + length};
+}
 // The bytes of a timing record; pool_protocol_violation if they are not one.
 timing_record parse_timing(std::string_view bytes);
 
