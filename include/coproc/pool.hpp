@@ -130,6 +130,8 @@ private:
 };
 
 namespace detail {
+class pool_core; // lib/pool_core.hpp
+
 template <class Range> using pool_item_t = std::ranges::range_value_t<Range>;
 
 template <class Range> auto copy_items(Range&& items) {

@@ -8,6 +8,7 @@
 // refused at compile time because their state would not exist in such a worker.
 #pragma once
 
+#include <coproc/detail/pool_protocol.hpp> // the frames that tasks travel in
 #include <coproc/errors.hpp>
 #include <coproc/wire.hpp>
 
@@ -39,44 +40,7 @@ struct pool_input {
 // encoded result to `out`. Throws what the callable or the decoding threw.
 using pool_trampoline = void (*)(std::intptr_t target, const pool_input& in, std::string& out);
 
-// The protocol between the parent and a worker (lib/pool.cpp). Every length is 64 bits and
-// must agree exactly with the bytes that carry it: a frame or record whose lengths
-// disagree, or whose code offsets do not name code, is a protocol error that ends that
-// worker's link, never a call.
-//
-// parent -> worker, one frame per chunk: the header, then `count` items, each
-// [u64 length][argument bytes]; `length` counts every byte after the header.
-struct task_frame_header {
-  std::uint64_t length;
-  std::int64_t trampoline; // offset from the anchor
-  std::int64_t target;     // the function's offset from the anchor, 0 for a function object
-  std::uint64_t count;
-};
-
-// worker -> parent: records, each a header and `length` bytes.
-enum class record_kind : std::uint32_t {
-  value = 0,        // the next item's encoded result
-  error = 1,        // the next item's exception: parts (type name, message)
-  timing = 2,       // a timing_record
-  started = 3,      // the initializer returned: the worker takes tasks (no bytes)
-  start_failed = 4, // the initializer threw: parts (type name, message); the worker exits
-};
-struct record_header {
-  std::uint64_t length;
-  record_kind kind;
-  std::uint32_t reserved = 0;
-};
-// What the items run since the previous timing record cost, for the parent's estimates.
-struct timing_record {
-  std::int64_t trampoline;
-  std::uint64_t items;
-  std::uint64_t nanoseconds;
-};
-
-// The exit code of a worker that received a bad frame (EX_SOFTWARE).
-constexpr int pool_protocol_error_exit = 70;
-
-// The point that task offsets are measured from (defined in lib/pool.cpp).
+// The point that task offsets are measured from (defined in lib/pool_protocol.cpp).
 void pool_image_anchor() noexcept;
 
 inline std::intptr_t pool_anchor_address() noexcept {

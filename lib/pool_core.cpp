@@ -1,0 +1,473 @@
+// The parent's side of coproc::pool: it starts the workers, sends the chunks the
+// pool_scheduler hands out, reads the answers, and recovers from a worker's death (its
+// lost items fail with worker_lost, its unstarted ones go elsewhere, a replacement
+// starts). A record that does not add up makes the parent kill the worker.
+#include "pool_core.hpp"
+
+#include "pool_worker.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <csignal>
+#include <stdexcept>
+#include <system_error>
+
+namespace coproc::detail {
+
+namespace {
+
+std::int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// start_method::spawn: the initializer as an offset a fresh image can call, 0 for none.
+std::intptr_t spawn_initializer_offset(const std::function<void()>& initializer) {
+  if (!initializer) return 0;
+  void (*fn)() = nullptr;
+  if (auto* plain = initializer.target<void (*)()>()) fn = *plain;
+  else if (auto* declared = initializer.target<void (*)() noexcept>()) fn = *declared;
+  if (!fn)
+    throw std::invalid_argument("coproc::pool: with start_method::spawn the initializer must be a plain "
+                                "function (a fresh worker image has no copy of a lambda's or object's state)");
+  auto offset = pool_image_offset(fn);
+  // Only code in libcoproc's own image is at the same offset in a fresh image.
+  if (!callable_offset(offset, true))
+    throw std::invalid_argument("coproc::pool: with start_method::spawn the initializer must be in the same "
+                                "image as libcoproc (link coproc statically), or use start_method::fork");
+  return offset;
+}
+
+} // namespace
+
+std::shared_ptr<pool_core> pool_core::start(boost::asio::any_io_executor ex, pool_options options) {
+  auto core = std::make_shared<pool_core>(std::move(ex), std::move(options));
+  std::lock_guard lock(core->mutex_);
+  try {
+    for (unsigned i = 0; i < core->options_.processes; ++i) core->spawn_locked();
+  } catch (...) {
+    core->terminate_locked();
+    throw;
+  }
+  return core;
+}
+
+pool_core::pool_core(boost::asio::any_io_executor ex, pool_options options)
+    : ex_(std::move(ex)), options_(std::move(options)), scheduler_(options_.maxtasksperchild) {
+  if (spawning()) initializer_offset_ = spawn_initializer_offset(options_.initializer);
+}
+
+void pool_core::submit(std::shared_ptr<pool_job> job) {
+  std::lock_guard lock(mutex_);
+  if (closed_)
+    throw std::logic_error(std::string("coproc::pool: cannot submit a task to a ") +
+                           (terminated_ ? "terminated" : "closed") + " pool");
+  if (spawning()) check_same_image_locked(*job);
+  if (failed_) {
+    for (std::size_t i = 0; i < job->count; ++i) job->sink->fail(i, failed_);
+    return;
+  }
+  // A lone task for an idle worker leaves at once (apply's round trip). Otherwise
+  // submissions made in one go leave together: the dispatch runs once the submitting
+  // code yields to the io_context.
+  if (job->count == 0) return;
+  if (scheduler_.submit(std::move(job))) {
+    dispatch_locked();
+    if (!scheduler_.has_work()) return;
+  }
+  schedule_dispatch_locked();
+}
+
+// Offsets are only the same in a fresh image for code in the anchor's own module (a
+// shared libcoproc and the program are placed independently).
+void pool_core::check_same_image_locked(const pool_job& job) {
+  for (std::intptr_t offset : {job.trampoline, job.target}) {
+    if (offset == 0 || checked_offsets_.count(offset)) continue;
+    if (!callable_offset(offset, true))
+      throw std::invalid_argument("coproc::pool: with start_method::spawn the task must be in the same "
+                                  "image as libcoproc (link coproc statically), or use start_method::fork");
+    checked_offsets_.insert(offset);
+  }
+}
+
+void pool_core::schedule_dispatch_locked() {
+  if (dispatch_posted_) return;
+  dispatch_posted_ = true;
+  boost::asio::post(ex_, [self = shared_from_this()] {
+    std::lock_guard lock(self->mutex_);
+    self->dispatch_posted_ = false;
+    self->dispatch_locked();
+  });
+}
+
+void pool_core::close() {
+  std::lock_guard lock(mutex_);
+  if (closed_) return;
+  closed_ = true;
+  dispatch_locked(); // idle workers learn now that no more work comes
+}
+
+void pool_core::terminate() noexcept {
+  std::lock_guard lock(mutex_);
+  terminate_locked();
+}
+
+awaitable<void> pool_core::join(std::shared_ptr<pool_core> self) {
+  bool closed;
+  {
+    std::lock_guard lock(self->mutex_);
+    closed = self->closed_;
+  }
+  if (!closed) throw std::logic_error("coproc::pool::join: call close() or terminate() first");
+  auto* core = self.get();
+  auto gone = wait_for_condition(core->mutex_, core->join_waiters_, [core] { return core->live_ == 0; },
+                                 deadline::never());
+  co_await std::move(gone);
+}
+
+// ---- starting a worker ---------------------------------------------------------------
+
+void pool_core::link::close_worker_side() noexcept {
+  if (worker_fd >= 0) ::close(worker_fd);
+  if (memfd >= 0) ::close(memfd);
+  worker_fd = memfd = -1;
+}
+
+void pool_core::link::close_all() noexcept {
+  close_worker_side();
+  if (parent_fd >= 0) ::close(parent_fd);
+  if (page) ::munmap(page, worker_page_size);
+  parent_fd = -1;
+  page = nullptr;
+}
+
+void pool_core::spawn_locked() {
+  link l = make_link();
+  int pid;
+  try {
+    pid = start_worker(l);
+  } catch (...) {
+    l.close_all();
+    throw;
+  }
+  l.close_worker_side();
+  adopt_locked(l, pid);
+}
+
+// The socket and the shared page. A spawned worker maps the page from a memfd; a forked
+// one inherits the mapping.
+pool_core::link pool_core::make_link() const {
+  int sv[2];
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
+    throw std::system_error(errno, std::generic_category(), "coproc::pool: socketpair for a worker");
+  link l{sv[0], sv[1]};
+  if (spawning()) {
+    l.memfd = ::memfd_create("coproc-pool-worker", MFD_CLOEXEC);
+    if (l.memfd >= 0 && ::ftruncate(l.memfd, worker_page_size) != 0) {
+      ::close(l.memfd);
+      l.memfd = -1;
+    }
+  }
+  void* mem = spawning() && l.memfd < 0
+                  ? MAP_FAILED
+                  : ::mmap(nullptr, worker_page_size, PROT_READ | PROT_WRITE,
+                           l.memfd >= 0 ? MAP_SHARED : MAP_SHARED | MAP_ANONYMOUS, l.memfd, 0);
+  if (mem == MAP_FAILED) {
+    int err = errno;
+    l.close_all();
+    throw std::system_error(err, std::generic_category(), "coproc::pool: shared page for a worker");
+  }
+  l.page = new (mem) worker_page;
+  return l;
+}
+
+// Forks or spawns the worker process on the link; its pid.
+int pool_core::start_worker(link& l) {
+  auto id = next_child_identity(spawning() ? "SpawnPoolWorker" : "ForkPoolWorker");
+  if (spawning()) return spawn_worker_image(l.worker_fd, l.memfd, options_.maxtasksperchild, initializer_offset_, id);
+  int parent = ::getpid();
+  int pid = fork_flushed("coproc::pool: fork() of a worker failed");
+  if (pid == 0) {
+    ::close(l.parent_fd);
+    for (auto& other : workers_) ::close(other->socket.native_handle());
+    run_forked_worker(parent, l.worker_fd, l.page, std::move(id), options_.initializer, options_.maxtasksperchild);
+  }
+  return pid;
+}
+
+void pool_core::adopt_locked(const link& l, int pid) {
+  auto w = std::make_shared<worker>(ex_, l.page);
+  w->socket.assign(boost::asio::local::stream_protocol(), l.parent_fd);
+  w->proc = std::make_shared<child>(pid);
+  workers_.push_back(w);
+  scheduler_.add(*w);
+  ++live_;
+  boost::asio::co_spawn(ex_, read_loop(shared_from_this(), w), boost::asio::detached);
+}
+
+// ---- answers -------------------------------------------------------------------------
+
+awaitable<void> pool_core::read_loop(std::shared_ptr<pool_core> self, std::shared_ptr<worker> w) {
+  byte_buffer in;
+  for (;;) {
+    // At most a plain read's worth of small records per step: the loop stays responsive.
+    std::size_t want = bytes_wanted<record_header>(in.data());
+    std::span<char> room;
+    try {
+      room = in.room(want).first(want);
+    } catch (const std::bad_alloc&) {
+      room = {}; // no memory for this record: end the link as for a bad one
+    }
+    bool ok = !room.empty();
+    if (ok) {
+      boost::system::error_code ec;
+      auto read = w->socket.async_read_some(boost::asio::buffer(room.data(), room.size()),
+                                            boost::asio::redirect_error(boost::asio::use_awaitable, ec));
+      std::size_t n = co_await std::move(read);
+      if (ec || n == 0) break;
+      in.commit(n);
+      std::lock_guard lock(self->mutex_);
+      ok = self->take_results_locked(*w, in);
+      self->dispatch_locked();
+    }
+    if (!ok) {
+      // A record that does not add up: nothing more from this worker is believed.
+      try {
+        w->proc->signal(SIGKILL);
+      } catch (...) {
+      }
+      break;
+    }
+    in.trim();
+  }
+  // The worker's end closed: it has exited or is exiting.
+  auto wait = w->proc->wait();
+  int code = co_await std::move(wait);
+  bool replace, slow;
+  {
+    std::lock_guard lock(self->mutex_);
+    slow = !w->started;
+    replace = self->worker_gone_locked(*w, code);
+  }
+  if (!replace) co_return;
+  auto replacement = replace_after(std::move(self), slow);
+  co_await std::move(replacement);
+}
+
+awaitable<void> pool_core::replace_after(std::shared_ptr<pool_core> self, bool slow) {
+  if (slow) {
+    // A worker that fails before its first task (an initializer that throws) would
+    // otherwise be replaced in a tight fork loop.
+    boost::asio::steady_timer pause(self->ex_, std::chrono::milliseconds(100));
+    boost::system::error_code ec;
+    auto op = pause.async_wait(boost::asio::redirect_error(boost::asio::use_awaitable, ec));
+    co_await std::move(op);
+  }
+  std::lock_guard lock(self->mutex_);
+  if (!self->needs_worker_locked()) co_return;
+  try {
+    self->spawn_locked();
+    self->dispatch_locked();
+  } catch (const std::exception& e) {
+    // No replacement: the other workers go on; with none left, unfinished work fails.
+    if (self->workers_.empty()) self->scheduler_.fail_all(std::make_exception_ptr(e));
+  }
+}
+
+bool pool_core::needs_worker_locked() const {
+  return !terminated_ && !failed_ && workers_.size() < options_.processes && (!closed_ || scheduler_.has_work());
+}
+
+// Consumes the complete records at the front of `in`. False on a record that does not
+// add up (an unknown kind, a wrong length, an answer to nothing).
+bool pool_core::take_results_locked(worker& w, byte_buffer& in) {
+  bool answered = false;
+  try {
+    while (auto record = parse_record(in.data())) {
+      switch (record->kind) {
+      case record_kind::timing:
+        scheduler_.measured(parse_timing(record->bytes));
+        break;
+      case record_kind::started:
+        if (!record->bytes.empty() || w.started) return false;
+        scheduler_.started(w);
+        break;
+      case record_kind::start_failed:
+        try {
+          auto [type, message] = decode_parts<std::pair<std::string, std::string>>(record->bytes);
+          w.start_error = type + ": " + message;
+        } catch (...) {
+          return false;
+        }
+        break;
+      case record_kind::value:
+      case record_kind::error:
+        if (w.held.empty()) return false;
+        deliver_locked(w, record->kind == record_kind::error, record->bytes);
+        answered = true;
+        break;
+      default:
+        return false;
+      }
+      in.consume(record->size);
+    }
+  } catch (const pool_protocol_violation&) {
+    return false;
+  }
+  if (answered) scheduler_.progressed(w, now_ns());
+  return true;
+}
+
+// The answer to w's next item.
+void pool_core::deliver_locked(worker& w, bool failed, std::string_view bytes) {
+  auto answer = scheduler_.answered(w);
+  if (!failed) return answer.sink->deliver(answer.index, bytes);
+  std::exception_ptr error;
+  try {
+    auto [type, message] = decode_parts<std::pair<std::string, std::string>>(bytes);
+    error = std::make_exception_ptr(remote_error(std::move(type), std::move(message), w.proc->pid()));
+  } catch (...) {
+    error = std::current_exception();
+  }
+  answer.sink->fail(answer.index, error);
+}
+
+// ---- sending -------------------------------------------------------------------------
+
+void pool_core::dispatch_locked() {
+  if (terminated_ || failed_) return;
+  auto result = scheduler_.dispatch(now_ns(), [this](scheduled_worker& w, const pool_chunk& c) {
+    return encode_chunk(static_cast<worker&>(w), c);
+  });
+  if (result.more) schedule_dispatch_locked();
+  if (result.look_again > 0 && !rebalance_armed_) {
+    rebalance_armed_ = true;
+    rebalance_timer_.expires_after(std::chrono::nanoseconds(result.look_again));
+    rebalance_timer_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
+      std::lock_guard lock(self->mutex_);
+      self->rebalance_armed_ = false;
+      if (!ec) self->dispatch_locked();
+    });
+  }
+  bool all_claimed = scheduler_.all_claimed();
+  for (auto& w : workers_) {
+    if (w->gone || w->write_pending) continue;
+    if (!w->out.empty()) start_write(w);
+    else if (closed_ && !scheduler_.has_work() && all_claimed && !w->shut) {
+      // Everything is sent: the worker drains its socket, answers and exits.
+      w->shut = true;
+      boost::system::error_code ec;
+      w->socket.shutdown(boost::asio::socket_base::shutdown_send, ec);
+    }
+  }
+}
+
+bool pool_core::encode_chunk(worker& w, const pool_chunk& c) {
+  try {
+    encode_frame(w.out, c.job->trampoline, c.job->target, c.n,
+                 [&](std::size_t i, std::string& out) { c.job->encode_item(c.first + i, out); });
+  } catch (...) {
+    for (std::size_t i = 0; i < c.n; ++i) c.job->sink->fail(c.first + i, std::current_exception());
+    return false;
+  }
+  return true;
+}
+
+void pool_core::start_write(const std::shared_ptr<worker>& w) {
+  // Most batches fit in the socket buffer: send them now, and leave only a rest (or a
+  // full buffer) to an asynchronous write, from where the first send stopped.
+  w->writing.swap(w->out);
+  release_if_large(w->out);
+  ssize_t sent;
+  do sent = ::send(w->socket.native_handle(), w->writing.data(), w->writing.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+  while (sent < 0 && errno == EINTR);
+  if (sent < 0 && errno != EAGAIN && errno != EWOULDBLOCK) sent = static_cast<ssize_t>(w->writing.size()); // the worker died: its reader handles that
+  std::size_t done = sent > 0 ? static_cast<std::size_t>(sent) : 0;
+  if (done == w->writing.size()) return release_if_large(w->writing);
+  w->write_pending = true;
+  boost::asio::async_write(w->socket, boost::asio::buffer(w->writing.data() + done, w->writing.size() - done),
+                           [self = shared_from_this(), w](boost::system::error_code ec, std::size_t) {
+                             std::lock_guard lock(self->mutex_);
+                             w->write_pending = false;
+                             release_if_large(w->writing);
+                             // A failed write means the worker died: its reader handles that.
+                             if (!ec) self->dispatch_locked();
+                           });
+}
+
+// ---- a worker's end --------------------------------------------------------------------
+
+// Returns whether a replacement should start.
+bool pool_core::worker_gone_locked(worker& w, int code) {
+  std::erase_if(workers_, [&](const auto& p) { return p.get() == &w; });
+  boost::system::error_code ec;
+  w.socket.close(ec);
+  if (!terminated_ && !failed_) {
+    bool start_failed = scheduler_.lost(w, std::make_exception_ptr(worker_lost(code, w.proc->pid())));
+    if (start_failed) fail_pool_locked(start_failure(w, code));
+  } else {
+    scheduler_.forget(w);
+  }
+  ::munmap(w.page, worker_page_size);
+  w.page = nullptr;
+  w.claimed = nullptr;
+  --live_;
+  if (live_ == 0) join_waiters_.notify_all();
+  bool replace = needs_worker_locked();
+  if (!replace) dispatch_locked(); // with a worker fewer, others may take the retries
+  return replace;
+}
+
+void pool_core::kill_workers_locked() noexcept {
+  rebalance_timer_.cancel();
+  for (auto& w : workers_) {
+    try {
+      w->proc->signal(SIGKILL);
+    } catch (...) {
+    }
+    boost::system::error_code ec;
+    w->socket.close(ec); // the reader wakes, reaps the worker and lets it go
+  }
+}
+
+void pool_core::terminate_locked() noexcept {
+  if (terminated_) return;
+  terminated_ = closed_ = true;
+  kill_workers_locked();
+  try {
+    scheduler_.fail_all(std::make_exception_ptr(pool_closed()));
+  } catch (...) {
+  }
+}
+
+std::exception_ptr pool_core::start_failure(const worker& w, int code) const {
+  std::string why = w.start_error.empty() ? "(a crash before its initializer returned?)"
+                                          : "because its initializer threw " + w.start_error;
+  return std::make_exception_ptr(error("coproc::pool: " + std::to_string(max_failed_starts) +
+                                       " worker starts failed in a row, so the pool fails its tasks; the last "
+                                       "worker, pid " + std::to_string(w.proc->pid()) + ", " +
+                                       describe_exitcode(code) + " before taking tasks " + why));
+}
+
+// Workers cannot start: every unfinished and later task fails with `error`.
+void pool_core::fail_pool_locked(std::exception_ptr error) noexcept {
+  failed_ = error;
+  kill_workers_locked();
+  try {
+    scheduler_.fail_all(error);
+  } catch (...) {
+  }
+}
+
+} // namespace coproc::detail

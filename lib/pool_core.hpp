@@ -1,0 +1,100 @@
+// The parent's side of coproc::pool (lib/pool_core.cpp): the worker processes, their
+// sockets, and the pool_scheduler's decisions carried out on them.
+#pragma once
+
+#include <coproc/detail/child.hpp>
+#include <coproc/detail/pool_protocol.hpp>
+#include <coproc/detail/pool_scheduler.hpp>
+#include <coproc/detail/pool_state.hpp>
+#include <coproc/pool.hpp>
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_set>
+#include <vector>
+
+namespace coproc::detail {
+
+class pool_core : public std::enable_shared_from_this<pool_core> {
+public:
+  // Starts options.processes workers (resolved: not 0). std::invalid_argument for a
+  // spawn initializer that a fresh image cannot call, std::system_error if a worker
+  // cannot start.
+  static std::shared_ptr<pool_core> start(boost::asio::any_io_executor ex, pool_options options);
+
+  pool_core(boost::asio::any_io_executor ex, pool_options options);
+
+  // std::logic_error once the pool is closed or terminated.
+  void submit(std::shared_ptr<pool_job> job);
+  void close();
+  void terminate() noexcept;
+  // (The coroutine holds the core: the wait may outlive the pool object.)
+  static awaitable<void> join(std::shared_ptr<pool_core> self);
+  std::size_t size() const noexcept { return options_.processes; }
+
+private:
+  struct worker : scheduled_worker {
+    explicit worker(const boost::asio::any_io_executor& ex, worker_page* page)
+        : scheduled_worker(&page->claimed), socket(ex), page(page) {}
+    boost::asio::local::stream_protocol::socket socket;
+    std::shared_ptr<child> proc;
+    worker_page* page;
+    std::string out, writing; // frames to send, frames being sent
+    std::string start_error;  // what its initializer threw
+  };
+  // A worker's end of its link, before the worker starts on it.
+  struct link {
+    int parent_fd = -1, worker_fd = -1;
+    int memfd = -1; // spawn: the shared page's memory
+    worker_page* page = nullptr;
+    void close_worker_side() noexcept;
+    void close_all() noexcept;
+  };
+
+  bool spawning() const { return options_.method == start_method::spawn; }
+  void spawn_locked();
+  link make_link() const;
+  int start_worker(link& l);
+  void adopt_locked(const link& l, int pid);
+
+  static awaitable<void> read_loop(std::shared_ptr<pool_core> self, std::shared_ptr<worker> w);
+  static awaitable<void> replace_after(std::shared_ptr<pool_core> self, bool slow);
+  bool needs_worker_locked() const;
+  bool take_results_locked(worker& w, byte_buffer& in);
+  void deliver_locked(worker& w, bool failed, std::string_view bytes);
+
+  void check_same_image_locked(const pool_job& job);
+  void schedule_dispatch_locked();
+  void dispatch_locked();
+  bool encode_chunk(worker& w, const pool_chunk& c);
+  void start_write(const std::shared_ptr<worker>& w);
+
+  bool worker_gone_locked(worker& w, int code);
+  void kill_workers_locked() noexcept;
+  void terminate_locked() noexcept;
+  std::exception_ptr start_failure(const worker& w, int code) const;
+  void fail_pool_locked(std::exception_ptr error) noexcept;
+
+  std::mutex mutex_;
+  boost::asio::any_io_executor ex_;
+  const pool_options options_;
+  std::intptr_t initializer_offset_ = 0; // spawn: the initializer's offset from the anchor
+  pool_scheduler scheduler_;
+  std::vector<std::shared_ptr<worker>> workers_;
+  std::unordered_set<std::intptr_t> checked_offsets_; // spawn: code known to be in the anchor's image
+  std::size_t live_ = 0;      // worker processes not reaped yet
+  std::exception_ptr failed_; // why every task fails (fail_pool_locked)
+  waiter_list join_waiters_;
+  boost::asio::steady_timer rebalance_timer_{ex_};
+  bool closed_ = false, terminated_ = false, dispatch_posted_ = false, rebalance_armed_ = false;
+};
+
+} // namespace coproc::detail

@@ -1,0 +1,25 @@
+// The worker side of coproc::pool: how a worker process starts and what it runs
+// (lib/pool_worker.cpp). The parent's side is lib/pool_core.cpp.
+#pragma once
+
+#include <coproc/detail/child.hpp>
+#include <coproc/detail/pool_protocol.hpp>
+#include <coproc/detail/pool_task.hpp>
+
+#include <cstdint>
+#include <functional>
+
+namespace coproc::detail {
+
+// In a child just forked by `parent`: becomes worker `id` on its end of the socket and
+// the shared page (runs the initializer, then tasks until the parent closes the link).
+[[noreturn]] void run_forked_worker(int parent, int fd, worker_page* page, identity id,
+                                    const std::function<void()>& initializer, unsigned maxtasksperchild);
+
+// start_method::spawn: starts a fresh image of this executable as worker `id` on its end
+// of the socket and the memfd of the shared page; the initializer is an offset from the
+// anchor (0 for none). Returns its pid; std::system_error if it cannot start.
+int spawn_worker_image(int fd, int memfd, unsigned maxtasksperchild, std::intptr_t initializer_offset,
+                       const identity& id);
+
+} // namespace coproc::detail
