@@ -6,10 +6,10 @@
 // consumers read.
 #pragma once
 
+#include <coproc/awaitable.hpp>
 #include <coproc/detail/deadline.hpp>
 #include <coproc/detail/pool_task.hpp>
 #include <coproc/errors.hpp>
-#include <coproc/this_process.hpp>
 
 #include <boost/asio/any_completion_handler.hpp>
 #include <boost/asio/any_io_executor.hpp>
@@ -19,12 +19,9 @@
 #include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/error.hpp>
 #include <boost/asio/post.hpp>
-#include <boost/asio/steady_timer.hpp>
-#include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
 #include <algorithm>
-#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -57,77 +54,20 @@ public:
   template <class Handler> void park(std::mutex& mutex, deadline until, Handler handler) {
     auto ex = boost::asio::get_associated_executor(handler);
     auto slot = boost::asio::get_associated_cancellation_slot(handler);
-    auto w = std::make_shared<waiter>(std::move(ex), slot, std::move(handler));
-    waiters_.push_back(w);
-    if (w->slot.is_connected()) w->slot.template emplace<cancel_waiter>(*this, mutex, w);
-    if (until.is_never()) return;
-    w->timer.emplace(w->ex, until.when());
-    w->timer->async_wait([this, &mutex, weak = std::weak_ptr<waiter>(w)](boost::system::error_code ec) {
-      auto expired = weak.lock();
-      if (ec || !expired) return; // woken or cancelled first
-      std::lock_guard lock(mutex);
-      wake(expired);
-    });
+    park_handler(mutex, until, std::move(ex), slot, std::move(handler));
   }
   // Caller holds the owner's mutex.
-  void notify_all() {
-    for (auto& w : waiters_) complete(std::move(w));
-    waiters_.clear();
-  }
+  void notify_all();
 
 private:
-  struct waiter {
-    // (The handler is move-constructed: Asio 1.81's any_completion_handler move
-    // assignment recurses without end.)
-    waiter(boost::asio::any_io_executor ex, boost::asio::cancellation_slot slot,
-           boost::asio::any_completion_handler<void(boost::system::error_code)> handler)
-        : ex(std::move(ex)), slot(slot), handler(std::move(handler)) {}
-    const boost::asio::any_io_executor ex;
-    boost::asio::cancellation_slot slot;
-    boost::asio::any_completion_handler<void(boost::system::error_code)> handler;
-    std::optional<boost::asio::steady_timer> timer;
-    std::atomic<bool> cancelled{false};
-  };
+  struct waiter; // (lib/waiter_list.cpp: its timer keeps steady_timer out of this header)
+  class cancel_waiter;
 
-  // Installed in the waiter's cancellation slot while it is parked.
-  class cancel_waiter {
-  public:
-    cancel_waiter(waiter_list& list, std::mutex& mutex, std::shared_ptr<waiter> w)
-        : list_(list), mutex_(mutex), w_(std::move(w)) {}
-    void operator()(boost::asio::cancellation_type type) {
-      if (type == boost::asio::cancellation_type::none) return;
-      std::lock_guard lock(mutex_);
-      w_->cancelled = true; // also when a wake-up is already on its way
-      list_.wake(w_);
-    }
-
-  private:
-    waiter_list& list_;
-    std::mutex& mutex_;
-    std::shared_ptr<waiter> w_;
-  };
-
-  // Caller holds the owner's mutex. Nothing if someone else woke it first.
-  void wake(const std::shared_ptr<waiter>& w) {
-    auto it = std::find(waiters_.begin(), waiters_.end(), w);
-    if (it == waiters_.end()) return;
-    waiters_.erase(it);
-    complete(w);
-  }
-
-  // On the waiter's executor, as the timer and the slot want: there nobody else uses them.
-  static void complete(std::shared_ptr<waiter> w) {
-    auto ex = w->ex;
-    boost::asio::post(ex, [w = std::move(w)]() mutable {
-      if (w->timer) w->timer->cancel();
-      w->slot.clear();
-      boost::system::error_code ec;
-      if (w->cancelled) ec = boost::asio::error::operation_aborted;
-      auto handler = std::move(w->handler);
-      w.reset();
-      std::move(handler)(ec);
-    });
-  }
+  void park_handler(std::mutex& mutex, deadline until, boost::asio::any_io_executor ex,
+                    boost::asio::cancellation_slot slot,
+                    boost::asio::any_completion_handler<void(boost::system::error_code)> handler);
+  void wake(const std::shared_ptr<waiter>& w);
+  static void complete(std::shared_ptr<waiter> w);
 
   std::vector<std::shared_ptr<waiter>> waiters_;
 };
