@@ -34,15 +34,18 @@ namespace coproc::detail {
 
 namespace {
 
+// Every lazily made object a forked child may touch is made at load time instead: a
+// function-local static is built by whichever thread comes first, and a child forked
+// while another thread builds it waits on its guard for a thread it does not have.
+
 // COPROC_CHILD_WATCH=sigchld forces the SIGCHLD path, so tests cover it on kernels
 // that have pidfds.
-bool pidfd_allowed() {
-  static const bool allowed = [] {
-    const char* mode = std::getenv("COPROC_CHILD_WATCH");
-    return !(mode && std::strcmp(mode, "sigchld") == 0);
-  }();
-  return allowed;
-}
+const bool pidfd_allowed = [] {
+  const char* mode = std::getenv("COPROC_CHILD_WATCH");
+  return !(mode && std::strcmp(mode, "sigchld") == 0);
+}();
+std::atomic<bool> pidfd_unsupported{!pidfd_allowed};
+std::atomic<bool> no_p_pidfd{false}; // Linux 5.3 has pidfds, 5.4 waitid(P_PIDFD)
 
 // Runs open until it gives a descriptor; on EMFILE the soft descriptor limit is raised to
 // the hard one once, as Go's runtime does. -1 if that does not help.
@@ -61,12 +64,11 @@ template <class Open> int open_with_room(Open open) {
 // or -1 where pidfds are refused.
 int open_pidfd(int pid) {
 #ifdef SYS_pidfd_open
-  static std::atomic<bool> unsupported{!pidfd_allowed()};
-  if (unsupported.load(std::memory_order_relaxed)) return -1;
+  if (pidfd_unsupported.load(std::memory_order_relaxed)) return -1;
   // glibc 2.36's pidfd_open() wrapper does not link from C++ (docs/platform.md).
   int fd = open_with_room([pid] { return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)); });
   if (fd >= 0) ::fcntl(fd, F_SETFD, FD_CLOEXEC);
-  else if (errno == ENOSYS || errno == EPERM) unsupported = true; // old kernel, seccomp
+  else if (errno == ENOSYS || errno == EPERM) pidfd_unsupported = true; // old kernel, seccomp
   return fd;
 #else
   (void)pid;
@@ -103,7 +105,6 @@ bool unreaped(const process_ref& ref) {
 // 255 when someone else reaped it (a waitpid(-1) elsewhere in the program): its status
 // is lost, as shells report an unknown status, and its pid is no longer ours to touch.
 std::optional<int> reap(int pid, const process_ref& ref) {
-  static std::atomic<bool> no_p_pidfd{false}; // Linux 5.3 has pidfds, 5.4 waitid(P_PIDFD)
   int r;
   if (is_pidfd(ref) && !no_p_pidfd.load(std::memory_order_relaxed)) {
     siginfo_t info{};
@@ -379,6 +380,7 @@ void install_fork_hooks() {
   std::call_once(once, [] {
     reaper::instance();
     sigchld_watch::instance();
+    current_identity();
     ::pthread_atfork(
         [] {
           identity_mutex.lock();

@@ -45,6 +45,9 @@ registry& services() {
   }();
   return *r;
 }
+// Made at load time: a child forked while another thread made it on first use would wait
+// on the static's guard forever.
+[[maybe_unused]] const bool services_made = (services(), true);
 
 class fd_wait_service : public boost::asio::execution_context::service {
 public:
