@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 
 #include "support/checks.hpp"
+#include "support/timing.hpp"
 
 #include <boost/asio/steady_timer.hpp>
 
@@ -28,6 +29,9 @@
 #include <vector>
 
 using namespace std::chrono_literals;
+using coproc_test::elapsed_ms;
+using coproc_test::failure_of;
+using coproc_test::sleep_for;
 
 namespace {
 
@@ -117,31 +121,12 @@ int last_of_six(int x) {
   return 0;
 }
 
-coproc::awaitable<void> sleep_for(std::chrono::microseconds d) {
-  boost::asio::steady_timer t(co_await boost::asio::this_coro::executor, d);
-  co_await t.async_wait(boost::asio::use_awaitable);
-}
-
 // The pid a task published in slot, once it runs.
 coproc::awaitable<int> announced(int slot) {
   for (;;) {
     if (int pid = shared_slots()[slot].load()) co_return pid;
     co_await sleep_for(200us);
   }
-}
-
-template <class E, class A> coproc::awaitable<E> failure_of(A op) {
-  try {
-    co_await std::move(op);
-  } catch (const E& e) {
-    co_return e;
-  }
-  FAIL("expected an exception");
-  throw std::logic_error("unreachable");
-}
-
-auto elapsed_ms(std::chrono::steady_clock::time_point since) {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - since).count();
 }
 
 } // namespace

@@ -5,6 +5,7 @@
 #include <doctest/doctest.h>
 
 #include "support/checks.hpp"
+#include "support/timing.hpp"
 
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/cancellation_signal.hpp>
@@ -29,6 +30,7 @@
 #include <vector>
 
 using namespace std::chrono_literals;
+using coproc_test::elapsed_ms;
 using namespace boost::asio::experimental::awaitable_operators;
 
 namespace {
@@ -44,10 +46,6 @@ void nap(int ms) { ::usleep(static_cast<useconds_t>(ms) * 1000); }
 constexpr int long_task_ms = 10'000;
 // Far below the long task's time, far above a loaded machine's wake-up latency.
 constexpr long prompt_ms = 2'000;
-
-auto elapsed_ms(std::chrono::steady_clock::time_point since) {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - since).count();
-}
 
 // Awaits `op || sleep(after)`: true if the sleep won (op was cancelled), and how long it took.
 template <class A> coproc::awaitable<std::pair<bool, long>> cancelled_after(A op, std::chrono::milliseconds after) {

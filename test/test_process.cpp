@@ -3,10 +3,10 @@
 #include <doctest/doctest.h>
 
 #include "support/checks.hpp"
+#include "support/timing.hpp"
 
 #include <boost/asio/detached.hpp>
 #include <boost/asio/post.hpp>
-#include <boost/asio/steady_timer.hpp>
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -30,13 +30,9 @@
 
 using namespace std::chrono_literals;
 using coproc_test::run;
+using coproc_test::sleep_for;
 
 namespace {
-
-coproc::awaitable<void> sleep_for(std::chrono::milliseconds d) {
-  boost::asio::steady_timer timer(co_await boost::asio::this_coro::executor, d);
-  co_await timer.async_wait(boost::asio::use_awaitable);
-}
 
 int exit_with(int code) { return code; }
 void sleep_ms(int ms) { std::this_thread::sleep_for(std::chrono::milliseconds(ms)); }

@@ -3,13 +3,13 @@
 #include <doctest/doctest.h>
 
 #include "support/checks.hpp"
+#include "support/timing.hpp"
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/read.hpp>
 #include <boost/asio/read_until.hpp>
-#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/write.hpp>
 
 #include <fcntl.h>
@@ -29,6 +29,7 @@
 
 using namespace std::chrono_literals;
 using coproc_test::run;
+using coproc_test::sleep_for;
 namespace asio = boost::asio;
 
 namespace {
@@ -73,11 +74,6 @@ bool dies_within(int pid, std::chrono::milliseconds limit) {
 
 double seconds_since(clock_type::time_point start) {
   return std::chrono::duration<double>(clock_type::now() - start).count();
-}
-
-coproc::awaitable<void> sleep_for(clock_type::duration d) {
-  asio::steady_timer timer(co_await asio::this_coro::executor, d);
-  co_await timer.async_wait(asio::use_awaitable);
 }
 
 // The pid a child wrote to path (the file may exist before its content does).
