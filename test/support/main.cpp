@@ -1,17 +1,22 @@
-// One main for every test program: doctest runs the cases, then the run fails if any
-// case left a zombie child or a leaked descriptor behind.
+// One main for every test program: doctest runs the cases, and after each case a
+// listener checks that it left no zombie child and no descriptor behind; the run fails,
+// naming the case, if one did.
 #define DOCTEST_CONFIG_IMPLEMENT
 #include <doctest/doctest.h>
 
 #include "checks.hpp"
 
 #include <dirent.h>
+#include <limits.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
+#include <string>
 #include <thread>
 
 namespace coproc_test {
@@ -83,15 +88,115 @@ bool pid_exists(int pid) {
 
 } // namespace coproc_test
 
+namespace {
+
+// The open descriptors, each with what it names ("pipe:[123]", a path).
+std::vector<std::pair<int, std::string>> open_fds() {
+  std::vector<std::pair<int, std::string>> out;
+  DIR* dir = ::opendir("/proc/self/fd");
+  if (!dir) return out;
+  int own = ::dirfd(dir);
+  while (auto* entry = ::readdir(dir)) {
+    if (entry->d_name[0] == '.') continue;
+    int fd = std::atoi(entry->d_name);
+    if (fd == own) continue;
+    char target[PATH_MAX];
+    ssize_t n = ::readlinkat(own, entry->d_name, target, sizeof target);
+    out.push_back({fd, n > 0 ? std::string(target, static_cast<std::size_t>(n)) : "?"});
+  }
+  ::closedir(dir);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+bool has_fd(const std::vector<std::pair<int, std::string>>& fds, const std::pair<int, std::string>& fd) {
+  return std::find(fds.begin(), fds.end(), fd) != fds.end();
+}
+
+// After each test case: the case must leave no new child, zombie or live, and exactly the
+// descriptors it found (after settle's wait for background reaping; a child that is still
+// exiting when the case ends must not become the next case's zombie). What was already
+// there when the case started is the previous cases' to answer for, so one leak fails
+// one case, and under ctest, which runs each case in a process of its own, the same one.
+struct leak_check : doctest::IReporter {
+  static inline int leaky_cases = 0;
+
+  explicit leak_check(const doctest::ContextOptions&) {}
+
+  void test_case_start(const doctest::TestCaseData& tc) override {
+    test_ = &tc;
+    fds_ = open_fds();
+    children_ = all_children();
+  }
+  void test_case_end(const doctest::CurrentTestCaseStats&) override {
+    int before = static_cast<int>(fds_.size());
+    // Background reaping may lag by a moment: as generous as settle().
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(3);
+    for (;;) {
+      if (new_children(coproc_test::zombie_children()).empty() &&
+          new_children(coproc_test::live_children()).empty() && coproc_test::count_fds() == before)
+        return;
+      if (std::chrono::steady_clock::now() > deadline) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    ++leaky_cases;
+    auto now = open_fds();
+    auto zombies = new_children(coproc_test::zombie_children());
+    auto live = new_children(coproc_test::live_children());
+    std::fprintf(stderr,
+                 "%s:%d: ERROR: test case \"%s\" left %zu zombie children, %zu live children "
+                 "and %d descriptors open (%d before)\n",
+                 test_->m_file.c_str(), test_->m_line, test_->m_name, zombies.size(), live.size(),
+                 static_cast<int>(now.size()), before);
+    for (int pid : zombies) std::fprintf(stderr, "  zombie pid %d\n", pid);
+    for (int pid : live) std::fprintf(stderr, "  live child pid %d\n", pid);
+    for (auto& fd : now)
+      if (!has_fd(fds_, fd)) std::fprintf(stderr, "  fd %d opened: %s\n", fd.first, fd.second.c_str());
+    for (auto& fd : fds_)
+      if (!has_fd(now, fd)) std::fprintf(stderr, "  fd %d closed: %s\n", fd.first, fd.second.c_str());
+  }
+
+  void report_query(const doctest::QueryData&) override {}
+  void test_run_start() override {}
+  void test_run_end(const doctest::TestRunStats&) override {}
+  void test_case_reenter(const doctest::TestCaseData&) override {}
+  void test_case_exception(const doctest::TestCaseException&) override {}
+  void subcase_start(const doctest::SubcaseSignature&) override {}
+  void subcase_end() override {}
+  void log_assert(const doctest::AssertData&) override {}
+  void log_message(const doctest::MessageData&) override {}
+  void test_case_skipped(const doctest::TestCaseData&) override {}
+
+private:
+  static std::vector<int> all_children() {
+    auto out = coproc_test::zombie_children();
+    for (int pid : coproc_test::live_children()) out.push_back(pid);
+    return out;
+  }
+  // Those of pids that were not children when the case started.
+  std::vector<int> new_children(const std::vector<int>& pids) const {
+    std::vector<int> out;
+    for (int pid : pids)
+      if (std::find(children_.begin(), children_.end(), pid) == children_.end()) out.push_back(pid);
+    return out;
+  }
+
+  const doctest::TestCaseData* test_ = nullptr;
+  std::vector<std::pair<int, std::string>> fds_;
+  std::vector<int> children_;
+};
+
+} // namespace
+
+DOCTEST_REGISTER_LISTENER("leak_check", 1, leak_check);
+
 int main(int argc, char** argv) {
-  int fds = coproc_test::count_fds();
   doctest::Context context(argc, argv);
   int result = context.run();
   if (context.shouldExit()) return result;
-  if (!coproc_test::settle(fds)) {
-    std::fprintf(stderr, "after the tests: %zu zombie children, %d descriptors open (%d before)\n",
-                 coproc_test::zombie_children().size(), coproc_test::count_fds(), fds);
-    for (int pid : coproc_test::zombie_children()) std::fprintf(stderr, "  zombie pid %d\n", pid);
+  if (leak_check::leaky_cases > 0) {
+    std::fprintf(stderr, "%d test cases left zombie children or descriptors behind\n",
+                 leak_check::leaky_cases);
     return result ? result : 3;
   }
   return result;
