@@ -9,6 +9,7 @@
 #include <boost/asio/deferred.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/experimental/parallel_group.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -24,6 +25,7 @@
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <stdexcept>
 #include <string_view>
 #include <system_error>
@@ -355,19 +357,31 @@ ssize_t write_without_sigpipe(int fd, const char* data, std::size_t size) {
 awaitable<void> write_all(asio::writable_pipe& pipe, std::string_view data, std::size_t& offset,
                           int pid) {
   if (data.size() - offset > default_pipe_size) enlarge(pipe.native_handle());
+  // A writable_pipe can only wait for room through its writes, which would raise SIGPIPE:
+  // a duplicate of the descriptor waits instead. It lives only as long as this call (an
+  // open duplicate would keep the child from seeing the end of its input).
+  std::optional<asio::posix::stream_descriptor> room;
   while (offset < data.size()) {
     ssize_t n = write_without_sigpipe(pipe.native_handle(), data.data() + offset,
                                       data.size() - offset);
     if (n >= 0) {
       offset += static_cast<std::size_t>(n);
     } else if (errno == EAGAIN) {
-      co_await pipe.async_write_some(asio::null_buffers(), use_awaitable);
+      if (!room) {
+        unique_fd fd(::fcntl(pipe.native_handle(), F_DUPFD_CLOEXEC, 0));
+        if (fd.fd < 0)
+          throw_errno(errno, "coproc: waiting to write to the stdin of pid " + std::to_string(pid));
+        room.emplace(pipe.get_executor(), fd.fd);
+        fd.release();
+      }
+      co_await room->async_wait(asio::posix::descriptor_base::wait_write, use_awaitable);
     } else if (errno == EPIPE) {
       offset = data.size();
     } else if (errno != EINTR) {
       throw_errno(errno, "coproc: writing to the stdin of pid " + std::to_string(pid));
     }
   }
+  room.reset();
   pipe.close();
 }
 
