@@ -8,7 +8,6 @@
 #include <boost/asio/detached.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <boost/system/system_error.hpp>
 
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -25,14 +24,6 @@ namespace coproc::detail {
 namespace {
 
 constexpr std::uint64_t continued = std::uint64_t{1} << 63; // a record that is not a first
-
-// Until the fd waits throw on cancellation themselves: a cancelled wait must not be
-// followed by a read (the message would be consumed and dropped by the canceller).
-awaitable<void> throw_if_cancelled() {
-  auto state = co_await boost::asio::this_coro::cancellation_state;
-  if (state.cancelled() != boost::asio::cancellation_type::none)
-    throw boost::system::system_error(boost::asio::error::operation_aborted);
-}
 
 std::string pid_text() { return "(pid " + std::to_string(::getpid()) + ")"; }
 } // namespace
@@ -129,8 +120,8 @@ awaitable<void> pipe_end::send(std::string_view payload) {
   outgoing out{payload};
   while (!drain_backlog() || !write(out)) {
     try {
+      // Throws operation_aborted when this coroutine is cancelled: nothing more is written.
       co_await wait_writable(fd_, deadline::never());
-      co_await throw_if_cancelled();
     } catch (...) {
       if (out.started) hand_off(out, ex);
       throw;
@@ -231,8 +222,9 @@ awaitable<std::string_view> pipe_end::recv() {
       }
       throw eof_error();
     case got::nothing:
+      // Throws operation_aborted when this coroutine is cancelled, so no record is read
+      // for a canceller that would drop it.
       co_await wait_readable(fd_, deadline::never());
-      co_await throw_if_cancelled();
       check_open("recv");
       break;
     }
