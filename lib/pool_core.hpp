@@ -3,10 +3,11 @@
 #pragma once
 
 #include <coproc/detail/child.hpp>
-#include <coproc/detail/pool_protocol.hpp>
 #include <coproc/detail/pool_scheduler.hpp>
 #include <coproc/detail/pool_state.hpp>
 #include <coproc/pool.hpp>
+
+#include "pool_protocol.hpp"
 
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/local/stream_protocol.hpp>

@@ -1,6 +1,7 @@
-// The pool's wire protocol (coproc/detail/pool_protocol.hpp): record encoding, frame and
+// The pool's wire protocol (lib/pool_protocol.hpp): record encoding, frame and
 // record parsing, the receive buffer, and which code offsets may be called.
-#include <coproc/detail/pool_protocol.hpp>
+#include "pool_protocol.hpp"
+
 #include <coproc/detail/pool_task.hpp>
 
 #include <link.h>

@@ -3,8 +3,9 @@
 #pragma once
 
 #include <coproc/detail/child.hpp>
-#include <coproc/detail/pool_protocol.hpp>
 #include <coproc/detail/pool_task.hpp>
+
+#include "pool_protocol.hpp"
 
 #include <cstdint>
 #include <functional>

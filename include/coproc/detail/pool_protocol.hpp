@@ -14,19 +14,14 @@
 // before running it by advancing the counter of a page shared with the parent
 // (worker_page, a compare-and-swap, no syscall); the parent may claim unstarted items the
 // same way to send them elsewhere.
+//
+// This header is the layout that both sides (and the tests that forge frames) share; the
+// encoding, the parsing and the receive buffer are the library's (lib/pool_protocol.hpp).
 #pragma once
 
 #include <atomic>
-#include <chrono>
 #include <cstddef>
 #include <cstdint>
-#include <cstring>
-#include <memory>
-#include <optional>
-#include <span>
-#include <stdexcept>
-#include <string>
-#include <string_view>
 
 namespace coproc::detail {
 
@@ -73,129 +68,5 @@ constexpr int pool_protocol_error_exit = 70;
 // A larger chunk travels as several frames (each one task for maxtasksperchild), so no
 // single step of the parent's loop encodes or decodes more than about 0.2 ms of items.
 constexpr std::size_t max_frame_items = 16384;
-// No frame or record is believed beyond this (64 TiB): a length above it is corrupt.
-constexpr std::uint64_t max_message_bytes = std::uint64_t(1) << 46;
-// What one read asks for while no large message is announced.
-constexpr std::size_t plain_read_bytes = 64 * 1024;
-// The size a receive buffer starts at and shrinks back to.
-constexpr std::size_t base_buffer_bytes = 256 * 1024;
-// Buffers above this are given back once what they held is used.
-constexpr std::size_t large_buffer_bytes = 1 << 20;
-// A worker sends its answers once this many bytes or this much time has gathered.
-constexpr std::size_t answer_flush_bytes = 64 * 1024;
-constexpr std::chrono::nanoseconds answer_flush_interval = std::chrono::milliseconds(1);
-
-// Bytes that do not add up as a frame or a record; what() says how.
-class pool_protocol_violation : public std::runtime_error {
-public:
-  using std::runtime_error::runtime_error;
-};
-
-template <class T> T load(const char* p) {
-  T v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-
-inline void release_if_large(std::string& s) {
-  if (s.capacity() > large_buffer_bytes) std::string().swap(s);
-  else s.clear();
-}
-
-// Appends one frame: `count` items, item(i, out) appending the argument bytes of the
-// i-th. On an exception from item() nothing of the frame stays in `out`.
-template <class EncodeItem>
-void encode_frame(std::string& out, std::int64_t trampoline, std::int64_t target, std::size_t count,
-                  EncodeItem&& item) {
-  std::size_t at = out.size();
-  try {
-    out.append(sizeof(task_frame_header), '\0');
-    for (std::size_t i = 0; i < count; ++i) {
-      std::size_t item_at = out.size();
-      out.append(sizeof(std::uint64_t), '\0');
-      item(i, out);
-      std::uint64_t n = out.size() - item_at - sizeof(std::uint64_t);
-      std::memcpy(out.data() + item_at, &n, sizeof n);
-    }
-  } catch (...) {
-    out.resize(at);
-    throw;
-  }
-  task_frame_header header{out.size() - at - sizeof header, trampoline, target, count};
-  std::memcpy(out.data() + at, &header, sizeof header);
-}
-
-// Appends one record.
-void encode_record(std::string& out, record_kind kind, std::string_view bytes = {});
-void encode_timing(std::string& out, const timing_record& timing);
-
-// A record being written in place (a result encoded straight into `out`): begin, append
-// the bytes, end.
-std::size_t begin_record(std::string& out);
-void end_record(std::string& out, std::size_t at, record_kind kind);
-
-struct frame_view {
-  task_frame_header header;
-  const char* items; // header.length bytes
-  std::size_t size;  // with the header
-};
-// The complete frame at the front of `in`, nullopt while it is incomplete. Every length
-// must add up to exactly what the header announced (pool_protocol_violation otherwise);
-// the code offsets are the caller's to check.
-std::optional<frame_view> parse_frame(std::string_view in);
-
-struct record_view {
-  record_kind kind;
-  std::string_view bytes;
-  std::size_t size; // with the header
-};
-// The complete record at the front of `in`, nullopt while it is incomplete;
-// pool_protocol_violation for a length beyond reason. The kind is the caller's to check.
-inline std::optional<record_view> parse_record(std::string_view in) {
-  if (in.size() < sizeof(record_header)) return std::nullopt;
-  auto header = load<record_header>(in.data());
-  if (header.length > max_message_bytes) throw pool_protocol_violation("a record longer than 64 TiB");
-  if (in.size() - sizeof header < header.length) return std::nullopt;
-  auto length = static_cast<std::size_t>(header.length);
-  return record_view{header.kind, in.substr(sizeof header, length), sizeof header + length};
-}
-// The bytes of a timing record; pool_protocol_violation if they are not one.
-timing_record parse_timing(std::string_view bytes);
-
-// How many more bytes complete the message at the front of `in` whose header is H, or a
-// plain read's worth while the header itself is incomplete or the message is complete.
-template <class H> std::size_t bytes_wanted(std::string_view in) {
-  if (in.size() < sizeof(H)) return plain_read_bytes;
-  auto length = load<H>(in.data()).length;
-  if (length > max_message_bytes) return plain_read_bytes; // refused when parsed
-  std::size_t total = sizeof(H) + static_cast<std::size_t>(length);
-  return in.size() < total ? total - in.size() : plain_read_bytes;
-}
-
-// Received bytes: read straight into, consumed from the front. A message announced as
-// large gets exactly its size in one allocation (no doubling, no zero-filling), and the
-// memory goes back once it is consumed.
-class byte_buffer {
-public:
-  std::string_view data() const { return {buf_.get() + begin_, end_ - begin_}; }
-  void consume(std::size_t n) {
-    begin_ += n;
-    if (begin_ == end_) begin_ = end_ = 0;
-  }
-  // Room for n more bytes at the end (std::bad_alloc when there is no memory for it).
-  std::span<char> room(std::size_t n);
-  void commit(std::size_t n) { end_ += n; }
-  // Gives a large allocation back when what is left of it is small.
-  void trim();
-
-private:
-  std::unique_ptr<char[]> buf_;
-  std::size_t cap_ = 0, begin_ = 0, end_ = 0;
-};
-
-// Whether the code at this offset from the anchor may be called: it lies in an executable
-// segment of a loaded object and, if same_object (a fresh image: spawn), in the anchor's
-// own object, the only one placed at the same offset from the anchor there.
-bool callable_offset(std::intptr_t offset, bool same_object);
 
 } // namespace coproc::detail
