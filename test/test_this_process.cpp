@@ -1,8 +1,10 @@
 #include <coproc/this_process.hpp>
 
+#include <coproc/pool.hpp>
 #include <coproc/process.hpp>
 #include <coproc/queue.hpp>
 #include <coproc/run.hpp>
+#include <coproc/subprocess.hpp>
 
 #include <doctest/doctest.h>
 
@@ -13,10 +15,18 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/deferred.hpp>
+#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_future.hpp>
 
 #include <atomic>
+#include <exception>
+#include <future>
+#include <optional>
 #include <stdexcept>
 #include <thread>
 
@@ -32,6 +42,23 @@ coproc::awaitable<int> fail_after(std::chrono::milliseconds delay, const char* w
   co_await after(delay, 0);
   throw std::runtime_error(what);
 }
+
+// Run in pool workers and children.
+int triple(int x) { return 3 * x; }
+int throw_on(int x) { throw std::runtime_error("task " + std::to_string(x) + " failed"); }
+int exit_with(int code) { return code; }
+
+// What a completion handler received.
+template <class T> struct outcome {
+  std::exception_ptr error;
+  std::optional<T> value;
+  auto handler() {
+    return [this](std::exception_ptr e, T v) {
+      error = e;
+      if (!e) value = std::move(v);
+    };
+  }
+};
 } // namespace
 
 TEST_CASE("getpid and getppid are the OS values") {
@@ -231,4 +258,101 @@ TEST_CASE("children forked while another thread holds coproc's locks never hang"
   CHECK(hung == 0);
   CHECK(failed == 0);
 #endif
+}
+
+// Code without coroutines starts coproc operations with co_spawn and any completion token.
+
+TEST_CASE("co_spawn with a callback: run, join and apply complete into plain handlers") {
+  boost::asio::io_context ctx;
+  coproc::pool pool(ctx.get_executor(), 1);
+  coproc::process child(exit_with, 4);
+  child.start();
+  outcome<coproc::completed_process> ran, failed_run;
+  outcome<int> joined, applied, failed_apply;
+  boost::asio::co_spawn(ctx, coproc::run({"sh", "-c", "exit 3"}), ran.handler());
+  boost::asio::co_spawn(ctx, coproc::run({"sh", "-c", "exit 3"}, {.check = true}), failed_run.handler());
+  boost::asio::co_spawn(ctx, child.join(), joined.handler());
+  boost::asio::co_spawn(ctx, pool.apply(triple, 14), applied.handler());
+  boost::asio::co_spawn(ctx, pool.apply(throw_on, 5), failed_apply.handler());
+  pool.close(); // the tasks already given still run
+  outcome<int> pool_joined;
+  boost::asio::co_spawn(ctx, [&]() -> coproc::awaitable<int> {
+    co_await pool.join();
+    co_return 0;
+  }, pool_joined.handler());
+  ctx.run();
+
+  REQUIRE(ran.value);
+  CHECK(ran.value->returncode == 3);
+  CHECK(joined.value == 4);
+  CHECK(applied.value == 42);
+  REQUIRE(failed_run.error);
+  CHECK_THROWS_AS(std::rethrow_exception(failed_run.error), coproc::called_process_error);
+  REQUIRE(failed_apply.error);
+  CHECK_THROWS_WITH_AS(std::rethrow_exception(failed_apply.error),
+                       doctest::Contains("task 5 failed"), coproc::remote_error);
+  CHECK(pool_joined.value == 0);
+}
+
+TEST_CASE("co_spawn with use_future: a thread waits while another runs the io_context") {
+  boost::asio::io_context ctx;
+  auto work = boost::asio::make_work_guard(ctx);
+  // The pool and the process are made before the loop thread starts: from then on they are
+  // the loop's, so whatever touches them runs inside a coroutine spawned onto ctx.
+  coproc::pool pool(ctx.get_executor(), 1);
+  coproc::process child(exit_with, 5);
+  child.start();
+  std::thread loop([&] { ctx.run(); });
+
+  auto code = boost::asio::co_spawn(ctx, coproc::call({"sh", "-c", "exit 3"}), boost::asio::use_future);
+  auto failed = boost::asio::co_spawn(ctx, coproc::check_call({"sh", "-c", "exit 3"}), boost::asio::use_future);
+  auto joined = boost::asio::co_spawn(ctx, [&] { return child.join(); }, boost::asio::use_future);
+  auto applied = boost::asio::co_spawn(ctx, [&] { return pool.apply(triple, 5); }, boost::asio::use_future);
+  auto failed_apply =
+      boost::asio::co_spawn(ctx, [&] { return pool.apply(throw_on, 6); }, boost::asio::use_future);
+
+  CHECK(code.get() == 3);
+  CHECK_THROWS_AS(failed.get(), coproc::called_process_error);
+  CHECK(joined.get() == 5);
+  CHECK(applied.get() == 15);
+  CHECK_THROWS_WITH_AS(failed_apply.get(), doctest::Contains("task 6 failed"), coproc::remote_error);
+  auto closed = boost::asio::co_spawn(
+      ctx,
+      [&]() -> coproc::awaitable<void> {
+        pool.close();
+        co_await pool.join();
+      },
+      boost::asio::use_future);
+  closed.get();
+  work.reset();
+  loop.join();
+}
+
+TEST_CASE("co_spawn with deferred: the operation starts when invoked with a handler") {
+  boost::asio::io_context ctx;
+  coproc::pool pool(ctx.get_executor(), 1);
+  auto ran = boost::asio::co_spawn(ctx, coproc::run({"sh", "-c", "exit 3"}), boost::asio::deferred);
+  auto applied = boost::asio::co_spawn(ctx, pool.apply(triple, 2), boost::asio::deferred);
+  auto failed = boost::asio::co_spawn(ctx, coproc::check_output({"sh", "-c", "exit 3"}), boost::asio::deferred);
+  outcome<coproc::completed_process> ran_outcome;
+  outcome<int> applied_outcome;
+  outcome<std::string> failed_outcome;
+  std::move(ran)(ran_outcome.handler());
+  std::move(applied)(applied_outcome.handler());
+  std::move(failed)(failed_outcome.handler());
+  pool.close();
+  auto joined = boost::asio::co_spawn(ctx, [&]() -> coproc::awaitable<int> {
+    co_await pool.join();
+    co_return 0;
+  }, boost::asio::deferred);
+  outcome<int> joined_outcome;
+  std::move(joined)(joined_outcome.handler());
+  ctx.run();
+
+  REQUIRE(ran_outcome.value);
+  CHECK(ran_outcome.value->returncode == 3);
+  CHECK(applied_outcome.value == 6);
+  REQUIRE(failed_outcome.error);
+  CHECK_THROWS_AS(std::rethrow_exception(failed_outcome.error), coproc::called_process_error);
+  CHECK(joined_outcome.value == 0);
 }
