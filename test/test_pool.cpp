@@ -552,17 +552,23 @@ TEST_CASE("the io_context stays responsive while the pool is saturated") {
     coproc::pool pool(ex, 2);
     auto items = range_of(300000);
     auto mapped = pool.map_async(plus_one, items, 1);
-    std::chrono::microseconds worst{0};
-    int ticks = 0;
+    std::vector<std::chrono::microseconds> lags;
     while (!mapped.ready()) {
       auto due = std::chrono::steady_clock::now() + 1ms;
       boost::asio::steady_timer t(ex, due);
       co_await t.async_wait(boost::asio::use_awaitable);
-      worst = std::max(worst, std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - due));
-      ++ticks;
+      lags.push_back(std::chrono::duration_cast<std::chrono::microseconds>(
+          std::chrono::steady_clock::now() - due));
     }
-    MESSAGE("timer ticks during the map: " << ticks << ", worst lag " << worst.count() << " us");
-    CHECK(worst < 100ms);
+    std::sort(lags.begin(), lags.end());
+    REQUIRE(!lags.empty());
+    auto median = lags[lags.size() / 2], worst = lags.back();
+    MESSAGE("timer ticks during the map: " << lags.size() << ", median lag " << median.count()
+                                           << " us, worst " << worst.count() << " us");
+    // A loop that decodes the whole map's results in one go lags by the map's duration; a
+    // loaded 2-core machine under TSan deschedules a healthy one for 100 ms now and then.
+    CHECK(median < 50ms);
+    CHECK(worst < 1s);
     CHECK((co_await mapped.get())[299999] == 300000);
   }());
 }
