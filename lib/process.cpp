@@ -4,6 +4,7 @@
 #include <coproc/run.hpp>
 
 #include "os.hpp"
+#include "start_method.hpp"
 
 #include <pthread.h>
 #include <signal.h>
@@ -55,7 +56,8 @@ void process::release() noexcept {
 
 void process::start() {
   if (child_) throw std::logic_error("cannot start process '" + name_ + "' twice");
-  if (method_ != start_method::fork)
+  start_method method = detail::resolve_start_method(method_);
+  if (method != start_method::fork)
     throw std::invalid_argument("process '" + name_ +
                                 "': only start_method::fork is implemented");
   int parent = ::getpid();
@@ -84,6 +86,7 @@ void process::start() {
     run_child();
   }
   child_ = std::make_shared<detail::child>(pid);
+  detail::note_started();
 }
 
 void process::run_child() {
@@ -139,6 +142,10 @@ void process::terminate() {
 
 void process::kill() {
   if (child_) child_->signal(SIGKILL);
+}
+
+void process::interrupt() {
+  if (child_) child_->signal(SIGINT);
 }
 
 int process::pid() const noexcept { return child_ ? child_->pid() : 0; }

@@ -64,8 +64,9 @@ struct pool_options {
   // does not grow with this process's memory, workers see the program's initial globals,
   // and the initializer must be a plain function (noexcept or not) in libcoproc's own
   // image, the executable when coproc is linked statically: std::invalid_argument at
-  // construction otherwise. forkserver: std::invalid_argument.
-  start_method method = start_method::fork;
+  // construction otherwise. forkserver: std::invalid_argument. nullopt:
+  // get_start_method() when the pool is made.
+  std::optional<start_method> method{};
 };
 
 // multiprocessing.pool.AsyncResult.

@@ -27,7 +27,7 @@ class process;
 struct process_options {
   std::string name{};
   bool daemon = false;
-  start_method method = start_method::fork;
+  std::optional<start_method> method{}; // nullopt: get_start_method() at start()
 };
 
 namespace detail {
@@ -122,9 +122,11 @@ public:
   bool is_alive() const;
   std::optional<int> exitcode() const;
 
-  // SIGTERM / SIGKILL; no-op before start and once the child has been reaped.
+  // SIGTERM / SIGKILL / SIGINT (so the child's cleanup runs, as a Ctrl-C would); no-op
+  // before start and once the child has been reaped.
   void terminate();
   void kill();
+  void interrupt();
 
   int pid() const noexcept;
   const std::string& name() const noexcept { return name_; }
@@ -148,7 +150,7 @@ private:
   std::string name_;
   detail::identity identity_;
   bool daemon_ = false;
-  start_method method_ = start_method::fork;
+  std::optional<start_method> method_;
   int exit_code_ = 0;
   std::shared_ptr<detail::child> child_;
 };
