@@ -1,17 +1,23 @@
 #include <coproc/process.hpp>
 
+#include <coproc/detail/fresh_image.hpp>
 #include <coproc/errors.hpp>
 #include <coproc/run.hpp>
+#include <coproc/this_process.hpp>
 
+#include "fresh_image.hpp"
 #include "os.hpp"
 #include "start_method.hpp"
 
+#include <cxxabi.h>
 #include <pthread.h>
 #include <signal.h>
 #include <unistd.h>
 
 #include <csignal>
+#include <cstdlib>
 #include <stdexcept>
+#include <typeinfo>
 
 namespace coproc {
 
@@ -57,9 +63,14 @@ void process::release() noexcept {
 void process::start() {
   if (child_) throw std::logic_error("cannot start process '" + name_ + "' twice");
   start_method method = detail::resolve_start_method(method_);
-  if (method != start_method::fork)
-    throw std::invalid_argument("process '" + name_ +
-                                "': only start_method::fork is implemented");
+  if (method == start_method::forkserver)
+    throw std::invalid_argument("process '" + name_ + "': start_method::forkserver is not implemented "
+                                "(fork and spawn are)");
+  if (method == start_method::spawn) {
+    child_ = std::make_shared<detail::child>(spawn_child());
+    detail::note_started();
+    return;
+  }
   int parent = ::getpid();
   std::string what = "coproc: fork failed starting process '" + name_ + "'";
   // The child starts with every signal blocked until its dispositions are reset: a
@@ -108,6 +119,62 @@ void process::run_child() {
 void process::run() {
   if (body_) exit_code_ = body_->run();
 }
+
+namespace {
+std::string type_name(const std::type_info& type) {
+  int status = 0;
+  std::unique_ptr<char, void (*)(void*)> demangled(abi::__cxa_demangle(type.name(), nullptr, nullptr, &status),
+                                                   std::free);
+  return status == 0 && demangled ? demangled.get() : type.name();
+}
+
+// What a process's fresh image is told: the target's entry, its function (a function
+// pointer's), its object and its arguments.
+using fresh_process_body =
+    std::tuple<detail::code_ref, std::optional<detail::code_ref>, std::string, std::string>;
+} // namespace
+
+int process::spawn_child() {
+  std::string who = "process '" + name_ + "'";
+  detail::require_main_guard(who);
+  auto refuse = [&](const std::string& why) {
+    throw std::invalid_argument(who + ": cannot start with start_method::spawn: " + why);
+  };
+  if (typeid(*this) != typeid(process))
+    refuse(std::string("a subclass (") + type_name(typeid(*this)) +
+           ") needs COPROC_REGISTER_PROCESS to be rebuilt in a fresh image");
+  detail::fresh_target target;
+  if (!body_) refuse("it has no target");
+  if (const char* why = body_->to_fresh_image(target)) refuse(why);
+  auto entry = detail::locate_code(target.entry);
+  if (!entry) refuse("its entry is in no loaded object");
+  std::optional<detail::code_ref> function;
+  if (target.function != 0) {
+    function = detail::locate_code(target.function);
+    if (!function) refuse("the target function is in no loaded object");
+  }
+  fresh_process_body body{*entry, function, std::move(target.object), std::move(target.arguments)};
+  detail::fresh_image_spec spec{detail::image_kind::process, {identity_.path, name_}, daemon_,
+                                wire::encode(body)};
+  return detail::spawn_fresh_image(spec, {}, who);
+}
+
+namespace detail {
+void run_fresh_process(std::string_view bytes) {
+  int code = 1;
+  try {
+    auto [entry, function, object, arguments] = wire::decode<fresh_process_body>(bytes);
+    auto run = reinterpret_cast<fresh_entry>(resolve_code(entry));
+    code = run(function ? resolve_code(*function) : 0, object, arguments);
+  } catch (const std::exception& e) {
+    print_process_error(process_name(), exception_type_name(e) + ": " + e.what());
+  } catch (...) {
+    print_process_error(process_name(), "unknown exception");
+  }
+  flush_stdio();
+  ::_exit(code);
+}
+} // namespace detail
 
 const std::shared_ptr<detail::child>& process::started(const char* what) const {
   if (!child_)

@@ -11,11 +11,14 @@
 #include <coproc/awaitable.hpp>
 #include <coproc/detail/child.hpp>
 #include <coproc/start_method.hpp>
+#include <coproc/wire.hpp>
 
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -44,10 +47,67 @@ template <class T> awaitable<int> as_exit_code(awaitable<T> main) {
   co_return static_cast<int>(code);
 }
 
+// How a target crosses to a fresh image (start_method::spawn): the code that rebuilds and
+// runs it (a fresh_entry), the function for a function pointer, the encoded object for a
+// class with a cereal serialize, and the encoded arguments.
+using fresh_entry = int (*)(std::uintptr_t function, std::string_view object, std::string_view arguments);
+struct fresh_target {
+  std::uintptr_t entry = 0;
+  std::uintptr_t function = 0;
+  std::string object{};
+  std::string arguments{};
+};
+
+template <class T> inline constexpr bool is_reference_wrapper = false;
+template <class T> inline constexpr bool is_reference_wrapper<std::reference_wrapper<T>> = true;
+
+template <class F>
+concept fresh_function = std::is_pointer_v<F> && std::is_function_v<std::remove_pointer_t<F>>;
+// A captureless lambda or another empty class: rebuilt by default construction.
+template <class F>
+concept fresh_empty_object = std::is_class_v<F> && std::is_empty_v<F> && std::is_default_constructible_v<F>;
+// A class with its own cereal serialize: rebuilt from its encoding.
+template <class F>
+concept fresh_serialized_object = std::is_class_v<F> && !std::is_empty_v<F> && wire::detail::own_serializer<F> &&
+                                  std::is_default_constructible_v<F> && std::is_copy_constructible_v<F>;
+
+// Why target(args...) cannot travel to a fresh image; nullptr if it can. Known at compile
+// time, reported by start() (fork accepts every target).
+template <class F, class... Args> constexpr const char* fresh_refusal() {
+  if constexpr (!fresh_function<F> && !fresh_empty_object<F> && !fresh_serialized_object<F>)
+    return "the target has state that a fresh image cannot rebuild (a lambda with captures, or a class "
+           "without a cereal serialize and a default constructor): pass the data as arguments";
+  else if constexpr ((is_reference_wrapper<Args> || ...))
+    return "a std::reference_wrapper argument (std::ref, std::cref) refers to this process's memory: "
+           "pass the value";
+  else if constexpr (!(wire::serializable<Args> && ...))
+    return "an argument type is not wire-serializable (coproc/wire.hpp)";
+  else if constexpr (!(std::is_default_constructible_v<Args> && ...))
+    return "an argument type is not default constructible, so a fresh image cannot decode it";
+  else return nullptr;
+}
+
+template <class F, class... Args> struct target_body;
+
+// Runs in the fresh image: rebuilds the target and its arguments, then runs it.
+template <class F, class... Args>
+int run_fresh_target(std::uintptr_t function, std::string_view object, std::string_view arguments) {
+  F f = [&] {
+    if constexpr (fresh_function<F>) return reinterpret_cast<F>(function);
+    else if constexpr (fresh_empty_object<F>) return F{};
+    else return wire::decode<F>(object);
+  }();
+  target_body<F, Args...> body(std::move(f));
+  body.args = wire::decode<std::tuple<Args...>>(arguments);
+  return body.run();
+}
+
 // The child-side body: target(args...) with its result turned into an exit code.
 struct process_body {
   virtual ~process_body() = default;
   virtual int run() = 0;
+  // Fills `out` and returns nullptr, or returns why the target cannot travel.
+  virtual const char* to_fresh_image(fresh_target& out) const = 0;
 };
 
 template <class F, class... Args> struct target_body final : process_body {
@@ -71,6 +131,19 @@ template <class F, class... Args> struct target_body final : process_body {
       static_assert(std::is_convertible_v<R, int>,
                     "a coproc::process target returns void, int, awaitable<void> or awaitable<int>");
       return static_cast<int>(std::apply(f, args));
+    }
+  }
+
+  const char* to_fresh_image(fresh_target& out) const override {
+    constexpr const char* refusal = fresh_refusal<F, Args...>();
+    if constexpr (refusal != nullptr) {
+      return (void)out, refusal;
+    } else {
+      out.entry = reinterpret_cast<std::uintptr_t>(&run_fresh_target<F, Args...>);
+      if constexpr (fresh_function<F>) out.function = reinterpret_cast<std::uintptr_t>(f);
+      if constexpr (fresh_serialized_object<F>) out.object = wire::encode(f);
+      out.arguments = wire::encode(args);
+      return nullptr;
     }
   }
 
@@ -108,8 +181,13 @@ public:
   // reaps it when it exits.
   virtual ~process();
 
-  // Forks the child, which runs run() and exits with its exit code. std::logic_error if
-  // started twice, std::system_error if fork fails.
+  // Starts the child, which runs run() and exits with its exit code: forks it, or with
+  // start_method::spawn starts a fresh image of this program (coproc/main_guard.hpp).
+  // std::logic_error if started twice, or with spawn in a program whose main did not call
+  // coproc::main_guard; std::invalid_argument if the target or an argument cannot travel
+  // to a fresh image (a lambda with captures, an object without a cereal serialize,
+  // std::ref, a type that is not wire-serializable) or for forkserver, not implemented
+  // yet; std::system_error if fork or posix_spawn fails.
   void start();
 
   // The exit code: >= 0 the exit status, -N killed by signal N. Several coroutines may
@@ -144,6 +222,7 @@ protected:
 private:
   void release() noexcept;
   [[noreturn]] void run_child();
+  int spawn_child();
   const std::shared_ptr<detail::child>& started(const char* what) const;
 
   std::unique_ptr<detail::process_body> body_;

@@ -5,6 +5,8 @@
 
 #include "checks.hpp"
 
+#include <coproc/main_guard.hpp>
+
 #include <dirent.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -84,6 +86,7 @@ bool pid_exists(int pid) {
 } // namespace coproc_test
 
 int main(int argc, char** argv) {
+  coproc::main_guard(argc, argv); // a fresh image (start_method::spawn) becomes its child here
   int fds = coproc_test::count_fds();
   doctest::Context context(argc, argv);
   int result = context.run();
