@@ -16,6 +16,9 @@
 
 #include <csignal>
 #include <cstdlib>
+#include <map>
+#include <mutex>
+#include <typeindex>
 #include <stdexcept>
 #include <typeinfo>
 
@@ -128,10 +131,31 @@ std::string type_name(const std::type_info& type) {
   return status == 0 && demangled ? demangled.get() : type.name();
 }
 
+struct process_class {
+  detail::process_encoder encode;
+  std::uintptr_t entry;
+};
+
+std::mutex process_classes_mutex;
+std::map<std::type_index, process_class>& process_classes() {
+  static std::map<std::type_index, process_class> classes;
+  return classes;
+}
+
+std::optional<process_class> find_process_class(const std::type_info& type) {
+  std::lock_guard lock(process_classes_mutex);
+  auto it = process_classes().find(type);
+  if (it == process_classes().end()) return std::nullopt;
+  return it->second;
+}
+
 // What a process's fresh image is told: the target's entry, its function (a function
 // pointer's), its object and its arguments.
+// and whether it is a daemon.
 using fresh_process_body =
-    std::tuple<detail::code_ref, std::optional<detail::code_ref>, std::string, std::string>;
+    std::tuple<detail::code_ref, std::optional<detail::code_ref>, std::string, std::string, bool>;
+// In a fresh image: the daemon flag of the parent's object, for a rebuilt subclass.
+bool fresh_daemon = false;
 } // namespace
 
 int process::spawn_child() {
@@ -140,12 +164,18 @@ int process::spawn_child() {
   auto refuse = [&](const std::string& why) {
     throw std::invalid_argument(who + ": cannot start with start_method::spawn: " + why);
   };
-  if (typeid(*this) != typeid(process))
-    refuse(std::string("a subclass (") + type_name(typeid(*this)) +
-           ") needs COPROC_REGISTER_PROCESS to be rebuilt in a fresh image");
   detail::fresh_target target;
-  if (!body_) refuse("it has no target");
-  if (const char* why = body_->to_fresh_image(target)) refuse(why);
+  if (typeid(*this) != typeid(process)) {
+    auto registered = find_process_class(typeid(*this));
+    if (!registered)
+      refuse("its class " + type_name(typeid(*this)) + " is not registered: a fresh image rebuilds a subclass "
+             "of coproc::process only after COPROC_REGISTER_PROCESS(" + type_name(typeid(*this)) + ")");
+    target.entry = registered->entry;
+    target.object = registered->encode(*this);
+  } else {
+    if (!body_) refuse("it has no target");
+    if (const char* why = body_->to_fresh_image(target)) refuse(why);
+  }
   auto entry = detail::locate_code(target.entry);
   if (!entry) refuse("its entry is in no loaded object");
   std::optional<detail::code_ref> function;
@@ -153,17 +183,35 @@ int process::spawn_child() {
     function = detail::locate_code(target.function);
     if (!function) refuse("the target function is in no loaded object");
   }
-  fresh_process_body body{*entry, function, std::move(target.object), std::move(target.arguments)};
+  fresh_process_body body{*entry, function, std::move(target.object), std::move(target.arguments), daemon_};
   detail::fresh_image_spec spec{detail::image_kind::process, {identity_.path, name_}, daemon_,
                                 wire::encode(body)};
   return detail::spawn_fresh_image(spec, {}, who);
 }
 
 namespace detail {
+void register_process_class(const std::type_info& type, process_encoder encode, std::uintptr_t entry) {
+  std::lock_guard lock(process_classes_mutex);
+  process_classes().insert_or_assign(type, process_class{encode, entry});
+}
+
+int run_rebuilt_process(process& p) {
+  // The child of the parent's object: its name and daemon flag, and this image's identity
+  // (the default constructor counted a child of its own).
+  identity id = current_identity_of_process();
+  enter_child(id);
+  p.identity_ = id;
+  p.name_ = id.name;
+  p.daemon_ = fresh_daemon;
+  p.run();
+  return p.exit_code_;
+}
+
 void run_fresh_process(std::string_view bytes) {
   int code = 1;
   try {
-    auto [entry, function, object, arguments] = wire::decode<fresh_process_body>(bytes);
+    auto [entry, function, object, arguments, daemon] = wire::decode<fresh_process_body>(bytes);
+    fresh_daemon = daemon;
     auto run = reinterpret_cast<fresh_entry>(resolve_code(entry));
     code = run(function ? resolve_code(*function) : 0, object, arguments);
   } catch (const std::exception& e) {

@@ -129,7 +129,52 @@ struct not_serializable {
   int* where = nullptr;
 };
 
+// A function object with state and a serialize: it travels as its encoding.
+struct scaled {
+  int factor = 0;
+  int operator()(int x) const { return factor * x; }
+  template <class Archive> void serialize(Archive& ar) { ar(factor); }
+};
+// With state and no serialize: cannot be told from a closure.
+struct opaque_functor {
+  int factor = 3;
+  int operator()() const { return factor; }
+};
+
+class unregistered : public coproc::process {
+public:
+  unregistered() : coproc::process(coproc::process_options{.method = coproc::start_method::spawn}) {}
+  template <class Archive> void serialize(Archive&) {}
+
+protected:
+  void run() override {}
+};
+
 } // namespace
+
+namespace app {
+// A subclass that may start with spawn: registered below, its state in serialize.
+class greeter : public coproc::process {
+public:
+  greeter() = default;
+  greeter(std::string greeting, int times)
+      : coproc::process(coproc::process_options{.method = coproc::start_method::spawn}),
+        greeting_(std::move(greeting)), times_(times) {}
+  template <class Archive> void serialize(Archive& ar) { ar(greeting_, times_); }
+
+protected:
+  void run() override {
+    for (int i = 0; i < times_; ++i) std::cout << greeting_ << " from " << name() << '\n';
+    if (coproc::this_process::name() != name()) throw std::logic_error("the names differ");
+  }
+
+private:
+  std::string greeting_;
+  int times_ = 0;
+};
+} // namespace app
+
+COPROC_REGISTER_PROCESS(app::greeter);
 
 TEST_CASE("spawn: exit codes 0, 7, 1, -2, -9 and -15 as with fork") {
   coproc::process zero({.method = spawn}, [] {});
@@ -299,6 +344,31 @@ TEST_CASE("spawn refuses what cannot travel, naming the process, and fork still 
   CHECK_THROWS_WITH_AS(forkserver.start(), doctest::Contains("forkserver"), std::invalid_argument);
 }
 
+TEST_CASE("spawn: a class with a serialize is a target, a class without one is refused") {
+  coproc::process p({.method = spawn}, scaled{3}, 5);
+  p.start();
+  CHECK(join(p) == 15);
+  coproc::process opaque({.name = "opaque", .method = spawn}, opaque_functor{});
+  CHECK_THROWS_WITH_AS(opaque.start(), doctest::Contains("without a cereal serialize"), std::invalid_argument);
+  coproc::process forked({.method = coproc::start_method::fork}, opaque_functor{});
+  forked.start();
+  CHECK(join(forked) == 3);
+}
+
+TEST_CASE("spawn: a registered subclass is rebuilt from its serialize; an unregistered one is refused") {
+  auto out = capture(1, [] {
+    app::greeter g("hello", 2);
+    g.name("greeter");
+    g.start();
+    CHECK(join(g) == 0);
+  });
+  CHECK(out == "hello from greeter\nhello from greeter\n");
+  unregistered u;
+  u.name("plain");
+  CHECK_THROWS_WITH_AS(u.start(), doctest::Contains("COPROC_REGISTER_PROCESS"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(u.start(), doctest::Contains("process 'plain'"), std::invalid_argument);
+}
+
 TEST_CASE("spawn: a daemon child dies with its parent even by SIGKILL") {
   temp_dir dir;
   int report[2];
@@ -384,4 +454,18 @@ TEST_CASE("a fresh image started by hand with a garbage coproc environment fails
     CHECK(r.err.find(a.says) != std::string::npos);
     CHECK(r.out.empty()); // no test ran
   }
+}
+
+TEST_CASE("a spawned target finds the statics of a library linked after libcoproc constructed") {
+  auto r = run(coproc::run({COPROC_SPAWN_STATIC}, {.capture_output = true, .timeout = 60s}));
+  CHECK(r.returncode == 0);
+  CHECK(r.out == "process: 42\npool: 42\n");
+  CHECK(r.err.empty());
+}
+
+TEST_CASE("spawn works through a shared libcoproc") {
+  auto r = run(coproc::run({COPROC_SPAWN_SHARED}, {.capture_output = true, .timeout = 60s}));
+  CHECK(r.returncode == 0);
+  CHECK(r.out == "process: 42\n");
+  CHECK(r.err.empty());
 }

@@ -6,6 +6,15 @@
 //
 // Waiting binds to the awaiting coroutine's executor and uses no thread per child
 // (detail/child.hpp). Handles are move-only; several coroutines may join one process.
+//
+// Start methods (coproc/start_method.hpp): fork (the default) copies this process, so any
+// target and argument works, but a child forked from a threaded program can deadlock on a
+// lock another thread held. spawn starts a fresh image of the program, safe from any
+// thread; main must begin with coproc::main_guard(argc, argv), and the target must travel:
+// a function pointer, a captureless lambda, a class with a cereal serialize (default
+// constructible, copyable) or a subclass registered with COPROC_REGISTER_PROCESS, with
+// wire-serializable arguments (coproc/wire.hpp). Everything else — names, exit codes,
+// signals, daemons, stdio — is the same with both.
 #pragma once
 
 #include <coproc/awaitable.hpp>
@@ -21,6 +30,7 @@
 #include <string_view>
 #include <tuple>
 #include <type_traits>
+#include <typeinfo>
 #include <utility>
 
 namespace coproc {
@@ -157,6 +167,13 @@ concept process_target =
     !std::is_same_v<std::remove_cvref_t<F>, process_options> &&
     std::is_invocable_v<std::decay_t<F>&, std::decay_t<Args>&...>;
 
+// Subclasses of process that may start with spawn (COPROC_REGISTER_PROCESS): how to encode
+// one, and the fresh_entry that rebuilds it in a fresh image and runs it.
+using process_encoder = std::string (*)(const process&);
+void register_process_class(const std::type_info& type, process_encoder encode, std::uintptr_t entry);
+// In a fresh image: p, just decoded, takes the child's identity and runs; its exit code.
+int run_rebuilt_process(process& p);
+
 } // namespace detail
 
 class process {
@@ -220,6 +237,7 @@ protected:
   virtual void run();
 
 private:
+  friend int detail::run_rebuilt_process(process& p);
   void release() noexcept;
   [[noreturn]] void run_child();
   int spawn_child();
@@ -234,4 +252,35 @@ private:
   std::shared_ptr<detail::child> child_;
 };
 
+namespace detail {
+template <class T> std::string encode_process(const process& p) { return wire::encode(static_cast<const T&>(p)); }
+
+template <class T> int run_fresh_process_class(std::uintptr_t, std::string_view object, std::string_view) {
+  T p = wire::decode<T>(object);
+  return run_rebuilt_process(p);
+}
+
+template <class T> bool register_process_class() {
+  static_assert(std::is_base_of_v<process, T>, "COPROC_REGISTER_PROCESS: T must derive from coproc::process");
+  static_assert(std::is_default_constructible_v<T>,
+                "COPROC_REGISTER_PROCESS: T needs a public default constructor (a fresh image rebuilds it)");
+  static_assert(wire::detail::own_serializer<T>,
+                "COPROC_REGISTER_PROCESS: T needs a cereal serialize(Archive&) member (or save/load) for "
+                "the fields its run() uses");
+  register_process_class(typeid(T), &encode_process<T>, reinterpret_cast<std::uintptr_t>(&run_fresh_process_class<T>));
+  return true;
+}
+} // namespace detail
+
 } // namespace coproc
+
+#define COPROC_DETAIL_CONCAT2(a, b) a##b
+#define COPROC_DETAIL_CONCAT(a, b) COPROC_DETAIL_CONCAT2(a, b)
+// At global scope, once per subclass T of coproc::process (a qualified name is fine) that
+// may start with start_method::spawn: T needs a public default constructor and a cereal
+// serialize for the state its run() uses. In the fresh image T is default-constructed,
+// decoded and run; it keeps the parent's name() and daemon flag. An unregistered subclass
+// is std::invalid_argument at start() with spawn.
+#define COPROC_REGISTER_PROCESS(...)                                                             \
+  [[maybe_unused]] static const bool COPROC_DETAIL_CONCAT(coproc_registered_process_, __COUNTER__) = \
+      ::coproc::detail::register_process_class<__VA_ARGS__>()
