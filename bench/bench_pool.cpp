@@ -228,7 +228,8 @@ void pin_to_cpu0(bool on) {
 
 } // namespace
 
-int main() {
+int main(int argc, char** argv) {
+  coproc::main_guard(argc, argv); // the spawn pools' workers start here
   std::printf("pool benchmarks, %u workers, task x + 1\n", processes);
 
   for (bool pinned : {false, true}) {

@@ -562,4 +562,10 @@ void enter_child(identity id) {
   self.children = 0;
 }
 
+identity current_identity_of_process() {
+  std::lock_guard lock(identity_mutex);
+  auto& self = current_identity();
+  return {self.path, self.name};
+}
+
 } // namespace coproc::detail

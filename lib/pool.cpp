@@ -5,6 +5,7 @@
 #include <coproc/this_process.hpp>
 
 #include "pool_core.hpp"
+#include "start_method.hpp"
 
 #include <algorithm>
 #include <stdexcept>
@@ -13,6 +14,7 @@ namespace coproc {
 
 namespace {
 pool_options resolved(pool_options options) {
+  options.method = detail::resolve_start_method(options.method);
   if (options.method == start_method::forkserver)
     throw std::invalid_argument("coproc::pool: start_method::forkserver is not implemented (fork and spawn are)");
   if (options.processes == 0) options.processes = cpu_count();
@@ -21,7 +23,9 @@ pool_options resolved(pool_options options) {
 } // namespace
 
 pool::pool(boost::asio::any_io_executor ex, pool_options options)
-    : core_(detail::pool_core::start(std::move(ex), resolved(std::move(options)))) {}
+    : core_(detail::pool_core::start(std::move(ex), resolved(std::move(options)))) {
+  detail::note_started();
+}
 
 pool::pool(boost::asio::any_io_executor ex, unsigned processes)
     : pool(std::move(ex), pool_options{.processes = processes}) {}

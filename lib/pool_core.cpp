@@ -4,6 +4,7 @@
 // starts). A record that does not add up makes the parent kill the worker.
 #include "pool_core.hpp"
 
+#include "fresh_image.hpp"
 #include "pool_worker.hpp"
 
 #include <boost/asio/co_spawn.hpp>
@@ -65,7 +66,10 @@ std::shared_ptr<pool_core> pool_core::start(boost::asio::any_io_executor ex, poo
 
 pool_core::pool_core(boost::asio::any_io_executor ex, pool_options options)
     : ex_(std::move(ex)), options_(std::move(options)), scheduler_(options_.maxtasksperchild) {
-  if (spawning()) initializer_offset_ = spawn_initializer_offset(options_.initializer);
+  if (spawning()) {
+    require_main_guard("coproc::pool");
+    initializer_offset_ = spawn_initializer_offset(options_.initializer);
+  }
 }
 
 void pool_core::submit(std::shared_ptr<pool_job> job) {

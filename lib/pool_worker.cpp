@@ -6,12 +6,12 @@
 // is not a task.
 #include "pool_worker.hpp"
 
+#include "fresh_image.hpp"
 #include "os.hpp"
 
 #include <coproc/errors.hpp>
 
 #include <fcntl.h>
-#include <spawn.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -19,13 +19,11 @@
 
 #include <cerrno>
 #include <csignal>
-#include <cstdio>
 #include <iostream>
 #include <limits>
-#include <sstream>
 #include <system_error>
 #include <unordered_set>
-#include <vector>
+#include <tuple>
 
 namespace coproc::detail {
 
@@ -267,51 +265,42 @@ private:
   worker_loop(fd, page, maxtasks, same_object).run();
 }
 
+} // namespace
+
 // ---- start_method::spawn: a fresh image of this executable ---------------------------
 //
 // The worker is /proc/self/exe started with posix_spawn (no copy of the parent's page
-// tables, so the start cost does not grow with the parent's memory) and told in
-// COPROC_POOL_WORKER which descriptors to use. It becomes a worker during static
-// initialization, before main: the program's own globals are constructed by then when
-// libcoproc is linked after the program's objects (the usual order of a static link).
+// tables, so the start cost does not grow with the parent's memory); it becomes a worker
+// in main_guard (lib/fresh_image.cpp), once the program's statics are constructed. Its
+// body: maxtasksperchild and the initializer's offset from the anchor (0 for none); its
+// descriptors: the socket and the memfd of the shared page.
 
-constexpr const char* worker_env = "COPROC_POOL_WORKER";
+namespace {
+using spawned_worker_body = std::tuple<unsigned, std::int64_t>;
+} // namespace
 
-[[noreturn]] void run_spawned_worker(const char* spec) {
-  int fd = -1, memfd = -1, parent = 0;
-  unsigned maxtasks = 0;
-  long long init = 0;
-  char name[128] = {};
-  char path[256] = {};
-  if (std::sscanf(spec, "%d,%d,%u,%lld,%d,%127[^,],%255s", &fd, &memfd, &maxtasks, &init, &parent, name,
-                  path) != 7)
+void run_spawned_worker(std::string_view body, int fd, int memfd) {
+  spawned_worker_body parts;
+  try {
+    parts = wire::decode<spawned_worker_body>(body);
+  } catch (const std::exception& e) {
+    std::cerr << "coproc::pool worker " << ::getpid() << ": " << e.what() << std::endl;
     ::_exit(pool_protocol_error_exit);
-  ::unsetenv(worker_env);
-  die_with_parent(parent);
+  }
+  auto [maxtasks, init] = parts;
   void* mem = ::mmap(nullptr, worker_page_size, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
   if (mem == MAP_FAILED) ::_exit(71);
   ::close(memfd);
   ::fcntl(fd, F_SETFD, FD_CLOEXEC);
-  identity id{{}, name};
-  std::istringstream parts(path);
-  for (unsigned n; parts >> n; parts.ignore(1)) id.path.push_back(n);
-  enter_child(std::move(id));
   std::function<void()> initializer;
   if (init != 0) {
-    // Checked by the parent too; a forged environment must not choose what this calls.
+    // Checked by the parent too; a forged payload must not choose what this calls.
     if (!callable_offset(static_cast<std::intptr_t>(init), true))
       protocol_error(static_cast<worker_page*>(mem), "an initializer offset outside libcoproc's image");
     initializer = reinterpret_cast<void (*)()>(static_cast<std::intptr_t>(init) + pool_anchor_address());
   }
   run_initializer_then_work(initializer, fd, static_cast<worker_page*>(mem), maxtasks, true);
 }
-
-[[maybe_unused]] const bool spawned_worker = [] {
-  if (const char* spec = std::getenv(worker_env)) run_spawned_worker(spec);
-  return false;
-}();
-
-} // namespace
 
 [[noreturn]] void run_forked_worker(int parent, int fd, worker_page* page, identity id,
                                     const std::function<void()>& initializer, unsigned maxtasksperchild) {
@@ -324,42 +313,10 @@ constexpr const char* worker_env = "COPROC_POOL_WORKER";
 
 int spawn_worker_image(int fd, int memfd, unsigned maxtasksperchild, std::intptr_t initializer_offset,
                        const identity& id) {
-  // The new image keeps these two (copies without FD_CLOEXEC, closed again here).
-  int child_fd = ::fcntl(fd, F_DUPFD, 3);
-  int child_mem = child_fd < 0 ? -1 : ::fcntl(memfd, F_DUPFD, 3);
-  if (child_mem < 0) {
-    int err = errno;
-    if (child_fd >= 0) ::close(child_fd);
-    throw std::system_error(err, std::generic_category(), "coproc::pool: dup for a spawned worker");
-  }
-  std::string path;
-  for (unsigned n : id.path) path += (path.empty() ? "" : ".") + std::to_string(n);
-  std::string spec = std::string(worker_env) + "=" + std::to_string(child_fd) + "," + std::to_string(child_mem) +
-                     "," + std::to_string(maxtasksperchild) + "," +
-                     std::to_string(static_cast<long long>(initializer_offset)) + "," +
-                     std::to_string(::getpid()) + "," + id.name + "," + path;
-  std::vector<char*> envp;
-  std::string prefix = std::string(worker_env) + "=";
-  for (char** e = environ; *e; ++e)
-    if (std::strncmp(*e, prefix.c_str(), prefix.size()) != 0) envp.push_back(*e);
-  envp.push_back(spec.data());
-  envp.push_back(nullptr);
-  char* argv[] = {program_invocation_name, nullptr};
-  posix_spawnattr_t attr;
-  ::posix_spawnattr_init(&attr);
-  sigset_t none, all;
-  sigemptyset(&none);
-  sigfillset(&all);
-  ::posix_spawnattr_setsigmask(&attr, &none);
-  ::posix_spawnattr_setsigdefault(&attr, &all);
-  ::posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
-  int pid = 0;
-  int rc = ::posix_spawn(&pid, "/proc/self/exe", nullptr, &attr, argv, envp.data());
-  ::posix_spawnattr_destroy(&attr);
-  ::close(child_fd);
-  ::close(child_mem);
-  if (rc != 0) throw std::system_error(rc, std::generic_category(), "coproc::pool: posix_spawn of /proc/self/exe for a worker");
-  return pid;
+  fresh_image_spec spec{image_kind::pool_worker, id, true,
+                        wire::encode(spawned_worker_body{maxtasksperchild, initializer_offset})};
+  int fds[] = {fd, memfd};
+  return spawn_fresh_image(spec, fds, "coproc::pool: worker " + id.name);
 }
 
 } // namespace coproc::detail

@@ -1,16 +1,26 @@
 #include <coproc/process.hpp>
 
+#include <coproc/detail/fresh_image.hpp>
 #include <coproc/errors.hpp>
 #include <coproc/run.hpp>
+#include <coproc/this_process.hpp>
 
+#include "fresh_image.hpp"
 #include "os.hpp"
+#include "start_method.hpp"
 
+#include <cxxabi.h>
 #include <pthread.h>
 #include <signal.h>
 #include <unistd.h>
 
 #include <csignal>
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <typeindex>
 #include <stdexcept>
+#include <typeinfo>
 
 namespace coproc {
 
@@ -55,9 +65,15 @@ void process::release() noexcept {
 
 void process::start() {
   if (child_) throw std::logic_error("cannot start process '" + name_ + "' twice");
-  if (method_ != start_method::fork)
-    throw std::invalid_argument("process '" + name_ +
-                                "': only start_method::fork is implemented");
+  start_method method = detail::resolve_start_method(method_);
+  if (method == start_method::forkserver)
+    throw std::invalid_argument("process '" + name_ + "': start_method::forkserver is not implemented "
+                                "(fork and spawn are)");
+  if (method == start_method::spawn) {
+    child_ = std::make_shared<detail::child>(spawn_child());
+    detail::note_started();
+    return;
+  }
   int parent = ::getpid();
   std::string what = "coproc: fork failed starting process '" + name_ + "'";
   // The child starts with every signal blocked until its dispositions are reset: a
@@ -84,6 +100,7 @@ void process::start() {
     run_child();
   }
   child_ = std::make_shared<detail::child>(pid);
+  detail::note_started();
 }
 
 void process::run_child() {
@@ -105,6 +122,107 @@ void process::run_child() {
 void process::run() {
   if (body_) exit_code_ = body_->run();
 }
+
+namespace {
+std::string type_name(const std::type_info& type) {
+  int status = 0;
+  std::unique_ptr<char, void (*)(void*)> demangled(abi::__cxa_demangle(type.name(), nullptr, nullptr, &status),
+                                                   std::free);
+  return status == 0 && demangled ? demangled.get() : type.name();
+}
+
+struct process_class {
+  detail::process_encoder encode;
+  std::uintptr_t entry;
+};
+
+std::mutex process_classes_mutex;
+std::map<std::type_index, process_class>& process_classes() {
+  static std::map<std::type_index, process_class> classes;
+  return classes;
+}
+
+std::optional<process_class> find_process_class(const std::type_info& type) {
+  std::lock_guard lock(process_classes_mutex);
+  auto it = process_classes().find(type);
+  if (it == process_classes().end()) return std::nullopt;
+  return it->second;
+}
+
+// What a process's fresh image is told: the target's entry, its function (a function
+// pointer's), its object and its arguments.
+// and whether it is a daemon.
+using fresh_process_body =
+    std::tuple<detail::code_ref, std::optional<detail::code_ref>, std::string, std::string, bool>;
+// In a fresh image: the daemon flag of the parent's object, for a rebuilt subclass.
+bool fresh_daemon = false;
+} // namespace
+
+int process::spawn_child() {
+  std::string who = "process '" + name_ + "'";
+  detail::require_main_guard(who);
+  auto refuse = [&](const std::string& why) {
+    throw std::invalid_argument(who + ": cannot start with start_method::spawn: " + why);
+  };
+  detail::fresh_target target;
+  if (typeid(*this) != typeid(process)) {
+    auto registered = find_process_class(typeid(*this));
+    if (!registered)
+      refuse("its class " + type_name(typeid(*this)) + " is not registered: a fresh image rebuilds a subclass "
+             "of coproc::process only after COPROC_REGISTER_PROCESS(" + type_name(typeid(*this)) + ")");
+    target.entry = registered->entry;
+    target.object = registered->encode(*this);
+  } else {
+    if (!body_) refuse("it has no target");
+    if (const char* why = body_->to_fresh_image(target)) refuse(why);
+  }
+  auto entry = detail::locate_code(target.entry);
+  if (!entry) refuse("its entry is in no loaded object");
+  std::optional<detail::code_ref> function;
+  if (target.function != 0) {
+    function = detail::locate_code(target.function);
+    if (!function) refuse("the target function is in no loaded object");
+  }
+  fresh_process_body body{*entry, function, std::move(target.object), std::move(target.arguments), daemon_};
+  detail::fresh_image_spec spec{detail::image_kind::process, {identity_.path, name_}, daemon_,
+                                wire::encode(body)};
+  return detail::spawn_fresh_image(spec, {}, who);
+}
+
+namespace detail {
+void register_process_class(const std::type_info& type, process_encoder encode, std::uintptr_t entry) {
+  std::lock_guard lock(process_classes_mutex);
+  process_classes().insert_or_assign(type, process_class{encode, entry});
+}
+
+int run_rebuilt_process(process& p) {
+  // The child of the parent's object: its name and daemon flag, and this image's identity
+  // (the default constructor counted a child of its own).
+  identity id = current_identity_of_process();
+  enter_child(id);
+  p.identity_ = id;
+  p.name_ = id.name;
+  p.daemon_ = fresh_daemon;
+  p.run();
+  return p.exit_code_;
+}
+
+void run_fresh_process(std::string_view bytes) {
+  int code = 1;
+  try {
+    auto [entry, function, object, arguments, daemon] = wire::decode<fresh_process_body>(bytes);
+    fresh_daemon = daemon;
+    auto run = reinterpret_cast<fresh_entry>(resolve_code(entry));
+    code = run(function ? resolve_code(*function) : 0, object, arguments);
+  } catch (const std::exception& e) {
+    print_process_error(process_name(), exception_type_name(e) + ": " + e.what());
+  } catch (...) {
+    print_process_error(process_name(), "unknown exception");
+  }
+  flush_stdio();
+  ::_exit(code);
+}
+} // namespace detail
 
 const std::shared_ptr<detail::child>& process::started(const char* what) const {
   if (!child_)
@@ -139,6 +257,10 @@ void process::terminate() {
 
 void process::kill() {
   if (child_) child_->signal(SIGKILL);
+}
+
+void process::interrupt() {
+  if (child_) child_->signal(SIGINT);
 }
 
 int process::pid() const noexcept { return child_ ? child_->pid() : 0; }

@@ -430,6 +430,37 @@ TEST_CASE("the child starts with default signal handlers and an empty mask") {
   CHECK(join(q) == 0);
 }
 
+namespace {
+volatile std::sig_atomic_t g_interrupted = 0;
+void on_interrupt(int) { g_interrupted = 1; }
+} // namespace
+
+TEST_CASE("interrupt sends SIGINT, so the child's handler can clean up") {
+  coproc::process plain(forever);
+  plain.interrupt(); // no-op before start
+  plain.start();
+  plain.interrupt();
+  CHECK(join(plain) == -SIGINT);
+  plain.interrupt(); // and once exited
+  CHECK(plain.exitcode() == -SIGINT);
+
+  int ready[2];
+  REQUIRE(::pipe(ready) == 0);
+  coproc::process cleaning([fd = ready[1]] {
+    std::signal(SIGINT, on_interrupt);
+    (void)!::write(fd, "r", 1);
+    while (!g_interrupted) ::pause();
+    return 5; // the cleanup ran
+  });
+  cleaning.start();
+  char byte;
+  CHECK(::read(ready[0], &byte, 1) == 1);
+  ::close(ready[0]);
+  ::close(ready[1]);
+  cleaning.interrupt();
+  CHECK(join(cleaning) == 5);
+}
+
 TEST_CASE("misuse is a logic_error that names the process") {
   coproc::process p({.name = "misused"}, [] {});
   CHECK_THROWS_WITH_AS((void)p.join(), "cannot join process 'misused': it was not started",
@@ -442,9 +473,10 @@ TEST_CASE("misuse is a logic_error that names the process") {
   CHECK(join(p) == 0);
 }
 
-TEST_CASE("start methods other than fork are refused at start") {
-  coproc::process p({.name = "spawned", .method = coproc::start_method::spawn}, [] {});
-  CHECK_THROWS_WITH_AS(p.start(), "process 'spawned': only start_method::fork is implemented",
+TEST_CASE("forkserver is refused at start, not implemented yet") {
+  coproc::process p({.name = "served", .method = coproc::start_method::forkserver}, [] {});
+  CHECK_THROWS_WITH_AS(p.start(),
+                       "process 'served': start_method::forkserver is not implemented (fork and spawn are)",
                        std::invalid_argument);
   CHECK(p.pid() == 0);
 }

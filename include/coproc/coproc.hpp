@@ -3,6 +3,7 @@
 
 #include <coproc/awaitable.hpp>
 #include <coproc/errors.hpp>
+#include <coproc/main_guard.hpp>
 #include <coproc/pool.hpp>
 #include <coproc/process.hpp>
 #include <coproc/queue.hpp>

@@ -64,8 +64,10 @@ struct pool_options {
   // does not grow with this process's memory, workers see the program's initial globals,
   // and the initializer must be a plain function (noexcept or not) in libcoproc's own
   // image, the executable when coproc is linked statically: std::invalid_argument at
-  // construction otherwise. forkserver: std::invalid_argument.
-  start_method method = start_method::fork;
+  // construction otherwise; main must call coproc::main_guard (std::logic_error otherwise).
+  // forkserver: std::invalid_argument. nullopt:
+  // get_start_method() when the pool is made.
+  std::optional<start_method> method{};
 };
 
 // multiprocessing.pool.AsyncResult.
@@ -144,8 +146,9 @@ template <class Range> auto copy_items(Range&& items) {
 
 class pool {
 public:
-  // Forks the workers now. std::system_error if that fails, std::invalid_argument for a
-  // start method other than fork.
+  // Starts the workers now (forked, or fresh images with spawn). std::system_error if that
+  // fails; std::invalid_argument for forkserver or a spawn initializer that cannot travel;
+  // std::logic_error for spawn in a program whose main did not call coproc::main_guard.
   pool(boost::asio::any_io_executor ex, pool_options options = {});
   pool(boost::asio::any_io_executor ex, unsigned processes);
   pool(const pool&) = delete;

@@ -6,18 +6,31 @@
 //
 // Waiting binds to the awaiting coroutine's executor and uses no thread per child
 // (detail/child.hpp). Handles are move-only; several coroutines may join one process.
+//
+// Start methods (coproc/start_method.hpp): fork (the default) copies this process, so any
+// target and argument works, but a child forked from a threaded program can deadlock on a
+// lock another thread held. spawn starts a fresh image of the program, safe from any
+// thread; main must begin with coproc::main_guard(argc, argv), and the target must travel:
+// a function pointer, a captureless lambda, a class with a cereal serialize (default
+// constructible, copyable) or a subclass registered with COPROC_REGISTER_PROCESS, with
+// wire-serializable arguments (coproc/wire.hpp). Everything else — names, exit codes,
+// signals, daemons, stdio — is the same with both.
 #pragma once
 
 #include <coproc/awaitable.hpp>
 #include <coproc/detail/child.hpp>
 #include <coproc/start_method.hpp>
+#include <coproc/wire.hpp>
 
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <tuple>
 #include <type_traits>
+#include <typeinfo>
 #include <utility>
 
 namespace coproc {
@@ -27,7 +40,7 @@ class process;
 struct process_options {
   std::string name{};
   bool daemon = false;
-  start_method method = start_method::fork;
+  std::optional<start_method> method{}; // nullopt: get_start_method() at start()
 };
 
 namespace detail {
@@ -44,10 +57,67 @@ template <class T> awaitable<int> as_exit_code(awaitable<T> main) {
   co_return static_cast<int>(code);
 }
 
+// How a target crosses to a fresh image (start_method::spawn): the code that rebuilds and
+// runs it (a fresh_entry), the function for a function pointer, the encoded object for a
+// class with a cereal serialize, and the encoded arguments.
+using fresh_entry = int (*)(std::uintptr_t function, std::string_view object, std::string_view arguments);
+struct fresh_target {
+  std::uintptr_t entry = 0;
+  std::uintptr_t function = 0;
+  std::string object{};
+  std::string arguments{};
+};
+
+template <class T> inline constexpr bool is_reference_wrapper = false;
+template <class T> inline constexpr bool is_reference_wrapper<std::reference_wrapper<T>> = true;
+
+template <class F>
+concept fresh_function = std::is_pointer_v<F> && std::is_function_v<std::remove_pointer_t<F>>;
+// A captureless lambda or another empty class: rebuilt by default construction.
+template <class F>
+concept fresh_empty_object = std::is_class_v<F> && std::is_empty_v<F> && std::is_default_constructible_v<F>;
+// A class with its own cereal serialize: rebuilt from its encoding.
+template <class F>
+concept fresh_serialized_object = std::is_class_v<F> && !std::is_empty_v<F> && wire::detail::own_serializer<F> &&
+                                  std::is_default_constructible_v<F> && std::is_copy_constructible_v<F>;
+
+// Why target(args...) cannot travel to a fresh image; nullptr if it can. Known at compile
+// time, reported by start() (fork accepts every target).
+template <class F, class... Args> constexpr const char* fresh_refusal() {
+  if constexpr (!fresh_function<F> && !fresh_empty_object<F> && !fresh_serialized_object<F>)
+    return "the target has state that a fresh image cannot rebuild (a lambda with captures, or a class "
+           "without a cereal serialize and a default constructor): pass the data as arguments";
+  else if constexpr ((is_reference_wrapper<Args> || ...))
+    return "a std::reference_wrapper argument (std::ref, std::cref) refers to this process's memory: "
+           "pass the value";
+  else if constexpr (!(wire::serializable<Args> && ...))
+    return "an argument type is not wire-serializable (coproc/wire.hpp)";
+  else if constexpr (!(std::is_default_constructible_v<Args> && ...))
+    return "an argument type is not default constructible, so a fresh image cannot decode it";
+  else return nullptr;
+}
+
+template <class F, class... Args> struct target_body;
+
+// Runs in the fresh image: rebuilds the target and its arguments, then runs it.
+template <class F, class... Args>
+int run_fresh_target(std::uintptr_t function, std::string_view object, std::string_view arguments) {
+  F f = [&] {
+    if constexpr (fresh_function<F>) return reinterpret_cast<F>(function);
+    else if constexpr (fresh_empty_object<F>) return F{};
+    else return wire::decode<F>(object);
+  }();
+  target_body<F, Args...> body(std::move(f));
+  body.args = wire::decode<std::tuple<Args...>>(arguments);
+  return body.run();
+}
+
 // The child-side body: target(args...) with its result turned into an exit code.
 struct process_body {
   virtual ~process_body() = default;
   virtual int run() = 0;
+  // Fills `out` and returns nullptr, or returns why the target cannot travel.
+  virtual const char* to_fresh_image(fresh_target& out) const = 0;
 };
 
 template <class F, class... Args> struct target_body final : process_body {
@@ -74,6 +144,19 @@ template <class F, class... Args> struct target_body final : process_body {
     }
   }
 
+  const char* to_fresh_image(fresh_target& out) const override {
+    constexpr const char* refusal = fresh_refusal<F, Args...>();
+    if constexpr (refusal != nullptr) {
+      return (void)out, refusal;
+    } else {
+      out.entry = reinterpret_cast<std::uintptr_t>(&run_fresh_target<F, Args...>);
+      if constexpr (fresh_function<F>) out.function = reinterpret_cast<std::uintptr_t>(f);
+      if constexpr (fresh_serialized_object<F>) out.object = wire::encode(f);
+      out.arguments = wire::encode(args);
+      return nullptr;
+    }
+  }
+
   F f;
   std::tuple<Args...> args;
 };
@@ -83,6 +166,13 @@ concept process_target =
     !std::is_base_of_v<process, std::remove_cvref_t<F>> &&
     !std::is_same_v<std::remove_cvref_t<F>, process_options> &&
     std::is_invocable_v<std::decay_t<F>&, std::decay_t<Args>&...>;
+
+// Subclasses of process that may start with spawn (COPROC_REGISTER_PROCESS): how to encode
+// one, and the fresh_entry that rebuilds it in a fresh image and runs it.
+using process_encoder = std::string (*)(const process&);
+void register_process_class(const std::type_info& type, process_encoder encode, std::uintptr_t entry);
+// In a fresh image: p, just decoded, takes the child's identity and runs; its exit code.
+int run_rebuilt_process(process& p);
 
 } // namespace detail
 
@@ -108,8 +198,13 @@ public:
   // reaps it when it exits.
   virtual ~process();
 
-  // Forks the child, which runs run() and exits with its exit code. std::logic_error if
-  // started twice, std::system_error if fork fails.
+  // Starts the child, which runs run() and exits with its exit code: forks it, or with
+  // start_method::spawn starts a fresh image of this program (coproc/main_guard.hpp).
+  // std::logic_error if started twice, or with spawn in a program whose main did not call
+  // coproc::main_guard; std::invalid_argument if the target or an argument cannot travel
+  // to a fresh image (a lambda with captures, an object without a cereal serialize,
+  // std::ref, a type that is not wire-serializable) or for forkserver, not implemented
+  // yet; std::system_error if fork or posix_spawn fails.
   void start();
 
   // The exit code: >= 0 the exit status, -N killed by signal N. Several coroutines may
@@ -122,9 +217,11 @@ public:
   bool is_alive() const;
   std::optional<int> exitcode() const;
 
-  // SIGTERM / SIGKILL; no-op before start and once the child has been reaped.
+  // SIGTERM / SIGKILL / SIGINT (so the child's cleanup runs, as a Ctrl-C would); no-op
+  // before start and once the child has been reaped.
   void terminate();
   void kill();
+  void interrupt();
 
   int pid() const noexcept;
   const std::string& name() const noexcept { return name_; }
@@ -140,17 +237,50 @@ protected:
   virtual void run();
 
 private:
+  friend int detail::run_rebuilt_process(process& p);
   void release() noexcept;
   [[noreturn]] void run_child();
+  int spawn_child();
   const std::shared_ptr<detail::child>& started(const char* what) const;
 
   std::unique_ptr<detail::process_body> body_;
   std::string name_;
   detail::identity identity_;
   bool daemon_ = false;
-  start_method method_ = start_method::fork;
+  std::optional<start_method> method_;
   int exit_code_ = 0;
   std::shared_ptr<detail::child> child_;
 };
 
+namespace detail {
+template <class T> std::string encode_process(const process& p) { return wire::encode(static_cast<const T&>(p)); }
+
+template <class T> int run_fresh_process_class(std::uintptr_t, std::string_view object, std::string_view) {
+  T p = wire::decode<T>(object);
+  return run_rebuilt_process(p);
+}
+
+template <class T> bool register_process_class() {
+  static_assert(std::is_base_of_v<process, T>, "COPROC_REGISTER_PROCESS: T must derive from coproc::process");
+  static_assert(std::is_default_constructible_v<T>,
+                "COPROC_REGISTER_PROCESS: T needs a public default constructor (a fresh image rebuilds it)");
+  static_assert(wire::detail::own_serializer<T>,
+                "COPROC_REGISTER_PROCESS: T needs a cereal serialize(Archive&) member (or save/load) for "
+                "the fields its run() uses");
+  register_process_class(typeid(T), &encode_process<T>, reinterpret_cast<std::uintptr_t>(&run_fresh_process_class<T>));
+  return true;
+}
+} // namespace detail
+
 } // namespace coproc
+
+#define COPROC_DETAIL_CONCAT2(a, b) a##b
+#define COPROC_DETAIL_CONCAT(a, b) COPROC_DETAIL_CONCAT2(a, b)
+// At global scope, once per subclass T of coproc::process (a qualified name is fine) that
+// may start with start_method::spawn: T needs a public default constructor and a cereal
+// serialize for the state its run() uses. In the fresh image T is default-constructed,
+// decoded and run; it keeps the parent's name() and daemon flag. An unregistered subclass
+// is std::invalid_argument at start() with spawn.
+#define COPROC_REGISTER_PROCESS(...)                                                             \
+  [[maybe_unused]] static const bool COPROC_DETAIL_CONCAT(coproc_registered_process_, __COUNTER__) = \
+      ::coproc::detail::register_process_class<__VA_ARGS__>()

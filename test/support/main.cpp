@@ -6,6 +6,8 @@
 
 #include "checks.hpp"
 
+#include <coproc/main_guard.hpp>
+
 #include <dirent.h>
 #include <limits.h>
 #include <sys/stat.h>
@@ -191,6 +193,7 @@ private:
 DOCTEST_REGISTER_LISTENER("leak_check", 1, leak_check);
 
 int main(int argc, char** argv) {
+  coproc::main_guard(argc, argv); // a fresh image (start_method::spawn) becomes its child here
   doctest::Context context(argc, argv);
   int result = context.run();
   if (context.shouldExit()) return result;

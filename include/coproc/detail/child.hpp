@@ -110,5 +110,7 @@ struct identity {
 identity next_child_identity(const char* prefix);
 // In the child: take this identity (this_process::name() then returns its name).
 void enter_child(identity id);
+// This process's identity.
+identity current_identity_of_process();
 
 } // namespace coproc::detail

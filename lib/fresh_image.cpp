@@ -1,0 +1,276 @@
+// The fresh-image entry (coproc/main_guard.hpp, lib/fresh_image.hpp) and the naming of
+// code across images (coproc/detail/fresh_image.hpp).
+#include "fresh_image.hpp"
+
+#include <coproc/detail/fresh_image.hpp>
+#include <coproc/errors.hpp>
+#include <coproc/main_guard.hpp>
+#include <coproc/wire.hpp>
+
+#include "os.hpp"
+#include "start_method.hpp"
+
+#include <elf.h>
+#include <fcntl.h>
+#include <link.h>
+#include <spawn.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <csignal>
+#include <cstdlib>
+#include <cstring>
+#include <iostream>
+#include <stdexcept>
+#include <system_error>
+#include <vector>
+
+extern char** environ;
+
+namespace coproc {
+
+namespace {
+
+constexpr const char* image_env = "COPROC_FRESH_IMAGE";
+constexpr const char* image_magic = "coproc fresh image 1";
+constexpr int payload_fd = 3;
+// EX_SOFTWARE, as a pool worker's protocol error.
+constexpr int bad_image_exit = 70;
+
+std::atomic<bool> guard_ran{false};
+
+const char* kind_name(detail::image_kind kind) {
+  return kind == detail::image_kind::process ? "process" : "pool_worker";
+}
+
+// What the parent tells every kind of fresh image.
+struct envelope {
+  std::string magic;
+  std::uint8_t kind = 0;
+  std::int32_t parent = 0;
+  std::uint8_t method = 0;
+  bool dies_with_parent = false;
+  std::vector<unsigned> path;
+  std::string name;
+  std::string body;
+  template <class Archive> void serialize(Archive& ar) {
+    ar(magic, kind, parent, method, dies_with_parent, path, name, body);
+  }
+};
+
+int kind_fds(detail::image_kind kind) { return kind == detail::image_kind::pool_worker ? 2 : 0; }
+
+// Started by hand, or by another program that sets coproc's variable: say so, and stop.
+[[noreturn]] void bad_image(const std::string& value, const std::string& why) {
+  std::cerr << "coproc: this program was started as a fresh image (" << image_env << "=" << value
+            << ") but " << why << "; " << image_env
+            << " is set only by coproc for the children it starts" << std::endl;
+  ::_exit(bad_image_exit);
+}
+
+std::string read_payload(const std::string& value) {
+  struct stat st;
+  // A memfd is a regular file: anything else (a terminal, a pipe, /dev/zero) might never
+  // end, and is not coproc's.
+  if (::fstat(payload_fd, &st) != 0 || !S_ISREG(st.st_mode))
+    bad_image(value, "descriptor 3 is not coproc's payload");
+  std::string bytes(static_cast<std::size_t>(st.st_size), '\0');
+  std::size_t done = 0;
+  while (done < bytes.size()) {
+    ssize_t n = ::pread(payload_fd, bytes.data() + done, bytes.size() - done, static_cast<off_t>(done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) bad_image(value, "descriptor 3 could not be read whole");
+    done += static_cast<std::size_t>(n);
+  }
+  ::close(payload_fd);
+  return bytes;
+}
+
+[[noreturn]] void enter_fresh_image(const std::string& value) {
+  ::unsetenv(image_env); // the child's own children are ordinary runs
+  detail::image_kind kind;
+  if (value == "process") kind = detail::image_kind::process;
+  else if (value == "pool_worker") kind = detail::image_kind::pool_worker;
+  else bad_image(value, "that names no kind of coproc child");
+  envelope e;
+  try {
+    e = wire::decode<envelope>(read_payload(value));
+  } catch (const std::exception& error) {
+    bad_image(value, std::string("its payload does not decode: ") + error.what());
+  }
+  if (e.magic != image_magic) bad_image(value, "its payload is not coproc's");
+  if (e.kind != static_cast<std::uint8_t>(kind)) bad_image(value, "its payload is for another kind of child");
+  if (e.method > static_cast<std::uint8_t>(start_method::spawn)) bad_image(value, "its start method is unknown");
+  for (int i = 0; i < kind_fds(kind); ++i)
+    if (::fcntl(detail::fresh_image_first_fd + i, F_GETFD) < 0)
+      bad_image(value, "descriptor " + std::to_string(detail::fresh_image_first_fd + i) + " is not open");
+  if (e.dies_with_parent) detail::die_with_parent(e.parent);
+  detail::inherit_start_method(static_cast<start_method>(e.method));
+  detail::enter_child({std::move(e.path), std::move(e.name)});
+  if (kind == detail::image_kind::process) detail::run_fresh_process(e.body);
+  detail::run_spawned_worker(e.body, detail::fresh_image_first_fd, detail::fresh_image_first_fd + 1);
+}
+
+int checked(int rc, const std::string& who, const char* what) {
+  if (rc != 0) detail::throw_errno(rc, who + ": " + what + " for a fresh image");
+  return rc;
+}
+
+} // namespace
+
+void main_guard(int, char**) {
+  guard_ran.store(true);
+  if (const char* value = std::getenv(image_env)) enter_fresh_image(value);
+}
+
+namespace detail {
+
+void require_main_guard(const std::string& who) {
+  if (!guard_ran.load())
+    throw std::logic_error(who + ": start_method::spawn starts a fresh image of this program, which "
+                                 "needs coproc::main_guard(argc, argv) as the first statement of main()");
+}
+
+int spawn_fresh_image(const fresh_image_spec& spec, std::span<const int> fds, const std::string& who) {
+  envelope e{image_magic,  static_cast<std::uint8_t>(spec.kind),
+             ::getpid(),   static_cast<std::uint8_t>(get_start_method()),
+             spec.dies_with_parent, spec.id.path, spec.id.name, spec.body};
+  std::string payload = wire::encode(e);
+  // Every source descriptor above the targets (3, 4, ...), so no dup2 of the child
+  // overwrites a source it has yet to copy.
+  int above = payload_fd + 1 + static_cast<int>(fds.size());
+  std::vector<int> sources;
+  auto close_sources = [&] {
+    for (int fd : sources) ::close(fd);
+  };
+  int memfd = ::memfd_create("coproc-fresh-image", MFD_CLOEXEC);
+  if (memfd < 0) throw_errno(errno, who + ": memfd_create for a fresh image");
+  for (std::size_t done = 0; done < payload.size();) {
+    ssize_t n = ::write(memfd, payload.data() + done, payload.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      int err = errno;
+      ::close(memfd);
+      throw_errno(err, who + ": writing a fresh image's payload");
+    }
+    done += static_cast<std::size_t>(n);
+  }
+  std::vector<int> all{memfd};
+  all.insert(all.end(), fds.begin(), fds.end());
+  for (int fd : all) {
+    int copy = ::fcntl(fd, F_DUPFD_CLOEXEC, above);
+    if (copy < 0) {
+      int err = errno;
+      ::close(memfd);
+      close_sources();
+      throw_errno(err, who + ": dup for a fresh image");
+    }
+    sources.push_back(copy);
+  }
+  ::close(memfd);
+
+  std::string variable = std::string(image_env) + "=" + kind_name(spec.kind);
+  std::vector<char*> envp;
+  std::size_t prefix = std::strlen(image_env) + 1;
+  for (char** v = environ; *v; ++v)
+    if (std::strncmp(*v, variable.c_str(), prefix) != 0) envp.push_back(*v);
+  envp.push_back(variable.data());
+  envp.push_back(nullptr);
+  char* argv[] = {program_invocation_name, nullptr};
+
+  posix_spawn_file_actions_t actions;
+  posix_spawnattr_t attr;
+  ::posix_spawn_file_actions_init(&actions);
+  ::posix_spawnattr_init(&attr);
+  int pid = 0;
+  try {
+    for (std::size_t i = 0; i < sources.size(); ++i)
+      checked(::posix_spawn_file_actions_adddup2(&actions, sources[i], payload_fd + static_cast<int>(i)), who,
+              "adddup2");
+    checked(::posix_spawn_file_actions_addclosefrom_np(&actions, above), who, "addclosefrom_np");
+    sigset_t none, all_signals;
+    sigemptyset(&none);
+    sigfillset(&all_signals);
+    checked(::posix_spawnattr_setsigmask(&attr, &none), who, "setsigmask");
+    checked(::posix_spawnattr_setsigdefault(&attr, &all_signals), who, "setsigdefault");
+    checked(::posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF), who, "setflags");
+    int rc = ::posix_spawn(&pid, "/proc/self/exe", &actions, &attr, argv, envp.data());
+    if (rc != 0) throw_errno(rc, who + ": posix_spawn of /proc/self/exe");
+  } catch (...) {
+    ::posix_spawn_file_actions_destroy(&actions);
+    ::posix_spawnattr_destroy(&attr);
+    close_sources();
+    throw;
+  }
+  ::posix_spawn_file_actions_destroy(&actions);
+  ::posix_spawnattr_destroy(&attr);
+  close_sources();
+  return pid;
+}
+
+// ---- code across images ----------------------------------------------------------------
+
+namespace {
+struct code_query {
+  std::uintptr_t address = 0;    // locate: in; resolve: out
+  const char* name = nullptr;    // locate: out; resolve: in
+  std::uint64_t offset = 0;      // locate: out; resolve: in
+  bool first = true;             // the executable is the first object, named ""
+  bool found = false;
+};
+
+bool executable_at(const dl_phdr_info* info, std::uintptr_t address) {
+  for (int i = 0; i < info->dlpi_phnum; ++i) {
+    const auto& ph = info->dlpi_phdr[i];
+    if (ph.p_type != PT_LOAD || !(ph.p_flags & PF_X)) continue;
+    std::uintptr_t start = info->dlpi_addr + ph.p_vaddr;
+    if (address >= start && address - start < ph.p_memsz) return true;
+  }
+  return false;
+}
+
+const char* object_name(const dl_phdr_info* info, bool first) { return first ? "" : info->dlpi_name; }
+} // namespace
+
+std::optional<code_ref> locate_code(std::uintptr_t address) {
+  code_query q{address};
+  ::dl_iterate_phdr(
+      [](dl_phdr_info* info, std::size_t, void* data) -> int {
+        auto& q = *static_cast<code_query*>(data);
+        bool first = std::exchange(q.first, false);
+        if (!executable_at(info, q.address)) return 0;
+        q.name = object_name(info, first);
+        q.offset = q.address - info->dlpi_addr;
+        q.found = true;
+        return 1;
+      },
+      &q);
+  if (!q.found) return std::nullopt;
+  return code_ref{q.name, q.offset};
+}
+
+std::uintptr_t resolve_code(const code_ref& ref) {
+  code_query q{0, ref.object.c_str(), ref.offset};
+  ::dl_iterate_phdr(
+      [](dl_phdr_info* info, std::size_t, void* data) -> int {
+        auto& q = *static_cast<code_query*>(data);
+        bool first = std::exchange(q.first, false);
+        if (std::strcmp(object_name(info, first), q.name) != 0) return 0;
+        std::uintptr_t address = info->dlpi_addr + q.offset; // wraps, never overflows
+        q.found = executable_at(info, address);
+        q.address = address;
+        return 1;
+      },
+      &q);
+  if (!q.found)
+    throw error("coproc: no code at offset " + std::to_string(ref.offset) + " of " +
+                (ref.object.empty() ? std::string("the executable") : ref.object) + " in this image");
+  return q.address;
+}
+
+} // namespace detail
+
+} // namespace coproc

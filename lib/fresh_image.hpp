@@ -1,0 +1,41 @@
+// lib/fresh_image.hpp — starting a fresh image of this program and entering it
+// (lib/fresh_image.cpp; the public entry is coproc/main_guard.hpp).
+//
+// The parent posix_spawns /proc/self/exe with COPROC_FRESH_IMAGE naming the kind of child
+// and descriptor 3 a memfd holding the payload: who the child is (its identity, its
+// parent, whether it dies with it, the parent's default start method) and the kind's own
+// bytes. The kind's descriptors follow from 4 on; nothing else is inherited but 0-2.
+// Signals start at their defaults with an empty mask.
+#pragma once
+
+#include <coproc/detail/child.hpp>
+
+#include <span>
+#include <string>
+#include <string_view>
+
+namespace coproc::detail {
+
+enum class image_kind : std::uint8_t { process = 1, pool_worker = 2 };
+
+// The first descriptor of a kind's own descriptors in the child.
+constexpr int fresh_image_first_fd = 4;
+
+struct fresh_image_spec {
+  image_kind kind;
+  identity id;
+  bool dies_with_parent = false; // PR_SET_PDEATHSIG, then a getppid() check
+  std::string body;              // the kind's bytes
+};
+
+// Starts the image; its pid. std::system_error naming `who` if it cannot start.
+int spawn_fresh_image(const fresh_image_spec& spec, std::span<const int> fds, const std::string& who);
+
+// std::logic_error naming `who` unless main_guard ran in this program.
+void require_main_guard(const std::string& who);
+
+// The entries of the kinds, run by main_guard once the identity is taken.
+[[noreturn]] void run_fresh_process(std::string_view body);                     // lib/process.cpp
+[[noreturn]] void run_spawned_worker(std::string_view body, int fd, int memfd); // lib/pool_worker.cpp
+
+} // namespace coproc::detail

@@ -1,0 +1,471 @@
+// The fresh-image entry (coproc/main_guard.hpp) and what a process started with
+// start_method::spawn does: everything a forked one does, from a fresh image.
+#include <coproc/main_guard.hpp>
+#include <coproc/process.hpp>
+#include <coproc/subprocess.hpp>
+
+#include <doctest/doctest.h>
+
+#include "support/checks.hpp"
+
+#include <fcntl.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+using namespace std::chrono_literals;
+using coproc_test::run;
+
+extern char** environ;
+
+namespace {
+
+constexpr auto spawn = coproc::start_method::spawn;
+
+int exit_with(int code) { return code; }
+void forever() {
+  for (;;) ::pause();
+}
+
+int g_parent_state = 0; // set at run time by the parent: a fresh image never sees it
+int parent_state() { return g_parent_state; }
+
+// A static object with a constructor: built in the fresh image before its target runs.
+struct constructed {
+  int value = 0;
+  constructed() : value(42) {}
+};
+constructed g_constructed;
+int read_static() { return g_constructed.value; }
+
+int has_name(std::string expected) { return coproc::this_process::name() == expected ? 0 : 1; }
+
+// Writes "pid ppid" to path (whole, by a rename), then waits to be signalled.
+void report_then_wait(std::string path) {
+  {
+    std::ofstream out(path + ".tmp");
+    out << ::getpid() << ' ' << ::getppid() << '\n';
+  }
+  std::filesystem::rename(path + ".tmp", path);
+  forever();
+}
+
+// The numbers in the file once it exists; empty if it does not appear within 20 s.
+std::vector<long> wait_for_report(const std::string& path) {
+  auto deadline = std::chrono::steady_clock::now() + 20s;
+  while (std::chrono::steady_clock::now() < deadline) {
+    std::ifstream in(path);
+    std::vector<long> numbers;
+    for (long n; in >> n;) numbers.push_back(n);
+    if (!numbers.empty()) return numbers;
+    std::this_thread::sleep_for(5ms);
+  }
+  return {};
+}
+
+class temp_dir {
+public:
+  temp_dir() {
+    std::string pattern = (std::filesystem::temp_directory_path() / "coproc-main-guard-XXXXXX").string();
+    REQUIRE(::mkdtemp(pattern.data()) != nullptr);
+    path_ = pattern;
+  }
+  ~temp_dir() { std::filesystem::remove_all(path_); }
+  std::string file(const char* name) const { return (path_ / name).string(); }
+
+private:
+  std::filesystem::path path_;
+};
+
+int join(coproc::process& p) { return run(p.join()); }
+
+// Runs f with descriptor fd redirected into a pipe; returns what was written to it.
+std::string capture(int fd, const std::function<void()>& f) {
+  int p[2];
+  REQUIRE(::pipe2(p, O_CLOEXEC) == 0);
+  std::cout.flush();
+  std::fflush(nullptr);
+  int saved = ::dup(fd);
+  ::dup2(p[1], fd);
+  ::close(p[1]);
+  f();
+  std::cout.flush();
+  std::fflush(nullptr);
+  ::dup2(saved, fd);
+  ::close(saved);
+  std::string out;
+  char buf[4096];
+  ssize_t n;
+  while ((n = ::read(p[0], buf, sizeof buf)) > 0) out.append(buf, n);
+  ::close(p[0]);
+  return out;
+}
+
+std::string self_exe() { return std::filesystem::read_symlink("/proc/self/exe").string(); }
+
+std::map<std::string, std::string> environment_with(const std::string& name, const std::string& value) {
+  std::map<std::string, std::string> env;
+  for (char** e = environ; *e; ++e) {
+    std::string entry(*e);
+    auto eq = entry.find('=');
+    if (eq != std::string::npos) env[entry.substr(0, eq)] = entry.substr(eq + 1);
+  }
+  env[name] = value;
+  return env;
+}
+
+struct not_serializable {
+  int* where = nullptr;
+};
+
+// A function object with state and a serialize: it travels as its encoding.
+struct scaled {
+  int factor = 0;
+  int operator()(int x) const { return factor * x; }
+  template <class Archive> void serialize(Archive& ar) { ar(factor); }
+};
+// With state and no serialize: cannot be told from a closure.
+struct opaque_functor {
+  int factor = 3;
+  int operator()() const { return factor; }
+};
+
+class unregistered : public coproc::process {
+public:
+  unregistered() : coproc::process(coproc::process_options{.method = coproc::start_method::spawn}) {}
+  template <class Archive> void serialize(Archive&) {}
+
+protected:
+  void run() override {}
+};
+
+} // namespace
+
+namespace app {
+// A subclass that may start with spawn: registered below, its state in serialize.
+class greeter : public coproc::process {
+public:
+  greeter() = default;
+  greeter(std::string greeting, int times)
+      : coproc::process(coproc::process_options{.method = coproc::start_method::spawn}),
+        greeting_(std::move(greeting)), times_(times) {}
+  template <class Archive> void serialize(Archive& ar) { ar(greeting_, times_); }
+
+protected:
+  void run() override {
+    for (int i = 0; i < times_; ++i) std::cout << greeting_ << " from " << name() << '\n';
+    if (coproc::this_process::name() != name()) throw std::logic_error("the names differ");
+  }
+
+private:
+  std::string greeting_;
+  int times_ = 0;
+};
+} // namespace app
+
+COPROC_REGISTER_PROCESS(app::greeter);
+
+TEST_CASE("spawn: exit codes 0, 7, 1, -2, -9 and -15 as with fork") {
+  coproc::process zero({.method = spawn}, [] {});
+  coproc::process seven({.method = spawn}, exit_with, 7);
+  coproc::process thrown({.method = spawn}, []() -> int { throw std::runtime_error("boom"); });
+  coproc::process interrupted({.method = spawn}, forever);
+  coproc::process termed({.method = spawn}, forever);
+  coproc::process killed({.method = spawn}, forever);
+  for (auto* p : {&zero, &seven, &interrupted, &termed, &killed}) p->start();
+  auto err = capture(2, [&] {
+    thrown.start();
+    CHECK(join(thrown) == 1);
+  });
+  CHECK(err.find("Process " + thrown.name() + ":\nstd::runtime_error: boom\n") != std::string::npos);
+  CHECK(join(zero) == 0);
+  CHECK(join(seven) == 7);
+  interrupted.interrupt();
+  termed.terminate();
+  killed.kill();
+  CHECK(join(interrupted) == -SIGINT);
+  CHECK(join(termed) == -SIGTERM);
+  CHECK(join(killed) == -SIGKILL);
+  CHECK(termed.exitcode() == -SIGTERM);
+}
+
+TEST_CASE("spawn: targets may return int, awaitable<void> or awaitable<int>") {
+  coproc::process i({.method = spawn}, [] { return 3; });
+  coproc::process av({.method = spawn}, []() -> coproc::awaitable<void> { co_await coproc::sleep(1ms); });
+  coproc::process ai({.method = spawn}, [](int x) -> coproc::awaitable<int> {
+    co_await coproc::sleep(1ms);
+    co_return x + 1;
+  }, 4);
+  for (auto* p : {&i, &av, &ai}) p->start();
+  CHECK(join(i) == 3);
+  CHECK(join(av) == 0);
+  CHECK(join(ai) == 5);
+}
+
+TEST_CASE("spawn: arguments cross in the wire format") {
+  coproc::process p({.method = spawn},
+                    [](std::string s, std::vector<int> v, std::map<std::string, int> m, double d) {
+                      return s == "text" && v == std::vector<int>{1, 2, 3} && m.at("k") == 9 && d == 2.5 ? 0 : 1;
+                    },
+                    std::string("text"), std::vector<int>{1, 2, 3}, std::map<std::string, int>{{"k", 9}}, 2.5);
+  p.start();
+  CHECK(join(p) == 0);
+}
+
+TEST_CASE("spawn: the child is a fresh image with the program's statics constructed") {
+  g_parent_state = 7;
+  coproc::process forked(parent_state);
+  coproc::process fresh({.method = spawn}, parent_state);
+  coproc::process statics({.method = spawn}, read_static);
+  for (auto* p : {&forked, &fresh, &statics}) p->start();
+  CHECK(join(forked) == 7);
+  CHECK(join(fresh) == 0);
+  CHECK(join(statics) == 42);
+  g_parent_state = 0;
+
+  // Nothing of coproc's start-up is left in it: no COPROC_FRESH_IMAGE for its own
+  // children, no descriptor of the parent but 0-2.
+  int fds[2];
+  REQUIRE(::pipe(fds) == 0); // not close-on-exec
+  coproc::process clean({.method = spawn}, [](int a, int b) {
+    bool env = std::getenv("COPROC_FRESH_IMAGE") == nullptr;
+    bool closed = ::fcntl(a, F_GETFD) < 0 && ::fcntl(b, F_GETFD) < 0;
+    return env && closed ? 0 : 1;
+  }, fds[0], fds[1]);
+  clean.start();
+  CHECK(join(clean) == 0);
+  ::close(fds[0]);
+  ::close(fds[1]);
+}
+
+TEST_CASE("spawn: names, and the child knows its own") {
+  coproc::process unnamed({.method = spawn}, has_name, std::string());
+  unnamed.start();
+  CHECK(join(unnamed) == 1);
+  coproc::process own({.method = spawn}, [] {
+    auto name = coproc::this_process::name();
+    return name.rfind("Process-", 0) == 0 ? 0 : 1;
+  });
+  own.start();
+  CHECK(join(own) == 0);
+  coproc::process named({.name = "worker", .method = spawn}, has_name, std::string("worker"));
+  named.start();
+  CHECK(join(named) == 0);
+  coproc::process renamed({.method = spawn}, has_name, std::string("renamed"));
+  renamed.name("renamed");
+  renamed.start();
+  CHECK(join(renamed) == 0);
+  // A fresh image may spawn too; its child is named after it, as in Python.
+  coproc::process outer({.method = spawn}, [] {
+    coproc::process inner({.method = coproc::start_method::spawn}, has_name, coproc::this_process::name() + ":1");
+    inner.start();
+    return coproc::block_on(inner.join());
+  });
+  outer.start();
+  CHECK(join(outer) == 0);
+}
+
+TEST_CASE("spawn: pid, is_alive, exitcode and join with a timeout both ways") {
+  temp_dir dir;
+  coproc::process p({.method = spawn}, report_then_wait, dir.file("pid"));
+  CHECK(p.pid() == 0);
+  CHECK_FALSE(p.is_alive());
+  p.start();
+  auto report = wait_for_report(dir.file("pid"));
+  REQUIRE(report.size() == 2);
+  CHECK(report[0] == p.pid());
+  CHECK(report[1] == ::getpid());
+  CHECK(p.is_alive());
+  CHECK_FALSE(p.exitcode());
+  auto start = std::chrono::steady_clock::now();
+  CHECK_FALSE(run(p.join(50ms)));
+  CHECK(std::chrono::steady_clock::now() - start >= 50ms);
+  CHECK(p.is_alive()); // left alone
+  p.terminate();
+  CHECK(run(p.join(20s)) == -SIGTERM);
+  CHECK_FALSE(p.is_alive());
+  CHECK(p.exitcode() == -SIGTERM);
+  p.kill(); // no-op once exited
+  p.interrupt();
+
+  coproc::process quick({.method = spawn}, exit_with, 3);
+  quick.start();
+  CHECK(run(quick.join(20s)) == 3);
+  auto deadline = std::chrono::steady_clock::now() + 20s;
+  coproc::process polled({.method = spawn}, exit_with, 4);
+  polled.start();
+  while (polled.is_alive() && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(1ms);
+  CHECK(polled.exitcode() == 4);
+  CHECK(coproc_test::zombie_children().empty());
+}
+
+TEST_CASE("spawn: the child writes to the parent's stdout and stderr") {
+  auto out = capture(1, [] {
+    coproc::process p({.method = spawn}, [] {
+      std::cout << "to stdout" << std::endl;
+      std::printf("buffered\n"); // flushed at exit
+    });
+    p.start();
+    CHECK(join(p) == 0);
+  });
+  CHECK(out == "to stdout\nbuffered\n");
+}
+
+TEST_CASE("spawn refuses what cannot travel, naming the process, and fork still takes it") {
+  int local = 1;
+  auto refused = [](coproc::process& p, const char* why) {
+    std::string who = "process '" + p.name() + "'";
+    CHECK_THROWS_WITH_AS(p.start(), doctest::Contains(who.c_str()), std::invalid_argument);
+    CHECK_THROWS_WITH_AS(p.start(), doctest::Contains(why), std::invalid_argument);
+    CHECK(p.pid() == 0);
+  };
+  coproc::process capturing({.name = "capturing", .method = spawn}, [local] { return local; });
+  refused(capturing, "lambda with captures");
+  coproc::process by_ref({.name = "by_ref", .method = spawn}, [](int& v) { return v; }, std::ref(local));
+  refused(by_ref, "std::reference_wrapper");
+  coproc::process opaque({.name = "opaque", .method = spawn}, [](not_serializable) {}, not_serializable{});
+  refused(opaque, "wire-serializable");
+  coproc::process forked({.method = coproc::start_method::fork}, [local](not_serializable) { return local; },
+                         not_serializable{});
+  forked.start();
+  CHECK(join(forked) == 1);
+  coproc::process forkserver({.name = "served", .method = coproc::start_method::forkserver}, [] {});
+  CHECK_THROWS_WITH_AS(forkserver.start(), doctest::Contains("forkserver"), std::invalid_argument);
+}
+
+TEST_CASE("spawn: a class with a serialize is a target, a class without one is refused") {
+  coproc::process p({.method = spawn}, scaled{3}, 5);
+  p.start();
+  CHECK(join(p) == 15);
+  coproc::process opaque({.name = "opaque", .method = spawn}, opaque_functor{});
+  CHECK_THROWS_WITH_AS(opaque.start(), doctest::Contains("without a cereal serialize"), std::invalid_argument);
+  coproc::process forked({.method = coproc::start_method::fork}, opaque_functor{});
+  forked.start();
+  CHECK(join(forked) == 3);
+}
+
+TEST_CASE("spawn: a registered subclass is rebuilt from its serialize; an unregistered one is refused") {
+  auto out = capture(1, [] {
+    app::greeter g("hello", 2);
+    g.name("greeter");
+    g.start();
+    CHECK(join(g) == 0);
+  });
+  CHECK(out == "hello from greeter\nhello from greeter\n");
+  unregistered u;
+  u.name("plain");
+  CHECK_THROWS_WITH_AS(u.start(), doctest::Contains("COPROC_REGISTER_PROCESS"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(u.start(), doctest::Contains("process 'plain'"), std::invalid_argument);
+}
+
+TEST_CASE("spawn: a daemon child dies with its parent even by SIGKILL") {
+  temp_dir dir;
+  int report[2];
+  REQUIRE(::pipe(report) == 0);
+  int helper = ::fork();
+  if (helper == 0) {
+    // The helper adopts orphans, so it can see how the daemon ended.
+    ::prctl(PR_SET_CHILD_SUBREAPER, 1);
+    int parent = ::fork();
+    if (parent == 0) {
+      coproc::process d({.daemon = true, .method = coproc::start_method::spawn}, report_then_wait,
+                        dir.file("pid"));
+      d.start();
+      if (wait_for_report(dir.file("pid")).empty()) ::_exit(2); // its PDEATHSIG is set by now
+      ::raise(SIGKILL);
+    }
+    ::waitpid(parent, nullptr, 0);
+    auto ids = wait_for_report(dir.file("pid"));
+    if (ids.empty()) ::_exit(3);
+    int daemon_pid = static_cast<int>(ids[0]);
+    int status = 0;
+    for (int i = 0; i < 2000; ++i) { // bounded: the daemon must be gone within 20 s
+      if (::waitpid(daemon_pid, &status, WNOHANG) == daemon_pid) {
+        int result = WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL;
+        (void)!::write(report[1], &result, sizeof result);
+        ::_exit(0);
+      }
+      std::this_thread::sleep_for(10ms);
+    }
+    ::kill(daemon_pid, SIGKILL);
+    ::waitpid(daemon_pid, nullptr, 0);
+    ::_exit(4);
+  }
+  ::close(report[1]);
+  int result = 0;
+  CHECK(::read(report[0], &result, sizeof result) == sizeof result);
+  ::close(report[0]);
+  int status;
+  REQUIRE(::waitpid(helper, &status, 0) == helper);
+  CHECK(WEXITSTATUS(status) == 0);
+  CHECK(result == 1);
+}
+
+TEST_CASE("a program without main_guard gets a logic_error naming the missing line") {
+  auto r = run(coproc::run({COPROC_NO_MAIN_GUARD}, {.capture_output = true, .timeout = 60s}));
+  CHECK(r.returncode == 0);
+  CHECK(r.out.find("process: process 'unguarded': ") != std::string::npos);
+  CHECK(r.out.find("pool: coproc::pool: ") != std::string::npos);
+  CHECK(r.out.find("coproc::main_guard(argc, argv) as the first statement of main()") != std::string::npos);
+  CHECK(r.out.find("started") == std::string::npos);
+  CHECK(r.out.find("made") == std::string::npos);
+  CHECK(r.out.find("fork: 3") != std::string::npos);
+}
+
+TEST_CASE("a fresh image started by hand with a garbage coproc environment fails clearly") {
+  temp_dir dir;
+  {
+    std::ofstream garbage(dir.file("garbage"));
+    garbage << "this is not a payload";
+  }
+  struct attempt {
+    std::string value;
+    std::string redirect; // the shell's redirection of descriptor 3
+    std::string says;
+  };
+  std::vector<attempt> attempts{
+      {"garbage", "", "names no kind"},
+      {"process", "", "descriptor 3"},
+      {"pool_worker", "", "descriptor 3"},
+      {"process", "3</dev/zero", "descriptor 3"}, // never ends: must not be read
+      {"process", "3<\"$1\"", "does not decode"},
+  };
+  for (const auto& a : attempts) {
+    CAPTURE(a.value);
+    CAPTURE(a.redirect);
+    auto r = run(coproc::run({"exec \"$0\" " + a.redirect, self_exe(), dir.file("garbage")},
+                             {.env = environment_with("COPROC_FRESH_IMAGE", a.value),
+                              .shell = true,
+                              .capture_output = true,
+                              .timeout = 60s}));
+    CHECK(r.returncode == 70);
+    CHECK(r.err.find("COPROC_FRESH_IMAGE=" + a.value) != std::string::npos);
+    CHECK(r.err.find(a.says) != std::string::npos);
+    CHECK(r.out.empty()); // no test ran
+  }
+}
+
+TEST_CASE("a spawned target finds the statics of a library linked after libcoproc constructed") {
+  auto r = run(coproc::run({COPROC_SPAWN_STATIC}, {.capture_output = true, .timeout = 60s}));
+  CHECK(r.returncode == 0);
+  CHECK(r.out == "process: 42\npool: 42\n");
+  CHECK(r.err.empty());
+}
+
+TEST_CASE("spawn works through a shared libcoproc") {
+  auto r = run(coproc::run({COPROC_SPAWN_SHARED}, {.capture_output = true, .timeout = 60s}));
+  CHECK(r.returncode == 0);
+  CHECK(r.out == "process: 42\n");
+  CHECK(r.err.empty());
+}
