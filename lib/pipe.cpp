@@ -6,6 +6,7 @@
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/system/system_error.hpp>
@@ -107,7 +108,11 @@ void pipe_end::hand_off(const outgoing& out, const boost::asio::any_io_executor&
   backlogged_ = true;
   if (flushing_) return;
   flushing_ = true;
-  boost::asio::co_spawn(ex, flush(shared_from_this()), boost::asio::detached);
+  // Posted: co_spawn may start the flusher at once on this thread, and it takes
+  // send_mutex_, which the caller holds.
+  boost::asio::post(ex, [self = shared_from_this(), ex] {
+    boost::asio::co_spawn(ex, flush(self), boost::asio::detached);
+  });
 }
 
 // It may run on another thread than the next send (an io_context run by several
