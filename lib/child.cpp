@@ -3,12 +3,14 @@
 
 #include "os.hpp"
 
-#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/deferred.hpp>
 #include <boost/asio/experimental/concurrent_channel.hpp>
+#include <boost/asio/experimental/parallel_group.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <boost/system/system_error.hpp>
 
 #include <fcntl.h>
 #include <poll.h>
@@ -237,6 +239,7 @@ public:
       auto op = wake_.async_receive(boost::asio::use_awaitable);
       co_await std::move(op);
     }
+    auto next_op() { return wake_.async_receive(boost::asio::deferred); }
 
   private:
     friend class sigchld_watch;
@@ -457,7 +460,37 @@ std::optional<int> child::poll_locked() {
   return code_;
 }
 
+namespace {
+// Whichever comes first, `event` (a deferred operation) or the timer: true for the event.
+// Native operations in a parallel_group rather than `||` of coroutines: on an io_context
+// run by several threads, `||` emits its cancellation into the losing coroutine while that
+// coroutine may be running on another thread; a group's operations take it on any thread.
+// A cancellation of the awaiting coroutine ends both: the caller checks for it.
+template <class Event> boost::asio::awaitable<bool> event_or_timer(Event event, boost::asio::steady_timer& timer) {
+  auto group = boost::asio::experimental::make_parallel_group(std::move(event), timer.async_wait(boost::asio::deferred));
+  auto done = co_await group.async_wait(boost::asio::experimental::wait_for_one(), boost::asio::use_awaitable);
+  co_return std::get<0>(done)[0] == 0;
+}
+
+void throw_if_cancelled(const boost::asio::cancellation_state& state) {
+  if (state.cancelled() != boost::asio::cancellation_type::none)
+    throw boost::system::system_error(boost::asio::error::operation_aborted);
+}
+} // namespace
+
 boost::asio::awaitable<int> child::wait() {
+  auto wait = wait_until(deadline::never());
+  auto code = co_await std::move(wait);
+  co_return *code;
+}
+
+boost::asio::awaitable<std::optional<int>> child::wait(std::chrono::steady_clock::duration timeout) {
+  if (auto code = poll()) co_return code;
+  auto wait = wait_until(deadline::after(timeout));
+  co_return co_await std::move(wait);
+}
+
+boost::asio::awaitable<std::optional<int>> child::wait_until(deadline until) {
   if (!owned())
     throw std::logic_error("can only wait for a child of this process (pid " + std::to_string(pid_) + ")");
   int fd = -1;
@@ -466,37 +499,51 @@ boost::asio::awaitable<int> child::wait() {
     std::lock_guard lock(mutex_);
     code = poll_locked();
     // Each waiter watches its own duplicate, so several coroutines on several io_contexts
-    // can wait for one child.
+    // (or threads of one) can wait for one child.
     if (!code && is_pidfd(ref_))
       fd = open_with_room([this] { return ::fcntl(ref_.fd, F_DUPFD_CLOEXEC, 0); });
   }
-  if (code) co_return *code;
-  if (fd < 0) co_return co_await wait_sigchld();
-  boost::asio::posix::stream_descriptor pidfd(co_await boost::asio::this_coro::executor, fd);
+  if (code) co_return code;
+  auto ex = co_await boost::asio::this_coro::executor;
+  std::optional<boost::asio::steady_timer> timer;
+  if (!until.is_never()) timer.emplace(ex, until.when());
+  if (fd < 0) co_return co_await wait_sigchld(timer);
+  auto state = co_await boost::asio::this_coro::cancellation_state;
+  // Registered (EPOLL_CTL_ADD) before the first look below, and every wait re-arms it
+  // (EPOLL_CTL_MOD, which reports a pidfd that is already readable): an exit between a
+  // look and the next wait is not lost, whichever thread of the io_context takes it.
+  boost::asio::posix::stream_descriptor pidfd(ex, fd);
   for (;;) {
     // Readiness is a hint (a stale edge can arrive after a reap, docs/platform.md): reap
     // without blocking and wait again if the child still runs.
-    if (auto code = poll()) co_return *code;
-    co_await pidfd.async_wait(boost::asio::posix::stream_descriptor::wait_read,
-                              boost::asio::use_awaitable);
+    if (auto code = poll()) co_return code;
+    if (!timer) {
+      co_await pidfd.async_wait(boost::asio::posix::stream_descriptor::wait_read, boost::asio::use_awaitable);
+      continue;
+    }
+    auto woken = event_or_timer(pidfd.async_wait(boost::asio::posix::stream_descriptor::wait_read,
+                                                 boost::asio::deferred),
+                                *timer);
+    bool event = co_await std::move(woken);
+    throw_if_cancelled(state);
+    if (!event) co_return poll();
   }
 }
 
-boost::asio::awaitable<int> child::wait_sigchld() {
+boost::asio::awaitable<std::optional<int>> child::wait_sigchld(std::optional<boost::asio::steady_timer>& timer) {
+  auto state = co_await boost::asio::this_coro::cancellation_state;
   sigchld_watch::waiter sigchld(co_await boost::asio::this_coro::executor);
   for (;;) {
-    if (auto code = poll()) co_return *code;
-    co_await sigchld.next();
+    if (auto code = poll()) co_return code;
+    if (!timer) {
+      co_await sigchld.next();
+      continue;
+    }
+    auto woken = event_or_timer(sigchld.next_op(), *timer);
+    bool event = co_await std::move(woken);
+    throw_if_cancelled(state);
+    if (!event) co_return poll();
   }
-}
-
-boost::asio::awaitable<std::optional<int>> child::wait(std::chrono::steady_clock::duration timeout) {
-  using namespace boost::asio::experimental::awaitable_operators;
-  if (auto code = poll()) co_return code;
-  boost::asio::steady_timer timer(co_await boost::asio::this_coro::executor, deadline::after(timeout).when());
-  auto first = co_await (wait() || timer.async_wait(boost::asio::use_awaitable));
-  if (first.index() == 0) co_return std::get<0>(first);
-  co_return poll();
 }
 
 bool child::signal(int sig, bool whole_group) {

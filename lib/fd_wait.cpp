@@ -80,9 +80,15 @@ public:
 private:
   void shutdown() override {
     unlink(); // first, and not under mutex_: forget_fd locks the registry, then mutex_
+    if (owner_ != ::getpid()) {
+      // The parent's io_context, inherited by fork: mutex_ may have been copied held by
+      // a thread that is not here, and closing or deregistering the descriptors would
+      // take them from the parent (the epoll instance is shared). Leave them.
+      for (auto& [fd, d] : descriptors_) (void)d.release();
+      return;
+    }
     std::lock_guard lock(mutex_);
-    if (owner_ == ::getpid())
-      for (auto& [fd, d] : descriptors_) d->release();
+    for (auto& [fd, d] : descriptors_) d->release();
     descriptors_.clear();
   }
   void unlink() noexcept {

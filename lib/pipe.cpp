@@ -6,6 +6,7 @@
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
@@ -40,6 +41,7 @@ void make_pipe_fds(int fds[2], bool duplex) {
 pipe_end::~pipe_end() { close(); }
 
 void pipe_end::close() noexcept {
+  std::lock_guard lock(send_mutex_); // the background flusher may be writing
   if (fd_ < 0) return;
   forget_fd(fd_);
   ::close(fd_);
@@ -90,24 +92,44 @@ bool pipe_end::drain_backlog() {
 }
 
 // The receiver has the message's first records: cutting it short would tear the stream,
-// so its rest is copied and sent by a coroutine of its own.
+// so its rest is copied and sent by a coroutine of its own. Caller holds send_mutex_.
 void pipe_end::hand_off(const outgoing& out, const boost::asio::any_io_executor& ex) {
   backlog_.assign(out.bytes.substr(out.sent));
   backlog_out_ = outgoing{backlog_, out.base + out.sent, 0, true};
   backlogged_ = true;
   if (flushing_) return;
   flushing_ = true;
-  boost::asio::co_spawn(ex, flush(shared_from_this()), boost::asio::detached);
+  // Posted: co_spawn may start the flusher at once on this thread, and it takes
+  // send_mutex_, which the caller holds.
+  boost::asio::post(ex, [self = shared_from_this(), ex] {
+    boost::asio::co_spawn(ex, flush(self), boost::asio::detached);
+  });
 }
 
+// It may run on another thread than the next send (an io_context run by several
+// threads): send_mutex_ orders its writes with theirs, and it stops being the flusher in
+// the same step in which it finds nothing left, so a rest handed off meanwhile is not
+// left without one.
 awaitable<void> pipe_end::flush(std::shared_ptr<pipe_end> self) {
   try {
-    while (self->fd_ >= 0 && !self->drain_backlog())
-      co_await wait_writable(self->fd_, deadline::never());
+    for (;;) {
+      int fd;
+      {
+        std::lock_guard lock(self->send_mutex_);
+        fd = self->fd_;
+        if (fd < 0 || self->drain_backlog()) {
+          self->flushing_ = false;
+          fd = -1;
+        }
+      }
+      if (fd < 0) break;
+      co_await wait_writable(fd, deadline::never());
+    }
   } catch (...) {
     // The peer is gone or the io_context shuts down; a later send reports the former.
+    std::lock_guard lock(self->send_mutex_);
+    self->flushing_ = false;
   }
-  self->flushing_ = false;
 }
 
 awaitable<void> pipe_end::send(std::string_view payload) {
@@ -118,15 +140,22 @@ awaitable<void> pipe_end::send(std::string_view payload) {
                             " bytes is larger than the limit of " + std::to_string(max_message) + " bytes");
   auto ex = co_await boost::asio::this_coro::executor;
   outgoing out{payload};
-  while (!drain_backlog() || !write(out)) {
+  for (;;) {
+    bool sent;
+    {
+      std::lock_guard lock(send_mutex_); // (no co_return in a lock's scope: g++ 12)
+      check_open("send");
+      sent = drain_backlog() && write(out);
+    }
+    if (sent) break;
     try {
       // Throws operation_aborted when this coroutine is cancelled: nothing more is written.
       co_await wait_writable(fd_, deadline::never());
     } catch (...) {
-      if (out.started) hand_off(out, ex);
+      std::lock_guard lock(send_mutex_);
+      if (out.started && fd_ >= 0) hand_off(out, ex);
       throw;
     }
-    check_open("send");
   }
 }
 

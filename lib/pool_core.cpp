@@ -7,6 +7,7 @@
 #include "fresh_image.hpp"
 #include "pool_worker.hpp"
 
+#include <boost/asio/async_result.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/post.hpp>
@@ -217,7 +218,11 @@ void pool_core::adopt_locked(const link& l, int pid) {
   workers_.push_back(w);
   scheduler_.add(*w);
   ++live_;
-  boost::asio::co_spawn(ex_, read_loop(shared_from_this(), w), boost::asio::detached);
+  // Posted: co_spawn may start the reader at once on this thread, and it takes mutex_,
+  // which the caller holds.
+  boost::asio::post(ex_, [self = shared_from_this(), w] {
+    boost::asio::co_spawn(self->ex_, read_loop(self, w), boost::asio::detached);
+  });
 }
 
 // ---- answers -------------------------------------------------------------------------
@@ -236,8 +241,15 @@ awaitable<void> pool_core::read_loop(std::shared_ptr<pool_core> self, std::share
     bool ok = !room.empty();
     if (ok) {
       boost::system::error_code ec;
-      auto read = w->socket.async_read_some(boost::asio::buffer(room.data(), room.size()),
-                                            boost::asio::redirect_error(boost::asio::use_awaitable, ec));
+      // Started under the mutex: a write, close() or terminate() on another thread of the
+      // io_context uses the socket too.
+      auto start_read = [&](auto handler) {
+        std::lock_guard lock(self->mutex_);
+        w->socket.async_read_some(boost::asio::buffer(room.data(), room.size()), std::move(handler));
+      };
+      auto token = boost::asio::redirect_error(boost::asio::use_awaitable, ec);
+      auto read = boost::asio::async_initiate<decltype(token), void(boost::system::error_code, std::size_t)>(
+          start_read, token);
       std::size_t n = co_await std::move(read);
       if (ec || n == 0) break;
       in.commit(n);

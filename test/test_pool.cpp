@@ -3,8 +3,10 @@
 #include <doctest/doctest.h>
 
 #include "support/checks.hpp"
+#include "support/threads.hpp"
 #include "support/timing.hpp"
 
+#include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/steady_timer.hpp>
 
 #include <dlfcn.h>
@@ -1070,5 +1072,60 @@ TEST_CASE("the parent ends the link of a worker that sends a record it cannot be
       CHECK(e.exitcode() == -SIGKILL);
       CHECK(co_await pool.apply(square, 5) == 25);
     }
+  }());
+}
+
+// ---- one pool, every thread of an io_context ----------------------------------------
+
+// (spawn: TSan does not support fork in a threaded program.)
+TEST_CASE("a pool is used from every thread of an io_context at once") {
+  using namespace boost::asio::experimental::awaitable_operators;
+  coproc_test::run_threaded([]() -> coproc::awaitable<void> {
+    auto ex = co_await boost::asio::this_coro::executor;
+    coproc::pool pool(ex, {.processes = 2, .method = coproc::start_method::spawn});
+    // Submissions and awaits from coroutines that resume on any of the threads.
+    std::vector<coproc::awaitable<int>> applies;
+    for (int i = 0; i < 400; ++i)
+      applies.push_back([](coproc::pool& pool, int i) -> coproc::awaitable<int> {
+        if (i % 2 == 0) co_return co_await pool.apply(square, i);
+        auto later = pool.apply_async(square, i);
+        int first = co_await later.get();
+        CHECK(co_await later.get() == first); // awaited again, maybe on another thread
+        co_return first;
+      }(pool, i));
+    auto squares = co_await coproc::gather(std::move(applies));
+    for (int i = 0; i < 400; ++i) CHECK(squares[i] == i * i);
+
+    // Several readers of one stream: each item goes to exactly one of them.
+    auto stream = pool.imap_unordered(square, range_of(300));
+    std::vector<coproc::awaitable<std::vector<int>>> readers;
+    for (int r = 0; r < 6; ++r)
+      readers.push_back([](coproc::result_stream<int>& stream) -> coproc::awaitable<std::vector<int>> {
+        std::vector<int> got;
+        while (auto y = co_await stream.next()) got.push_back(*y);
+        co_return got;
+      }(stream));
+    std::multiset<int> seen;
+    for (auto& got : co_await coproc::gather(std::move(readers))) seen.insert(got.begin(), got.end());
+    std::multiset<int> expected;
+    for (int i = 0; i < 300; ++i) expected.insert(i * i);
+    CHECK(seen == expected);
+
+    // Cancellations racing completions (each coroutine on a strand, as Asio's || needs):
+    // a cancelled get leaves the result for a later one.
+    std::vector<coproc::awaitable<int>> races;
+    for (int i = 0; i < 300; ++i)
+      races.push_back(coproc_test::on_strand([](coproc::pool& pool, int i) -> coproc::awaitable<int> {
+        auto later = pool.apply_async(square, i);
+        auto first = co_await (later.get() || coproc_test::sleep_for(std::chrono::microseconds(i % 7 * 150)));
+        if (first.index() == 0) CHECK(std::get<0>(first) == i * i);
+        auto second = co_await (later.wait(10s) || coproc_test::sleep_for(std::chrono::microseconds(i % 5 * 100)));
+        (void)second;
+        co_return co_await later.get();
+      }(pool, i)));
+    auto raced = co_await coproc::gather(std::move(races));
+    for (int i = 0; i < 300; ++i) CHECK(raced[i] == i * i);
+    pool.close();
+    co_await pool.join();
   }());
 }

@@ -26,8 +26,11 @@
 // orphan reaper, descriptor-wait registry) across fork and release them on both sides.
 #pragma once
 
+#include <coproc/detail/deadline.hpp>
+
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
+#include <boost/asio/steady_timer.hpp>
 
 #include <chrono>
 #include <memory>
@@ -76,7 +79,9 @@ public:
 
 private:
   std::optional<int> poll_locked();
-  boost::asio::awaitable<int> wait_sigchld();
+  // nullopt at the deadline (a timer of the awaiting executor, none for never).
+  boost::asio::awaitable<std::optional<int>> wait_until(deadline until);
+  boost::asio::awaitable<std::optional<int>> wait_sigchld(std::optional<boost::asio::steady_timer>& timer);
 
   int pid_;
   unsigned owner_;

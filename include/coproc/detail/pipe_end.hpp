@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
 
@@ -76,7 +77,10 @@ private:
   std::uint64_t length_ = 0, got_ = 0;
   bool partial_ = false; // a message is being assembled
   bool skipping_ = false; // dropping the pieces of a message whose start went elsewhere
-  // Sending: the rest of a cancelled send, written before any later message.
+  // Sending, under send_mutex_ (the background flusher may run on another thread than
+  // the next send; close() drops the rest): the rest of a cancelled send, written before
+  // any later message.
+  std::mutex send_mutex_;
   std::string backlog_;
   outgoing backlog_out_;
   bool backlogged_ = false, flushing_ = false;

@@ -41,20 +41,22 @@ namespace coproc::detail {
 
 // Coroutines waiting for a condition guarded by their owner's mutex. A waiter is a
 // stored completion handler; notify_all, its deadline (a timer of its own executor) and
-// a cancellation through the handler's cancellation slot race to wake it, and the first
-// to take it out of the list (under the owner's mutex) wakes it, so it completes exactly
-// once. The completion is posted to the waiter's own executor, so a waiter on another
-// io_context is woken on its own thread, never inside the notifier's locks. It fails with
+// a cancellation through the handler's cancellation slot race to wake it, possibly on
+// different threads of one io_context, and the first wakes it (the waiter's own mutex
+// decides), so it completes exactly once. Only notify_all touches the list; the timer and
+// the cancellation touch only the waiter, so they may come after the owner is gone. The
+// completion is posted to the waiter's own executor, so a waiter on another io_context is
+// woken on its own thread, never inside the notifier's locks. It fails with
 // operation_aborted if a cancellation arrived before it ran: a cancelled wait then never
 // goes on to take what it waited for (a stream item stays for the next reader).
 class waiter_list {
 public:
-  // Caller holds `mutex`, the owner's, which guards this list; the owner outlives the
-  // wait (the awaiting coroutine holds it).
-  template <class Handler> void park(std::mutex& mutex, deadline until, Handler handler) {
+  // Caller holds the owner's mutex, which guards this list; the owner outlives the wait
+  // (the awaiting coroutine holds it).
+  template <class Handler> void park(deadline until, Handler handler) {
     auto ex = boost::asio::get_associated_executor(handler);
     auto slot = boost::asio::get_associated_cancellation_slot(handler);
-    park_handler(mutex, until, std::move(ex), slot, std::move(handler));
+    park_handler(until, std::move(ex), slot, std::move(handler));
   }
   // Caller holds the owner's mutex.
   void notify_all();
@@ -63,13 +65,11 @@ private:
   struct waiter; // (lib/waiter_list.cpp: its timer keeps steady_timer out of this header)
   class cancel_waiter;
 
-  void park_handler(std::mutex& mutex, deadline until, boost::asio::any_io_executor ex,
-                    boost::asio::cancellation_slot slot,
+  void park_handler(deadline until, boost::asio::any_io_executor ex, boost::asio::cancellation_slot slot,
                     boost::asio::any_completion_handler<void(boost::system::error_code)> handler);
-  void wake(const std::shared_ptr<waiter>& w);
-  static void complete(std::shared_ptr<waiter> w);
+  static void complete(const std::shared_ptr<waiter>& w, bool cancel);
 
-  std::vector<std::shared_ptr<waiter>> waiters_;
+  std::vector<std::shared_ptr<waiter>> waiters_; // (woken ones are pruned at the next park)
 };
 
 // Waits until ready() (evaluated with `mutex` held) or the deadline. True if ready.
@@ -83,7 +83,7 @@ awaitable<bool> wait_for_condition(std::mutex& mutex, waiter_list& waiters, Read
   auto settled = [&] { return ready() || until.passed(); }; // with the mutex held
   auto park = [&](auto handler) {
     std::unique_lock lock(mutex);
-    if (!settled()) return waiters.park(mutex, until, std::move(handler));
+    if (!settled()) return waiters.park(until, std::move(handler));
     lock.unlock();
     auto ex = boost::asio::get_associated_executor(handler);
     boost::asio::post(ex, boost::asio::append(std::move(handler), boost::system::error_code()));
