@@ -7,9 +7,9 @@
 #include <doctest/doctest.h>
 
 #include "support/checks.hpp"
+#include "support/daemon.hpp"
 
 #include <fcntl.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -371,45 +371,16 @@ TEST_CASE("spawn: a registered subclass is rebuilt from its serialize; an unregi
 
 TEST_CASE("spawn: a daemon child dies with its parent even by SIGKILL") {
   temp_dir dir;
-  int report[2];
-  REQUIRE(::pipe(report) == 0);
-  int helper = ::fork();
-  if (helper == 0) {
-    // The helper adopts orphans, so it can see how the daemon ended.
-    ::prctl(PR_SET_CHILD_SUBREAPER, 1);
-    int parent = ::fork();
-    if (parent == 0) {
-      coproc::process d({.daemon = true, .method = coproc::start_method::spawn}, report_then_wait,
-                        dir.file("pid"));
-      d.start();
-      if (wait_for_report(dir.file("pid")).empty()) ::_exit(2); // its PDEATHSIG is set by now
-      ::raise(SIGKILL);
-    }
-    ::waitpid(parent, nullptr, 0);
-    auto ids = wait_for_report(dir.file("pid"));
-    if (ids.empty()) ::_exit(3);
-    int daemon_pid = static_cast<int>(ids[0]);
-    int status = 0;
-    for (int i = 0; i < 2000; ++i) { // bounded: the daemon must be gone within 20 s
-      if (::waitpid(daemon_pid, &status, WNOHANG) == daemon_pid) {
-        int result = WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL;
-        (void)!::write(report[1], &result, sizeof result);
-        ::_exit(0);
-      }
-      std::this_thread::sleep_for(10ms);
-    }
-    ::kill(daemon_pid, SIGKILL);
-    ::waitpid(daemon_pid, nullptr, 0);
-    ::_exit(4);
-  }
-  ::close(report[1]);
-  int result = 0;
-  CHECK(::read(report[0], &result, sizeof result) == sizeof result);
-  ::close(report[0]);
-  int status;
-  REQUIRE(::waitpid(helper, &status, 0) == helper);
-  CHECK(WEXITSTATUS(status) == 0);
-  CHECK(result == 1);
+  CHECK(coproc_test::daemon_dies_with_killed_parent(
+      [&] {
+        // Never destroyed: the handle's destructor would SIGTERM the daemon first.
+        auto* d = new coproc::process({.daemon = true, .method = coproc::start_method::spawn},
+                                      report_then_wait, dir.file("pid"));
+        d->start();
+        auto ids = wait_for_report(dir.file("pid")); // its PDEATHSIG is set by now
+        return ids.empty() ? 0 : static_cast<int>(ids[0]);
+      },
+      std::chrono::seconds(20)));
 }
 
 TEST_CASE("a program without main_guard gets a logic_error naming the missing line") {

@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 
 #include "support/checks.hpp"
+#include "support/daemon.hpp"
 #include "support/timing.hpp"
 
 #include <boost/asio/detached.hpp>
@@ -13,7 +14,6 @@
 #include <sched.h>
 #include <sys/mount.h>
 #include <pwd.h>
-#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -509,54 +509,20 @@ TEST_CASE("fork failure is a system_error naming the process") {
 }
 
 TEST_CASE("a daemon child dies with its parent even by SIGKILL") {
-  int report[2];
-  REQUIRE(::pipe(report) == 0);
-  int helper = ::fork();
-  if (helper == 0) {
-    // The helper adopts orphans, so it can see how the daemon ended.
-    ::prctl(PR_SET_CHILD_SUBREAPER, 1);
-    int ids[2];
-    if (::pipe(ids) != 0) ::_exit(2);
-    int parent = ::fork();
-    if (parent == 0) {
-      int ready[2];
-      if (::pipe(ready) != 0) ::_exit(2);
-      coproc::process d({.daemon = true}, [fd = ready[1]] {
-        (void)!::write(fd, "r", 1);
-        forever();
-      });
-      d.start();
-      char byte;
-      if (::read(ready[0], &byte, 1) != 1) ::_exit(2);
-      int pid = d.pid();
-      (void)!::write(ids[1], &pid, sizeof pid);
-      ::raise(SIGKILL);
-    }
-    int daemon_pid = 0;
-    if (::read(ids[0], &daemon_pid, sizeof daemon_pid) != sizeof daemon_pid) ::_exit(3);
-    ::waitpid(parent, nullptr, 0);
-    int status = 0;
-    // Bounded: the daemon must be gone within 5 s.
-    for (int i = 0; i < 500; ++i) {
-      if (::waitpid(daemon_pid, &status, WNOHANG) == daemon_pid) {
-        int result = WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL;
-        (void)!::write(report[1], &result, sizeof result);
-        ::_exit(0);
-      }
-      std::this_thread::sleep_for(10ms);
-    }
-    ::kill(daemon_pid, SIGKILL);
-    ::waitpid(daemon_pid, nullptr, 0);
-    ::_exit(4);
-  }
-  ::close(report[1]);
-  int result = 0;
-  CHECK(::read(report[0], &result, sizeof result) == sizeof result);
-  ::close(report[0]);
-  int status;
-  REQUIRE(::waitpid(helper, &status, 0) == helper);
-  CHECK(WEXITSTATUS(status) == 0);
-  CHECK(result == 1);
+  CHECK(coproc_test::daemon_dies_with_killed_parent(
+      [] {
+        int ready[2];
+        if (::pipe(ready) != 0) return 0;
+        // Never destroyed: the handle's destructor would SIGTERM the daemon first.
+        auto* d = new coproc::process({.daemon = true}, [fd = ready[1]] {
+          (void)!::write(fd, "r", 1);
+          forever();
+        });
+        d->start();
+        char byte;
+        return ::read(ready[0], &byte, 1) == 1 ? d->pid() : 0;
+      },
+      std::chrono::seconds(5)));
 }
 
 TEST_CASE("a destroyed handle terminates a daemon and lets a plain child run on") {
