@@ -1,5 +1,6 @@
 #include <coproc/detail/child.hpp>
 #include <coproc/detail/deadline.hpp>
+#include <coproc/detail/launch_guard.hpp>
 
 #include "os.hpp"
 
@@ -468,7 +469,8 @@ namespace {
 // A cancellation of the awaiting coroutine ends both: the caller checks for it.
 template <class Event> boost::asio::awaitable<bool> event_or_timer(Event event, boost::asio::steady_timer& timer) {
   auto group = boost::asio::experimental::make_parallel_group(std::move(event), timer.async_wait(boost::asio::deferred));
-  auto done = co_await group.async_wait(boost::asio::experimental::wait_for_one(), boost::asio::use_awaitable);
+  auto done = co_await completed_after_launch(group.async_wait(boost::asio::experimental::wait_for_one(), boost::asio::deferred),
+                                              boost::asio::use_awaitable);
   co_return std::get<0>(done)[0] == 0;
 }
 

@@ -1,4 +1,5 @@
 #include <coproc/detail/fd_wait.hpp>
+#include <coproc/detail/launch_guard.hpp>
 
 #include <boost/asio/execution/context.hpp>
 #include <boost/asio/deferred.hpp>
@@ -122,7 +123,8 @@ awaitable<bool> wait_fd(int fd, deadline until, boost::asio::posix::descriptor_b
     asio::steady_timer timer(ex, until.when());
     auto group = asio::experimental::make_parallel_group(d.async_wait(w, asio::deferred),
                                                          timer.async_wait(asio::deferred));
-    auto done = co_await group.async_wait(asio::experimental::wait_for_one(), asio::use_awaitable);
+    auto done = co_await completed_after_launch(group.async_wait(asio::experimental::wait_for_one(), asio::deferred),
+                                                asio::use_awaitable);
     ready = std::get<0>(done)[0] == 0; // the descriptor first (or forget_fd): look again
   }
   if (state.cancelled() != asio::cancellation_type::none)
