@@ -4,6 +4,8 @@
 #include <boost/asio/execution/context.hpp>
 #include <boost/asio/deferred.hpp>
 #include <boost/asio/experimental/parallel_group.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/strand.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/query.hpp>
 #include <boost/asio/redirect_error.hpp>
@@ -50,6 +52,15 @@ registry& services() {
 // on the static's guard forever.
 [[maybe_unused]] const bool services_made = (services(), true);
 
+// The executor a strand runs on (that of a strand of a strand, too); ex if it is none.
+boost::asio::any_io_executor without_strand(const boost::asio::any_io_executor& ex) {
+  if (auto* s = ex.target<boost::asio::strand<boost::asio::any_io_executor>>())
+    return without_strand(s->get_inner_executor());
+  if (auto* s = ex.target<boost::asio::strand<boost::asio::io_context::executor_type>>())
+    return s->get_inner_executor();
+  return ex;
+}
+
 class fd_wait_service : public boost::asio::execution_context::service {
 public:
   static boost::asio::execution_context::id id;
@@ -62,10 +73,13 @@ public:
   }
   ~fd_wait_service() override { unlink(); }
 
+  // The descriptor serves every caller on this io_context, so it takes the context's own
+  // executor, not the first caller's (a strand the descriptor would keep alive; its count,
+  // then dropped on two threads, is ordered by a fence that TSan does not see).
   descriptor& get(const boost::asio::any_io_executor& ex, int fd) {
     std::lock_guard lock(mutex_);
     auto& slot = descriptors_[fd];
-    if (!slot) slot = std::make_unique<descriptor>(ex, fd);
+    if (!slot) slot = std::make_unique<descriptor>(without_strand(ex), fd);
     return *slot;
   }
 
