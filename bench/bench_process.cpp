@@ -1,21 +1,29 @@
-// Process start+join with a no-op target: coproc::process vs Python multiprocessing
-// (fork) vs raw fork+waitpid, in the same run. Then 1000 children started at once and
-// joined concurrently: wall time and peak descriptors.
+// Process start+join with a no-op target, per start method: coproc::process vs Python's
+// multiprocessing (the same method) vs the raw system calls, with the parent small and
+// holding 1 GiB resident, in the same run. Then 1000 children started at once and joined
+// concurrently: wall time and peak descriptors.
 #include <coproc/coproc.hpp>
 
 #include "common.hpp"
 
 #include <dirent.h>
+#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <array>
 #include <atomic>
+#include <cstring>
+#include <string>
+#include <vector>
+
+extern char** environ;
 
 namespace {
 
-constexpr int sequential_n = 300;
 constexpr int rounds = 7;
 constexpr int concurrent_n = 1000;
+constexpr const char* exit_at_once = "--exit-at-once"; // the raw posix_spawn's image returns at once
 
 int count_fds() {
   int n = 0;
@@ -26,27 +34,61 @@ int count_fds() {
   return n - 1;
 }
 
-double raw_sequential() {
+void noop() {}
+
+// Microseconds per start+join, n in a row.
+double raw_fork(int n) {
   auto start = bench::clock::now();
-  for (int i = 0; i < sequential_n; ++i) {
+  for (int i = 0; i < n; ++i) {
     int pid = ::fork();
     if (pid == 0) ::_exit(0);
     ::waitpid(pid, nullptr, 0);
   }
-  return bench::seconds_since(start) / sequential_n * 1e6;
+  return bench::seconds_since(start) / n * 1e6;
 }
 
-double coproc_sequential() {
-  return coproc::block_on([]() -> coproc::awaitable<double> {
+double raw_posix_spawn(int n, const char* path, const char* arg) {
+  char* argv[] = {const_cast<char*>(path), const_cast<char*>(arg), nullptr};
+  auto start = bench::clock::now();
+  for (int i = 0; i < n; ++i) {
+    pid_t pid;
+    if (::posix_spawn(&pid, path, nullptr, nullptr, argv, environ) != 0) throw std::runtime_error("posix_spawn");
+    ::waitpid(pid, nullptr, 0);
+  }
+  return bench::seconds_since(start) / n * 1e6;
+}
+
+double coproc_start_join(int n, coproc::start_method method) {
+  return coproc::block_on([](int n, coproc::start_method method) -> coproc::awaitable<double> {
     auto start = bench::clock::now();
-    for (int i = 0; i < sequential_n; ++i) {
-      coproc::process p([] {});
+    for (int i = 0; i < n; ++i) {
+      coproc::process p({.method = method}, noop);
       p.start();
       co_await p.join();
     }
-    co_return bench::seconds_since(start) / sequential_n * 1e6;
-  }());
+    co_return bench::seconds_since(start) / n * 1e6;
+  }(n, method));
 }
+
+// One start method: its children per round (the parent small, and holding 1 GiB), its
+// Python name and how many Python starts a round makes, and the raw calls it compares with.
+struct method_case {
+  coproc::start_method method;
+  const char* name;
+  int n_small, n_big, python_n;
+  const char* raw_name;
+  double (*raw)(int n);
+};
+
+double raw_spawn_self(int n) { return raw_posix_spawn(n, "/proc/self/exe", exit_at_once); }
+double raw_spawn_true(int n) { return raw_posix_spawn(n, "/bin/true", nullptr); }
+
+// forkserver joins this list once it exists.
+const std::array methods{
+    method_case{coproc::start_method::fork, "fork", 300, 40, 100, "raw fork+waitpid", raw_fork},
+    method_case{coproc::start_method::spawn, "spawn", 100, 100, 10, "raw posix_spawn(/proc/self/exe)+waitpid",
+                raw_spawn_self},
+};
 
 double raw_concurrent() {
   auto start = bench::clock::now();
@@ -85,18 +127,39 @@ double coproc_concurrent() {
 
 } // namespace
 
-int main() {
-  std::printf("start+join of a no-op child, sequential, %d per round, median of %d rounds\n",
-              sequential_n, rounds);
-  double raw = bench::median_of(rounds, raw_sequential);
-  double ours = bench::median_of(rounds, coproc_sequential);
-  double py = bench::python("process_peer.py", "sequential " + std::to_string(sequential_n) + " " +
-                                                   std::to_string(rounds));
-  bench::row("process start+join", "raw fork+waitpid", raw, "us", true);
-  bench::row("process start+join", "coproc", ours, "us", true);
-  bench::row("process start+join", "python multiprocessing", py, "us", true);
-  bench::ratio("vs raw fork+waitpid (target <= 1.5x)", ours, raw, true);
-  bench::ratio("vs Python (target >= 7x)", ours, py, true);
+int main(int argc, char** argv) {
+  coproc::main_guard(argc, argv); // the spawned children start here
+  if (argc > 1 && std::strcmp(argv[1], exit_at_once) == 0) return 0;
+
+  std::printf("start+join of a no-op child, sequential, per start method, median of %d rounds\n", rounds);
+  for (int mib : {0, 1024}) {
+    std::vector<char> ballast(static_cast<std::size_t>(mib) << 20);
+    std::memset(ballast.data(), 1, ballast.size()); // every page resident
+    struct figures {
+      double raw, ours;
+    };
+    std::vector<figures> measured;
+    double raw_true = 0;
+    for (auto& m : methods) {
+      int n = mib ? m.n_big : m.n_small;
+      measured.push_back({bench::median_of(rounds, [&] { return m.raw(n); }),
+                          bench::median_of(rounds, [&] { return coproc_start_join(n, m.method); })});
+      if (m.method == coproc::start_method::spawn) raw_true = bench::median_of(rounds, [] { return raw_spawn_true(100); });
+    }
+    std::vector<char>().swap(ballast); // Python's peer holds its own
+    for (std::size_t i = 0; i < methods.size(); ++i) {
+      auto& m = methods[i];
+      double py = bench::python("process_peer.py", "sequential " + std::to_string(m.python_n) + " " +
+                                                       std::to_string(mib ? 3 : 5) + " " + m.name + " " +
+                                                       std::to_string(mib));
+      std::string name = std::string("process start+join, ") + m.name + ", parent +" + std::to_string(mib) + " MiB";
+      bench::row(name, std::string("coproc ") + m.name, measured[i].ours, "us", true);
+      bench::row(name, std::string("python ") + m.name, py, "us", true);
+      bench::row(name, m.raw_name, measured[i].raw, "us", true);
+      if (m.method == coproc::start_method::spawn) bench::row(name, "raw posix_spawn(/bin/true)+waitpid", raw_true, "us", true);
+      std::printf("  => coproc/raw %.2f, Python/coproc %.1f\n", measured[i].ours / measured[i].raw, py / measured[i].ours);
+    }
+  }
 
   std::printf("\n%d children started, then joined concurrently, median of 3 rounds\n", concurrent_n);
   int base_fds = count_fds();

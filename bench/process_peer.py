@@ -1,6 +1,8 @@
-"""Python peer of bench_process: multiprocessing.Process start+join with a no-op
-target (fork start method). Prints per-start+join microseconds (median of rounds),
-or with `concurrent N` the seconds to start N children and then join them all."""
+"""Python peer of bench_process: multiprocessing.Process start+join with a no-op target.
+Usage: process_peer.py sequential N ROUNDS METHOD [BIG_MIB] prints per-start+join
+microseconds (median of rounds) with the start method METHOD (fork, spawn, forkserver),
+the parent holding BIG_MIB MiB resident; process_peer.py concurrent N ROUNDS prints the
+seconds to start N children (fork) and then join them all."""
 import multiprocessing as mp
 import statistics
 import sys
@@ -11,8 +13,11 @@ def noop():
     pass
 
 
-def sequential(n, rounds):
-    ctx = mp.get_context("fork")
+def sequential(n, rounds, method, big_mib):
+    ballast = bytearray(big_mib << 20)
+    for i in range(0, len(ballast), 4096):  # every page resident
+        ballast[i] = 1
+    ctx = mp.get_context(method)
     per_round = []
     for _ in range(rounds):
         start = time.perf_counter()
@@ -40,4 +45,9 @@ def concurrent(n, rounds):
 
 if __name__ == "__main__":
     mode, n, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    print(sequential(n, rounds) if mode == "sequential" else concurrent(n, rounds))
+    if mode == "sequential":
+        method = sys.argv[4] if len(sys.argv) > 4 else "fork"
+        big_mib = int(sys.argv[5]) if len(sys.argv) > 5 else 0
+        print(sequential(n, rounds, method, big_mib))
+    else:
+        print(concurrent(n, rounds))

@@ -1,5 +1,6 @@
 #include <coproc/detail/child.hpp>
 #include <coproc/detail/deadline.hpp>
+#include <coproc/detail/launch_guard.hpp>
 
 #include "os.hpp"
 
@@ -68,9 +69,9 @@ int open_pidfd(int pid) {
 #ifdef SYS_pidfd_open
   if (pidfd_unsupported.load(std::memory_order_relaxed)) return -1;
   // glibc 2.36's pidfd_open() wrapper does not link from C++ (docs/platform.md).
+  // A pidfd is always close-on-exec.
   int fd = open_with_room([pid] { return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)); });
-  if (fd >= 0) ::fcntl(fd, F_SETFD, FD_CLOEXEC);
-  else if (errno == ENOSYS || errno == EPERM) pidfd_unsupported = true; // old kernel, seccomp
+  if (errno == ENOSYS || errno == EPERM) pidfd_unsupported = true; // old kernel, seccomp
   return fd;
 #else
   (void)pid;
@@ -381,6 +382,15 @@ std::atomic<unsigned> fork_generation{0};
 void install_fork_hooks() {
   static std::once_flag once;
   std::call_once(once, [] {
+    // A forked child's first call of a function through the PLT resolves it (a symbol
+    // lookup in every loaded object, page faults on their tables), and a child starts
+    // with the parent's table each time: what only children call (reset_signals) is
+    // resolved here, once, by calls that change nothing.
+    sigset_t unchanged;
+    sigemptyset(&unchanged);
+    ::sigprocmask(SIG_BLOCK, nullptr, &unchanged);
+    struct sigaction current {};
+    ::sigaction(SIGCHLD, nullptr, &current);
     reaper::instance();
     sigchld_watch::instance();
     current_identity();
@@ -468,7 +478,8 @@ namespace {
 // A cancellation of the awaiting coroutine ends both: the caller checks for it.
 template <class Event> boost::asio::awaitable<bool> event_or_timer(Event event, boost::asio::steady_timer& timer) {
   auto group = boost::asio::experimental::make_parallel_group(std::move(event), timer.async_wait(boost::asio::deferred));
-  auto done = co_await group.async_wait(boost::asio::experimental::wait_for_one(), boost::asio::use_awaitable);
+  auto done = co_await completed_after_launch(group.async_wait(boost::asio::experimental::wait_for_one(), boost::asio::deferred),
+                                              boost::asio::use_awaitable);
   co_return std::get<0>(done)[0] == 0;
 }
 

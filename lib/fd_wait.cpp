@@ -1,8 +1,11 @@
 #include <coproc/detail/fd_wait.hpp>
+#include <coproc/detail/launch_guard.hpp>
 
 #include <boost/asio/execution/context.hpp>
 #include <boost/asio/deferred.hpp>
 #include <boost/asio/experimental/parallel_group.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/strand.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/query.hpp>
 #include <boost/asio/redirect_error.hpp>
@@ -49,6 +52,15 @@ registry& services() {
 // on the static's guard forever.
 [[maybe_unused]] const bool services_made = (services(), true);
 
+// The executor a strand runs on (that of a strand of a strand, too); ex if it is none.
+boost::asio::any_io_executor without_strand(const boost::asio::any_io_executor& ex) {
+  if (auto* s = ex.target<boost::asio::strand<boost::asio::any_io_executor>>())
+    return without_strand(s->get_inner_executor());
+  if (auto* s = ex.target<boost::asio::strand<boost::asio::io_context::executor_type>>())
+    return s->get_inner_executor();
+  return ex;
+}
+
 class fd_wait_service : public boost::asio::execution_context::service {
 public:
   static boost::asio::execution_context::id id;
@@ -61,10 +73,13 @@ public:
   }
   ~fd_wait_service() override { unlink(); }
 
+  // The descriptor serves every caller on this io_context, so it takes the context's own
+  // executor, not the first caller's (a strand the descriptor would keep alive; its count,
+  // then dropped on two threads, is ordered by a fence that TSan does not see).
   descriptor& get(const boost::asio::any_io_executor& ex, int fd) {
     std::lock_guard lock(mutex_);
     auto& slot = descriptors_[fd];
-    if (!slot) slot = std::make_unique<descriptor>(ex, fd);
+    if (!slot) slot = std::make_unique<descriptor>(without_strand(ex), fd);
     return *slot;
   }
 
@@ -122,7 +137,8 @@ awaitable<bool> wait_fd(int fd, deadline until, boost::asio::posix::descriptor_b
     asio::steady_timer timer(ex, until.when());
     auto group = asio::experimental::make_parallel_group(d.async_wait(w, asio::deferred),
                                                          timer.async_wait(asio::deferred));
-    auto done = co_await group.async_wait(asio::experimental::wait_for_one(), asio::use_awaitable);
+    auto done = co_await completed_after_launch(group.async_wait(asio::experimental::wait_for_one(), asio::deferred),
+                                                asio::use_awaitable);
     ready = std::get<0>(done)[0] == 0; // the descriptor first (or forget_fd): look again
   }
   if (state.cancelled() != asio::cancellation_type::none)

@@ -1,6 +1,7 @@
 #include "os.hpp"
 
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <csignal>
@@ -15,6 +16,11 @@ void flush_stdio() {
   std::cerr.flush();
   std::clog.flush();
   std::fflush(nullptr);
+}
+
+void exit_child(int code) {
+  flush_stdio();
+  for (;;) ::syscall(SYS_exit_group, code);
 }
 
 void die_with_parent(int parent) {

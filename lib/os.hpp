@@ -11,6 +11,12 @@ namespace coproc::detail {
 // pool worker's answer (what a task printed comes before its result).
 void flush_stdio();
 
+// Leaves a child as _exit does (no atexit handlers, no static destructors), after
+// flush_stdio. Through syscall(), which the parent has called already: a forked child's
+// first call of a function through the PLT resolves it, in every child, and the parent
+// never calls _exit.
+[[noreturn]] void exit_child(int code);
+
 // In a fresh child: the kernel kills it with SIGKILL when its parent dies, even by
 // SIGKILL; it exits at once (_exit(1)) if the parent, whose pid is `parent`, already
 // died before the request took effect.

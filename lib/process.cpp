@@ -96,7 +96,8 @@ void process::start() {
       // may have died before the request took effect.
       detail::die_with_parent(parent);
     }
-    detail::enter_child({identity_.path, name_});
+    // Moved, not copied: a copy's memmove would be the child's first call of it.
+    detail::enter_child({std::move(identity_.path), name_});
     run_child();
   }
   child_ = std::make_shared<detail::child>(pid);
@@ -113,10 +114,9 @@ void process::run_child() {
   } catch (...) {
     detail::print_process_error(name_, "unknown exception");
   }
-  // Flush here: _exit skips the parent's atexit handlers and static destructors, which
-  // belong to the parent, and would also skip stdio's flush.
-  detail::flush_stdio();
-  ::_exit(code);
+  // _exit's way: the parent's atexit handlers and static destructors are the parent's;
+  // stdio is flushed first.
+  detail::exit_child(code);
 }
 
 void process::run() {

@@ -1,13 +1,13 @@
 #include <coproc/subprocess.hpp>
 
 #include <coproc/detail/child.hpp>
+#include <coproc/detail/launch_guard.hpp>
 
 #include "os.hpp"
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/deferred.hpp>
-#include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/experimental/parallel_group.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -424,26 +424,24 @@ awaitable<void> read_all(asio::readable_pipe& pipe, std::string& into, int pid) 
 }
 
 // Runs the stream operations (at most three: stdin, stdout, stderr) concurrently; the
-// first failure cancels the rest. One runs inline, with no coroutine spawned.
+// first failure cancels the rest and is rethrown once all have ended. One runs inline,
+// with no coroutine spawned. (A parallel_group behind the launch guard, not `&&`, which
+// is not safe on an io_context run by several threads: detail/launch_guard.hpp.)
 awaitable<void> all_of(std::vector<awaitable<void>> ops) {
-  using namespace asio::experimental::awaitable_operators;
-  switch (ops.size()) {
-  case 0:
-    co_return;
-  case 1:
+  if (ops.empty()) co_return;
+  if (ops.size() == 1) {
     co_await std::move(ops[0]);
     co_return;
-  case 2: {
-    auto both = std::move(ops[0]) && std::move(ops[1]);
-    co_await std::move(both);
-    co_return;
   }
-  default: {
-    auto all = std::move(ops[0]) && std::move(ops[1]) && std::move(ops[2]);
-    co_await std::move(all);
-    co_return;
-  }
-  }
+  auto ex = co_await asio::this_coro::executor;
+  std::vector<decltype(asio::co_spawn(ex, std::move(ops[0]), asio::deferred))> spawned;
+  for (auto& op : ops) spawned.push_back(asio::co_spawn(ex, std::move(op), asio::deferred));
+  auto group = asio::experimental::make_parallel_group(std::move(spawned));
+  auto wait = detail::completed_after_launch(group.async_wait(asio::experimental::wait_for_one_error(), asio::deferred),
+                                             use_awaitable);
+  auto [order, failures] = co_await std::move(wait);
+  for (auto i : order)
+    if (failures[i]) std::rethrow_exception(failures[i]);
 }
 
 // Awaits op unless the deadline passes first (then op is cancelled and nullopt is
@@ -455,7 +453,8 @@ awaitable<std::optional<T>> before_deadline(awaitable<T> op, duration timeout) {
   auto group = asio::experimental::make_parallel_group(asio::co_spawn(ex, std::move(op), asio::deferred),
                                                        timer.async_wait(asio::deferred));
   auto [order, failure, value, timer_ec] =
-      co_await std::move(group).async_wait(asio::experimental::wait_for_one(), use_awaitable);
+      co_await detail::completed_after_launch(std::move(group).async_wait(asio::experimental::wait_for_one(), asio::deferred),
+                                              use_awaitable);
   if (order[0] == 0) {
     if (failure) std::rethrow_exception(failure);
     co_return std::optional<T>(std::move(value));

@@ -28,7 +28,9 @@
 // that wait is abandoned: the task goes on in its worker, a later get() of the same
 // result still returns it, and a cancelled next() takes no item.
 //
-// Use a pool from the threads of its executor (one thread, or a strand).
+// A pool may be used from any thread, also when its io_context runs on several threads
+// (test/test_threaded_server.cpp); in a threaded program, start its workers with
+// start_method::spawn (coproc/start_method.hpp).
 #pragma once
 
 #include <coproc/awaitable.hpp>

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <coproc/awaitable.hpp>
+#include <coproc/detail/launch_guard.hpp>
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/deferred.hpp>
@@ -70,11 +71,13 @@ template <class T> awaitable<gathered<T>> gather_all(std::vector<awaitable<T>> i
   auto group = boost::asio::experimental::make_parallel_group(std::move(ops));
   if constexpr (std::is_void_v<T>) {
     auto [order, errors] =
-        co_await group.async_wait(boost::asio::experimental::wait_for_all(), boost::asio::use_awaitable);
+        co_await completed_after_launch(group.async_wait(boost::asio::experimental::wait_for_all(), boost::asio::deferred),
+                                        boost::asio::use_awaitable);
     co_return gathered<T>(std::move(order), std::move(errors), 0);
   } else {
     auto [order, errors, values] =
-        co_await group.async_wait(boost::asio::experimental::wait_for_all(), boost::asio::use_awaitable);
+        co_await completed_after_launch(group.async_wait(boost::asio::experimental::wait_for_all(), boost::asio::deferred),
+                                        boost::asio::use_awaitable);
     co_return gathered<T>(std::move(order), std::move(errors), std::move(values));
   }
 }
