@@ -25,7 +25,12 @@
 // its put returned; a timed-out put (queue_full) or a cancelled one may be retried.
 //
 // queue<T> and connection<T> are cheap copyable handles to one shared object: pass them
-// by value to process targets. Coroutines of one process may share a handle.
+// by value to process targets. Coroutines of one process may share a handle. A fork child
+// inherits them; a spawn (or forkserver) child gets them as arguments of its process
+// (not inside another argument): their descriptors travel with the child, which works on
+// the same shared memory, eventfds and socket, exactly as a fork child's copies do. They
+// travel no other way: encoding one (to put it in a queue, send it on a connection or
+// pass it to a pool task) does not compile (coproc/detail/travel.hpp).
 //
 // put takes const T&, not T: the item is encoded when put is
 // called, so a temporary may be passed and the awaitable awaited later, and a large item
@@ -35,6 +40,7 @@
 #include <coproc/awaitable.hpp>
 #include <coproc/detail/pipe_end.hpp>
 #include <coproc/detail/queue_ring.hpp>
+#include <coproc/detail/travel.hpp>
 #include <coproc/errors.hpp>
 #include <coproc/wire.hpp>
 
@@ -55,6 +61,14 @@ struct queue_options {
   std::size_t maxsize = 0;        // items; 0: unbounded count (only the bytes bound it)
   std::size_t capacity_bytes = 0; // the ring's bytes (rounded up to 8); 0: default_queue_capacity
 };
+
+template <class T> class queue;
+template <class T> class connection;
+
+namespace wire::detail {
+template <class T> inline constexpr bool process_argument_only<queue<T>> = true;
+template <class T> inline constexpr bool process_argument_only<connection<T>> = true;
+} // namespace wire::detail
 
 namespace detail {
 inline std::string& encode_scratch() {
@@ -130,6 +144,13 @@ public:
 private:
   using ring_ptr = std::shared_ptr<detail::queue_ring>;
 
+  friend struct detail::travel_access;
+  explicit queue(ring_ptr ring) noexcept : ring_(std::move(ring)) {}
+  void travel(wire::output_archive& ar, detail::fd_departure& fds) const { ring_->travel(ar, fds); }
+  static queue arrive(wire::input_archive& ar, detail::fd_arrival& fds) {
+    return queue(detail::queue_ring::arrive(ar, fds));
+  }
+
   // What a put carries until it is awaited: the value itself when its bytes are its
   // encoding, else the encoding.
   using packed = std::conditional_t<wire::trivially_encoded<T>, T, std::string>;
@@ -200,7 +221,12 @@ public:
 
 private:
   template <class U> friend std::pair<connection<U>, connection<U>> pipe(bool);
+  friend struct detail::travel_access;
   explicit connection(std::shared_ptr<detail::pipe_end> end) : end_(std::move(end)) {}
+  void travel(wire::output_archive& ar, detail::fd_departure& fds) const { end_->travel(ar, fds); }
+  static connection arrive(wire::input_archive& ar, detail::fd_arrival& fds) {
+    return connection(detail::pipe_end::arrive(ar, fds));
+  }
 
   static awaitable<void> send_on(std::shared_ptr<detail::pipe_end> end, T item) {
     if constexpr (wire::trivially_encoded<T>) {
