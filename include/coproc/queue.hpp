@@ -7,8 +7,9 @@
 //   writer.start();
 //   std::string item = co_await q.get();
 //
-// A queue is a ring of variable-size items in shared memory (MAP_SHARED, made by the
-// constructor) that every process forked afterwards inherits: any number of producers and
+// A queue is a ring of variable-size items in shared memory (a memfd mapped MAP_SHARED,
+// made by the constructor) that every process forked afterwards inherits, and that a spawn
+// child given the queue as an argument maps too: any number of producers and
 // consumers, each awaiting on its own io_context. No byte goes through the kernel on the
 // fast path; a waiter sleeps in its io_context on an eventfd, and a busy queue makes no
 // syscalls at all. Items are FIFO per producer and cross as the wire format
@@ -184,9 +185,10 @@ private:
 inline constexpr std::size_t max_message_bytes = detail::pipe_end::max_message;
 
 // One end of a pipe (multiprocessing.connection.Connection): messages are whole T values.
-// Both ends live in every process forked after pipe(); as with Python, recv reports EOF
-// only once every copy of the other end is closed, so a process closes the ends it does
-// not use (the parent, after starting a child with one end, closes that end). A peer
+// Both ends live in every process forked after pipe(), and in a spawn child that gets one
+// as an argument; as with Python, recv reports EOF only once every copy of the other end
+// is closed, so a process closes the ends it does not use (the parent, after starting a
+// child with one end, closes that end). A peer
 // killed by SIGKILL counts as closed: the kernel closes its descriptors.
 //
 // Processes sharing an end: poll reads nothing and recv reads only the records of its own
