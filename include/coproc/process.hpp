@@ -245,7 +245,8 @@ public:
   // std::logic_error if started twice, or with spawn in a program whose main did not call
   // coproc::main_guard; std::invalid_argument if the target or an argument cannot travel
   // to a fresh image (a lambda with captures, an object without a cereal serialize,
-  // std::ref, a type that is not wire-serializable) or for forkserver, not implemented
+  // std::ref, a type that is not wire-serializable, a queue or connection inside another
+  // argument, a closed connection) or for forkserver, not implemented
   // yet; std::system_error if fork or posix_spawn fails.
   void start();
 
