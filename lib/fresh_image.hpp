@@ -4,7 +4,9 @@
 // The parent posix_spawns /proc/self/exe with COPROC_FRESH_IMAGE naming the kind of child
 // and descriptor 3 a memfd holding the payload: who the child is (its identity, its
 // parent, whether it dies with it, the parent's default start method) and the kind's own
-// bytes. The kind's descriptors follow from 4 on; nothing else is inherited but 0-2.
+// bytes. The kind's descriptors follow from 4 on (a pool worker's two; a process's, those
+// of the queues and connections among its arguments, detail/travel.hpp); nothing else is
+// inherited but 0-2.
 // Signals start at their defaults with an empty mask.
 #pragma once
 

@@ -1,6 +1,8 @@
 #include <coproc/detail/fd_wait.hpp>
 #include <coproc/detail/pipe_end.hpp>
+#include <coproc/detail/travel.hpp>
 #include <coproc/errors.hpp>
+#include <coproc/wire.hpp>
 
 #include "os.hpp"
 
@@ -48,6 +50,23 @@ void pipe_end::close() noexcept {
   fd_ = -1;
   backlogged_ = false; // a cancelled send's rest goes no further
   backlog_.clear();
+}
+
+void pipe_end::travel(wire::output_archive& ar, fd_departure& fds) {
+  std::uint32_t index;
+  {
+    std::lock_guard lock(send_mutex_); // close() may run on another thread
+    if (fd_ < 0) throw std::invalid_argument("a closed coproc::connection cannot be passed to a child");
+    index = fds.add(fd_);
+  }
+  ar(index, can_send_, can_recv_);
+}
+
+std::shared_ptr<pipe_end> pipe_end::arrive(wire::input_archive& ar, fd_arrival& fds) {
+  std::uint32_t index = 0;
+  bool can_send = false, can_recv = false;
+  ar(index, can_send, can_recv);
+  return fds.object<pipe_end>(index, [&] { return std::make_shared<pipe_end>(fds.fd(index), can_send, can_recv); });
 }
 
 void pipe_end::check_open(const char* what) const {

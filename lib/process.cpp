@@ -150,10 +150,10 @@ std::optional<process_class> find_process_class(const std::type_info& type) {
 }
 
 // What a process's fresh image is told: the target's entry, its function (a function
-// pointer's), its object and its arguments.
-// and whether it is a daemon.
-using fresh_process_body =
-    std::tuple<detail::code_ref, std::optional<detail::code_ref>, std::string, std::string, bool>;
+// pointer's), its object, its arguments, whether it is a daemon, and how many descriptors
+// travelled with its arguments (from fresh_image_first_fd on).
+using fresh_process_body = std::tuple<detail::code_ref, std::optional<detail::code_ref>, std::string, std::string,
+                                      bool, std::uint32_t>;
 // In a fresh image: the daemon flag of the parent's object, for a rebuilt subclass.
 bool fresh_daemon = false;
 } // namespace
@@ -174,7 +174,13 @@ int process::spawn_child() {
     target.object = registered->encode(*this);
   } else {
     if (!body_) refuse("it has no target");
-    if (const char* why = body_->to_fresh_image(target)) refuse(why);
+    const char* why = nullptr;
+    try {
+      why = body_->to_fresh_image(target);
+    } catch (const std::invalid_argument& e) { // a closed connection
+      refuse(e.what());
+    }
+    if (why) refuse(why);
   }
   auto entry = detail::locate_code(target.entry);
   if (!entry) refuse("its entry is in no loaded object");
@@ -183,10 +189,13 @@ int process::spawn_child() {
     function = detail::locate_code(target.function);
     if (!function) refuse("the target function is in no loaded object");
   }
-  fresh_process_body body{*entry, function, std::move(target.object), std::move(target.arguments), daemon_};
+  fresh_process_body body{*entry,  function, std::move(target.object), std::move(target.arguments),
+                          daemon_, static_cast<std::uint32_t>(target.fds.size())};
   detail::fresh_image_spec spec{detail::image_kind::process, {identity_.path, name_}, daemon_,
                                 wire::encode(body)};
-  return detail::spawn_fresh_image(spec, {}, who);
+  // The descriptors are the arguments' handles' own (body_ holds them): spawn_fresh_image
+  // dups them for the child and closes its dups.
+  return detail::spawn_fresh_image(spec, target.fds, who);
 }
 
 namespace detail {
@@ -210,10 +219,11 @@ int run_rebuilt_process(process& p) {
 void run_fresh_process(std::string_view bytes) {
   int code = 1;
   try {
-    auto [entry, function, object, arguments, daemon] = wire::decode<fresh_process_body>(bytes);
+    auto [entry, function, object, arguments, daemon, fd_count] = wire::decode<fresh_process_body>(bytes);
     fresh_daemon = daemon;
     auto run = reinterpret_cast<fresh_entry>(resolve_code(entry));
-    code = run(function ? resolve_code(*function) : 0, object, arguments);
+    fd_arrival fds(fresh_image_first_fd, fd_count);
+    code = run(function ? resolve_code(*function) : 0, object, arguments, fds);
   } catch (const std::exception& e) {
     print_process_error(process_name(), exception_type_name(e) + ": " + e.what());
   } catch (...) {

@@ -1,6 +1,8 @@
 #include <coproc/detail/fd_wait.hpp>
 #include <coproc/detail/queue_ring.hpp>
+#include <coproc/detail/travel.hpp>
 #include <coproc/errors.hpp>
+#include <coproc/wire.hpp>
 
 #include "os.hpp"
 
@@ -8,6 +10,7 @@
 #include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -48,19 +51,26 @@ void init_robust_mutex(pthread_mutex_t* m) {
 }
 } // namespace
 
+namespace {
+void check_capacity(std::size_t capacity, std::size_t asked) {
+  if (capacity < 16 || capacity > (std::size_t{1} << 40))
+    throw std::invalid_argument("coproc::queue: capacity_bytes " + std::to_string(asked) + " is outside [16, 2^40]");
+}
+} // namespace
+
 queue_ring::queue_ring(std::size_t maxsize, std::size_t capacity_bytes)
     : maxsize_(maxsize),
       capacity_((capacity_bytes + 7) & ~std::size_t{7}) {
-  if (capacity_ < 16 || capacity_ > (std::size_t{1} << 40))
-    throw std::invalid_argument("coproc::queue: capacity_bytes " + std::to_string(capacity_bytes) +
-                                " is outside [16, 2^40]");
+  check_capacity(capacity_, capacity_bytes);
   map_size_ = sizeof(control) + capacity_;
-  void* p = ::mmap(nullptr, map_size_, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-  if (p == MAP_FAILED)
-    throw_errno(errno, "coproc::queue: mmap of " + std::to_string(map_size_) + " bytes");
-  control_ = new (p) control{};
-  data_ = static_cast<unsigned char*>(p) + sizeof(control);
   try {
+    // A memfd rather than an anonymous mapping: its descriptor can travel to a fresh image.
+    memfd_ = ::memfd_create("coproc-queue", MFD_CLOEXEC);
+    if (memfd_ < 0) throw_errno(errno, "coproc::queue: memfd_create");
+    if (::ftruncate(memfd_, static_cast<off_t>(map_size_)) != 0)
+      throw_errno(errno, "coproc::queue: sizing its shared memory to " + std::to_string(map_size_) + " bytes");
+    map();
+    control_ = new (control_) control{};
     init_robust_mutex(&control_->put_lock);
     init_robust_mutex(&control_->get_lock);
     for (int& fd : event_fd_) {
@@ -68,20 +78,64 @@ queue_ring::queue_ring(std::size_t maxsize, std::size_t capacity_bytes)
       if (fd < 0) throw_errno(errno, "coproc::queue: eventfd");
     }
   } catch (...) {
-    for (int fd : event_fd_)
-      if (fd >= 0) ::close(fd);
-    ::munmap(p, map_size_);
+    release();
     throw;
   }
 }
 
-queue_ring::~queue_ring() {
+queue_ring::queue_ring(std::size_t maxsize, std::size_t capacity_bytes, int memfd, int getters_fd, int putters_fd)
+    : maxsize_(maxsize), capacity_(capacity_bytes), memfd_(memfd), event_fd_{getters_fd, putters_fd} {
+  try {
+    check_capacity(capacity_, capacity_bytes);
+    map_size_ = sizeof(control) + capacity_;
+    struct stat st;
+    if (capacity_ % 8 != 0 || ::fstat(memfd_, &st) != 0 || static_cast<std::size_t>(st.st_size) != map_size_)
+      throw coproc::error("coproc::queue: the shared memory that arrived with this child is not a queue of " +
+                          std::to_string(capacity_) + " bytes");
+    map();
+  } catch (...) {
+    release();
+    throw;
+  }
+}
+
+void queue_ring::map() {
+  void* p = ::mmap(nullptr, map_size_, PROT_READ | PROT_WRITE, MAP_SHARED, memfd_, 0);
+  if (p == MAP_FAILED) throw_errno(errno, "coproc::queue: mmap of " + std::to_string(map_size_) + " bytes");
+  control_ = static_cast<control*>(p);
+  data_ = static_cast<unsigned char*>(p) + sizeof(control);
+}
+
+queue_ring::~queue_ring() { release(); }
+
+void queue_ring::release() noexcept {
   for (int fd : event_fd_) {
+    if (fd < 0) continue;
     forget_fd(fd);
     ::close(fd);
   }
   // The mutexes stay: other processes may still use the mapping.
-  ::munmap(control_, map_size_);
+  if (control_) ::munmap(control_, map_size_);
+  if (memfd_ >= 0) ::close(memfd_);
+}
+
+void queue_ring::travel(wire::output_archive& ar, fd_departure& fds) const {
+  const std::uint32_t memfd = fds.add(memfd_), getters_fd = fds.add(event_fd_[getters]),
+                      putters_fd = fds.add(event_fd_[putters]);
+  const std::uint64_t maxsize = maxsize_, capacity = capacity_;
+  ar(memfd, getters_fd, putters_fd, maxsize, capacity);
+}
+
+std::shared_ptr<queue_ring> queue_ring::arrive(wire::input_archive& ar, fd_arrival& fds) {
+  std::uint32_t memfd = 0, getters_fd = 0, putters_fd = 0;
+  std::uint64_t maxsize = 0, capacity = 0;
+  ar(memfd, getters_fd, putters_fd, maxsize, capacity);
+  // A queue passed twice arrives once: both handles share the ring, as a fork child's do.
+  return fds.object<queue_ring>(memfd, [&] {
+    return std::shared_ptr<queue_ring>(new queue_ring(static_cast<std::size_t>(maxsize),
+                                                      static_cast<std::size_t>(capacity), fds.fd(memfd),
+                                                      fds.fd(getters_fd), fds.fd(putters_fd)));
+  });
 }
 
 void queue_ring::lock(side s) {

@@ -13,12 +13,14 @@
 // thread; main must begin with coproc::main_guard(argc, argv), and the target must travel:
 // a function pointer, a captureless lambda, a class with a cereal serialize (default
 // constructible, copyable) or a subclass registered with COPROC_REGISTER_PROCESS, with
-// wire-serializable arguments (coproc/wire.hpp). Everything else — names, exit codes,
-// signals, daemons, stdio — is the same with both.
+// wire-serializable arguments (coproc/wire.hpp). A coproc::queue or coproc::connection
+// argument travels too: its descriptors go with the child (coproc/detail/travel.hpp).
+// Everything else — names, exit codes, signals, daemons, stdio — is the same with both.
 #pragma once
 
 #include <coproc/awaitable.hpp>
 #include <coproc/detail/child.hpp>
+#include <coproc/detail/travel.hpp>
 #include <coproc/start_method.hpp>
 #include <coproc/wire.hpp>
 
@@ -32,6 +34,7 @@
 #include <type_traits>
 #include <typeinfo>
 #include <utility>
+#include <vector>
 
 namespace coproc {
 
@@ -59,13 +62,16 @@ template <class T> awaitable<int> as_exit_code(awaitable<T> main) {
 
 // How a target crosses to a fresh image (start_method::spawn): the code that rebuilds and
 // runs it (a fresh_entry), the function for a function pointer, the encoded object for a
-// class with a cereal serialize, and the encoded arguments.
-using fresh_entry = int (*)(std::uintptr_t function, std::string_view object, std::string_view arguments);
+// class with a cereal serialize, the encoded arguments and the descriptors of the queues
+// and connections among them, which the launcher hands to the child (fd_arrival).
+using fresh_entry = int (*)(std::uintptr_t function, std::string_view object, std::string_view arguments,
+                            fd_arrival& fds);
 struct fresh_target {
   std::uintptr_t entry = 0;
   std::uintptr_t function = 0;
   std::string object{};
   std::string arguments{};
+  std::vector<int> fds{};
 };
 
 template <class T> inline constexpr bool is_reference_wrapper = false;
@@ -90,26 +96,60 @@ template <class F, class... Args> constexpr const char* fresh_refusal() {
   else if constexpr ((is_reference_wrapper<Args> || ...))
     return "a std::reference_wrapper argument (std::ref, std::cref) refers to this process's memory: "
            "pass the value";
-  else if constexpr (!(wire::serializable<Args> && ...))
+  else if constexpr (((!travelling_handle<Args> &&
+                        wire::detail::problem_of<Args>() == wire::detail::problem::process_handle) ||
+                       ...))
+    return "a queue or connection inside another argument cannot travel to a fresh image: pass it as an "
+           "argument of its own";
+  else if constexpr (!((travelling_handle<Args> || wire::serializable<Args>) && ...))
     return "an argument type is not wire-serializable (coproc/wire.hpp)";
-  else if constexpr (!(std::is_default_constructible_v<Args> && ...))
+  else if constexpr (!((travelling_handle<Args> || wire::trivially_encoded<Args> ||
+                        std::is_default_constructible_v<Args>) &&
+                       ...))
     return "an argument type is not default constructible, so a fresh image cannot decode it";
   else return nullptr;
 }
 
 template <class F, class... Args> struct target_body;
 
+// The arguments, one after the other; a queue's or connection's descriptors go to fds.
+template <class... Args> std::string encode_arguments(const std::tuple<Args...>& args, fd_departure& fds) {
+  std::string out;
+  wire::output_archive ar(out);
+  std::apply([&](const Args&... arg) { (save_argument(ar, fds, arg), ...); }, args);
+  return out;
+}
+
+template <class... Args> std::tuple<Args...> decode_arguments(std::string_view bytes, fd_arrival& fds) {
+  wire::input_archive ar(bytes, typeid(std::tuple<Args...>));
+  try {
+    // A braced list: decoded in order.
+    std::tuple<Args...> args{load_argument<Args>(ar, fds)...};
+    if (ar.remaining() != 0) ar.fail(std::to_string(ar.remaining()) + " trailing bytes");
+    return args;
+  } catch (const cereal::Exception& e) {
+    ar.fail(e.what());
+  } catch (const std::length_error& e) {
+    ar.fail(e.what());
+  }
+}
+
 // Runs in the fresh image: rebuilds the target and its arguments, then runs it.
 template <class F, class... Args>
-int run_fresh_target(std::uintptr_t function, std::string_view object, std::string_view arguments) {
+int run_fresh_target(std::uintptr_t function, std::string_view object, std::string_view arguments,
+                     fd_arrival& fds) {
   F f = [&] {
     if constexpr (fresh_function<F>) return reinterpret_cast<F>(function);
     else if constexpr (fresh_empty_object<F>) return F{};
     else return wire::decode<F>(object);
   }();
-  target_body<F, Args...> body(std::move(f));
-  body.args = wire::decode<std::tuple<Args...>>(arguments);
-  return body.run();
+  auto args = decode_arguments<Args...>(arguments, fds);
+  return std::apply(
+      [&](Args&... arg) {
+        target_body<F, Args...> body(std::move(f), std::move(arg)...);
+        return body.run();
+      },
+      args);
 }
 
 // The child-side body: target(args...) with its result turned into an exit code.
@@ -152,7 +192,9 @@ template <class F, class... Args> struct target_body final : process_body {
       out.entry = reinterpret_cast<std::uintptr_t>(&run_fresh_target<F, Args...>);
       if constexpr (fresh_function<F>) out.function = reinterpret_cast<std::uintptr_t>(f);
       if constexpr (fresh_serialized_object<F>) out.object = wire::encode(f);
-      out.arguments = wire::encode(args);
+      fd_departure fds;
+      out.arguments = encode_arguments(args, fds);
+      out.fds = fds.fds();
       return nullptr;
     }
   }
@@ -203,7 +245,8 @@ public:
   // std::logic_error if started twice, or with spawn in a program whose main did not call
   // coproc::main_guard; std::invalid_argument if the target or an argument cannot travel
   // to a fresh image (a lambda with captures, an object without a cereal serialize,
-  // std::ref, a type that is not wire-serializable) or for forkserver, not implemented
+  // std::ref, a type that is not wire-serializable, a queue or connection inside another
+  // argument, a closed connection) or for forkserver, not implemented
   // yet; std::system_error if fork or posix_spawn fails.
   void start();
 
@@ -255,7 +298,8 @@ private:
 namespace detail {
 template <class T> std::string encode_process(const process& p) { return wire::encode(static_cast<const T&>(p)); }
 
-template <class T> int run_fresh_process_class(std::uintptr_t, std::string_view object, std::string_view) {
+template <class T>
+int run_fresh_process_class(std::uintptr_t, std::string_view object, std::string_view, fd_arrival&) {
   T p = wire::decode<T>(object);
   return run_rebuilt_process(p);
 }

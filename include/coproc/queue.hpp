@@ -7,8 +7,9 @@
 //   writer.start();
 //   std::string item = co_await q.get();
 //
-// A queue is a ring of variable-size items in shared memory (MAP_SHARED, made by the
-// constructor) that every process forked afterwards inherits: any number of producers and
+// A queue is a ring of variable-size items in shared memory (a memfd mapped MAP_SHARED,
+// made by the constructor) that every process forked afterwards inherits, and that a spawn
+// child given the queue as an argument maps too: any number of producers and
 // consumers, each awaiting on its own io_context. No byte goes through the kernel on the
 // fast path; a waiter sleeps in its io_context on an eventfd, and a busy queue makes no
 // syscalls at all. Items are FIFO per producer and cross as the wire format
@@ -25,7 +26,12 @@
 // its put returned; a timed-out put (queue_full) or a cancelled one may be retried.
 //
 // queue<T> and connection<T> are cheap copyable handles to one shared object: pass them
-// by value to process targets. Coroutines of one process may share a handle.
+// by value to process targets. Coroutines of one process may share a handle. A fork child
+// inherits them; a spawn (or forkserver) child gets them as arguments of its process
+// (not inside another argument): their descriptors travel with the child, which works on
+// the same shared memory, eventfds and socket, exactly as a fork child's copies do. They
+// travel no other way: encoding one (to put it in a queue, send it on a connection or
+// pass it to a pool task) does not compile (coproc/detail/travel.hpp).
 //
 // put takes const T&, not T: the item is encoded when put is
 // called, so a temporary may be passed and the awaitable awaited later, and a large item
@@ -35,6 +41,7 @@
 #include <coproc/awaitable.hpp>
 #include <coproc/detail/pipe_end.hpp>
 #include <coproc/detail/queue_ring.hpp>
+#include <coproc/detail/travel.hpp>
 #include <coproc/errors.hpp>
 #include <coproc/wire.hpp>
 
@@ -55,6 +62,14 @@ struct queue_options {
   std::size_t maxsize = 0;        // items; 0: unbounded count (only the bytes bound it)
   std::size_t capacity_bytes = 0; // the ring's bytes (rounded up to 8); 0: default_queue_capacity
 };
+
+template <class T> class queue;
+template <class T> class connection;
+
+namespace wire::detail {
+template <class T> inline constexpr bool process_argument_only<queue<T>> = true;
+template <class T> inline constexpr bool process_argument_only<connection<T>> = true;
+} // namespace wire::detail
 
 namespace detail {
 inline std::string& encode_scratch() {
@@ -130,6 +145,13 @@ public:
 private:
   using ring_ptr = std::shared_ptr<detail::queue_ring>;
 
+  friend struct detail::travel_access;
+  explicit queue(ring_ptr ring) noexcept : ring_(std::move(ring)) {}
+  void travel(wire::output_archive& ar, detail::fd_departure& fds) const { ring_->travel(ar, fds); }
+  static queue arrive(wire::input_archive& ar, detail::fd_arrival& fds) {
+    return queue(detail::queue_ring::arrive(ar, fds));
+  }
+
   // What a put carries until it is awaited: the value itself when its bytes are its
   // encoding, else the encoding.
   using packed = std::conditional_t<wire::trivially_encoded<T>, T, std::string>;
@@ -163,9 +185,10 @@ private:
 inline constexpr std::size_t max_message_bytes = detail::pipe_end::max_message;
 
 // One end of a pipe (multiprocessing.connection.Connection): messages are whole T values.
-// Both ends live in every process forked after pipe(); as with Python, recv reports EOF
-// only once every copy of the other end is closed, so a process closes the ends it does
-// not use (the parent, after starting a child with one end, closes that end). A peer
+// Both ends live in every process forked after pipe(), and in a spawn child that gets one
+// as an argument; as with Python, recv reports EOF only once every copy of the other end
+// is closed, so a process closes the ends it does not use (the parent, after starting a
+// child with one end, closes that end). A peer
 // killed by SIGKILL counts as closed: the kernel closes its descriptors.
 //
 // Processes sharing an end: poll reads nothing and recv reads only the records of its own
@@ -200,7 +223,12 @@ public:
 
 private:
   template <class U> friend std::pair<connection<U>, connection<U>> pipe(bool);
+  friend struct detail::travel_access;
   explicit connection(std::shared_ptr<detail::pipe_end> end) : end_(std::move(end)) {}
+  void travel(wire::output_archive& ar, detail::fd_departure& fds) const { end_->travel(ar, fds); }
+  static connection arrive(wire::input_archive& ar, detail::fd_arrival& fds) {
+    return connection(detail::pipe_end::arrive(ar, fds));
+  }
 
   static awaitable<void> send_on(std::shared_ptr<detail::pipe_end> end, T item) {
     if constexpr (wire::trivially_encoded<T>) {

@@ -23,7 +23,9 @@
 // Pointers, references and views (std::string_view, std::span), and the standard
 // containers and plain structs holding them, are a compile-time error: their values are
 // addresses in this process's memory. So is an enum without a fixed underlying type
-// (only the range of its enumerators is valid and its bytes cannot be checked).
+// (only the range of its enumerators is valid and its bytes cannot be checked), and a
+// coproc::queue or coproc::connection (anywhere but as a process's own argument, where
+// its descriptors travel with the child: coproc/process.hpp).
 // `serializable<T>` tells whether T can cross. The bytes are native (endianness, sizes,
 // layout): a format between processes of one program, not for files or other machines.
 //
@@ -288,8 +290,12 @@ concept raw_class = std::is_class_v<T> && trivially_encoded<T> && !own_serialize
 template <class T>
 concept fieldwise_class = reflectable_bindable<T> && !trivially_encoded<T> && !own_serializer<T>;
 
+// queue and connection (coproc/queue.hpp): handles to descriptors and shared memory,
+// which travel to a child only as a process's arguments (coproc/detail/travel.hpp).
+template <class T> inline constexpr bool process_argument_only = false;
+
 // Why a type cannot cross, found before cereal would fail deep inside with its own words.
-enum class problem { none, pointer, unfixed_enum, unchecked_class, no_serializer };
+enum class problem { none, pointer, process_handle, unfixed_enum, unchecked_class, no_serializer };
 template <class T> constexpr problem problem_of();
 template <class... T> constexpr problem first_problem(type_list<T...>) {
   problem p = problem::none;
@@ -301,6 +307,7 @@ template <class T> constexpr problem problem_of() {
   if constexpr (std::is_reference_v<T> || std::is_pointer_v<U> || std::is_member_pointer_v<U> ||
                 is_instance<U, std::basic_string_view> || is_span<U>)
     return problem::pointer;
+  else if constexpr (process_argument_only<U>) return problem::process_handle;
   else if constexpr (std::is_enum_v<U>) return fixed_enum<U> ? problem::none : problem::unfixed_enum;
   else if constexpr (std::is_arithmetic_v<U>) return problem::none;
   else if constexpr (std::is_array_v<U>) return problem_of<std::remove_extent_t<U>>();
@@ -323,6 +330,11 @@ template <class T> constexpr bool check_crossing() {
                 "coproc::wire: pointers, references and views (std::string_view, std::span), and "
                 "containers or structs holding them, cannot cross processes: they are addresses in "
                 "this process's memory. Send the values (std::string, std::vector).");
+  static_assert(p != problem::process_handle,
+                "coproc::wire: a coproc::queue or coproc::connection cannot be encoded: it can only "
+                "travel to a child as an argument of coproc::process, which takes its descriptors "
+                "along (as Python's queues are shared only through inheritance). It cannot be put "
+                "in a queue, sent on a connection or passed to a pool task.");
   static_assert(p != problem::unfixed_enum,
                 "coproc::wire: an enum without a fixed underlying type cannot cross processes: only "
                 "its enumerators' range is valid, which its bytes cannot be checked against. Give "

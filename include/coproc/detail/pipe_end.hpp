@@ -13,7 +13,15 @@
 #include <string>
 #include <string_view>
 
+namespace coproc::wire {
+class output_archive;
+class input_archive;
+} // namespace coproc::wire
+
 namespace coproc::detail {
+
+class fd_departure;
+class fd_arrival;
 
 // One end of a pipe in this process: a non-blocking AF_UNIX SOCK_SEQPACKET socket. A
 // message is one or more records, each at most record_bytes long: the first is
@@ -47,6 +55,13 @@ public:
   void close() noexcept;
   bool can_send() const noexcept { return can_send_; }
   bool can_recv() const noexcept { return can_recv_; }
+
+  // As a process argument (detail/travel.hpp): the socket goes into the departure, its
+  // index and directions into the archive; std::invalid_argument once closed. arrive
+  // rebuilds the end on the socket that came: the same socket, so the peer sees EOF only
+  // once this copy too is closed.
+  void travel(wire::output_archive& ar, fd_departure& fds);
+  static std::shared_ptr<pipe_end> arrive(wire::input_archive& ar, fd_arrival& fds);
 
 private:
   // A message on its way out: bytes [sent, size) are still to go; `base` is the offset of

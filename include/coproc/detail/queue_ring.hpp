@@ -1,7 +1,9 @@
 // coproc/detail/queue_ring.hpp — the shared-memory ring behind coproc::queue.
 //
-// The ring is one MAP_SHARED mapping made by the process that creates the queue and
-// inherited by every process forked afterwards: a control block, then `capacity` bytes
+// The ring is one MAP_SHARED mapping of a memfd made by the process that creates the
+// queue and inherited by every process forked afterwards; a fresh image gets the memfd
+// and the eventfds as a process argument (detail/travel.hpp) and maps the same memory
+// (at another address: nothing in it is a pointer). A control block, then `capacity` bytes
 // of records ([u64 length][payload, padded to 8]; a record may wrap around the end).
 // Positions are monotonic byte counters, so head == tail means empty.
 //
@@ -41,11 +43,20 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
 
+namespace coproc::wire {
+class output_archive;
+class input_archive;
+} // namespace coproc::wire
+
 namespace coproc::detail {
+
+class fd_departure;
+class fd_arrival;
 
 class queue_ring {
 public:
@@ -81,7 +92,16 @@ public:
   // instant would.
   static void kill_after_next_commit() noexcept;
 
+  // As a process argument: the descriptors go into the departure, their indices and the
+  // sizes into the archive; arrive rebuilds the ring on the descriptors that came.
+  void travel(wire::output_archive& ar, fd_departure& fds) const;
+  static std::shared_ptr<queue_ring> arrive(wire::input_archive& ar, fd_arrival& fds);
+
 private:
+  // Adopts the descriptors of a ring made elsewhere; map_size_ is checked against the memfd.
+  queue_ring(std::size_t maxsize, std::size_t capacity_bytes, int memfd, int getters_fd, int putters_fd);
+  void map();
+  void release() noexcept;
   struct control;
   enum side { getters = 0, putters = 1 };
   class side_lock;
@@ -105,6 +125,7 @@ private:
   std::size_t map_size_ = 0;
   std::size_t maxsize_;
   std::size_t capacity_;
+  int memfd_ = -1;             // the mapping's
   int event_fd_[2] = {-1, -1}; // [getters]: not empty, [putters]: not full
   // Lower bounds of the other side's position, so a busy side rarely reads the other's
   // cache line. Only touched under this side's lock.
