@@ -159,15 +159,15 @@ void pool_core::link::close_all() noexcept {
 
 void pool_core::spawn_locked() {
   link l = make_link();
-  int pid;
+  std::shared_ptr<process_child> proc;
   try {
-    pid = start_worker(l);
+    proc = start_worker(l);
   } catch (...) {
     l.close_all();
     throw;
   }
   l.close_worker_side();
-  adopt_locked(l, pid);
+  adopt_locked(l, std::move(proc));
 }
 
 // The socket and the shared page. A spawned worker maps the page from a memfd; a forked
@@ -197,10 +197,15 @@ pool_core::link pool_core::make_link() const {
   return l;
 }
 
-// Forks or spawns the worker process on the link; its pid.
-int pool_core::start_worker(link& l) {
-  auto id = next_child_identity(spawning() ? "SpawnPoolWorker" : "ForkPoolWorker");
-  if (spawning()) return spawn_worker_image(l.worker_fd, l.memfd, options_.maxtasksperchild, initializer_offset_, id);
+// Forks or spawns the worker process on the link, or has the fork server fork it.
+std::shared_ptr<process_child> pool_core::start_worker(link& l) {
+  const char* prefix = options_.method == start_method::spawn        ? "SpawnPoolWorker"
+                       : options_.method == start_method::forkserver ? "ForkServerPoolWorker"
+                                                                     : "ForkPoolWorker";
+  auto id = next_child_identity(prefix);
+  if (spawning())
+    return start_worker_image(*options_.method, l.worker_fd, l.memfd, options_.maxtasksperchild, initializer_offset_,
+                              id);
   int parent = ::getpid();
   int pid = fork_flushed("coproc::pool: fork() of a worker failed");
   if (pid == 0) {
@@ -208,13 +213,13 @@ int pool_core::start_worker(link& l) {
     for (auto& other : workers_) ::close(other->socket.native_handle());
     run_forked_worker(parent, l.worker_fd, l.page, std::move(id), options_.initializer, options_.maxtasksperchild);
   }
-  return pid;
+  return std::make_shared<direct_child>(pid);
 }
 
-void pool_core::adopt_locked(const link& l, int pid) {
+void pool_core::adopt_locked(const link& l, std::shared_ptr<process_child> proc) {
   auto w = std::make_shared<worker>(ex_, l.page);
   w->socket.assign(boost::asio::local::stream_protocol(), l.parent_fd);
-  w->proc = std::make_shared<child>(pid);
+  w->proc = std::move(proc);
   workers_.push_back(w);
   scheduler_.add(*w);
   ++live_;

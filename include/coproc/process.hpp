@@ -19,6 +19,7 @@
 
 #include <coproc/awaitable.hpp>
 #include <coproc/detail/child.hpp>
+#include <coproc/detail/process_child.hpp>
 #include <coproc/start_method.hpp>
 #include <coproc/wire.hpp>
 
@@ -240,8 +241,10 @@ private:
   friend int detail::run_rebuilt_process(process& p);
   void release() noexcept;
   [[noreturn]] void run_child();
-  int spawn_child();
-  const std::shared_ptr<detail::child>& started(const char* what) const;
+  // The body a fresh image (spawn, forkserver) of this process is told; std::invalid_argument
+  // if the target cannot travel, std::logic_error without main_guard.
+  std::string fresh_image_body(start_method method, const std::string& who) const;
+  const std::shared_ptr<detail::process_child>& started(const char* what) const;
 
   std::unique_ptr<detail::process_body> body_;
   std::string name_;
@@ -249,7 +252,7 @@ private:
   bool daemon_ = false;
   std::optional<start_method> method_;
   int exit_code_ = 0;
-  std::shared_ptr<detail::child> child_;
+  std::shared_ptr<detail::process_child> child_;
 };
 
 namespace detail {
