@@ -34,20 +34,26 @@ std::int64_t now_ns() {
       .count();
 }
 
-// start_method::spawn: the initializer as an offset a fresh image can call, 0 for none.
-std::intptr_t spawn_initializer_offset(const std::function<void()>& initializer) {
+const char* fresh_method_name(start_method method) {
+  return method == start_method::spawn ? "start_method::spawn" : "start_method::forkserver";
+}
+
+// start_method::spawn, forkserver: the initializer as an offset a fresh image can call, 0
+// for none.
+std::intptr_t spawn_initializer_offset(const std::function<void()>& initializer, start_method method) {
   if (!initializer) return 0;
+  std::string with = std::string("coproc::pool: with ") + fresh_method_name(method);
   void (*fn)() = nullptr;
   if (auto* plain = initializer.target<void (*)()>()) fn = *plain;
   else if (auto* declared = initializer.target<void (*)() noexcept>()) fn = *declared;
   if (!fn)
-    throw std::invalid_argument("coproc::pool: with start_method::spawn the initializer must be a plain "
-                                "function (a fresh worker image has no copy of a lambda's or object's state)");
+    throw std::invalid_argument(with + " the initializer must be a plain function (a fresh worker image has "
+                                       "no copy of a lambda's or object's state)");
   auto offset = pool_image_offset(fn);
   // Only code in libcoproc's own image is at the same offset in a fresh image.
   if (!callable_offset(offset, true))
-    throw std::invalid_argument("coproc::pool: with start_method::spawn the initializer must be in the same "
-                                "image as libcoproc (link coproc statically), or use start_method::fork");
+    throw std::invalid_argument(with + " the initializer must be in the same image as libcoproc (link coproc "
+                                       "statically), or use start_method::fork");
   return offset;
 }
 
@@ -69,7 +75,7 @@ pool_core::pool_core(boost::asio::any_io_executor ex, pool_options options)
     : ex_(std::move(ex)), options_(std::move(options)), scheduler_(options_.maxtasksperchild) {
   if (spawning()) {
     require_main_guard("coproc::pool");
-    initializer_offset_ = spawn_initializer_offset(options_.initializer);
+    initializer_offset_ = spawn_initializer_offset(options_.initializer, *options_.method);
   }
 }
 
@@ -100,8 +106,9 @@ void pool_core::check_same_image_locked(const pool_job& job) {
   for (std::intptr_t offset : {job.trampoline, job.target}) {
     if (offset == 0 || checked_offsets_.count(offset)) continue;
     if (!callable_offset(offset, true))
-      throw std::invalid_argument("coproc::pool: with start_method::spawn the task must be in the same "
-                                  "image as libcoproc (link coproc statically), or use start_method::fork");
+      throw std::invalid_argument(std::string("coproc::pool: with ") + fresh_method_name(*options_.method) +
+                                  " the task must be in the same image as libcoproc (link coproc statically), "
+                                  "or use start_method::fork");
     checked_offsets_.insert(offset);
   }
 }

@@ -340,8 +340,6 @@ TEST_CASE("spawn refuses what cannot travel, naming the process, and fork still 
                          not_serializable{});
   forked.start();
   CHECK(join(forked) == 1);
-  coproc::process forkserver({.name = "served", .method = coproc::start_method::forkserver}, [] {});
-  CHECK_THROWS_WITH_AS(forkserver.start(), doctest::Contains("forkserver"), std::invalid_argument);
 }
 
 TEST_CASE("spawn: a class with a serialize is a target, a class without one is refused") {
