@@ -386,9 +386,13 @@ TEST_CASE("a program without main_guard gets a logic_error naming the missing li
   CHECK(r.returncode == 0);
   CHECK(r.out.find("process: process 'unguarded': ") != std::string::npos);
   CHECK(r.out.find("pool: coproc::pool: ") != std::string::npos);
+  CHECK(r.out.find("served process: process 'unserved': ") != std::string::npos);
+  CHECK(r.out.find("served pool: coproc::pool: ") != std::string::npos);
+  CHECK(r.out.find("preload: coproc::forkserver_preload: ") != std::string::npos);
   CHECK(r.out.find("coproc::main_guard(argc, argv) as the first statement of main()") != std::string::npos);
   CHECK(r.out.find("started") == std::string::npos);
   CHECK(r.out.find("made") == std::string::npos);
+  CHECK(r.out.find("preloaded") == std::string::npos);
   CHECK(r.out.find("fork: 3") != std::string::npos);
 }
 
