@@ -1,7 +1,7 @@
 #include <coproc/detail/child.hpp>
 #include <coproc/detail/deadline.hpp>
-#include <coproc/detail/launch_guard.hpp>
 
+#include "child_wait.hpp"
 #include "os.hpp"
 
 #include <boost/asio/deferred.hpp>
@@ -470,24 +470,6 @@ std::optional<int> child::poll_locked() {
   return code_;
 }
 
-namespace {
-// Whichever comes first, `event` (a deferred operation) or the timer: true for the event.
-// Native operations in a parallel_group rather than `||` of coroutines: on an io_context
-// run by several threads, `||` emits its cancellation into the losing coroutine while that
-// coroutine may be running on another thread; a group's operations take it on any thread.
-// A cancellation of the awaiting coroutine ends both: the caller checks for it.
-template <class Event> boost::asio::awaitable<bool> event_or_timer(Event event, boost::asio::steady_timer& timer) {
-  auto group = boost::asio::experimental::make_parallel_group(std::move(event), timer.async_wait(boost::asio::deferred));
-  auto done = co_await completed_after_launch(group.async_wait(boost::asio::experimental::wait_for_one(), boost::asio::deferred),
-                                              boost::asio::use_awaitable);
-  co_return std::get<0>(done)[0] == 0;
-}
-
-void throw_if_cancelled(const boost::asio::cancellation_state& state) {
-  if (state.cancelled() != boost::asio::cancellation_type::none)
-    throw boost::system::system_error(boost::asio::error::operation_aborted);
-}
-} // namespace
 
 boost::asio::awaitable<int> child::wait() {
   auto wait = wait_until(deadline::never());

@@ -43,7 +43,12 @@ constexpr int bad_image_exit = 70;
 std::atomic<bool> guard_ran{false};
 
 const char* kind_name(detail::image_kind kind) {
-  return kind == detail::image_kind::process ? "process" : "pool_worker";
+  switch (kind) {
+  case detail::image_kind::process: return "process";
+  case detail::image_kind::pool_worker: return "pool_worker";
+  case detail::image_kind::forkserver: break;
+  }
+  return "forkserver";
 }
 
 // What the parent tells every kind of fresh image.
@@ -60,8 +65,6 @@ struct envelope {
     ar(magic, kind, parent, method, dies_with_parent, path, name, body);
   }
 };
-
-int kind_fds(detail::image_kind kind) { return kind == detail::image_kind::pool_worker ? 2 : 0; }
 
 // Started by hand, or by another program that sets coproc's variable: say so, and stop.
 [[noreturn]] void bad_image(const std::string& value, const std::string& why) {
@@ -89,12 +92,9 @@ std::string read_payload(const std::string& value) {
   return bytes;
 }
 
-[[noreturn]] void enter_fresh_image(const std::string& value) {
-  ::unsetenv(image_env); // the child's own children are ordinary runs
-  detail::image_kind kind;
-  if (value == "process") kind = detail::image_kind::process;
-  else if (value == "pool_worker") kind = detail::image_kind::pool_worker;
-  else bad_image(value, "that names no kind of coproc child");
+// Becomes the child the payload at descriptor 3 describes. `server`: the fork server that
+// forked this child, its parent for a death signal; 0 in a fresh image.
+[[noreturn]] void enter_image(detail::image_kind kind, const std::string& value, int server) {
   envelope e;
   try {
     e = wire::decode<envelope>(read_payload(value));
@@ -104,14 +104,29 @@ std::string read_payload(const std::string& value) {
   if (e.magic != image_magic) bad_image(value, "its payload is not coproc's");
   if (e.kind != static_cast<std::uint8_t>(kind)) bad_image(value, "its payload is for another kind of child");
   if (e.method > static_cast<std::uint8_t>(start_method::spawn)) bad_image(value, "its start method is unknown");
-  for (int i = 0; i < kind_fds(kind); ++i)
+  for (int i = 0; i < detail::kind_descriptors(kind); ++i)
     if (::fcntl(detail::fresh_image_first_fd + i, F_GETFD) < 0)
       bad_image(value, "descriptor " + std::to_string(detail::fresh_image_first_fd + i) + " is not open");
-  if (e.dies_with_parent) detail::die_with_parent(e.parent);
+  if (e.dies_with_parent) detail::die_with_parent(server != 0 ? server : e.parent);
   detail::inherit_start_method(static_cast<start_method>(e.method));
   detail::enter_child({std::move(e.path), std::move(e.name)});
-  if (kind == detail::image_kind::process) detail::run_fresh_process(e.body);
-  detail::run_spawned_worker(e.body, detail::fresh_image_first_fd, detail::fresh_image_first_fd + 1);
+  switch (kind) {
+  case detail::image_kind::process: detail::run_fresh_process(e.body);
+  case detail::image_kind::pool_worker:
+    detail::run_spawned_worker(e.body, detail::fresh_image_first_fd, detail::fresh_image_first_fd + 1);
+  case detail::image_kind::forkserver: break;
+  }
+  detail::run_fork_server(detail::fresh_image_first_fd);
+}
+
+[[noreturn]] void enter_fresh_image(const std::string& value) {
+  ::unsetenv(image_env); // the child's own children are ordinary runs
+  detail::image_kind kind;
+  if (value == "process") kind = detail::image_kind::process;
+  else if (value == "pool_worker") kind = detail::image_kind::pool_worker;
+  else if (value == "forkserver") kind = detail::image_kind::forkserver;
+  else bad_image(value, "that names no kind of coproc child");
+  enter_image(kind, value, 0);
 }
 
 int checked(int rc, const std::string& who, const char* what) {
@@ -130,22 +145,24 @@ namespace detail {
 
 void require_main_guard(const std::string& who) {
   if (!guard_ran.load())
-    throw std::logic_error(who + ": start_method::spawn starts a fresh image of this program, which "
-                                 "needs coproc::main_guard(argc, argv) as the first statement of main()");
+    throw std::logic_error(who + ": start_method::spawn and forkserver start a fresh image of this program, "
+                                 "which needs coproc::main_guard(argc, argv) as the first statement of main()");
 }
 
-int spawn_fresh_image(const fresh_image_spec& spec, std::span<const int> fds, const std::string& who) {
+int kind_descriptors(image_kind kind) noexcept {
+  switch (kind) {
+  case image_kind::process: return 0;
+  case image_kind::pool_worker: return 2;
+  case image_kind::forkserver: break;
+  }
+  return 1;
+}
+
+int fresh_image_payload(const fresh_image_spec& spec, const std::string& who) {
   envelope e{image_magic,  static_cast<std::uint8_t>(spec.kind),
              ::getpid(),   static_cast<std::uint8_t>(get_start_method()),
              spec.dies_with_parent, spec.id.path, spec.id.name, spec.body};
   std::string payload = wire::encode(e);
-  // Every source descriptor above the targets (3, 4, ...), so no dup2 of the child
-  // overwrites a source it has yet to copy.
-  int above = payload_fd + 1 + static_cast<int>(fds.size());
-  std::vector<int> sources;
-  auto close_sources = [&] {
-    for (int fd : sources) ::close(fd);
-  };
   int memfd = ::memfd_create("coproc-fresh-image", MFD_CLOEXEC);
   if (memfd < 0) throw_errno(errno, who + ": memfd_create for a fresh image");
   for (std::size_t done = 0; done < payload.size();) {
@@ -158,6 +175,20 @@ int spawn_fresh_image(const fresh_image_spec& spec, std::span<const int> fds, co
     }
     done += static_cast<std::size_t>(n);
   }
+  return memfd;
+}
+
+void enter_served_image(image_kind kind, int server) { enter_image(kind, kind_name(kind), server); }
+
+int spawn_fresh_image(const fresh_image_spec& spec, std::span<const int> fds, const std::string& who) {
+  // Every source descriptor above the targets (3, 4, ...), so no dup2 of the child
+  // overwrites a source it has yet to copy.
+  int above = payload_fd + 1 + static_cast<int>(fds.size());
+  std::vector<int> sources;
+  auto close_sources = [&] {
+    for (int fd : sources) ::close(fd);
+  };
+  int memfd = fresh_image_payload(spec, who);
   std::vector<int> all{memfd};
   all.insert(all.end(), fds.begin(), fds.end());
   for (int fd : all) {

@@ -15,8 +15,6 @@ namespace coproc {
 namespace {
 pool_options resolved(pool_options options) {
   options.method = detail::resolve_start_method(options.method);
-  if (options.method == start_method::forkserver)
-    throw std::invalid_argument("coproc::pool: start_method::forkserver is not implemented (fork and spawn are)");
   if (options.processes == 0) options.processes = cpu_count();
   return options;
 }

@@ -34,20 +34,26 @@ std::int64_t now_ns() {
       .count();
 }
 
-// start_method::spawn: the initializer as an offset a fresh image can call, 0 for none.
-std::intptr_t spawn_initializer_offset(const std::function<void()>& initializer) {
+const char* fresh_method_name(start_method method) {
+  return method == start_method::spawn ? "start_method::spawn" : "start_method::forkserver";
+}
+
+// start_method::spawn, forkserver: the initializer as an offset a fresh image can call, 0
+// for none.
+std::intptr_t spawn_initializer_offset(const std::function<void()>& initializer, start_method method) {
   if (!initializer) return 0;
+  std::string with = std::string("coproc::pool: with ") + fresh_method_name(method);
   void (*fn)() = nullptr;
   if (auto* plain = initializer.target<void (*)()>()) fn = *plain;
   else if (auto* declared = initializer.target<void (*)() noexcept>()) fn = *declared;
   if (!fn)
-    throw std::invalid_argument("coproc::pool: with start_method::spawn the initializer must be a plain "
-                                "function (a fresh worker image has no copy of a lambda's or object's state)");
+    throw std::invalid_argument(with + " the initializer must be a plain function (a fresh worker image has "
+                                       "no copy of a lambda's or object's state)");
   auto offset = pool_image_offset(fn);
   // Only code in libcoproc's own image is at the same offset in a fresh image.
   if (!callable_offset(offset, true))
-    throw std::invalid_argument("coproc::pool: with start_method::spawn the initializer must be in the same "
-                                "image as libcoproc (link coproc statically), or use start_method::fork");
+    throw std::invalid_argument(with + " the initializer must be in the same image as libcoproc (link coproc "
+                                       "statically), or use start_method::fork");
   return offset;
 }
 
@@ -69,7 +75,7 @@ pool_core::pool_core(boost::asio::any_io_executor ex, pool_options options)
     : ex_(std::move(ex)), options_(std::move(options)), scheduler_(options_.maxtasksperchild) {
   if (spawning()) {
     require_main_guard("coproc::pool");
-    initializer_offset_ = spawn_initializer_offset(options_.initializer);
+    initializer_offset_ = spawn_initializer_offset(options_.initializer, *options_.method);
   }
 }
 
@@ -100,8 +106,9 @@ void pool_core::check_same_image_locked(const pool_job& job) {
   for (std::intptr_t offset : {job.trampoline, job.target}) {
     if (offset == 0 || checked_offsets_.count(offset)) continue;
     if (!callable_offset(offset, true))
-      throw std::invalid_argument("coproc::pool: with start_method::spawn the task must be in the same "
-                                  "image as libcoproc (link coproc statically), or use start_method::fork");
+      throw std::invalid_argument(std::string("coproc::pool: with ") + fresh_method_name(*options_.method) +
+                                  " the task must be in the same image as libcoproc (link coproc statically), "
+                                  "or use start_method::fork");
     checked_offsets_.insert(offset);
   }
 }
@@ -159,15 +166,15 @@ void pool_core::link::close_all() noexcept {
 
 void pool_core::spawn_locked() {
   link l = make_link();
-  int pid;
+  std::shared_ptr<process_child> proc;
   try {
-    pid = start_worker(l);
+    proc = start_worker(l);
   } catch (...) {
     l.close_all();
     throw;
   }
   l.close_worker_side();
-  adopt_locked(l, pid);
+  adopt_locked(l, std::move(proc));
 }
 
 // The socket and the shared page. A spawned worker maps the page from a memfd; a forked
@@ -197,10 +204,15 @@ pool_core::link pool_core::make_link() const {
   return l;
 }
 
-// Forks or spawns the worker process on the link; its pid.
-int pool_core::start_worker(link& l) {
-  auto id = next_child_identity(spawning() ? "SpawnPoolWorker" : "ForkPoolWorker");
-  if (spawning()) return spawn_worker_image(l.worker_fd, l.memfd, options_.maxtasksperchild, initializer_offset_, id);
+// Forks or spawns the worker process on the link, or has the fork server fork it.
+std::shared_ptr<process_child> pool_core::start_worker(link& l) {
+  const char* prefix = options_.method == start_method::spawn        ? "SpawnPoolWorker"
+                       : options_.method == start_method::forkserver ? "ForkServerPoolWorker"
+                                                                     : "ForkPoolWorker";
+  auto id = next_child_identity(prefix);
+  if (spawning())
+    return start_worker_image(*options_.method, l.worker_fd, l.memfd, options_.maxtasksperchild, initializer_offset_,
+                              id);
   int parent = ::getpid();
   int pid = fork_flushed("coproc::pool: fork() of a worker failed");
   if (pid == 0) {
@@ -208,13 +220,13 @@ int pool_core::start_worker(link& l) {
     for (auto& other : workers_) ::close(other->socket.native_handle());
     run_forked_worker(parent, l.worker_fd, l.page, std::move(id), options_.initializer, options_.maxtasksperchild);
   }
-  return pid;
+  return std::make_shared<direct_child>(pid);
 }
 
-void pool_core::adopt_locked(const link& l, int pid) {
+void pool_core::adopt_locked(const link& l, std::shared_ptr<process_child> proc) {
   auto w = std::make_shared<worker>(ex_, l.page);
   w->socket.assign(boost::asio::local::stream_protocol(), l.parent_fd);
-  w->proc = std::make_shared<child>(pid);
+  w->proc = std::move(proc);
   workers_.push_back(w);
   scheduler_.add(*w);
   ++live_;

@@ -2,7 +2,7 @@
 // sockets, and the pool_scheduler's decisions carried out on them.
 #pragma once
 
-#include <coproc/detail/child.hpp>
+#include <coproc/detail/process_child.hpp>
 #include <coproc/detail/pool_scheduler.hpp>
 #include <coproc/detail/pool_state.hpp>
 #include <coproc/pool.hpp>
@@ -46,7 +46,7 @@ private:
     explicit worker(const boost::asio::any_io_executor& ex, worker_page* page)
         : scheduled_worker(&page->claimed), socket(ex), page(page) {}
     boost::asio::local::stream_protocol::socket socket;
-    std::shared_ptr<child> proc;
+    std::shared_ptr<process_child> proc;
     worker_page* page;
     std::string out, writing; // frames to send, frames being sent
     std::string start_error;  // what its initializer threw
@@ -54,17 +54,19 @@ private:
   // A worker's end of its link, before the worker starts on it.
   struct link {
     int parent_fd = -1, worker_fd = -1;
-    int memfd = -1; // spawn: the shared page's memory
+    int memfd = -1; // spawn, forkserver: the shared page's memory
     worker_page* page = nullptr;
     void close_worker_side() noexcept;
     void close_all() noexcept;
   };
 
-  bool spawning() const { return options_.method == start_method::spawn; }
+  // spawn or forkserver: workers are fresh images, which share no memory or code
+  // addresses with this process but those of libcoproc's own image.
+  bool spawning() const { return options_.method != start_method::fork; }
   void spawn_locked();
   link make_link() const;
-  int start_worker(link& l);
-  void adopt_locked(const link& l, int pid);
+  std::shared_ptr<process_child> start_worker(link& l);
+  void adopt_locked(const link& l, std::shared_ptr<process_child> proc);
 
   static awaitable<void> read_loop(std::shared_ptr<pool_core> self, std::shared_ptr<worker> w);
   static awaitable<void> replace_after(std::shared_ptr<pool_core> self, bool slow);

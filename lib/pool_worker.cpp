@@ -6,6 +6,7 @@
 // is not a task.
 #include "pool_worker.hpp"
 
+#include "forkserver.hpp"
 #include "fresh_image.hpp"
 #include "os.hpp"
 
@@ -267,11 +268,12 @@ private:
 
 } // namespace
 
-// ---- start_method::spawn: a fresh image of this executable ---------------------------
+// ---- start_method::spawn and forkserver: a fresh image of this executable ------------
 //
 // The worker is /proc/self/exe started with posix_spawn (no copy of the parent's page
-// tables, so the start cost does not grow with the parent's memory); it becomes a worker
-// in main_guard (lib/fresh_image.cpp), once the program's statics are constructed. Its
+// tables, so the start cost does not grow with the parent's memory), or a child the fork
+// server forks, which starts the same way; it becomes a worker in main_guard
+// (lib/fresh_image.cpp), once the program's statics are constructed. Its
 // body: maxtasksperchild and the initializer's offset from the anchor (0 for none); its
 // descriptors: the socket and the memfd of the shared page.
 
@@ -311,12 +313,14 @@ void run_spawned_worker(std::string_view body, int fd, int memfd) {
   run_initializer_then_work(initializer, fd, page, maxtasksperchild, false);
 }
 
-int spawn_worker_image(int fd, int memfd, unsigned maxtasksperchild, std::intptr_t initializer_offset,
-                       const identity& id) {
+std::shared_ptr<process_child> start_worker_image(start_method method, int fd, int memfd, unsigned maxtasksperchild,
+                                                  std::intptr_t initializer_offset, const identity& id) {
   fresh_image_spec spec{image_kind::pool_worker, id, true,
                         wire::encode(spawned_worker_body{maxtasksperchild, initializer_offset})};
   int fds[] = {fd, memfd};
-  return spawn_fresh_image(spec, fds, "coproc::pool: worker " + id.name);
+  std::string who = "coproc::pool: worker " + id.name;
+  if (method == start_method::forkserver) return start_served_child(spec, fds, who);
+  return std::make_shared<direct_child>(spawn_fresh_image(spec, fds, who));
 }
 
 } // namespace coproc::detail

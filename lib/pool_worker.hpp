@@ -3,12 +3,15 @@
 #pragma once
 
 #include <coproc/detail/child.hpp>
+#include <coproc/detail/process_child.hpp>
+#include <coproc/start_method.hpp>
 #include <coproc/detail/pool_task.hpp>
 
 #include "pool_protocol.hpp"
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 
 namespace coproc::detail {
 
@@ -17,10 +20,11 @@ namespace coproc::detail {
 [[noreturn]] void run_forked_worker(int parent, int fd, worker_page* page, identity id,
                                     const std::function<void()>& initializer, unsigned maxtasksperchild);
 
-// start_method::spawn: starts a fresh image of this executable as worker `id` on its end
-// of the socket and the memfd of the shared page; the initializer is an offset from the
-// anchor (0 for none). Returns its pid; std::system_error if it cannot start.
-int spawn_worker_image(int fd, int memfd, unsigned maxtasksperchild, std::intptr_t initializer_offset,
-                       const identity& id);
+// start_method::spawn or forkserver: starts a fresh image of this executable (or has the
+// fork server fork one) as worker `id` on its end of the socket and the memfd of the
+// shared page; the initializer is an offset from the anchor (0 for none). std::system_error
+// if it cannot start.
+std::shared_ptr<process_child> start_worker_image(start_method method, int fd, int memfd, unsigned maxtasksperchild,
+                                                  std::intptr_t initializer_offset, const identity& id);
 
 } // namespace coproc::detail

@@ -5,6 +5,7 @@
 #include <coproc/run.hpp>
 #include <coproc/this_process.hpp>
 
+#include "forkserver.hpp"
 #include "fresh_image.hpp"
 #include "os.hpp"
 #include "start_method.hpp"
@@ -66,11 +67,14 @@ void process::release() noexcept {
 void process::start() {
   if (child_) throw std::logic_error("cannot start process '" + name_ + "' twice");
   start_method method = detail::resolve_start_method(method_);
-  if (method == start_method::forkserver)
-    throw std::invalid_argument("process '" + name_ + "': start_method::forkserver is not implemented "
-                                "(fork and spawn are)");
-  if (method == start_method::spawn) {
-    child_ = std::make_shared<detail::child>(spawn_child());
+  if (method != start_method::fork) {
+    std::string who = "process '" + name_ + "'";
+    auto [body, fds] = fresh_image_body(method, who);
+    detail::fresh_image_spec spec{detail::image_kind::process, {identity_.path, name_}, daemon_, std::move(body)};
+    if (method == start_method::spawn)
+      child_ = std::make_shared<detail::direct_child>(detail::spawn_fresh_image(spec, fds, who));
+    else
+      child_ = detail::start_served_child(spec, fds, who);
     detail::note_started();
     return;
   }
@@ -100,7 +104,7 @@ void process::start() {
     detail::enter_child({std::move(identity_.path), name_});
     run_child();
   }
-  child_ = std::make_shared<detail::child>(pid);
+  child_ = std::make_shared<detail::direct_child>(pid);
   detail::note_started();
 }
 
@@ -158,11 +162,11 @@ using fresh_process_body = std::tuple<detail::code_ref, std::optional<detail::co
 bool fresh_daemon = false;
 } // namespace
 
-int process::spawn_child() {
-  std::string who = "process '" + name_ + "'";
+process::fresh_image process::fresh_image_body(start_method method, const std::string& who) const {
   detail::require_main_guard(who);
   auto refuse = [&](const std::string& why) {
-    throw std::invalid_argument(who + ": cannot start with start_method::spawn: " + why);
+    throw std::invalid_argument(who + ": cannot start with start_method::" +
+                                (method == start_method::spawn ? "spawn" : "forkserver") + ": " + why);
   };
   detail::fresh_target target;
   if (typeid(*this) != typeid(process)) {
@@ -191,11 +195,9 @@ int process::spawn_child() {
   }
   fresh_process_body body{*entry,  function, std::move(target.object), std::move(target.arguments),
                           daemon_, static_cast<std::uint32_t>(target.fds.size())};
-  detail::fresh_image_spec spec{detail::image_kind::process, {identity_.path, name_}, daemon_,
-                                wire::encode(body)};
-  // The descriptors are the arguments' handles' own (body_ holds them): spawn_fresh_image
-  // dups them for the child and closes its dups.
-  return detail::spawn_fresh_image(spec, target.fds, who);
+  // The descriptors are the arguments' handles' own (body_ holds them): the launcher dups
+  // them for the child (spawn) or sends them to the fork server, and closes nothing of ours.
+  return {wire::encode(body), std::move(target.fds)};
 }
 
 namespace detail {
@@ -234,7 +236,7 @@ void run_fresh_process(std::string_view bytes) {
 }
 } // namespace detail
 
-const std::shared_ptr<detail::child>& process::started(const char* what) const {
+const std::shared_ptr<detail::process_child>& process::started(const char* what) const {
   if (!child_)
     throw std::logic_error(std::string("cannot ") + what + " process '" + name_ +
                            "': it was not started");
@@ -243,9 +245,13 @@ const std::shared_ptr<detail::child>& process::started(const char* what) const {
 
 namespace {
 // Holds the child alive while a join is suspended, even if the handle goes away.
-awaitable<int> join_child(std::shared_ptr<detail::child> c) { co_return co_await c->wait(); }
-awaitable<std::optional<int>> join_child(std::shared_ptr<detail::child> c, duration timeout) {
-  co_return co_await c->wait(timeout);
+awaitable<int> join_child(std::shared_ptr<detail::process_child> c) {
+  auto wait = c->wait();
+  co_return co_await std::move(wait);
+}
+awaitable<std::optional<int>> join_child(std::shared_ptr<detail::process_child> c, duration timeout) {
+  auto wait = c->wait(timeout);
+  co_return co_await std::move(wait);
 }
 } // namespace
 

@@ -406,8 +406,9 @@ TEST_CASE("misuse is a logic_error") {
     other.terminate(); // twice is fine
     co_await other.join();
 
-    coproc::pool_options forkserver{.processes = 1, .method = coproc::start_method::forkserver};
-    CHECK_THROWS_WITH_AS(coproc::pool(ex, forkserver), doctest::Contains("forkserver"), std::invalid_argument);
+    coproc::pool_options forkserver{.processes = 1, .initializer = [&] { ++forkserver.processes; },
+                                    .method = coproc::start_method::forkserver};
+    CHECK_THROWS_WITH_AS(coproc::pool(ex, forkserver), doctest::Contains("plain function"), std::invalid_argument);
     int state = 0;
     coproc::pool_options stateful{.processes = 1, .initializer = [&state] { ++state; },
                                   .method = coproc::start_method::spawn};

@@ -473,14 +473,6 @@ TEST_CASE("misuse is a logic_error that names the process") {
   CHECK(join(p) == 0);
 }
 
-TEST_CASE("forkserver is refused at start, not implemented yet") {
-  coproc::process p({.name = "served", .method = coproc::start_method::forkserver}, [] {});
-  CHECK_THROWS_WITH_AS(p.start(),
-                       "process 'served': start_method::forkserver is not implemented (fork and spawn are)",
-                       std::invalid_argument);
-  CHECK(p.pid() == 0);
-}
-
 TEST_CASE("fork failure is a system_error naming the process") {
   // RLIMIT_NPROC binds only unprivileged users, so the check runs in a child that drops
   // root first.

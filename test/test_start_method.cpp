@@ -19,12 +19,16 @@ TEST_CASE("the default start method: fork, settable until the first start, read 
 
   // A process without a method reads the default at start(), not at construction; a pool
   // when it is made. A start that fails does not fix the default.
-  coproc::process late({.name = "late"}, [] {});
+  // (Here the start fails because a capture cannot travel to a forkserver child.)
+  int captured = 1;
+  coproc::process late({.name = "late"}, [captured] { return captured; });
   coproc::set_start_method(coproc::start_method::forkserver);
   CHECK_THROWS_WITH_AS(late.start(), doctest::Contains("process 'late'"), std::invalid_argument);
-  coproc_test::run([]() -> coproc::awaitable<void> {
+  CHECK_THROWS_WITH_AS(late.start(), doctest::Contains("start_method::forkserver"), std::invalid_argument);
+  coproc_test::run([&]() -> coproc::awaitable<void> {
     auto ex = co_await boost::asio::this_coro::executor;
-    CHECK_THROWS_WITH_AS(coproc::pool(ex, 1), doctest::Contains("forkserver"), std::invalid_argument);
+    CHECK_THROWS_WITH_AS(coproc::pool(ex, {.processes = 1, .initializer = [&] { ++captured; }}),
+                         doctest::Contains("forkserver"), std::invalid_argument);
   }());
   coproc::set_start_method(coproc::start_method::spawn);
   coproc::set_start_method(coproc::start_method::forkserver);

@@ -67,8 +67,9 @@ struct pool_options {
   // and the initializer must be a plain function (noexcept or not) in libcoproc's own
   // image, the executable when coproc is linked statically: std::invalid_argument at
   // construction otherwise; main must call coproc::main_guard (std::logic_error otherwise).
-  // forkserver: std::invalid_argument. nullopt:
-  // get_start_method() when the pool is made.
+  // forkserver: as spawn (the same rules, named ForkServerPoolWorker-N), but each worker is
+  // forked by this process's fork server (coproc/start_method.hpp), so a worker's start
+  // costs the fork of a small process. nullopt: get_start_method() when the pool is made.
   std::optional<start_method> method{};
 };
 
@@ -148,9 +149,10 @@ template <class Range> auto copy_items(Range&& items) {
 
 class pool {
 public:
-  // Starts the workers now (forked, or fresh images with spawn). std::system_error if that
-  // fails; std::invalid_argument for forkserver or a spawn initializer that cannot travel;
-  // std::logic_error for spawn in a program whose main did not call coproc::main_guard.
+  // Starts the workers now (forked, fresh images with spawn, forked by the fork server with
+  // forkserver). std::system_error if that fails; std::invalid_argument for a spawn or
+  // forkserver initializer that cannot travel; std::logic_error for spawn or forkserver in
+  // a program whose main did not call coproc::main_guard.
   pool(boost::asio::any_io_executor ex, pool_options options = {});
   pool(boost::asio::any_io_executor ex, unsigned processes);
   pool(const pool&) = delete;

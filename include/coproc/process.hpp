@@ -15,12 +15,16 @@
 // constructible, copyable) or a subclass registered with COPROC_REGISTER_PROCESS, with
 // wire-serializable arguments (coproc/wire.hpp). A coproc::queue or coproc::connection
 // argument travels too: its descriptors go with the child (coproc/detail/travel.hpp).
-// Everything else — names, exit codes, signals, daemons, stdio — is the same with both.
+// forkserver has spawn's rules, and the child is forked by this process's fork server (a
+// small fresh image), so it costs the fork of a small process; its getppid() is the
+// server's pid. Everything else — names, exit codes, signals, daemons, stdio — is the same
+// with all three.
 #pragma once
 
 #include <coproc/awaitable.hpp>
 #include <coproc/detail/child.hpp>
 #include <coproc/detail/travel.hpp>
+#include <coproc/detail/process_child.hpp>
 #include <coproc/start_method.hpp>
 #include <coproc/wire.hpp>
 
@@ -240,14 +244,17 @@ public:
   // reaps it when it exits.
   virtual ~process();
 
-  // Starts the child, which runs run() and exits with its exit code: forks it, or with
-  // start_method::spawn starts a fresh image of this program (coproc/main_guard.hpp).
-  // std::logic_error if started twice, or with spawn in a program whose main did not call
-  // coproc::main_guard; std::invalid_argument if the target or an argument cannot travel
-  // to a fresh image (a lambda with captures, an object without a cereal serialize,
-  // std::ref, a type that is not wire-serializable, a queue or connection inside another
-  // argument, a closed connection) or for forkserver, not implemented
-  // yet; std::system_error if fork or posix_spawn fails.
+  // Starts the child, which runs run() and exits with its exit code: forks it, with
+  // start_method::spawn starts a fresh image of this program (coproc/main_guard.hpp), with
+  // forkserver has the fork server fork one (started now if it does not run yet; a short
+  // request and reply on a local socket). The child's 0-2 are this process's now.
+  // std::logic_error if started twice, or with spawn or forkserver in a program whose main
+  // did not call coproc::main_guard; std::invalid_argument if the target or an argument
+  // cannot travel to a fresh image (a lambda with captures, an object without a cereal
+  // serialize, std::ref, a type that is not wire-serializable, a queue or connection
+  // inside another argument, a closed connection); std::system_error if fork or
+  // posix_spawn fails, or the fork server cannot start, cannot fork or died (naming the
+  // process and the server's pid; the next start starts a new server).
   void start();
 
   // The exit code: >= 0 the exit status, -N killed by signal N. Several coroutines may
@@ -283,8 +290,14 @@ private:
   friend int detail::run_rebuilt_process(process& p);
   void release() noexcept;
   [[noreturn]] void run_child();
-  int spawn_child();
-  const std::shared_ptr<detail::child>& started(const char* what) const;
+  // The body a fresh image (spawn, forkserver) of this process is told; std::invalid_argument
+  // if the target cannot travel, std::logic_error without main_guard.
+  struct fresh_image {
+    std::string body;
+    std::vector<int> fds; // travel with the child, from detail::fresh_image_first_fd on
+  };
+  fresh_image fresh_image_body(start_method method, const std::string& who) const;
+  const std::shared_ptr<detail::process_child>& started(const char* what) const;
 
   std::unique_ptr<detail::process_body> body_;
   std::string name_;
@@ -292,7 +305,7 @@ private:
   bool daemon_ = false;
   std::optional<start_method> method_;
   int exit_code_ = 0;
-  std::shared_ptr<detail::child> child_;
+  std::shared_ptr<detail::process_child> child_;
 };
 
 namespace detail {
@@ -321,10 +334,10 @@ template <class T> bool register_process_class() {
 #define COPROC_DETAIL_CONCAT2(a, b) a##b
 #define COPROC_DETAIL_CONCAT(a, b) COPROC_DETAIL_CONCAT2(a, b)
 // At global scope, once per subclass T of coproc::process (a qualified name is fine) that
-// may start with start_method::spawn: T needs a public default constructor and a cereal
+// may start with start_method::spawn or forkserver: T needs a public default constructor and a cereal
 // serialize for the state its run() uses. In the fresh image T is default-constructed,
 // decoded and run; it keeps the parent's name() and daemon flag. An unregistered subclass
-// is std::invalid_argument at start() with spawn.
+// is std::invalid_argument at start() with spawn or forkserver.
 #define COPROC_REGISTER_PROCESS(...)                                                             \
   [[maybe_unused]] static const bool COPROC_DETAIL_CONCAT(coproc_registered_process_, __COUNTER__) = \
       ::coproc::detail::register_process_class<__VA_ARGS__>()

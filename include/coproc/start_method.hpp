@@ -15,7 +15,14 @@
 // and what the child runs must travel: a function pointer, a captureless lambda or a class
 // with a cereal serialize, with wire-serializable arguments (coproc/process.hpp).
 //
-// forkserver: not implemented yet; a start with it is std::invalid_argument.
+// forkserver: a small server process, a fresh image of this program started on first use
+// (or by forkserver_preload), forks each child; the child then runs as a spawn child does
+// (what travels, main_guard, stdio as at start(), names and exit codes are the same) but
+// costs the fork of a small single-threaded process, whatever this process's size or
+// threads. One server per requesting process, which a forked child of it does not use (it
+// starts its own); the server exits when its requester is gone, and SIGKILLs the
+// requester's daemon children then. A forkserver child's getppid() is the server's pid.
+// Needs pidfds (Linux 5.3): the requester signals and watches each child through one.
 #pragma once
 
 namespace coproc {
@@ -28,5 +35,11 @@ enum class start_method { fork, forkserver, spawn };
 // with later ones. A fresh image starts with its parent's default.
 void set_start_method(start_method method);
 start_method get_start_method() noexcept;
+
+// Starts this process's fork server now unless it runs: before the program starts
+// threads, or to keep the server's start out of the first start()'s latency. Not a start
+// for set_start_method. std::logic_error without coproc::main_guard in main;
+// std::system_error if the server cannot start.
+void forkserver_preload();
 
 } // namespace coproc

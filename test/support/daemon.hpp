@@ -1,23 +1,25 @@
-// Shared by the tests of daemon children dying with a parent killed by SIGKILL.
+// Shared by the tests of what becomes of children whose parent is killed by SIGKILL: a
+// daemon dies with it, a plain child outlives it (for fork, spawn and forkserver).
 #pragma once
 
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <array>
 #include <chrono>
 #include <csignal>
 #include <thread>
 
 namespace coproc_test {
 
-// Forks a subreaper, which forks a parent that runs start_daemon (the daemon's pid once
-// its death signal is armed, 0 on failure) and then dies by SIGKILL. True when the
-// subreaper, which adopts the orphan, sees the daemon end by SIGKILL within limit.
-template <class Start>
-bool daemon_dies_with_killed_parent(Start start_daemon, std::chrono::milliseconds limit) {
+// Forks a subreaper, which forks a parent that runs start (the pids it wants watched, 0
+// for none or on failure) and then dies by SIGKILL. The subreaper adopts the orphans and
+// runs watch(pids) once the parent is reaped; watch's result (0 or 1) is returned, or -1
+// if the harness itself failed.
+template <class Start, class Watch> int after_parent_killed(Start start, Watch watch) {
   int report[2];
-  if (::pipe(report) != 0) return false;
+  if (::pipe(report) != 0) return -1;
   int helper = ::fork();
   if (helper == 0) {
     ::prctl(PR_SET_CHILD_SUBREAPER, 1);
@@ -25,35 +27,64 @@ bool daemon_dies_with_killed_parent(Start start_daemon, std::chrono::millisecond
     if (::pipe(ids) != 0) ::_exit(2);
     int parent = ::fork();
     if (parent == 0) {
-      int pid = start_daemon();
-      (void)!::write(ids[1], &pid, sizeof pid);
+      std::array<int, 2> pids = start();
+      (void)!::write(ids[1], pids.data(), sizeof pids);
       ::raise(SIGKILL);
     }
-    int daemon_pid = 0;
-    if (::read(ids[0], &daemon_pid, sizeof daemon_pid) != sizeof daemon_pid || daemon_pid <= 0)
-      ::_exit(3);
+    std::array<int, 2> pids{};
+    if (::read(ids[0], pids.data(), sizeof pids) != sizeof pids || pids[0] <= 0) ::_exit(3);
     ::waitpid(parent, nullptr, 0);
-    auto deadline = std::chrono::steady_clock::now() + limit;
-    int status = 0;
-    while (std::chrono::steady_clock::now() < deadline) {
-      if (::waitpid(daemon_pid, &status, WNOHANG) == daemon_pid) {
-        int result = WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL;
-        (void)!::write(report[1], &result, sizeof result);
-        ::_exit(0);
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    ::kill(daemon_pid, SIGKILL);
-    ::waitpid(daemon_pid, nullptr, 0);
-    ::_exit(4);
+    int result = watch(pids);
+    (void)!::write(report[1], &result, sizeof result);
+    ::_exit(0);
   }
   ::close(report[1]);
-  int result = 0;
+  int result = -1;
   bool read_it = ::read(report[0], &result, sizeof result) == sizeof result;
   ::close(report[0]);
   int status = 0;
   ::waitpid(helper, &status, 0);
-  return read_it && WIFEXITED(status) && WEXITSTATUS(status) == 0 && result == 1;
+  return read_it && WIFEXITED(status) && WEXITSTATUS(status) == 0 ? result : -1;
+}
+
+// In the subreaper: waits up to limit for its adopted child pid to end; its wait status,
+// or -1 (then the child is killed and reaped).
+inline int reap_adopted(int pid, std::chrono::milliseconds limit) {
+  auto deadline = std::chrono::steady_clock::now() + limit;
+  int status = 0;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (::waitpid(pid, &status, WNOHANG) == pid) return status;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ::kill(pid, SIGKILL);
+  ::waitpid(pid, nullptr, 0);
+  return -1;
+}
+
+// The daemon whose pid start_daemon returns (once its death signal is armed; 0 on
+// failure) ends by SIGKILL within limit of its parent's SIGKILL.
+template <class Start>
+bool daemon_dies_with_killed_parent(Start start_daemon, std::chrono::milliseconds limit) {
+  return after_parent_killed([&] { return std::array<int, 2>{start_daemon(), 0}; },
+                             [&](std::array<int, 2> pids) {
+                               int status = reap_adopted(pids[0], limit);
+                               return status != -1 && WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL ? 1 : 0;
+                             }) == 1;
+}
+
+// start returns {the plain child's pid, its fork server's pid}: after the parent's SIGKILL
+// the server exits within limit, and the child still runs after that (then it is killed).
+template <class Start> bool plain_child_outlives_killed_parent(Start start, std::chrono::milliseconds limit) {
+  return after_parent_killed(start, [&](std::array<int, 2> pids) {
+           if (pids[1] <= 0) return 0;
+           int server = reap_adopted(pids[1], limit);
+           int status = 0;
+           // Adopted when the server exited: still running, so not reapable.
+           bool alive = server != -1 && ::waitpid(pids[0], &status, WNOHANG) == 0;
+           ::kill(pids[0], SIGKILL);
+           ::waitpid(pids[0], nullptr, 0);
+           return alive ? 1 : 0;
+         }) == 1;
 }
 
 } // namespace coproc_test

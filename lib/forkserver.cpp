@@ -1,0 +1,619 @@
+// start_method::forkserver (lib/forkserver.hpp): a small single-threaded server forks
+// each child, so a child costs the fork of a small process, whatever the size or the
+// threads of the process that asks for it.
+//
+// The server is a fresh image (image_kind::forkserver, lib/fresh_image.cpp) that its
+// requester, the process that started it, spawns on first use or at forkserver_preload().
+// They talk over a SOCK_SEQPACKET socketpair the server inherits at descriptor 4, nothing
+// named. Every exchange is the requester's: one request, at most one reply, under the
+// link's mutex, so threads of the requester take turns and the server never speaks
+// unasked.
+//   start: 0-2 of the requester (those open), the payload memfd and the kind's own
+//          descriptors ride along (SCM_RIGHTS); the server forks, and the child puts them
+//          at 0-2, 3 and 4.. as a fresh image finds them and enters as one does
+//          (enter_served_image). The reply: the pid and a pidfd of the child, opened by
+//          the server right after the fork, before it can reap it.
+//   status: the server reaps its children (SIGCHLD on a signalfd) and keeps each wait
+//          status until its requester asks for it, which it does once the child's pidfd
+//          polls readable; the reply says running, exited with a status, or unknown.
+//   forget: a handle went away: the status is dropped whenever it comes.
+// On end of file (the requester exited or was killed, even by SIGKILL) the server
+// SIGKILLs the requester's daemon children that still run and exits; the plain ones run
+// on, reparented. The requester reaps the server, its own child (detail::child, then the
+// orphan reaper). The server does not die with its requester through PR_SET_PDEATHSIG:
+// that signal follows the thread that started the server, which may end long before the
+// process does. Its daemon children do die with the server that way (it is one thread).
+#include "forkserver.hpp"
+
+#include <coproc/start_method.hpp>
+
+#include "child_wait.hpp"
+#include "os.hpp"
+
+#include <boost/asio/deferred.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <bit>
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <system_error>
+#include <utility>
+#include <vector>
+
+namespace coproc::detail {
+
+namespace {
+
+enum class op : std::uint8_t { start = 1, status = 2, forget = 3 };
+
+struct request {
+  op what = op::status;
+  image_kind kind = image_kind::process; // start
+  std::uint8_t daemon = 0;               // start: SIGKILLed when the requester is gone
+  std::uint8_t stdio = 0;                // start: bit i set: descriptor i rides along
+  std::uint8_t extra = 0;                // start: the kind's own descriptors after the payload
+  std::uint8_t pad[3] = {};              // no uninitialized bytes on the wire
+  std::int32_t pid = 0;                  // status, forget
+};
+
+enum class state : std::uint8_t { running = 0, exited = 1, unknown = 2, failed = 3 };
+
+struct reply {
+  state what = state::unknown;
+  std::uint8_t pad[3] = {};
+  std::int32_t pid = 0;   // start
+  std::int32_t value = 0; // exited: the wait status; failed: an errno
+};
+
+// More than a start ever carries (3 + 1 + the kind's own), fewer than SCM_MAX_FD.
+constexpr std::size_t max_fds = 64;
+
+// 0 or an errno. MSG_NOSIGNAL: a dead peer is an error, not a SIGPIPE.
+int send_with_fds(int fd, const void* data, std::size_t size, std::span<const int> fds) {
+  iovec iov{const_cast<void*>(data), size};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * max_fds)];
+  if (!fds.empty()) {
+    msg.msg_control = control;
+    msg.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
+    cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+    std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
+  }
+  ssize_t n;
+  do n = ::sendmsg(fd, &msg, MSG_NOSIGNAL);
+  while (n < 0 && errno == EINTR);
+  if (n < 0) return errno;
+  return static_cast<std::size_t>(n) == size ? 0 : EPROTO;
+}
+
+// The bytes received (0 at end of file), or -errno; the descriptors that came with them
+// are appended to fds, close-on-exec.
+ssize_t recv_with_fds(int fd, void* data, std::size_t size, std::vector<int>& fds) {
+  iovec iov{data, size};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * max_fds)];
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof control;
+  ssize_t n;
+  do n = ::recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+  while (n < 0 && errno == EINTR);
+  if (n < 0) return -errno;
+  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    std::size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (std::size_t i = 0; i < count; ++i) {
+      int got;
+      std::memcpy(&got, CMSG_DATA(c) + i * sizeof(int), sizeof got);
+      fds.push_back(got);
+    }
+  }
+  // A message cut short (more than it should carry) is not believed.
+  if (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) return -EPROTO;
+  return n;
+}
+
+void close_all(std::vector<int>& fds) noexcept {
+  for (int fd : fds) ::close(fd);
+  fds.clear();
+}
+
+// ---- the server ----------------------------------------------------------------------
+
+class fork_server {
+public:
+  explicit fork_server(int fd) : fd_(fd), self_(::getpid()) {}
+
+  [[noreturn]] void run() {
+    setup();
+    for (;;) {
+      pollfd fds[2] = {{fd_, POLLIN, 0}, {signals_, POLLIN, 0}};
+      if (::poll(fds, 2, -1) < 0) {
+        if (errno == EINTR) continue;
+        ::_exit(71);
+      }
+      if (fds[1].revents) reap_all();
+      if (fds[0].revents) serve_one();
+    }
+  }
+
+private:
+  struct served {
+    bool daemon = false;
+    bool forgotten = false;
+    std::optional<int> status;
+  };
+
+  void setup() {
+    // A terminal's Ctrl-C goes to the whole foreground group: the requester decides.
+    struct sigaction ignore {};
+    ignore.sa_handler = SIG_IGN;
+    ::sigaction(SIGINT, &ignore, nullptr);
+    sigset_t chld;
+    sigemptyset(&chld);
+    sigaddset(&chld, SIGCHLD);
+    ::sigprocmask(SIG_BLOCK, &chld, nullptr);
+    signals_ = ::signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
+    if (signals_ < 0) ::_exit(71);
+    ::fcntl(fd_, F_SETFD, FD_CLOEXEC);
+    // The requester's 0-2 as they were when it started the server are not held: each child
+    // gets the requester's of its start, and a pipe the requester had as its stdout then
+    // must see its end of file.
+    int null = ::open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (null < 0) ::_exit(71);
+    for (int i = 0; i < 3; ++i)
+      if (i != null) ::dup2(null, i);
+    if (null > 2) ::close(null);
+  }
+
+  void reap_all() {
+    signalfd_siginfo info;
+    while (::read(signals_, &info, sizeof info) > 0) {
+    }
+    for (;;) {
+      int status = 0;
+      int pid = ::waitpid(-1, &status, WNOHANG);
+      if (pid <= 0) break;
+      record(pid, status);
+    }
+  }
+
+  void record(int pid, int status) {
+    auto it = children_.find(pid);
+    if (it == children_.end()) return;
+    if (it->second.forgotten) children_.erase(it);
+    else it->second.status = status;
+  }
+
+  void serve_one() {
+    request r{};
+    std::vector<int> fds;
+    ssize_t n = recv_with_fds(fd_, &r, sizeof r, fds);
+    if (n == -EAGAIN) return;
+    if (n != static_cast<ssize_t>(sizeof r)) {
+      // End of file, or a message that is not a request: the requester is gone (or is not
+      // coproc's), and nothing more from it is believed.
+      close_all(fds);
+      requester_gone();
+    }
+    switch (r.what) {
+    case op::start: return start(r, fds);
+    case op::status: close_all(fds); return status(r.pid);
+    case op::forget: close_all(fds); return forget(r.pid);
+    }
+    close_all(fds);
+    requester_gone();
+  }
+
+  void answer(const reply& rep, int pidfd = -1) {
+    int err = pidfd >= 0 ? send_with_fds(fd_, &rep, sizeof rep, std::span<const int>(&pidfd, 1))
+                         : send_with_fds(fd_, &rep, sizeof rep, {});
+    if (err != 0) requester_gone();
+  }
+
+  void start(const request& r, std::vector<int>& fds) {
+    std::size_t expected = static_cast<std::size_t>(std::popcount(static_cast<unsigned>(r.stdio & 7u))) + 1 + r.extra;
+    bool kind_ok = r.kind == image_kind::process || r.kind == image_kind::pool_worker;
+    if (fds.size() != expected || !kind_ok) {
+      close_all(fds);
+      return answer({.what = state::failed, .value = EPROTO});
+    }
+    int pid = ::fork();
+    if (pid == 0) become_child(r, fds);
+    int err = errno;
+    close_all(fds);
+    if (pid < 0) return answer({.what = state::failed, .value = err});
+    // Before any reap, so it names this child.
+    int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+    if (pidfd < 0) {
+      err = errno;
+      ::kill(pid, SIGKILL);
+      children_[pid] = {false, true, std::nullopt};
+      return answer({.what = state::failed, .value = err});
+    }
+    children_[pid] = {r.daemon != 0, false, std::nullopt};
+    answer({.what = state::running, .pid = pid}, pidfd);
+    ::close(pidfd);
+  }
+
+  // In the child: the descriptors where a fresh image has them, then the image's entry.
+  [[noreturn]] void become_child(const request& r, const std::vector<int>& fds) {
+    int top = fresh_image_first_fd + r.extra;
+    std::vector<int> moved;
+    for (int fd : fds) {
+      int copy = ::fcntl(fd, F_DUPFD, top); // above every target, so no dup2 overwrites one
+      if (copy < 0) ::_exit(71);
+      moved.push_back(copy);
+    }
+    std::size_t next = 0;
+    for (int i = 0; i < 3; ++i) {
+      if (r.stdio & (1u << i)) {
+        if (::dup2(moved[next++], i) < 0) ::_exit(71);
+      } else {
+        ::close(i);
+      }
+    }
+    for (int target = 3; target < top; ++target)
+      if (::dup2(moved[next++], target) < 0) ::_exit(71);
+    // The copies, the server's socket and signalfd: nothing of the server stays.
+    ::close_range(static_cast<unsigned>(top), ~0u, 0);
+    reset_signals();
+    enter_served_image(r.kind, self_);
+  }
+
+  void status(int pid) {
+    auto it = children_.find(pid);
+    if (it == children_.end()) return answer({.what = state::unknown, .pid = pid});
+    // Its pidfd polled readable: it is a zombie by now, maybe before our SIGCHLD is read.
+    int status = 0;
+    if (!it->second.status && ::waitpid(pid, &status, WNOHANG) == pid) it->second.status = status;
+    if (!it->second.status) return answer({.what = state::running, .pid = pid});
+    int code = *it->second.status;
+    children_.erase(it);
+    answer({.what = state::exited, .pid = pid, .value = code});
+  }
+
+  void forget(int pid) {
+    auto it = children_.find(pid);
+    if (it == children_.end()) return;
+    if (it->second.status) children_.erase(it);
+    else it->second.forgotten = true;
+  }
+
+  // Unreaped children are still this server's, so their pids are theirs to signal.
+  [[noreturn]] void requester_gone() {
+    for (auto& [pid, c] : children_)
+      if (c.daemon && !c.status) ::kill(pid, SIGKILL);
+    ::_exit(0);
+  }
+
+  const int fd_;
+  const int self_;
+  int signals_ = -1;
+  std::map<int, served> children_;
+};
+
+// ---- the requester's side ------------------------------------------------------------
+
+std::string server_is(int pid) { return "the fork server (pid " + std::to_string(pid) + ")"; }
+
+class server_link {
+public:
+  struct started {
+    int pid;
+    int pidfd;
+    unsigned epoch;
+  };
+
+  void preload(const std::string& who) {
+    auto id = current_identity_of_process(); // before the lock: see before_fork
+    std::unique_ptr<direct_child> stale;
+    std::lock_guard lock(mutex_);
+    ensure_locked(who, id, stale);
+  }
+
+  started start(const fresh_image_spec& spec, std::span<const int> fds, const std::string& who) {
+    if (fds.size() + 4 > max_fds) throw std::invalid_argument(who + ": too many descriptors for the fork server");
+    auto id = current_identity_of_process();
+    std::unique_ptr<direct_child> stale; // destroyed after the lock is released
+    std::lock_guard lock(mutex_);
+    ensure_locked(who, id, stale);
+    request r{.what = op::start, .kind = spec.kind, .daemon = spec.dies_with_parent,
+              .extra = static_cast<std::uint8_t>(fds.size())};
+    std::vector<int> sent;
+    for (int i = 0; i < 3; ++i)
+      if (::fcntl(i, F_GETFD) >= 0) {
+        r.stdio = static_cast<std::uint8_t>(r.stdio | (1u << i));
+        sent.push_back(i);
+      }
+    int memfd = fresh_image_payload(spec, who);
+    sent.push_back(memfd);
+    sent.insert(sent.end(), fds.begin(), fds.end());
+    std::vector<int> got;
+    reply rep;
+    int server = server_pid_;
+    int err = exchange_locked(r, sent, rep, got, stale);
+    ::close(memfd);
+    if (err != 0) throw std::system_error(err, std::generic_category(), who + ": " + server_is(server) + " died");
+    if (rep.what == state::failed) {
+      close_all(got);
+      throw std::system_error(rep.value, std::generic_category(),
+                              who + ": " + server_is(server) + " could not fork the child");
+    }
+    if (rep.what != state::running || got.size() != 1 || rep.pid <= 0) {
+      close_all(got);
+      lost_locked(stale);
+      throw std::system_error(EPROTO, std::generic_category(), who + ": " + server_is(server) + " answered nonsense");
+    }
+    return {rep.pid, got[0], epoch_};
+  }
+
+  // nullopt while the child runs; 255 if its status is lost with its server.
+  std::optional<int> status(int pid, unsigned epoch) {
+    std::unique_ptr<direct_child> stale;
+    std::lock_guard lock(mutex_);
+    if (epoch != epoch_ || fd_ < 0) return 255;
+    reply rep;
+    std::vector<int> got;
+    if (exchange_locked({.what = op::status, .pid = pid}, {}, rep, got, stale) != 0) return 255;
+    close_all(got);
+    switch (rep.what) {
+    case state::running: return std::nullopt;
+    case state::exited: return decode_wait_status(rep.value);
+    case state::unknown:
+    case state::failed: break;
+    }
+    return 255;
+  }
+
+  void forget(int pid, unsigned epoch) noexcept {
+    std::lock_guard lock(mutex_);
+    if (epoch != epoch_ || fd_ < 0) return;
+    request r{.what = op::forget, .pid = pid};
+    send_with_fds(fd_, &r, sizeof r, {}); // a dead server forgets everything anyway
+  }
+
+  unsigned generation() const noexcept { return generation_.load(std::memory_order_relaxed); }
+
+  // Held across fork (pthread_atfork): a forked child neither uses nor holds this
+  // process's server, and starts its own when it needs one. While the mutex is held the
+  // link takes no other coproc mutex (the identity is read first, a lost server's handle
+  // is destroyed after), so the hooks cannot deadlock with child.cpp's.
+  void before_fork() { mutex_.lock(); }
+  void after_fork_in_parent() { mutex_.unlock(); }
+  void after_fork_in_child() {
+    if (fd_ >= 0) ::close(std::exchange(fd_, -1));
+    stale_ = server_ != nullptr; // the parent's: dropped at the next use, not in a fork hook
+    ++epoch_;
+    generation_.fetch_add(1, std::memory_order_relaxed);
+    mutex_.unlock();
+  }
+
+private:
+  void ensure_locked(const std::string& who, const identity& id, std::unique_ptr<direct_child>& stale) {
+    if (stale_) {
+      stale = std::move(server_);
+      stale_ = false;
+    }
+    if (fd_ >= 0) return;
+    require_main_guard(who);
+    int sv[2];
+    if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0)
+      throw_errno(errno, who + ": socketpair for the fork server");
+    int pid;
+    try {
+      pid = spawn_fresh_image({image_kind::forkserver, id, false, {}}, std::span<const int>(&sv[1], 1),
+                              who + " (starting the fork server)");
+      server_ = std::make_unique<direct_child>(pid);
+    } catch (...) {
+      ::close(sv[0]);
+      ::close(sv[1]);
+      throw;
+    }
+    ::close(sv[1]);
+    fd_ = sv[0];
+    server_pid_ = pid;
+    ++epoch_;
+  }
+
+  // 0 or an errno (the server is gone, and forgotten: the next start starts another).
+  int exchange_locked(const request& r, std::span<const int> fds, reply& rep, std::vector<int>& got,
+                      std::unique_ptr<direct_child>& stale) {
+    int err = send_with_fds(fd_, &r, sizeof r, fds);
+    if (err == 0) {
+      ssize_t n = recv_with_fds(fd_, &rep, sizeof rep, got);
+      if (n != static_cast<ssize_t>(sizeof rep)) err = n < 0 ? static_cast<int>(-n) : ECONNRESET;
+    }
+    if (err != 0) {
+      close_all(got);
+      lost_locked(stale);
+    }
+    return err;
+  }
+
+  void lost_locked(std::unique_ptr<direct_child>& stale) {
+    ::close(std::exchange(fd_, -1));
+    stale = std::move(server_); // reaped by its handle, or by the orphan reaper
+    ++epoch_;
+  }
+
+  std::mutex mutex_;
+  int fd_ = -1;
+  int server_pid_ = 0;
+  std::unique_ptr<direct_child> server_;
+  bool stale_ = false;
+  unsigned epoch_ = 0; // which server: a handle asks only the one that forked its child
+  std::atomic<unsigned> generation_{0};
+};
+
+// Made at load time, as child.cpp's objects: a forked child must not build it.
+server_link& link() {
+  static server_link* l = [] {
+    auto* made = new server_link; // leaked: children may be waited for during exit
+    ::pthread_atfork([] { link().before_fork(); }, [] { link().after_fork_in_parent(); },
+                     [] { link().after_fork_in_child(); });
+    return made;
+  }();
+  return *l;
+}
+[[maybe_unused]] const bool link_made = (link(), true);
+
+// A child the fork server forked for this process: its pid, a pidfd the server sent
+// (polled for the exit, signalled through), and its status, asked for once it exited.
+class served_child final : public process_child {
+public:
+  served_child(int pid, int pidfd, unsigned epoch)
+      : pid_(pid), pidfd_(pidfd), epoch_(epoch), generation_(link().generation()) {}
+  served_child(const served_child&) = delete;
+  served_child& operator=(const served_child&) = delete;
+
+  ~served_child() override {
+    if (owned() && !code_) link().forget(pid_, epoch_);
+    if (pidfd_ >= 0) ::close(pidfd_);
+  }
+
+  int pid() const noexcept override { return pid_; }
+
+  // An inherited copy (a forked child of the requester) answers without the lock, which
+  // fork may have copied held.
+  std::optional<int> poll() override {
+    if (!owned()) return code_;
+    std::lock_guard lock(mutex_);
+    return poll_locked();
+  }
+
+  boost::asio::awaitable<int> wait() override {
+    auto wait = wait_until(deadline::never());
+    auto code = co_await std::move(wait);
+    co_return *code;
+  }
+
+  boost::asio::awaitable<std::optional<int>> wait(std::chrono::steady_clock::duration timeout) override {
+    if (auto code = poll()) co_return code;
+    auto wait = wait_until(deadline::after(timeout));
+    co_return co_await std::move(wait);
+  }
+
+  bool signal(int sig) override {
+    if (!owned()) return false;
+    std::lock_guard lock(mutex_);
+    if (code_) return false;
+    // The pidfd names this process even after the server reaped it: a reused pid is safe.
+    if (::syscall(SYS_pidfd_send_signal, pidfd_, sig, nullptr, 0) != 0 && errno != ESRCH)
+      throw_errno(errno, "coproc: pidfd_send_signal(pid " + std::to_string(pid_) + ", " + std::to_string(sig) + ")");
+    return true;
+  }
+
+private:
+  bool owned() const noexcept { return generation_ == link().generation(); }
+
+  bool exited_locked() const {
+    pollfd p{pidfd_, POLLIN, 0};
+    int r;
+    do r = ::poll(&p, 1, 0);
+    while (r < 0 && errno == EINTR);
+    return r > 0 && (p.revents & (POLLIN | POLLHUP));
+  }
+
+  std::optional<int> poll_locked() {
+    if (code_ || !exited_locked()) return code_;
+    code_ = link().status(pid_, epoch_);
+    if (code_) ::close(std::exchange(pidfd_, -1));
+    return code_;
+  }
+
+  boost::asio::awaitable<std::optional<int>> wait_until(deadline until) {
+    if (!owned())
+      throw std::logic_error("can only wait for a child of this process (pid " + std::to_string(pid_) + ")");
+    int fd = -1;
+    {
+      std::lock_guard lock(mutex_);
+      if (auto code = poll_locked()) co_return code;
+      // Each waiter watches its own duplicate, as detail::child's do.
+      fd = ::fcntl(pidfd_, F_DUPFD_CLOEXEC, 0);
+      if (fd < 0) throw_errno(errno, "coproc: dup of the pidfd of pid " + std::to_string(pid_));
+    }
+    auto ex = co_await boost::asio::this_coro::executor;
+    auto state = co_await boost::asio::this_coro::cancellation_state;
+    std::optional<boost::asio::steady_timer> timer;
+    if (!until.is_never()) timer.emplace(ex, until.when());
+    boost::asio::posix::stream_descriptor pidfd(ex, fd);
+    for (bool readable = false;; readable = true) {
+      if (auto code = poll()) co_return code;
+      if (readable) {
+        // Exited, and the server has not reaped it yet: its answer is a moment away, and
+        // the pidfd stays readable, so look again shortly rather than spin.
+        boost::asio::steady_timer pause(ex, std::chrono::milliseconds(1));
+        auto op = pause.async_wait(boost::asio::use_awaitable);
+        co_await std::move(op);
+        if (auto code = poll()) co_return code;
+      }
+      if (!timer) {
+        auto op = pidfd.async_wait(boost::asio::posix::stream_descriptor::wait_read, boost::asio::use_awaitable);
+        co_await std::move(op);
+        continue;
+      }
+      auto woken = event_or_timer(
+          pidfd.async_wait(boost::asio::posix::stream_descriptor::wait_read, boost::asio::deferred), *timer);
+      bool event = co_await std::move(woken);
+      throw_if_cancelled(state);
+      if (!event) co_return poll();
+    }
+  }
+
+  const int pid_;
+  int pidfd_;
+  const unsigned epoch_;
+  const unsigned generation_;
+  std::mutex mutex_;
+  std::optional<int> code_;
+};
+
+} // namespace
+
+void run_fork_server(int fd) { fork_server(fd).run(); }
+
+void preload_fork_server(const std::string& who) { link().preload(who); }
+
+std::shared_ptr<process_child> start_served_child(const fresh_image_spec& spec, std::span<const int> fds,
+                                                  const std::string& who) {
+  auto s = link().start(spec, fds, who);
+  try {
+    return std::make_shared<served_child>(s.pid, s.pidfd, s.epoch);
+  } catch (...) {
+    ::close(s.pidfd);
+    throw;
+  }
+}
+
+} // namespace coproc::detail
+
+namespace coproc {
+
+void forkserver_preload() { detail::preload_fork_server("coproc::forkserver_preload"); }
+
+} // namespace coproc

@@ -1,0 +1,485 @@
+// start_method::forkserver (coproc/start_method.hpp): everything a process or a pool
+// worker does with spawn, forked by a fork server.
+//
+// The fork server is this test program's child for the whole run, so it starts before the
+// first case (forkserver_preload, in a listener): the runner's leak check counts the
+// children each case leaves behind. Cases that need a requester of their own (one that
+// dies, or whose server dies) fork one.
+#include <coproc/main_guard.hpp>
+#include <coproc/pool.hpp>
+#include <coproc/process.hpp>
+#include <coproc/start_method.hpp>
+#include <coproc/this_process.hpp>
+
+#include <doctest/doctest.h>
+
+#include "support/checks.hpp"
+#include "support/daemon.hpp"
+
+#include <fcntl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <iostream>
+#include <set>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <system_error>
+#include <thread>
+#include <vector>
+
+using namespace std::chrono_literals;
+using coproc_test::run;
+
+namespace {
+
+constexpr auto served = coproc::start_method::forkserver;
+
+struct preload_before_the_cases : doctest::IReporter {
+  explicit preload_before_the_cases(const doctest::ContextOptions&) {}
+  void test_run_start() override {
+    coproc::forkserver_preload();
+    // Not a start: the default may still be set.
+    coproc::set_start_method(coproc::get_start_method());
+  }
+  void report_query(const doctest::QueryData&) override {}
+  void test_run_end(const doctest::TestRunStats&) override {}
+  void test_case_start(const doctest::TestCaseData&) override {}
+  void test_case_reenter(const doctest::TestCaseData&) override {}
+  void test_case_end(const doctest::CurrentTestCaseStats&) override {}
+  void test_case_exception(const doctest::TestCaseException&) override {}
+  void subcase_start(const doctest::SubcaseSignature&) override {}
+  void subcase_end() override {}
+  void log_assert(const doctest::AssertData&) override {}
+  void log_message(const doctest::MessageData&) override {}
+  void test_case_skipped(const doctest::TestCaseData&) override {}
+};
+
+int exit_with(int code) { return code; }
+void forever() {
+  for (;;) ::pause();
+}
+
+int has_name(std::string expected) { return coproc::this_process::name() == expected ? 0 : 1; }
+
+// Writes "pid ppid" to path (whole, by a rename), then waits to be signalled.
+void report_then_wait(std::string path) {
+  {
+    std::ofstream out(path + ".tmp");
+    out << ::getpid() << ' ' << ::getppid() << '\n';
+  }
+  std::filesystem::rename(path + ".tmp", path);
+  forever();
+}
+
+// The numbers in the file once it exists; empty if it does not appear within 20 s.
+std::vector<long> wait_for_report(const std::string& path) {
+  auto deadline = std::chrono::steady_clock::now() + 20s;
+  while (std::chrono::steady_clock::now() < deadline) {
+    std::ifstream in(path);
+    std::vector<long> numbers;
+    for (long n; in >> n;) numbers.push_back(n);
+    if (!numbers.empty()) return numbers;
+    std::this_thread::sleep_for(5ms);
+  }
+  return {};
+}
+
+class temp_dir {
+public:
+  temp_dir() {
+    std::string pattern = (std::filesystem::temp_directory_path() / "coproc-forkserver-XXXXXX").string();
+    REQUIRE(::mkdtemp(pattern.data()) != nullptr);
+    path_ = pattern;
+  }
+  ~temp_dir() { std::filesystem::remove_all(path_); }
+  std::string file(const char* name) const { return (path_ / name).string(); }
+
+private:
+  std::filesystem::path path_;
+};
+
+int join(coproc::process& p) { return run(p.join()); }
+
+// Runs f with descriptor fd redirected into a pipe; returns what was written to it.
+std::string capture(int fd, const std::function<void()>& f) {
+  int p[2];
+  REQUIRE(::pipe2(p, O_CLOEXEC) == 0);
+  std::cout.flush();
+  std::fflush(nullptr);
+  int saved = ::dup(fd);
+  ::dup2(p[1], fd);
+  ::close(p[1]);
+  f();
+  std::cout.flush();
+  std::fflush(nullptr);
+  ::dup2(saved, fd);
+  ::close(saved);
+  std::string out;
+  char buf[4096];
+  ssize_t n;
+  while ((n = ::read(p[0], buf, sizeof buf)) > 0) out.append(buf, n);
+  ::close(p[0]);
+  return out;
+}
+
+// The parent pid and state of a process, from /proc/<pid>/stat; {0, 0} if it is gone.
+std::pair<int, char> parent_and_state(int pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(stat, line)) return {0, 0};
+  std::istringstream rest(line.substr(line.rfind(')') + 1));
+  char state = 0;
+  int ppid = 0;
+  rest >> state >> ppid;
+  return {ppid, state};
+}
+
+bool gone_within(int pid, std::chrono::milliseconds limit) {
+  auto deadline = std::chrono::steady_clock::now() + limit;
+  while (coproc_test::pid_exists(pid))
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    else std::this_thread::sleep_for(2ms);
+  return true;
+}
+
+// Runs f in a forked child (a requester of its own, with its own fork server); f's result
+// is the child's exit status, 0 for success. Checks inside cannot report: f returns which
+// step failed.
+int in_forked_requester(const std::function<int()>& f) {
+  std::cout.flush();
+  std::fflush(nullptr);
+  int pid = ::fork();
+  if (pid == 0) {
+    int code = 100;
+    try {
+      code = f();
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "forked requester: %s\n", e.what());
+    }
+    std::fflush(nullptr);
+    ::_exit(code);
+  }
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+int square(int x) { return x * x; }
+std::string worker_name() { return coproc::this_process::name(); }
+int worker_pid() { return ::getpid(); }
+int die_by_signal(int sig) {
+  ::raise(sig);
+  return 0;
+}
+
+template <class E> coproc::awaitable<E> failure_of(coproc::awaitable<int> op) {
+  try {
+    co_await std::move(op);
+  } catch (const E& e) {
+    co_return e;
+  }
+  throw std::runtime_error("expected a failure");
+}
+
+} // namespace
+
+DOCTEST_REGISTER_LISTENER("preload_before_the_cases", 2, preload_before_the_cases);
+
+TEST_CASE("forkserver: exit codes 0, 7, 1, -2, -9 and -15, by exit, by signal, by terminate/kill/interrupt") {
+  coproc::process zero({.method = served}, [] {});
+  coproc::process seven({.method = served}, exit_with, 7);
+  coproc::process thrown({.method = served}, []() -> int { throw std::runtime_error("boom"); });
+  coproc::process interrupted({.method = served}, forever);
+  coproc::process termed({.method = served}, forever);
+  coproc::process killed({.method = served}, forever);
+  coproc::process by_signal({.method = served}, die_by_signal, SIGTERM);
+  for (auto* p : {&zero, &seven, &interrupted, &termed, &killed, &by_signal}) p->start();
+  auto err = capture(2, [&] {
+    thrown.start();
+    CHECK(join(thrown) == 1);
+  });
+  CHECK(err.find("Process " + thrown.name() + ":\nstd::runtime_error: boom\n") != std::string::npos);
+  CHECK(join(zero) == 0);
+  CHECK(join(seven) == 7);
+  CHECK(join(by_signal) == -SIGTERM);
+  interrupted.interrupt();
+  termed.terminate();
+  killed.kill();
+  CHECK(join(interrupted) == -SIGINT);
+  CHECK(join(termed) == -SIGTERM);
+  CHECK(join(killed) == -SIGKILL);
+  CHECK(termed.exitcode() == -SIGTERM);
+  CHECK(join(termed) == -SIGTERM); // again, once reaped
+}
+
+TEST_CASE("forkserver: pid, getppid is the server's, is_alive, exitcode and join with a timeout both ways") {
+  temp_dir dir;
+  coproc::process p({.method = served}, report_then_wait, dir.file("pid"));
+  coproc::process q({.method = served}, report_then_wait, dir.file("pid2"));
+  CHECK(p.pid() == 0);
+  CHECK_FALSE(p.is_alive());
+  p.start();
+  q.start();
+  auto report = wait_for_report(dir.file("pid"));
+  auto other = wait_for_report(dir.file("pid2"));
+  REQUIRE(report.size() == 2);
+  REQUIRE(other.size() == 2);
+  CHECK(report[0] == p.pid());
+  CHECK(other[0] == q.pid());
+  // Both children of one server, which is this process's child.
+  int server = static_cast<int>(report[1]);
+  CHECK(server != ::getpid());
+  CHECK(other[1] == server);
+  CHECK(parent_and_state(server).first == ::getpid());
+  CHECK(coproc_test::live_children() == std::vector<int>{server});
+  CHECK(p.is_alive());
+  CHECK_FALSE(p.exitcode());
+  auto start = std::chrono::steady_clock::now();
+  CHECK_FALSE(run(p.join(50ms)));
+  CHECK(std::chrono::steady_clock::now() - start >= 50ms);
+  CHECK(p.is_alive()); // left alone
+  p.terminate();
+  q.kill();
+  CHECK(run(p.join(20s)) == -SIGTERM);
+  CHECK(run(q.join(20s)) == -SIGKILL);
+  CHECK_FALSE(p.is_alive());
+  CHECK(p.exitcode() == -SIGTERM);
+  p.kill(); // no-ops once exited
+  p.interrupt();
+  p.terminate();
+
+  coproc::process quick({.method = served}, exit_with, 3);
+  quick.start();
+  CHECK(run(quick.join(20s)) == 3);
+  auto deadline = std::chrono::steady_clock::now() + 20s;
+  coproc::process polled({.method = served}, exit_with, 4);
+  polled.start();
+  while (polled.is_alive() && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(1ms);
+  CHECK(polled.exitcode() == 4);
+  CHECK(join(polled) == 4);
+}
+
+TEST_CASE("forkserver: names, and the child knows its own") {
+  coproc::process own({.method = served}, [] {
+    auto name = coproc::this_process::name();
+    return name.rfind("Process-", 0) == 0 ? 0 : 1;
+  });
+  own.start();
+  CHECK(join(own) == 0);
+  coproc::process named({.name = "worker", .method = served}, has_name, std::string("worker"));
+  named.start();
+  CHECK(join(named) == 0);
+  coproc::process renamed({.method = served}, has_name, std::string("renamed"));
+  renamed.name("renamed");
+  renamed.start();
+  CHECK(join(renamed) == 0);
+  // A forkserver child may use forkserver too: its own server, its child named after it.
+  coproc::process outer({.method = served}, [] {
+    coproc::process inner({.method = coproc::start_method::forkserver}, has_name,
+                          coproc::this_process::name() + ":1");
+    inner.start();
+    return coproc::block_on(inner.join());
+  });
+  outer.start();
+  CHECK(join(outer) == 0);
+}
+
+TEST_CASE("forkserver: the child's stdio is the requester's 0-2 at start()") {
+  auto out = capture(1, [] {
+    coproc::process p({.method = served}, [] {
+      std::cout << "to stdout" << std::endl;
+      std::printf("buffered\n"); // flushed at exit
+    });
+    p.start();
+    CHECK(join(p) == 0);
+  });
+  CHECK(out == "to stdout\nbuffered\n");
+  // Started while 1 was a file: whenever it writes, the output goes to that file.
+  temp_dir dir;
+  int file = ::open(dir.file("out").c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+  REQUIRE(file >= 0);
+  coproc::process later({.method = served}, [] { std::printf("to the file\n"); });
+  std::cout.flush();
+  int saved = ::dup(1);
+  ::dup2(file, 1);
+  later.start();
+  ::dup2(saved, 1);
+  ::close(saved);
+  ::close(file);
+  CHECK(join(later) == 0);
+  std::ifstream in(dir.file("out"));
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  CHECK(text == "to the file\n");
+}
+
+TEST_CASE("forkserver refuses what cannot travel, as spawn does, naming the process") {
+  int local = 1;
+  auto refused = [](coproc::process& p, const char* why) {
+    std::string who = "process '" + p.name() + "'";
+    CHECK_THROWS_WITH_AS(p.start(), doctest::Contains(who.c_str()), std::invalid_argument);
+    CHECK_THROWS_WITH_AS(p.start(), doctest::Contains(why), std::invalid_argument);
+    CHECK_THROWS_WITH_AS(p.start(), doctest::Contains("start_method::forkserver"), std::invalid_argument);
+    CHECK(p.pid() == 0);
+  };
+  coproc::process capturing({.name = "capturing", .method = served}, [local] { return local; });
+  refused(capturing, "lambda with captures");
+  coproc::process by_ref({.name = "by_ref", .method = served}, [](int& v) { return v; }, std::ref(local));
+  refused(by_ref, "std::reference_wrapper");
+}
+
+TEST_CASE("forkserver: a daemon child dies with its requester even by SIGKILL") {
+  temp_dir dir;
+  CHECK(coproc_test::daemon_dies_with_killed_parent(
+      [&] {
+        // Never destroyed: the handle's destructor would SIGTERM the daemon first.
+        auto* d = new coproc::process({.daemon = true, .method = served}, report_then_wait, dir.file("pid"));
+        d->start();
+        auto ids = wait_for_report(dir.file("pid")); // its PDEATHSIG is set by now
+        return ids.empty() ? 0 : static_cast<int>(ids[0]);
+      },
+      std::chrono::seconds(20)));
+}
+
+TEST_CASE("forkserver: a plain child outlives its requester, whose server exits when it is gone") {
+  temp_dir dir;
+  int test_server = coproc_test::live_children().at(0);
+  CHECK(coproc_test::plain_child_outlives_killed_parent(
+      [&] {
+        auto* p = new coproc::process({.method = served}, report_then_wait, dir.file("pid"));
+        p->start();
+        auto ids = wait_for_report(dir.file("pid"));
+        // The forked requester has a server of its own, not this process's.
+        if (ids.size() != 2 || ids[1] == test_server) return std::array<int, 2>{0, 0};
+        return std::array<int, 2>{static_cast<int>(ids[0]), static_cast<int>(ids[1])};
+      },
+      std::chrono::seconds(20)));
+}
+
+TEST_CASE("forkserver: destroying a running daemon's handle terminates it; a plain one runs on") {
+  temp_dir dir;
+  int daemon_pid = 0, plain_pid = 0;
+  {
+    coproc::process d({.daemon = true, .method = served}, report_then_wait, dir.file("d"));
+    coproc::process p({.method = served}, report_then_wait, dir.file("p"));
+    d.start();
+    p.start();
+    REQUIRE(wait_for_report(dir.file("d")).size() == 2);
+    REQUIRE(wait_for_report(dir.file("p")).size() == 2);
+    daemon_pid = d.pid();
+    plain_pid = p.pid();
+  }
+  CHECK(gone_within(daemon_pid, 20s)); // terminated, and reaped by the server
+  CHECK(parent_and_state(plain_pid).second == 'S');
+  ::kill(plain_pid, SIGKILL); // the test's cleanup: the server reaps it
+  CHECK(gone_within(plain_pid, 20s));
+}
+
+TEST_CASE("forkserver_preload starts a server before any process; a forked requester starts its own") {
+  int test_server = coproc_test::live_children().at(0);
+  CHECK(in_forked_requester([&] {
+          if (!coproc_test::live_children().empty()) return 1; // the parent's server is not ours
+          coproc::forkserver_preload();
+          auto servers = coproc_test::live_children();
+          if (servers.size() != 1 || servers[0] == test_server) return 2;
+          coproc::forkserver_preload(); // once
+          if (coproc_test::live_children() != servers) return 3;
+          coproc::process p({.method = coproc::start_method::forkserver}, [] { return static_cast<int>(::getppid()); });
+          p.start();
+          if (coproc::block_on(p.join()) != (servers[0] & 0xff)) return 4;
+          return 0;
+        }) == 0);
+}
+
+TEST_CASE("forkserver: a server that dies is a system_error naming the process and its pid; the next start starts another") {
+  CHECK(in_forked_requester([] {
+          coproc::forkserver_preload();
+          auto servers = coproc_test::live_children();
+          if (servers.size() != 1) return 1;
+          int server = servers[0];
+          ::kill(server, SIGKILL);
+          auto deadline = std::chrono::steady_clock::now() + 20s;
+          while (parent_and_state(server).second != 'Z')
+            if (std::chrono::steady_clock::now() > deadline) return 2;
+            else std::this_thread::sleep_for(2ms);
+          coproc::process p({.name = "orphaned", .method = coproc::start_method::forkserver}, [] {});
+          try {
+            p.start();
+            return 3;
+          } catch (const std::system_error& e) {
+            std::string what = e.what();
+            if (what.find("process 'orphaned'") == std::string::npos) return 4;
+            if (what.find("fork server (pid " + std::to_string(server) + ")") == std::string::npos) return 5;
+          }
+          coproc::process q({.method = coproc::start_method::forkserver}, exit_with, 6);
+          q.start();
+          if (coproc::block_on(q.join()) != 6) return 6;
+          // The dead server was reaped: no zombie.
+          deadline = std::chrono::steady_clock::now() + 20s;
+          while (!coproc_test::zombie_children().empty())
+            if (std::chrono::steady_clock::now() > deadline) return 7;
+            else std::this_thread::sleep_for(2ms);
+          return 0;
+        }) == 0);
+}
+
+TEST_CASE("forkserver: 200 concurrent children") {
+  std::vector<coproc::process> children;
+  for (int i = 0; i < 200; ++i) children.emplace_back(coproc::process_options{.method = served}, exit_with, i % 100);
+  for (auto& p : children) p.start();
+  std::set<int> pids;
+  for (auto& p : children) pids.insert(p.pid());
+  CHECK(pids.size() == 200);
+  run([&]() -> coproc::awaitable<void> {
+    for (int i = 0; i < 200; ++i) CHECK(co_await children[i].join() == i % 100);
+  }());
+}
+
+TEST_CASE("forkserver: several threads start and join processes at once") {
+  constexpr int threads = 4, each = 25;
+  std::atomic<int> right{0};
+  std::vector<std::thread> workers;
+  for (int t = 0; t < threads; ++t)
+    workers.emplace_back([&, t] {
+      std::vector<coproc::process> mine;
+      for (int i = 0; i < each; ++i) {
+        mine.emplace_back(coproc::process_options{.method = served}, exit_with, t * each + i);
+        mine.back().start();
+      }
+      for (int i = 0; i < each; ++i)
+        if (run(mine[i].join()) == t * each + i) ++right;
+    });
+  for (auto& w : workers) w.join();
+  CHECK(right.load() == threads * each);
+}
+
+TEST_CASE("forkserver: a pool's workers are forked by the server; a killed worker is replaced") {
+  std::vector<int> worker_pids;
+  run([&]() -> coproc::awaitable<void> {
+    auto ex = co_await boost::asio::this_coro::executor;
+    coproc::pool pool(ex, {.processes = 2, .method = served});
+    std::vector<int> items;
+    for (int i = 0; i < 1000; ++i) items.push_back(i);
+    auto squares = co_await pool.map(square, items, 7);
+    bool all = squares.size() == 1000;
+    for (int i = 0; all && i < 1000; ++i) all = squares[i] == i * i;
+    CHECK(all);
+    auto name = co_await pool.apply(worker_name);
+    CHECK(name.rfind("ForkServerPoolWorker-", 0) == 0);
+    worker_pids.push_back(co_await pool.apply(worker_pid));
+    auto e = co_await failure_of<coproc::worker_lost>(pool.apply(die_by_signal, SIGKILL));
+    CHECK(e.exitcode() == -SIGKILL);
+    CHECK(co_await pool.apply(square, 3) == 9); // a replacement took over
+    for (int i = 0; i < 4; ++i) worker_pids.push_back(co_await pool.apply(worker_pid));
+    pool.terminate();
+    co_await pool.join();
+  }());
+  for (int pid : worker_pids) CHECK(gone_within(pid, 20s));
+}
