@@ -7,6 +7,8 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/deferred.hpp>
 #include <boost/asio/experimental/parallel_group.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/system/system_error.hpp>
@@ -245,7 +247,7 @@ void sync_block::wake() noexcept {
 }
 
 awaitable<bool> sync_block::sleep(deadline until, std::chrono::milliseconds recheck,
-                                  std::shared_ptr<process_watch> watch) {
+                                  std::shared_ptr<process_watch> watch, bool take) {
   namespace asio = boost::asio;
   const deadline wake_at = sooner(until, recheck);
   bool woken = false, token = false;
@@ -265,11 +267,23 @@ awaitable<bool> sync_block::sleep(deadline until, std::chrono::milliseconds rech
     token = !token_error && token_ready;
     woken = token || (!exit_error && exited);
   }
-  if (token) {
-    std::uint64_t one;
-    (void)!::read(event_fd_, &one, sizeof one); // EAGAIN: another sleeper took it
-  }
+  if (token && take) take_token();
   co_return woken;
+}
+
+void sync_block::take_token() noexcept {
+  std::uint64_t one;
+  (void)!::read(event_fd_, &one, sizeof one); // EAGAIN: another sleeper took it
+}
+
+awaitable<void> sync_block::nap(deadline until) {
+  namespace asio = boost::asio;
+  auto state = co_await asio::this_coro::cancellation_state;
+  asio::steady_timer timer(co_await asio::this_coro::executor, until.when());
+  boost::system::error_code ec; // aborted: told apart below
+  co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+  if (state.cancelled() != asio::cancellation_type::none)
+    throw boost::system::system_error(asio::error::operation_aborted);
 }
 
 deadline sooner(deadline until, std::chrono::steady_clock::duration recheck) {

@@ -92,9 +92,14 @@ public:
   void wake() noexcept;
   // Sleeps until woken, the deadline, or `recheck` (whichever is first), and also until
   // `watch`'s process exits if given. True if woken (maybe spuriously: look again).
+  // With take_token false, a wake-up leaves its token for take_token(): the lock takes it
+  // only when the wake-up was for it (see lib/sync_lock.cpp).
   // Cancelled: boost::system::system_error(operation_aborted).
   awaitable<bool> sleep(deadline until, std::chrono::milliseconds recheck,
-                        std::shared_ptr<process_watch> watch = nullptr);
+                        std::shared_ptr<process_watch> watch = nullptr, bool take_token = true);
+  // Sleeps on a timer only, leaving the tokens alone.
+  awaitable<void> nap(deadline until);
+  void take_token() noexcept;
   // Takes back the sleeper counts of processes that died counted in.
   void reclaim_dead_waiters() noexcept;
 

@@ -21,6 +21,8 @@ constexpr std::chrono::milliseconds recheck_interval{100};
 // Where pidfds are refused, a held lock's waiters look at the holder this often.
 constexpr std::chrono::milliseconds poll_holder_interval{10};
 constexpr std::size_t max_watches = 8;
+// A waiter looks this often while a hand-off to another waiter is pending.
+constexpr std::chrono::milliseconds handoff_poll{1};
 
 const char* name_of(bool recursive) { return recursive ? "coproc::rlock" : "coproc::lock"; }
 } // namespace
@@ -184,20 +186,31 @@ awaitable<bool> lock_core::acquire(std::shared_ptr<lock_core> self, deadline unt
     ~queued() { lock.leave(ticket); }
   } place{*self, self->take_ticket()};
   sync_block::sleeper counted(*self->block_);
+  bool woken = false;
   for (;;) {
     std::shared_ptr<process_watch> w;
     std::int64_t handoff_at = 0;
     auto result = self->attempt(place.ticket, w, handoff_at);
+    // A wake-up's token is taken only when the wake-up was not for another waiter: a
+    // running process that took every token would leave the sleeping target of a
+    // hand-off unwoken (epoll looks at the eventfd again when it reports it).
+    if (woken && result != outcome::wait_for_handoff) self->block_->take_token();
+    woken = false;
     if (result == outcome::acquired) co_return true;
     if (until.passed()) co_return false;
+    if (result == outcome::wait_for_handoff) {
+      // Until the target has taken it (or its grace ran out), on a timer: the eventfd
+      // stays readable for the target.
+      auto grace_end = std::chrono::nanoseconds(std::max<std::int64_t>(handoff_at + handoff_grace_ns - monotonic_ns(), 0));
+      auto op = self->block_->nap(sooner(until, std::min<std::chrono::steady_clock::duration>(grace_end, handoff_poll)));
+      co_await std::move(op);
+      continue;
+    }
     std::chrono::steady_clock::duration recheck = recheck_interval;
-    if (result == outcome::wait_for_handoff)
-      recheck = std::chrono::nanoseconds(std::max<std::int64_t>(handoff_at + handoff_grace_ns - monotonic_ns(), 0));
-    else if (result == outcome::wait_for_exit && !w)
-      recheck = poll_holder_interval;
-    auto wake_at = sooner(until, recheck);
-    auto op = self->block_->sleep(wake_at, recheck_interval, result == outcome::wait_for_exit ? w : nullptr);
-    (void)co_await std::move(op);
+    if (result == outcome::wait_for_exit && !w) recheck = poll_holder_interval;
+    auto op = self->block_->sleep(sooner(until, recheck), recheck_interval,
+                                  result == outcome::wait_for_exit ? w : nullptr, false);
+    woken = co_await std::move(op);
   }
 }
 
