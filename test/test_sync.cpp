@@ -376,6 +376,41 @@ TEST_CASE("a waiter gets the lock within milliseconds when its holder is SIGKILL
   l.release();
 }
 
+TEST_CASE("an rlock taken over from a dead holder is held once, whatever the dead one's count") {
+  coproc::rlock r;
+  shared_array<std::atomic<int>> held(1);
+  coproc::process holder(
+      [](coproc::rlock r, std::atomic<int>* held) -> coproc::awaitable<void> {
+        co_await r.acquire();
+        co_await r.acquire();
+        co_await r.acquire();
+        held->store(1);
+        co_await coproc::sleep(1h);
+      },
+      r, held.data);
+  holder.start();
+  run([&]() -> coproc::awaitable<void> {
+    REQUIRE(co_await until([&] { return held.data->load() == 1; }));
+    CHECK_FALSE(r.try_acquire());
+    holder.kill();
+    CHECK(co_await holder.join() == -9);
+    CHECK(co_await r.acquire(5s));
+    CHECK(r.abandoned());
+    r.release(); // once: free
+    CHECK_FALSE(r.abandoned());
+    CHECK_THROWS_AS(r.release(), std::logic_error);
+    coproc::process probe(
+        [](coproc::rlock r) {
+          if (!r.try_acquire()) return 1;
+          r.release();
+          return 0;
+        },
+        r);
+    probe.start();
+    CHECK(co_await probe.join() == 0);
+  }());
+}
+
 TEST_CASE("lock holders killed at random instants for 200 rounds never wedge the lock") {
   constexpr int rounds = 200;
   coproc::lock l;

@@ -53,7 +53,10 @@
 // waiter that times out or is cancelled passes a hand-off made to it on to the next; one
 // that does not take its hand-off within 10 ms (it died waiting) loses its place, and the
 // lock goes to whoever looks next. Waiters beyond the 32 places take only such lapsed
-// hand-offs or a free lock.
+// hand-offs or a free lock. While a hand-off to another waiter is pending, a waiter looks
+// again every millisecond on a timer instead of on the eventfd: it must leave the wake-up
+// token to the target (epoll does not report an eventfd that a faster process has
+// drained meanwhile), and the target normally takes the lock within microseconds.
 //
 // ## semaphore, bounded_semaphore, event
 //
