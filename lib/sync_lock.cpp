@@ -15,8 +15,11 @@ namespace {
 // stays far below 2^63).
 constexpr std::uint64_t handoff_bit = std::uint64_t{1} << 63;
 constexpr int ticket_slots = 32;
-// A hand-off nobody eligible took in this long is free for anyone.
+// A hand-off its waiter did not take in this long is free for anyone if that waiter's
+// process died, and after the longer bound in any case (its process runs, but its
+// io_context does not: it must not hold up every other process for long).
 constexpr std::int64_t handoff_grace_ns = 10'000'000;
+constexpr std::int64_t handoff_bound_ns = 250'000'000;
 constexpr std::chrono::milliseconds recheck_interval{100};
 // Where pidfds are refused, a held lock's waiters look at the holder this often.
 constexpr std::chrono::milliseconds poll_holder_interval{10};
@@ -34,6 +37,7 @@ struct lock_core::state {
   std::atomic<std::uint32_t> count;       // rlock: levels held
   std::atomic<std::uint32_t> abandoned;   // the holder took it from a dead one
   std::atomic<std::uint64_t> tickets[ticket_slots]; // the waiting tickets (0: a free slot)
+  std::atomic<std::uint64_t> holders[ticket_slots]; // their processes (0: not written yet)
 };
 
 std::size_t lock_core::state_size() noexcept { return sizeof(state); }
@@ -65,11 +69,11 @@ bool lock_core::try_acquire() {
       return true;
     }
   }
-  auto o = s_->owner.load(std::memory_order_relaxed);
+  auto o = s_->owner.load(std::memory_order_acquire); // a hand-off's handoff_at is seen with it
   if (o == 0) return take(0, false);
   if (o & handoff_bit) {
     const auto target = o & ~handoff_bit;
-    if (target != 0 && monotonic_ns() - s_->handoff_at.load(std::memory_order_acquire) < handoff_grace_ns)
+    if (target != 0 && !lapsed(target, s_->handoff_at.load(std::memory_order_acquire)))
       return false; // a waiter's turn
     if (!take(o, false)) return false;
     if (target != 0) drop_ticket(target); // it did not come in time
@@ -119,8 +123,8 @@ lock_core::outcome lock_core::attempt(std::uint64_t& ticket, std::shared_ptr<pro
     if (target == 0 || target == ticket) return take(o, false) ? outcome::acquired : outcome::wait;
     // For another waiter: it is woken, and has handoff_grace to come.
     handoff_at = s_->handoff_at.load(std::memory_order_acquire);
-    if (monotonic_ns() - handoff_at < handoff_grace_ns) return outcome::wait_for_handoff;
-    // It did not come: dead (or very slow: it queues again). Its place is dropped.
+    if (!lapsed(target, handoff_at)) return outcome::wait_for_handoff;
+    // It did not come: dead (or stuck: it queues again). Its place is dropped.
     drop_ticket(target);
     block_->reclaim_dead_waiters();
     return take(o, false) ? outcome::acquired : outcome::wait;
@@ -136,11 +140,27 @@ lock_core::outcome lock_core::attempt(std::uint64_t& ticket, std::shared_ptr<pro
 
 std::uint64_t lock_core::take_ticket() noexcept {
   const auto ticket = s_->next_ticket.fetch_add(1, std::memory_order_relaxed) + 1;
-  for (auto& slot : s_->tickets) {
+  for (int i = 0; i < ticket_slots; ++i) {
     std::uint64_t expected = 0;
-    if (slot.compare_exchange_strong(expected, ticket, std::memory_order_seq_cst)) return ticket;
+    if (s_->tickets[i].compare_exchange_strong(expected, ticket, std::memory_order_seq_cst)) {
+      s_->holders[i].store(self_identity(), std::memory_order_release);
+      return ticket;
+    }
   }
-  return 0; // more waiters than places: this one takes only undirected or stale hand-offs
+  return 0; // more waiters than places: this one takes only undirected or lapsed hand-offs
+}
+
+// Whether the hand-off to `ticket`, made at handoff_at, may be taken by another.
+bool lock_core::lapsed(std::uint64_t ticket, std::int64_t handoff_at) const noexcept {
+  const auto age = monotonic_ns() - handoff_at;
+  if (age < handoff_grace_ns) return false;
+  if (age >= handoff_bound_ns) return true;
+  for (int i = 0; i < ticket_slots; ++i)
+    if (s_->tickets[i].load(std::memory_order_acquire) == ticket) {
+      auto who = s_->holders[i].load(std::memory_order_acquire);
+      return who != 0 && !identity_alive(who);
+    }
+  return true; // it left the queue
 }
 
 bool lock_core::holds_ticket(std::uint64_t ticket) const noexcept {
@@ -201,8 +221,7 @@ awaitable<bool> lock_core::acquire(std::shared_ptr<lock_core> self, deadline unt
     if (result == outcome::wait_for_handoff) {
       // Until the target has taken it (or its grace ran out), on a timer: the eventfd
       // stays readable for the target.
-      auto grace_end = std::chrono::nanoseconds(std::max<std::int64_t>(handoff_at + handoff_grace_ns - monotonic_ns(), 0));
-      auto op = self->block_->nap(sooner(until, std::min<std::chrono::steady_clock::duration>(grace_end, handoff_poll)));
+      auto op = self->block_->nap(sooner(until, handoff_poll));
       co_await std::move(op);
       continue;
     }

@@ -51,8 +51,9 @@
 // served in the order they came, and a process looping on acquire/release cannot starve
 // the others (a running process would otherwise always beat the sleepers it wakes). A
 // waiter that times out or is cancelled passes a hand-off made to it on to the next; one
-// that does not take its hand-off within 10 ms (it died waiting) loses its place, and the
-// lock goes to whoever looks next. Waiters beyond the 32 places take only such lapsed
+// that does not take its hand-off within 10 ms and whose process died waiting, or within
+// 250 ms whatever the reason (its process runs but not its io_context), loses its place,
+// and the lock goes to whoever looks next. Waiters beyond the 32 places take only such lapsed
 // hand-offs or a free lock. While a hand-off to another waiter is pending, a waiter looks
 // again every millisecond on a timer instead of on the eventfd: it must leave the wake-up
 // token to the target (epoll does not report an eventfd that a faster process has
@@ -150,6 +151,7 @@ private:
   void drop_ticket(std::uint64_t ticket) noexcept;
   std::uint64_t first_ticket() const noexcept;
   void leave(std::uint64_t ticket) noexcept;
+  bool lapsed(std::uint64_t ticket, std::int64_t handoff_at) const noexcept;
   bool take(std::uint64_t from, bool abandoned);
   void release_now();
   std::shared_ptr<process_watch> watch(std::uint64_t holder, bool& dead);
