@@ -24,6 +24,7 @@ queue_empty::queue_empty() : error("queue is empty") {}
 queue_full::queue_full() : error("queue is full") {}
 queue_closed::queue_closed() : error("queue is closed") {}
 eof_error::eof_error() : error("connection closed by the peer") {}
+broken_barrier::broken_barrier() : error("the barrier is broken") {}
 
 called_process_error::called_process_error(int returncode, std::vector<std::string> cmd,
                                            std::string output, std::string errors)

@@ -8,7 +8,9 @@
 #include <coproc/process.hpp>
 #include <coproc/queue.hpp>
 #include <coproc/run.hpp>
+#include <coproc/shared_memory.hpp>
 #include <coproc/start_method.hpp>
 #include <coproc/subprocess.hpp>
+#include <coproc/sync.hpp>
 #include <coproc/this_process.hpp>
 #include <coproc/wire.hpp>

@@ -74,6 +74,13 @@ public:
   using error::error;
 };
 
+// A barrier's wait found it broken: aborted, reset, a waiter's timeout, a dead party.
+class broken_barrier : public error {
+public:
+  broken_barrier();
+  using error::error;
+};
+
 class called_process_error : public error {
 public:
   called_process_error(int returncode, std::vector<std::string> cmd,

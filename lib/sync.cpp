@@ -1,0 +1,381 @@
+// The synchronization objects of coproc/sync.hpp other than the lock (lib/sync_lock.cpp).
+#include <coproc/errors.hpp>
+#include <coproc/sync.hpp>
+
+#include "sync_block.hpp"
+
+#include <pthread.h>
+
+#include <algorithm>
+#include <limits>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace coproc::detail {
+
+namespace {
+constexpr std::chrono::milliseconds recheck_interval{100};
+// How often a barrier's waiters look whether a waiting party died.
+constexpr std::chrono::milliseconds party_check_interval{25};
+
+std::size_t round_up(std::size_t n, std::size_t align) { return (n + align - 1) / align * align; }
+} // namespace
+
+// ---- semaphore
+
+semaphore_core::semaphore_core(unsigned value, unsigned bound, const char* what)
+    : block_(std::make_shared<sync_block>(sizeof(std::atomic<std::uint32_t>), alignof(std::atomic<std::uint32_t>), what)),
+      value_(new (block_->state()) std::atomic<std::uint32_t>(value)), bound_(bound) {}
+
+bool semaphore_core::try_acquire() noexcept {
+  auto v = value_->load(std::memory_order_seq_cst);
+  while (v != 0)
+    if (value_->compare_exchange_weak(v, v - 1, std::memory_order_acquire)) return true;
+  return false;
+}
+
+awaitable<bool> semaphore_core::acquire(std::shared_ptr<semaphore_core> self, deadline until) {
+  if (self->try_acquire()) co_return true;
+  sync_block::sleeper counted(*self->block_);
+  for (;;) {
+    if (self->try_acquire()) co_return true;
+    if (until.passed()) co_return false;
+    auto op = self->block_->sleep(until, recheck_interval);
+    (void)co_await std::move(op);
+  }
+}
+
+void semaphore_core::release() {
+  auto v = value_->load(std::memory_order_relaxed);
+  for (;;) {
+    if (bound_ != 0 && v >= bound_)
+      throw std::logic_error(std::string(block_->what()) + ": release above the initial value " +
+                             std::to_string(bound_));
+    if (v == std::numeric_limits<std::uint32_t>::max())
+      throw std::overflow_error(std::string(block_->what()) + ": the value would pass 2^32 - 1");
+    if (value_->compare_exchange_weak(v, v + 1, std::memory_order_release)) break;
+  }
+  block_->wake();
+}
+
+unsigned semaphore_core::value() const noexcept { return value_->load(std::memory_order_acquire); }
+
+// ---- event
+
+event_core::event_core()
+    : block_(std::make_shared<sync_block>(sizeof(std::atomic<std::uint32_t>), alignof(std::atomic<std::uint32_t>),
+                                          "coproc::event")),
+      flag_(new (block_->state()) std::atomic<std::uint32_t>(0)) {}
+
+void event_core::set() noexcept {
+  flag_->store(1, std::memory_order_seq_cst);
+  block_->wake();
+}
+
+void event_core::clear() noexcept { flag_->store(0, std::memory_order_seq_cst); }
+
+bool event_core::is_set() const noexcept { return flag_->load(std::memory_order_acquire) != 0; }
+
+awaitable<bool> event_core::wait(std::shared_ptr<event_core> self, deadline until) {
+  if (self->is_set()) co_return true;
+  sync_block::sleeper counted(*self->block_);
+  for (;;) {
+    if (self->flag_->load(std::memory_order_seq_cst) != 0) co_return true;
+    if (until.passed()) co_return false;
+    auto op = self->block_->sleep(until, recheck_interval);
+    (void)co_await std::move(op);
+  }
+}
+
+// ---- condition
+
+namespace {
+constexpr int condition_slots = 256;
+enum phase : std::uint32_t { free_slot = 0, waiting = 1, notified = 2, setting_up = 3 };
+} // namespace
+
+struct condition_core::state {
+  struct slot {
+    std::atomic<std::uint64_t> ticket; // the order in which waiters began to wait
+    std::atomic<std::uint64_t> who;    // the waiter's process
+    std::atomic<std::uint32_t> phase;
+    std::uint32_t unused;
+  };
+  std::atomic<std::uint64_t> next_ticket;
+  slot slots[condition_slots];
+};
+
+condition_core::condition_core(std::shared_ptr<lock_core> lock)
+    : lock_(std::move(lock)),
+      block_(std::make_shared<sync_block>(sizeof(state), alignof(state), "coproc::condition")),
+      s_(new (block_->state()) state{}) {}
+
+void condition_core::check_held(const char* what) const {
+  if (!lock_->held_here())
+    throw std::logic_error(std::string("coproc::condition: ") + what + " without its lock held by this process (" +
+                           std::to_string(identity_pid(self_identity())) + ")");
+}
+
+awaitable<bool> condition_core::wait(std::shared_ptr<condition_core> self, deadline until) {
+  self->check_held("wait");
+  auto& s = *self->s_;
+  state::slot* mine = nullptr;
+  for (auto& slot : s.slots) {
+    std::uint32_t expected = free_slot;
+    if (slot.phase.compare_exchange_strong(expected, setting_up, std::memory_order_acq_rel)) {
+      mine = &slot;
+      break;
+    }
+  }
+  if (!mine)
+    throw std::length_error("coproc::condition: more than " + std::to_string(condition_slots) +
+                            " waiters at once");
+  mine->ticket.store(s.next_ticket.fetch_add(1, std::memory_order_relaxed), std::memory_order_relaxed);
+  mine->who.store(self_identity(), std::memory_order_relaxed);
+  mine->phase.store(waiting, std::memory_order_seq_cst);
+  const unsigned levels = self->lock_->release_all("coproc::condition: wait");
+  bool was_notified = false;
+  {
+    sync_block::sleeper counted(*self->block_);
+    try {
+      for (;;) {
+        if (mine->phase.load(std::memory_order_seq_cst) == notified) {
+          was_notified = true;
+          break;
+        }
+        if (until.passed()) break;
+        auto op = self->block_->sleep(until, recheck_interval);
+        (void)co_await std::move(op);
+      }
+    } catch (...) {
+      mine->phase.store(free_slot, std::memory_order_release); // withdrawn (a notification it had is lost)
+      throw;
+    }
+  }
+  // Withdraw, unless a notify came just now: then it counts.
+  std::uint32_t expected = waiting;
+  if (!was_notified && !mine->phase.compare_exchange_strong(expected, free_slot, std::memory_order_acq_rel))
+    was_notified = true;
+  mine->phase.store(free_slot, std::memory_order_release);
+  auto op = lock_core::acquire(self->lock_, deadline::never());
+  (void)co_await std::move(op);
+  self->lock_->restore(levels);
+  co_return was_notified;
+}
+
+void condition_core::notify(unsigned n) {
+  check_held(n == ~0u ? "notify_all" : "notify");
+  const auto me = self_identity();
+  bool any = false;
+  while (n > 0) {
+    state::slot* first = nullptr;
+    std::uint64_t first_ticket = 0;
+    for (auto& slot : s_->slots) {
+      if (slot.phase.load(std::memory_order_acquire) != waiting) continue;
+      auto t = slot.ticket.load(std::memory_order_relaxed);
+      if (!first || t < first_ticket) first = &slot, first_ticket = t;
+    }
+    if (!first) break;
+    std::uint32_t expected = waiting;
+    auto who = first->who.load(std::memory_order_relaxed);
+    if (who != me && !identity_alive(who)) {
+      first->phase.compare_exchange_strong(expected, free_slot, std::memory_order_acq_rel); // died waiting
+      continue;
+    }
+    if (first->phase.compare_exchange_strong(expected, notified, std::memory_order_acq_rel)) {
+      --n;
+      any = true;
+    }
+  }
+  if (any) block_->wake();
+}
+
+// ---- barrier
+
+struct barrier_core::state {
+  pthread_mutex_t mutex;
+  std::uint64_t generation;
+  std::uint64_t broken_bits; // bit generation % 64: that generation ended broken
+  std::uint32_t count;       // waiting in this generation
+  std::uint32_t broken;      // this generation is broken (until reset)
+  // Followed by the identities of the waiting parties, `parties` of them (arrived()).
+};
+
+namespace {
+std::uint64_t generation_bit(std::uint64_t g) { return std::uint64_t{1} << (g % 64); }
+constexpr const char* barrier_what = "coproc::barrier";
+} // namespace
+
+barrier_core::barrier_core(unsigned parties) : parties_(parties) {
+  if (parties == 0) throw std::invalid_argument("coproc::barrier: 0 parties");
+  block_ = std::make_shared<sync_block>(sizeof(state) + parties * sizeof(std::uint64_t), alignof(state),
+                                        barrier_what);
+  s_ = static_cast<state*>(block_->state()); // zeroed shared memory: a valid empty state
+  init_robust_mutex(&s_->mutex, barrier_what);
+}
+
+std::uint64_t* barrier_core::arrived() const noexcept {
+  static_assert(sizeof(state) % alignof(std::uint64_t) == 0);
+  return reinterpret_cast<std::uint64_t*>(s_ + 1);
+}
+
+// Under the mutex.
+void barrier_core::break_locked() noexcept {
+  s_->broken = 1;
+  s_->broken_bits |= generation_bit(s_->generation);
+}
+
+namespace {
+// Holds a barrier's mutex; a process that died holding it was inside the barrier (a party
+// arriving, or an abort or reset): that breaks the barrier.
+class barrier_guard {
+public:
+  template <class F> barrier_guard(pthread_mutex_t* m, F on_dead) : m_(m) {
+    if (lock_robust_mutex(m_, barrier_what)) on_dead();
+  }
+  ~barrier_guard() { pthread_mutex_unlock(m_); }
+  barrier_guard(const barrier_guard&) = delete;
+  barrier_guard& operator=(const barrier_guard&) = delete;
+
+private:
+  pthread_mutex_t* m_;
+};
+} // namespace
+
+barrier_core::look barrier_core::check(std::uint64_t generation, bool& dead_party) {
+  std::vector<std::uint64_t> others;
+  {
+    barrier_guard held(&s_->mutex, [this] { break_locked(); });
+    if (s_->generation != generation)
+      return (s_->broken_bits & generation_bit(generation)) ? look::broken : look::tripped;
+    if (s_->broken) return look::broken;
+    if (!dead_party) return look::waiting;
+    others.assign(arrived(), arrived() + s_->count);
+  }
+  // dead_party on entry: look at the parties too (outside the mutex: /proc reads).
+  const auto me = self_identity();
+  dead_party = false;
+  for (auto who : others)
+    if (who != me && !identity_alive(who)) dead_party = true;
+  if (!dead_party) return look::waiting;
+  bool woke = false;
+  {
+    barrier_guard held(&s_->mutex, [this] { break_locked(); });
+    if (s_->generation != generation)
+      return (s_->broken_bits & generation_bit(generation)) ? look::broken : look::tripped;
+    if (!s_->broken) break_locked(), woke = true;
+  }
+  if (woke) block_->wake();
+  return look::broken;
+}
+
+awaitable<unsigned> barrier_core::wait(std::shared_ptr<barrier_core> self, deadline until) {
+  auto& s = *self->s_;
+  std::uint64_t generation;
+  unsigned index;
+  bool tripped = false;
+  {
+    barrier_guard held(&s.mutex, [&] { self->break_locked(); });
+    if (s.broken) throw broken_barrier("coproc::barrier: wait on a broken barrier");
+    generation = s.generation;
+    index = s.count;
+    self->arrived()[index] = self_identity();
+    s.count = index + 1;
+    if (s.count == self->parties_) {
+      s.broken_bits &= ~generation_bit(generation + 1);
+      s.generation = generation + 1;
+      s.count = 0;
+      tripped = true;
+    }
+  }
+  if (tripped) {
+    self->block_->wake();
+    co_return index;
+  }
+  sync_block::sleeper counted(*self->block_);
+  auto last_party_check = deadline::clock::now();
+  for (;;) {
+    bool look_at_parties = deadline::clock::now() - last_party_check >= party_check_interval;
+    if (look_at_parties) last_party_check = deadline::clock::now();
+    bool dead_party = look_at_parties;
+    switch (self->check(generation, dead_party)) {
+    case look::tripped: co_return index;
+    case look::broken:
+      throw broken_barrier(dead_party ? "coproc::barrier: a waiting party died"
+                                      : "coproc::barrier: broken while waiting");
+    case look::waiting: break;
+    }
+    if (until.passed()) {
+      bool woke = false;
+      {
+        barrier_guard held(&s.mutex, [&] { self->break_locked(); });
+        if (s.generation != generation) {
+          if (!(s.broken_bits & generation_bit(generation))) tripped = true;
+        } else if (!s.broken) {
+          self->break_locked();
+          woke = true;
+        }
+      }
+      if (woke) self->block_->wake();
+      if (tripped) co_return index;
+      throw broken_barrier("coproc::barrier: the wait's timeout passed");
+    }
+    auto op = self->block_->sleep(until, party_check_interval);
+    (void)co_await std::move(op);
+  }
+}
+
+void barrier_core::abort() {
+  {
+    barrier_guard held(&s_->mutex, [this] { break_locked(); });
+    break_locked();
+  }
+  block_->wake();
+}
+
+void barrier_core::reset() {
+  {
+    barrier_guard held(&s_->mutex, [this] { break_locked(); });
+    if (s_->count > 0) s_->broken_bits |= generation_bit(s_->generation); // its waiters break
+    const auto next = s_->generation + 1;
+    s_->broken_bits &= ~generation_bit(next);
+    s_->generation = next;
+    s_->count = 0;
+    s_->broken = 0;
+  }
+  block_->wake();
+}
+
+bool barrier_core::broken() const {
+  barrier_guard held(&s_->mutex, [this] { const_cast<barrier_core*>(this)->break_locked(); });
+  return s_->broken != 0;
+}
+
+unsigned barrier_core::n_waiting() const {
+  barrier_guard held(&s_->mutex, [this] { const_cast<barrier_core*>(this)->break_locked(); });
+  return s_->broken ? 0 : s_->count;
+}
+
+// ---- value and array storage
+
+shared_data::shared_data(std::size_t bytes, std::size_t align, const char* what) {
+  align = std::max<std::size_t>(align, alignof(std::uint64_t));
+  const std::size_t mutex_at = round_up(lock_core::state_size(), alignof(pthread_mutex_t));
+  const std::size_t data_at = round_up(mutex_at + sizeof(pthread_mutex_t), align);
+  block_ = std::make_shared<sync_block>(data_at + bytes, align, what);
+  auto* base = static_cast<unsigned char*>(block_->state());
+  mutex_ = base + mutex_at;
+  data_ = base + data_at;
+  init_robust_mutex(static_cast<pthread_mutex_t*>(mutex_), what);
+  lock_ = std::make_shared<lock_core>(block_, base, false);
+}
+
+void shared_data::lock_data() const {
+  // A holder that died mid-store may have left the bytes torn: nothing to repair.
+  (void)lock_robust_mutex(static_cast<pthread_mutex_t*>(mutex_), block_->what());
+}
+
+void shared_data::unlock_data() const noexcept { pthread_mutex_unlock(static_cast<pthread_mutex_t*>(mutex_)); }
+
+} // namespace coproc::detail
