@@ -42,6 +42,10 @@
 #include <system_error>
 
 extern char** environ;
+// glibc's clone under its own name: TSan intercepts clone() and treats the CLONE_VM
+// child as a forked process (ForkAfter, a CHECK failure in it); the same function
+// called as __clone (exported since GLIBC_2.2.5) is not intercepted.
+extern "C" int __clone(int (*fn)(void*), void* stack, int flags, void* arg, ...);
 
 namespace coproc::detail {
 
@@ -278,7 +282,7 @@ int clone_launch(const launch_request& req, command_line& cmd, char** envp,
     sigemptyset(&plan.final_mask);
   else
     plan.final_mask = old;
-  int pid = ::clone(child_main, stack.top(), CLONE_VM | CLONE_VFORK | SIGCHLD, &plan);
+  int pid = ::__clone(child_main, stack.top(), CLONE_VM | CLONE_VFORK | SIGCHLD, &plan);
   int clone_errno = errno;
   ::syscall(SYS_rt_sigprocmask, SIG_SETMASK, &old, nullptr, kernel_sigset_size);
   if (pid < 0) throw_errno(clone_errno, "coproc: clone for '" + who + "'");
