@@ -6,6 +6,7 @@
 
 #include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <iostream>
 #include <system_error>
 
@@ -30,6 +31,12 @@ void die_with_parent(int parent) {
 
 void print_process_error(const std::string& name, const std::string& error) {
   std::cerr << "Process " << name << ":\n" << error << std::endl;
+}
+
+sigset_t every_signal() noexcept {
+  sigset_t all;
+  std::memset(&all, 0xff, sizeof all);
+  return all;
 }
 
 void throw_errno(int err, const std::string& what) {

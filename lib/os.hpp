@@ -2,6 +2,8 @@
 // Their home is lib/os.cpp.
 #pragma once
 
+#include <signal.h>
+
 #include <string>
 
 namespace coproc::detail {
@@ -25,6 +27,13 @@ void die_with_parent(int parent);
 // What a child prints when its body fails, as Python's multiprocessing does:
 // "Process <name>:" and then `error` on the next line, on std::cerr.
 void print_process_error(const std::string& name, const std::string& error);
+
+// A set holding every signal number, glibc's internal ones (32, 33: thread
+// cancellation, setxid) too. sigfillset leaves those two out, so a child spawned with
+// POSIX_SPAWN_SETSIGDEF from it gets them ignored (glibc's spawn helper sets SIG_IGN for
+// internal signals not in the set), and an ignored disposition survives exec:
+// /proc/<child>/status would show SigIgn 0000000180000000.
+sigset_t every_signal() noexcept;
 
 // std::system_error(err, std::generic_category(), what).
 [[noreturn]] void throw_errno(int err, const std::string& what);

@@ -1,6 +1,7 @@
 #include "sync_block.hpp"
 
 #include <coproc/detail/fd_wait.hpp>
+#include <coproc/detail/launch_guard.hpp>
 
 #include "os.hpp"
 
@@ -261,7 +262,8 @@ awaitable<bool> sync_block::sleep(deadline until, std::chrono::milliseconds rech
         asio::co_spawn(ex, wait_readable(event_fd_, wake_at), asio::deferred),
         asio::co_spawn(ex, wait_readable(watch->fd(), wake_at), asio::deferred));
     auto [order, token_error, token_ready, exit_error, exited] =
-        co_await group.async_wait(asio::experimental::wait_for_one(), asio::use_awaitable);
+        co_await completed_after_launch(group.async_wait(asio::experimental::wait_for_one(), asio::deferred),
+                                        asio::use_awaitable);
     if (state.cancelled() != asio::cancellation_type::none)
       throw boost::system::system_error(asio::error::operation_aborted);
     token = !token_error && token_ready;
