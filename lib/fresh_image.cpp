@@ -222,9 +222,9 @@ int spawn_fresh_image(const fresh_image_spec& spec, std::span<const int> fds, co
       checked(::posix_spawn_file_actions_adddup2(&actions, sources[i], payload_fd + static_cast<int>(i)), who,
               "adddup2");
     checked(::posix_spawn_file_actions_addclosefrom_np(&actions, above), who, "addclosefrom_np");
-    sigset_t none, all_signals;
+    // every_signal, not sigfillset: glibc's 32 and 33 would stay ignored (os.hpp).
+    sigset_t none, all_signals = every_signal();
     sigemptyset(&none);
-    sigfillset(&all_signals);
     checked(::posix_spawnattr_setsigmask(&attr, &none), who, "setsigmask");
     checked(::posix_spawnattr_setsigdefault(&attr, &all_signals), who, "setsigdefault");
     checked(::posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF), who, "setflags");
