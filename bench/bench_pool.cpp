@@ -267,7 +267,8 @@ int main(int argc, char** argv) {
     std::string name = chunksize ? "map 1M ints, chunksize 1" : "map 1M ints, default chunksize";
     double ours = coproc_map_rate(chunksize);
     // Python with chunksize 1 is slow: fewer items, same unit.
-    double py = bench::python("pool_peer.py", chunksize ? "pool_map_rate 50000 1" : "pool_map_rate 1000000 0");
+    double py =
+        bench::python("pool_peer.py", chunksize ? "pool_map_rate 50000 1" : "pool_map_rate 1000000 0");
     double ppe = bench::python("pool_peer.py", chunksize ? "ppe_map_rate 10000 1" : "ppe_map_rate 1000000 0");
     bench::row(name, "coproc", ours, "items/s", false);
     bench::row(name, chunksize ? "python Pool (50k)" : "python Pool", py, "items/s", false);

@@ -52,7 +52,8 @@ double raw_posix_spawn(int n, const char* path, const char* arg) {
   auto start = bench::clock::now();
   for (int i = 0; i < n; ++i) {
     pid_t pid;
-    if (::posix_spawn(&pid, path, nullptr, nullptr, argv, environ) != 0) throw std::runtime_error("posix_spawn");
+    if (::posix_spawn(&pid, path, nullptr, nullptr, argv, environ) != 0)
+      throw std::runtime_error("posix_spawn");
     ::waitpid(pid, nullptr, 0);
   }
   return bench::seconds_since(start) / n * 1e6;
@@ -144,7 +145,8 @@ int main(int argc, char** argv) {
       int n = mib ? m.n_big : m.n_small;
       measured.push_back({bench::median_of(rounds, [&] { return m.raw(n); }),
                           bench::median_of(rounds, [&] { return coproc_start_join(n, m.method); })});
-      if (m.method == coproc::start_method::spawn) raw_true = bench::median_of(rounds, [] { return raw_spawn_true(100); });
+      if (m.method == coproc::start_method::spawn)
+        raw_true = bench::median_of(rounds, [] { return raw_spawn_true(100); });
     }
     std::vector<char>().swap(ballast); // Python's peer holds its own
     for (std::size_t i = 0; i < methods.size(); ++i) {
@@ -152,12 +154,15 @@ int main(int argc, char** argv) {
       double py = bench::python("process_peer.py", "sequential " + std::to_string(m.python_n) + " " +
                                                        std::to_string(mib ? 3 : 5) + " " + m.name + " " +
                                                        std::to_string(mib));
-      std::string name = std::string("process start+join, ") + m.name + ", parent +" + std::to_string(mib) + " MiB";
+      std::string name =
+          std::string("process start+join, ") + m.name + ", parent +" + std::to_string(mib) + " MiB";
       bench::row(name, std::string("coproc ") + m.name, measured[i].ours, "us", true);
       bench::row(name, std::string("python ") + m.name, py, "us", true);
       bench::row(name, m.raw_name, measured[i].raw, "us", true);
-      if (m.method == coproc::start_method::spawn) bench::row(name, "raw posix_spawn(/bin/true)+waitpid", raw_true, "us", true);
-      std::printf("  => coproc/raw %.2f, Python/coproc %.1f\n", measured[i].ours / measured[i].raw, py / measured[i].ours);
+      if (m.method == coproc::start_method::spawn)
+        bench::row(name, "raw posix_spawn(/bin/true)+waitpid", raw_true, "us", true);
+      std::printf("  => coproc/raw %.2f, Python/coproc %.1f\n", measured[i].ours / measured[i].raw,
+                  py / measured[i].ours);
     }
   }
 

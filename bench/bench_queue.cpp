@@ -201,8 +201,10 @@ int main() {
   bench::ratio("vs raw pipe", ours, raw, false);
 
   ours = bench::median_of(rounds, coproc_big);
-  raw = bench::median_of(rounds, [] { return (big_n - 1) * double(big_size) / raw_pipe(big_n, big_size) / 1e9; });
-  py = bench::python("queue_peer.py", "big " + std::to_string(python_big_n) + " 3 " + std::to_string(big_size));
+  raw = bench::median_of(rounds,
+                         [] { return (big_n - 1) * double(big_size) / raw_pipe(big_n, big_size) / 1e9; });
+  py = bench::python("queue_peer.py",
+                     "big " + std::to_string(python_big_n) + " 3 " + std::to_string(big_size));
   const char* big = "queue: 64 KiB items, 1 producer -> 1 consumer";
   bench::row(big, "coproc", ours, "GB/s", false);
   bench::row(big, "python mp.Queue", py, "GB/s", false);

@@ -83,8 +83,7 @@ int open_pidfd(int pid) {
 // under it fail even if the pid is reused. -1 when /proc is not this pid namespace's.
 int open_proc_dir(int pid) {
   char self[32] = {};
-  if (::readlink("/proc/self", self, sizeof self - 1) <= 0 || std::atoi(self) != ::getpid())
-    return -1;
+  if (::readlink("/proc/self", self, sizeof self - 1) <= 0 || std::atoi(self) != ::getpid()) return -1;
   auto path = "/proc/" + std::to_string(pid);
   return open_with_room([&] { return ::open(path.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC); });
 }
@@ -307,7 +306,8 @@ private:
     mine.sa_sigaction = on_sigchld;
     mine.sa_mask = program_action.sa_mask;
     // The program's choices where it has a handler; otherwise no EINTR, exits only.
-    mine.sa_flags = SA_SIGINFO | (chains() ? program_action.sa_flags & (SA_RESTART | SA_NOCLDSTOP | SA_ONSTACK | SA_NODEFER)
+    mine.sa_flags = SA_SIGINFO | (chains() ? program_action.sa_flags &
+                                                 (SA_RESTART | SA_NOCLDSTOP | SA_ONSTACK | SA_NODEFER)
                                            : SA_RESTART | SA_NOCLDSTOP);
     ::sigaction(SIGCHLD, &mine, nullptr); // cannot fail for SIGCHLD with a valid action
   }
@@ -445,9 +445,7 @@ child::~child() {
   if (!poll_locked()) reaper::instance().adopt(pid_, std::exchange(ref_, {}));
 }
 
-bool child::owned() const noexcept {
-  return owner_ == fork_generation.load(std::memory_order_relaxed);
-}
+bool child::owned() const noexcept { return owner_ == fork_generation.load(std::memory_order_relaxed); }
 
 // An inherited copy answers without the lock, which fork may have copied held; only the
 // forking thread was copied, so nothing writes code_ there.
@@ -469,7 +467,6 @@ std::optional<int> child::poll_locked() {
   if (code_ && ref_.fd >= 0) ::close(std::exchange(ref_.fd, -1));
   return code_;
 }
-
 
 boost::asio::awaitable<int> child::wait() {
   auto wait = wait_until(deadline::never());
@@ -493,8 +490,7 @@ boost::asio::awaitable<std::optional<int>> child::wait_until(deadline until) {
     code = poll_locked();
     // Each waiter watches its own duplicate, so several coroutines on several io_contexts
     // (or threads of one) can wait for one child.
-    if (!code && is_pidfd(ref_))
-      fd = open_with_room([this] { return ::fcntl(ref_.fd, F_DUPFD_CLOEXEC, 0); });
+    if (!code && is_pidfd(ref_)) fd = open_with_room([this] { return ::fcntl(ref_.fd, F_DUPFD_CLOEXEC, 0); });
   }
   if (code) co_return code;
   auto ex = co_await boost::asio::this_coro::executor;
@@ -514,16 +510,16 @@ boost::asio::awaitable<std::optional<int>> child::wait_until(deadline until) {
       co_await pidfd.async_wait(boost::asio::posix::stream_descriptor::wait_read, boost::asio::use_awaitable);
       continue;
     }
-    auto woken = event_or_timer(pidfd.async_wait(boost::asio::posix::stream_descriptor::wait_read,
-                                                 boost::asio::deferred),
-                                *timer);
+    auto woken = event_or_timer(
+        pidfd.async_wait(boost::asio::posix::stream_descriptor::wait_read, boost::asio::deferred), *timer);
     bool event = co_await std::move(woken);
     throw_if_cancelled(state);
     if (!event) co_return poll();
   }
 }
 
-boost::asio::awaitable<std::optional<int>> child::wait_sigchld(std::optional<boost::asio::steady_timer>& timer) {
+boost::asio::awaitable<std::optional<int>>
+child::wait_sigchld(std::optional<boost::asio::steady_timer>& timer) {
   auto state = co_await boost::asio::this_coro::cancellation_state;
   sigchld_watch::waiter sigchld(co_await boost::asio::this_coro::executor);
   for (;;) {
@@ -550,8 +546,7 @@ bool child::signal(int sig, bool whole_group) {
   else r = ::kill(pid_, sig);
   if (r != 0 && errno != ESRCH)
     throw std::system_error(errno, std::generic_category(),
-                            "coproc: kill(" + std::to_string(pid_) + ", " +
-                                std::to_string(sig) + ")");
+                            "coproc: kill(" + std::to_string(pid_) + ", " + std::to_string(sig) + ")");
   return true;
 }
 

@@ -21,10 +21,13 @@ namespace coproc::detail {
 // run by several threads, `||` emits its cancellation into the losing coroutine while that
 // coroutine may be running on another thread; a group's operations take it on any thread.
 // A cancellation of the awaiting coroutine ends both: the caller checks for it.
-template <class Event> boost::asio::awaitable<bool> event_or_timer(Event event, boost::asio::steady_timer& timer) {
-  auto group = boost::asio::experimental::make_parallel_group(std::move(event), timer.async_wait(boost::asio::deferred));
-  auto done = co_await completed_after_launch(group.async_wait(boost::asio::experimental::wait_for_one(), boost::asio::deferred),
-                                              boost::asio::use_awaitable);
+template <class Event>
+boost::asio::awaitable<bool> event_or_timer(Event event, boost::asio::steady_timer& timer) {
+  auto group = boost::asio::experimental::make_parallel_group(std::move(event),
+                                                              timer.async_wait(boost::asio::deferred));
+  auto done = co_await completed_after_launch(
+      group.async_wait(boost::asio::experimental::wait_for_one(), boost::asio::deferred),
+      boost::asio::use_awaitable);
   co_return std::get<0>(done)[0] == 0;
 }
 

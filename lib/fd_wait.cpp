@@ -66,8 +66,7 @@ public:
   static boost::asio::execution_context::id id;
   using descriptor = boost::asio::posix::stream_descriptor;
 
-  explicit fd_wait_service(boost::asio::execution_context& ctx)
-      : service(ctx), owner_(::getpid()) {
+  explicit fd_wait_service(boost::asio::execution_context& ctx) : service(ctx), owner_(::getpid()) {
     std::lock_guard lock(services().mutex);
     services().services.push_back(this);
   }
@@ -137,8 +136,8 @@ awaitable<bool> wait_fd(int fd, deadline until, boost::asio::posix::descriptor_b
     asio::steady_timer timer(ex, until.when());
     auto group = asio::experimental::make_parallel_group(d.async_wait(w, asio::deferred),
                                                          timer.async_wait(asio::deferred));
-    auto done = co_await completed_after_launch(group.async_wait(asio::experimental::wait_for_one(), asio::deferred),
-                                                asio::use_awaitable);
+    auto done = co_await completed_after_launch(
+        group.async_wait(asio::experimental::wait_for_one(), asio::deferred), asio::use_awaitable);
     ready = std::get<0>(done)[0] == 0; // the descriptor first (or forget_fd): look again
   }
   if (state.cancelled() != asio::cancellation_type::none)

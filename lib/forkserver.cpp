@@ -221,9 +221,14 @@ private:
       requester_gone();
     }
     switch (r.what) {
-    case op::start: return start(r, fds);
-    case op::status: close_all(fds); return status(r.pid);
-    case op::forget: close_all(fds); return forget(r.pid);
+    case op::start:
+      return start(r, fds);
+    case op::status:
+      close_all(fds);
+      return status(r.pid);
+    case op::forget:
+      close_all(fds);
+      return forget(r.pid);
     }
     close_all(fds);
     requester_gone();
@@ -236,7 +241,8 @@ private:
   }
 
   void start(const request& r, std::vector<int>& fds) {
-    std::size_t expected = static_cast<std::size_t>(std::popcount(static_cast<unsigned>(r.stdio & 7u))) + 1 + r.extra;
+    std::size_t expected =
+        static_cast<std::size_t>(std::popcount(static_cast<unsigned>(r.stdio & 7u))) + 1 + r.extra;
     bool kind_ok = r.kind == image_kind::process || r.kind == image_kind::pool_worker;
     if (fds.size() != expected || !kind_ok) {
       close_all(fds);
@@ -337,12 +343,15 @@ public:
   }
 
   started start(const fresh_image_spec& spec, std::span<const int> fds, const std::string& who) {
-    if (fds.size() + 4 > max_fds) throw std::invalid_argument(who + ": too many descriptors for the fork server");
+    if (fds.size() + 4 > max_fds)
+      throw std::invalid_argument(who + ": too many descriptors for the fork server");
     auto id = current_identity_of_process();
     std::unique_ptr<direct_child> stale; // destroyed after the lock is released
     std::lock_guard lock(mutex_);
     ensure_locked(who, id, stale);
-    request r{.what = op::start, .kind = spec.kind, .daemon = spec.dies_with_parent,
+    request r{.what = op::start,
+              .kind = spec.kind,
+              .daemon = spec.dies_with_parent,
               .extra = static_cast<std::uint8_t>(fds.size())};
     std::vector<int> sent;
     for (int i = 0; i < 3; ++i)
@@ -358,7 +367,8 @@ public:
     int server = server_pid_;
     int err = exchange_locked(r, sent, rep, got, stale);
     ::close(memfd);
-    if (err != 0) throw std::system_error(err, std::generic_category(), who + ": " + server_is(server) + " died");
+    if (err != 0)
+      throw std::system_error(err, std::generic_category(), who + ": " + server_is(server) + " died");
     if (rep.what == state::failed) {
       close_all(got);
       throw std::system_error(rep.value, std::generic_category(),
@@ -367,7 +377,8 @@ public:
     if (rep.what != state::running || got.size() != 1 || rep.pid <= 0) {
       close_all(got);
       lost_locked(stale);
-      throw std::system_error(EPROTO, std::generic_category(), who + ": " + server_is(server) + " answered nonsense");
+      throw std::system_error(EPROTO, std::generic_category(),
+                              who + ": " + server_is(server) + " answered nonsense");
     }
     return {rep.pid, got[0], epoch_};
   }
@@ -382,10 +393,13 @@ public:
     if (exchange_locked({.what = op::status, .pid = pid}, {}, rep, got, stale) != 0) return 255;
     close_all(got);
     switch (rep.what) {
-    case state::running: return std::nullopt;
-    case state::exited: return decode_wait_status(rep.value);
+    case state::running:
+      return std::nullopt;
+    case state::exited:
+      return decode_wait_status(rep.value);
     case state::unknown:
-    case state::failed: break;
+    case state::failed:
+      break;
     }
     return 255;
   }
@@ -524,7 +538,8 @@ public:
     if (code_) return false;
     // The pidfd names this process even after the server reaped it: a reused pid is safe.
     if (::syscall(SYS_pidfd_send_signal, pidfd_, sig, nullptr, 0) != 0 && errno != ESRCH)
-      throw_errno(errno, "coproc: pidfd_send_signal(pid " + std::to_string(pid_) + ", " + std::to_string(sig) + ")");
+      throw_errno(errno,
+                  "coproc: pidfd_send_signal(pid " + std::to_string(pid_) + ", " + std::to_string(sig) + ")");
     return true;
   }
 
@@ -573,7 +588,8 @@ private:
         if (auto code = poll()) co_return code;
       }
       if (!timer) {
-        auto op = pidfd.async_wait(boost::asio::posix::stream_descriptor::wait_read, boost::asio::use_awaitable);
+        auto op =
+            pidfd.async_wait(boost::asio::posix::stream_descriptor::wait_read, boost::asio::use_awaitable);
         co_await std::move(op);
         continue;
       }

@@ -44,9 +44,12 @@ std::atomic<bool> guard_ran{false};
 
 const char* kind_name(detail::image_kind kind) {
   switch (kind) {
-  case detail::image_kind::process: return "process";
-  case detail::image_kind::pool_worker: return "pool_worker";
-  case detail::image_kind::forkserver: break;
+  case detail::image_kind::process:
+    return "process";
+  case detail::image_kind::pool_worker:
+    return "pool_worker";
+  case detail::image_kind::forkserver:
+    break;
   }
   return "forkserver";
 }
@@ -68,9 +71,8 @@ struct envelope {
 
 // Started by hand, or by another program that sets coproc's variable: say so, and stop.
 [[noreturn]] void bad_image(const std::string& value, const std::string& why) {
-  std::cerr << "coproc: this program was started as a fresh image (" << image_env << "=" << value
-            << ") but " << why << "; " << image_env
-            << " is set only by coproc for the children it starts" << std::endl;
+  std::cerr << "coproc: this program was started as a fresh image (" << image_env << "=" << value << ") but "
+            << why << "; " << image_env << " is set only by coproc for the children it starts" << std::endl;
   ::_exit(bad_image_exit);
 }
 
@@ -103,7 +105,8 @@ std::string read_payload(const std::string& value) {
   }
   if (e.magic != image_magic) bad_image(value, "its payload is not coproc's");
   if (e.kind != static_cast<std::uint8_t>(kind)) bad_image(value, "its payload is for another kind of child");
-  if (e.method > static_cast<std::uint8_t>(start_method::spawn)) bad_image(value, "its start method is unknown");
+  if (e.method > static_cast<std::uint8_t>(start_method::spawn))
+    bad_image(value, "its start method is unknown");
   for (int i = 0; i < detail::kind_descriptors(kind); ++i)
     if (::fcntl(detail::fresh_image_first_fd + i, F_GETFD) < 0)
       bad_image(value, "descriptor " + std::to_string(detail::fresh_image_first_fd + i) + " is not open");
@@ -111,10 +114,12 @@ std::string read_payload(const std::string& value) {
   detail::inherit_start_method(static_cast<start_method>(e.method));
   detail::enter_child({std::move(e.path), std::move(e.name)});
   switch (kind) {
-  case detail::image_kind::process: detail::run_fresh_process(e.body);
+  case detail::image_kind::process:
+    detail::run_fresh_process(e.body);
   case detail::image_kind::pool_worker:
     detail::run_spawned_worker(e.body, detail::fresh_image_first_fd, detail::fresh_image_first_fd + 1);
-  case detail::image_kind::forkserver: break;
+  case detail::image_kind::forkserver:
+    break;
   }
   detail::run_fork_server(detail::fresh_image_first_fd);
 }
@@ -145,23 +150,32 @@ namespace detail {
 
 void require_main_guard(const std::string& who) {
   if (!guard_ran.load())
-    throw std::logic_error(who + ": start_method::spawn and forkserver start a fresh image of this program, "
-                                 "which needs coproc::main_guard(argc, argv) as the first statement of main()");
+    throw std::logic_error(who +
+                           ": start_method::spawn and forkserver start a fresh image of this program, "
+                           "which needs coproc::main_guard(argc, argv) as the first statement of main()");
 }
 
 int kind_descriptors(image_kind kind) noexcept {
   switch (kind) {
-  case image_kind::process: return 0;
-  case image_kind::pool_worker: return 2;
-  case image_kind::forkserver: break;
+  case image_kind::process:
+    return 0;
+  case image_kind::pool_worker:
+    return 2;
+  case image_kind::forkserver:
+    break;
   }
   return 1;
 }
 
 int fresh_image_payload(const fresh_image_spec& spec, const std::string& who) {
-  envelope e{image_magic,  static_cast<std::uint8_t>(spec.kind),
-             ::getpid(),   static_cast<std::uint8_t>(get_start_method()),
-             spec.dies_with_parent, spec.id.path, spec.id.name, spec.body};
+  envelope e{image_magic,
+             static_cast<std::uint8_t>(spec.kind),
+             ::getpid(),
+             static_cast<std::uint8_t>(get_start_method()),
+             spec.dies_with_parent,
+             spec.id.path,
+             spec.id.name,
+             spec.body};
   std::string payload = wire::encode(e);
   int memfd = ::memfd_create("coproc-fresh-image", MFD_CLOEXEC);
   if (memfd < 0) throw_errno(errno, who + ": memfd_create for a fresh image");
@@ -227,7 +241,8 @@ int spawn_fresh_image(const fresh_image_spec& spec, std::span<const int> fds, co
     sigemptyset(&none);
     checked(::posix_spawnattr_setsigmask(&attr, &none), who, "setsigmask");
     checked(::posix_spawnattr_setsigdefault(&attr, &all_signals), who, "setsigdefault");
-    checked(::posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF), who, "setflags");
+    checked(::posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF), who,
+            "setflags");
     int rc = ::posix_spawn(&pid, "/proc/self/exe", &actions, &attr, argv, envp.data());
     if (rc != 0) throw_errno(rc, who + ": posix_spawn of /proc/self/exe");
   } catch (...) {
@@ -246,10 +261,10 @@ int spawn_fresh_image(const fresh_image_spec& spec, std::span<const int> fds, co
 
 namespace {
 struct code_query {
-  std::uintptr_t address = 0;    // locate: in; resolve: out
-  const char* name = nullptr;    // locate: out; resolve: in
-  std::uint64_t offset = 0;      // locate: out; resolve: in
-  bool first = true;             // the executable is the first object, named ""
+  std::uintptr_t address = 0; // locate: in; resolve: out
+  const char* name = nullptr; // locate: out; resolve: in
+  std::uint64_t offset = 0;   // locate: out; resolve: in
+  bool first = true;          // the executable is the first object, named ""
   bool found = false;
 };
 

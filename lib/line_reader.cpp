@@ -67,7 +67,8 @@ awaitable<std::optional<std::string>> line_reader::next() {
       throw boost::system::system_error(ec);
     } else if (ec) {
       throw std::system_error(ec.value(), std::generic_category(),
-                              "coproc::line_reader: reading descriptor " + std::to_string(pipe_->native_handle()));
+                              "coproc::line_reader: reading descriptor " +
+                                  std::to_string(pipe_->native_handle()));
     }
   }
 }

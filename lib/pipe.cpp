@@ -66,7 +66,8 @@ std::shared_ptr<pipe_end> pipe_end::arrive(wire::input_archive& ar, fd_arrival& 
   std::uint32_t index = 0;
   bool can_send = false, can_recv = false;
   ar(index, can_send, can_recv);
-  return fds.object<pipe_end>(index, [&] { return std::make_shared<pipe_end>(fds.fd(index), can_send, can_recv); });
+  return fds.object<pipe_end>(index,
+                              [&] { return std::make_shared<pipe_end>(fds.fd(index), can_send, can_recv); });
 }
 
 void pipe_end::check_open(const char* what) const {
@@ -120,9 +121,8 @@ void pipe_end::hand_off(const outgoing& out, const boost::asio::any_io_executor&
   flushing_ = true;
   // Posted: co_spawn may start the flusher at once on this thread, and it takes
   // send_mutex_, which the caller holds.
-  boost::asio::post(ex, [self = shared_from_this(), ex] {
-    boost::asio::co_spawn(ex, flush(self), boost::asio::detached);
-  });
+  boost::asio::post(
+      ex, [self = shared_from_this(), ex] { boost::asio::co_spawn(ex, flush(self), boost::asio::detached); });
 }
 
 // It may run on another thread than the next send (an io_context run by several
@@ -153,7 +153,8 @@ awaitable<void> pipe_end::flush(std::shared_ptr<pipe_end> self) {
 
 awaitable<void> pipe_end::send(std::string_view payload) {
   check_open("send");
-  if (!can_send_) throw std::logic_error("coproc::connection::send on the receive-only end of a one-way pipe");
+  if (!can_send_)
+    throw std::logic_error("coproc::connection::send on the receive-only end of a one-way pipe");
   if (payload.size() > max_message)
     throw std::length_error("coproc::connection::send: a message of " + std::to_string(payload.size()) +
                             " bytes is larger than the limit of " + std::to_string(max_message) + " bytes");
@@ -190,8 +191,8 @@ pipe_end::got pipe_end::read_record(std::uint64_t& word, std::size_t& n, std::si
     ssize_t r = ::recvmsg(fd_, &msg, MSG_DONTWAIT);
     if (r > 0) {
       if (r < 8 || (msg.msg_flags & MSG_TRUNC) != 0)
-        throw coproc::error("coproc::connection::recv: malformed record of " + std::to_string(r) +
-                            " bytes " + pid_text());
+        throw coproc::error("coproc::connection::recv: malformed record of " + std::to_string(r) + " bytes " +
+                            pid_text());
       n = static_cast<std::size_t>(r) - 8;
       return got::record;
     }

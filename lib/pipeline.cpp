@@ -37,7 +37,8 @@ std::string pipeline_text(const stage_list& stages) {
 void check_stages(const char* call, const stage_list& stages) {
   if (stages.empty()) invalid(call, "no stages: a pipeline needs at least one command");
   for (std::size_t i = 0; i < stages.size(); ++i) {
-    if (stages[i].empty()) invalid(call, "stage " + std::to_string(i) + " is empty: there is no program to run");
+    if (stages[i].empty())
+      invalid(call, "stage " + std::to_string(i) + " is empty: there is no program to run");
     detail::check_args(call, stages[i]);
   }
 }
@@ -100,8 +101,10 @@ template <class Options> started_pipeline start_stages(const stage_list& stages,
       auto& req = requests[i];
       unique_fd next_read, write_end;
       if (i + 1 < n) std::tie(next_read, write_end) = detail::make_pipe(-1);
-      req.streams[0] = i == 0 ? first_in.child : detail::child_stream{detail::child_stream::dup_fd, previous_read.fd};
-      req.streams[1] = i + 1 == n ? last_out.child : detail::child_stream{detail::child_stream::dup_fd, write_end.fd};
+      req.streams[0] =
+          i == 0 ? first_in.child : detail::child_stream{detail::child_stream::dup_fd, previous_read.fd};
+      req.streams[1] =
+          i + 1 == n ? last_out.child : detail::child_stream{detail::child_stream::dup_fd, write_end.fd};
       req.streams[2] = err.child;
       if (group && i > 0) req.process_group = p.children[0]->pid();
       int pid;
@@ -226,9 +229,10 @@ pipeline_error::pipeline_error(std::size_t stage, std::vector<std::vector<std::s
     : called_process_error(returncodes.at(stage), stages.at(stage), std::move(output), std::move(errors)),
       stage_(stage), stages_(std::move(stages)), returncodes_(std::move(returncodes)) {
   int code = returncodes_[stage_];
-  message_ = "pipeline '" + pipeline_text(stages_) + "': stage " + std::to_string(stage_) + " ('" +
-             detail::format_command(stages_[stage_]) + "') " +
-             (code >= 0 ? "returned non-zero exit status " + std::to_string(code) : detail::describe_exitcode(code));
+  message_ =
+      "pipeline '" + pipeline_text(stages_) + "': stage " + std::to_string(stage_) + " ('" +
+      detail::format_command(stages_[stage_]) + "') " +
+      (code >= 0 ? "returned non-zero exit status " + std::to_string(code) : detail::describe_exitcode(code));
 }
 
 awaitable<completed_pipeline> run_pipeline(std::vector<std::vector<std::string>> stages, run_options o) {

@@ -106,9 +106,10 @@ void pool_core::check_same_image_locked(const pool_job& job) {
   for (std::intptr_t offset : {job.trampoline, job.target}) {
     if (offset == 0 || checked_offsets_.count(offset)) continue;
     if (!callable_offset(offset, true))
-      throw std::invalid_argument(std::string("coproc::pool: with ") + fresh_method_name(*options_.method) +
-                                  " the task must be in the same image as libcoproc (link coproc statically), "
-                                  "or use start_method::fork");
+      throw std::invalid_argument(
+          std::string("coproc::pool: with ") + fresh_method_name(*options_.method) +
+          " the task must be in the same image as libcoproc (link coproc statically), "
+          "or use start_method::fork");
     checked_offsets_.insert(offset);
   }
 }
@@ -143,8 +144,8 @@ awaitable<void> pool_core::join(std::shared_ptr<pool_core> self) {
   }
   if (!closed) throw std::logic_error("coproc::pool::join: call close() or terminate() first");
   auto* core = self.get();
-  auto gone = wait_for_condition(core->mutex_, core->join_waiters_, [core] { return core->live_ == 0; },
-                                 deadline::never());
+  auto gone = wait_for_condition(
+      core->mutex_, core->join_waiters_, [core] { return core->live_ == 0; }, deadline::never());
   co_await std::move(gone);
 }
 
@@ -211,14 +212,15 @@ std::shared_ptr<process_child> pool_core::start_worker(link& l) {
                                                                      : "ForkPoolWorker";
   auto id = next_child_identity(prefix);
   if (spawning())
-    return start_worker_image(*options_.method, l.worker_fd, l.memfd, options_.maxtasksperchild, initializer_offset_,
-                              id);
+    return start_worker_image(*options_.method, l.worker_fd, l.memfd, options_.maxtasksperchild,
+                              initializer_offset_, id);
   int parent = ::getpid();
   int pid = fork_flushed("coproc::pool: fork() of a worker failed");
   if (pid == 0) {
     ::close(l.parent_fd);
     for (auto& other : workers_) ::close(other->socket.native_handle());
-    run_forked_worker(parent, l.worker_fd, l.page, std::move(id), options_.initializer, options_.maxtasksperchild);
+    run_forked_worker(parent, l.worker_fd, l.page, std::move(id), options_.initializer,
+                      options_.maxtasksperchild);
   }
   return std::make_shared<direct_child>(pid);
 }
@@ -314,7 +316,8 @@ awaitable<void> pool_core::replace_after(std::shared_ptr<pool_core> self, bool s
 }
 
 bool pool_core::needs_worker_locked() const {
-  return !terminated_ && !failed_ && workers_.size() < options_.processes && (!closed_ || scheduler_.has_work());
+  return !terminated_ && !failed_ && workers_.size() < options_.processes &&
+         (!closed_ || scheduler_.has_work());
 }
 
 // Consumes the complete records at the front of `in`. False on a record that does not
@@ -418,9 +421,12 @@ void pool_core::start_write(const std::shared_ptr<worker>& w) {
   w->writing.swap(w->out);
   release_if_large(w->out);
   ssize_t sent;
-  do sent = ::send(w->socket.native_handle(), w->writing.data(), w->writing.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+  do
+    sent =
+        ::send(w->socket.native_handle(), w->writing.data(), w->writing.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
   while (sent < 0 && errno == EINTR);
-  if (sent < 0 && errno != EAGAIN && errno != EWOULDBLOCK) sent = static_cast<ssize_t>(w->writing.size()); // the worker died: its reader handles that
+  if (sent < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
+    sent = static_cast<ssize_t>(w->writing.size()); // the worker died: its reader handles that
   std::size_t done = sent > 0 ? static_cast<std::size_t>(sent) : 0;
   if (done == w->writing.size()) return release_if_large(w->writing);
   w->write_pending = true;
@@ -482,10 +488,11 @@ void pool_core::terminate_locked() noexcept {
 std::exception_ptr pool_core::start_failure(const worker& w, int code) const {
   std::string why = w.start_error.empty() ? "(a crash before its initializer returned?)"
                                           : "because its initializer threw " + w.start_error;
-  return std::make_exception_ptr(error("coproc::pool: " + std::to_string(max_failed_starts) +
-                                       " worker starts failed in a row, so the pool fails its tasks; the last "
-                                       "worker, pid " + std::to_string(w.proc->pid()) + ", " +
-                                       describe_exitcode(code) + " before taking tasks " + why));
+  return std::make_exception_ptr(
+      error("coproc::pool: " + std::to_string(max_failed_starts) +
+            " worker starts failed in a row, so the pool fails its tasks; the last "
+            "worker, pid " +
+            std::to_string(w.proc->pid()) + ", " + describe_exitcode(code) + " before taking tasks " + why));
 }
 
 // Workers cannot start: every unfinished and later task fails with `error`.

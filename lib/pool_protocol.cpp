@@ -22,7 +22,8 @@ void encode_record(std::string& out, record_kind kind, std::string_view bytes) {
 }
 
 void encode_timing(std::string& out, const timing_record& timing) {
-  encode_record(out, record_kind::timing, std::string_view(reinterpret_cast<const char*>(&timing), sizeof timing));
+  encode_record(out, record_kind::timing,
+                std::string_view(reinterpret_cast<const char*>(&timing), sizeof timing));
 }
 
 std::size_t begin_record(std::string& out) {
@@ -57,7 +58,8 @@ std::optional<frame_view> parse_frame(std::string_view in) {
 }
 
 timing_record parse_timing(std::string_view bytes) {
-  if (bytes.size() != sizeof(timing_record)) throw pool_protocol_violation("a timing record of the wrong size");
+  if (bytes.size() != sizeof(timing_record))
+    throw pool_protocol_violation("a timing record of the wrong size");
   return load<timing_record>(bytes.data());
 }
 

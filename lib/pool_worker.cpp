@@ -118,7 +118,7 @@ public:
     for (;;) {
       while (auto frame = next_frame()) run_frame(*frame);
       if (!out_.empty()) flush(); // answers never wait behind a blocking read
-      if (!read_more()) { // close(): everything was sent; terminate() kills instead
+      if (!read_more()) {         // close(): everything was sent; terminate() kills instead
         flush();
         worker_exit(0);
       }
@@ -135,7 +135,8 @@ private:
       protocol_error(page_, e.what());
     }
     if (!frame) return frame;
-    if (!code_.callable(frame->header.trampoline)) protocol_error(page_, "a trampoline offset that names no code");
+    if (!code_.callable(frame->header.trampoline))
+      protocol_error(page_, "a trampoline offset that names no code");
     if (frame->header.target != 0 && !code_.callable(frame->header.target))
       protocol_error(page_, "a target offset that names no code");
     return frame;
@@ -241,8 +242,8 @@ private:
   timing_record timed_{0, 0, 0};
 };
 
-[[noreturn]] void run_initializer_then_work(const std::function<void()>& initializer, int fd, worker_page* page,
-                                            unsigned maxtasks, bool same_object) {
+[[noreturn]] void run_initializer_then_work(const std::function<void()>& initializer, int fd,
+                                            worker_page* page, unsigned maxtasks, bool same_object) {
   std::string out;
   auto failed = [&](const std::string& type, const std::string& message) {
     print_process_error(process_name(), type + ": " + message + " (in the pool initializer)");
@@ -313,8 +314,9 @@ void run_spawned_worker(std::string_view body, int fd, int memfd) {
   run_initializer_then_work(initializer, fd, page, maxtasksperchild, false);
 }
 
-std::shared_ptr<process_child> start_worker_image(start_method method, int fd, int memfd, unsigned maxtasksperchild,
-                                                  std::intptr_t initializer_offset, const identity& id) {
+std::shared_ptr<process_child> start_worker_image(start_method method, int fd, int memfd,
+                                                  unsigned maxtasksperchild, std::intptr_t initializer_offset,
+                                                  const identity& id) {
   fresh_image_spec spec{image_kind::pool_worker, id, true,
                         wire::encode(spawned_worker_body{maxtasksperchild, initializer_offset})};
   int fds[] = {fd, memfd};

@@ -24,7 +24,8 @@ namespace coproc::detail {
 // fork server fork one) as worker `id` on its end of the socket and the memfd of the
 // shared page; the initializer is an offset from the anchor (0 for none). std::system_error
 // if it cannot start.
-std::shared_ptr<process_child> start_worker_image(start_method method, int fd, int memfd, unsigned maxtasksperchild,
-                                                  std::intptr_t initializer_offset, const identity& id);
+std::shared_ptr<process_child> start_worker_image(start_method method, int fd, int memfd,
+                                                  unsigned maxtasksperchild, std::intptr_t initializer_offset,
+                                                  const identity& id);
 
 } // namespace coproc::detail

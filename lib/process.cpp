@@ -70,11 +70,11 @@ void process::start() {
   if (method != start_method::fork) {
     std::string who = "process '" + name_ + "'";
     auto [body, fds] = fresh_image_body(method, who);
-    detail::fresh_image_spec spec{detail::image_kind::process, {identity_.path, name_}, daemon_, std::move(body)};
+    detail::fresh_image_spec spec{
+        detail::image_kind::process, {identity_.path, name_}, daemon_, std::move(body)};
     if (method == start_method::spawn)
       child_ = std::make_shared<detail::direct_child>(detail::spawn_fresh_image(spec, fds, who));
-    else
-      child_ = detail::start_served_child(spec, fds, who);
+    else child_ = detail::start_served_child(spec, fds, who);
     detail::note_started();
     return;
   }
@@ -130,8 +130,8 @@ void process::run() {
 namespace {
 std::string type_name(const std::type_info& type) {
   int status = 0;
-  std::unique_ptr<char, void (*)(void*)> demangled(abi::__cxa_demangle(type.name(), nullptr, nullptr, &status),
-                                                   std::free);
+  std::unique_ptr<char, void (*)(void*)> demangled(
+      abi::__cxa_demangle(type.name(), nullptr, nullptr, &status), std::free);
   return status == 0 && demangled ? demangled.get() : type.name();
 }
 
@@ -156,8 +156,8 @@ std::optional<process_class> find_process_class(const std::type_info& type) {
 // What a process's fresh image is told: the target's entry, its function (a function
 // pointer's), its object, its arguments, whether it is a daemon, and how many descriptors
 // travelled with its arguments (from fresh_image_first_fd on).
-using fresh_process_body = std::tuple<detail::code_ref, std::optional<detail::code_ref>, std::string, std::string,
-                                      bool, std::uint32_t>;
+using fresh_process_body = std::tuple<detail::code_ref, std::optional<detail::code_ref>, std::string,
+                                      std::string, bool, std::uint32_t>;
 // In a fresh image: the daemon flag of the parent's object, for a rebuilt subclass.
 bool fresh_daemon = false;
 } // namespace
@@ -172,8 +172,10 @@ process::fresh_image process::fresh_image_body(start_method method, const std::s
   if (typeid(*this) != typeid(process)) {
     auto registered = find_process_class(typeid(*this));
     if (!registered)
-      refuse("its class " + type_name(typeid(*this)) + " is not registered: a fresh image rebuilds a subclass "
-             "of coproc::process only after COPROC_REGISTER_PROCESS(" + type_name(typeid(*this)) + ")");
+      refuse("its class " + type_name(typeid(*this)) +
+             " is not registered: a fresh image rebuilds a subclass "
+             "of coproc::process only after COPROC_REGISTER_PROCESS(" +
+             type_name(typeid(*this)) + ")");
     target.entry = registered->entry;
     target.object = registered->encode(*this);
   } else {
@@ -193,8 +195,12 @@ process::fresh_image process::fresh_image_body(start_method method, const std::s
     function = detail::locate_code(target.function);
     if (!function) refuse("the target function is in no loaded object");
   }
-  fresh_process_body body{*entry,  function, std::move(target.object), std::move(target.arguments),
-                          daemon_, static_cast<std::uint32_t>(target.fds.size())};
+  fresh_process_body body{*entry,
+                          function,
+                          std::move(target.object),
+                          std::move(target.arguments),
+                          daemon_,
+                          static_cast<std::uint32_t>(target.fds.size())};
   // The descriptors are the arguments' handles' own (body_ holds them): the launcher dups
   // them for the child (spawn) or sends them to the fork server, and closes nothing of ours.
   return {wire::encode(body), std::move(target.fds)};
@@ -238,8 +244,7 @@ void run_fresh_process(std::string_view bytes) {
 
 const std::shared_ptr<detail::process_child>& process::started(const char* what) const {
   if (!child_)
-    throw std::logic_error(std::string("cannot ") + what + " process '" + name_ +
-                           "': it was not started");
+    throw std::logic_error(std::string("cannot ") + what + " process '" + name_ + "': it was not started");
   return child_;
 }
 
@@ -257,15 +262,11 @@ awaitable<std::optional<int>> join_child(std::shared_ptr<detail::process_child> 
 
 awaitable<int> process::join() { return join_child(started("join")); }
 
-awaitable<std::optional<int>> process::join(duration timeout) {
-  return join_child(started("join"), timeout);
-}
+awaitable<std::optional<int>> process::join(duration timeout) { return join_child(started("join"), timeout); }
 
 bool process::is_alive() const { return child_ && !child_->poll(); }
 
-std::optional<int> process::exitcode() const {
-  return child_ ? child_->poll() : std::nullopt;
-}
+std::optional<int> process::exitcode() const { return child_ ? child_->poll() : std::nullopt; }
 
 void process::terminate() {
   if (child_) child_->signal(SIGTERM);
@@ -282,8 +283,7 @@ void process::interrupt() {
 int process::pid() const noexcept { return child_ ? child_->pid() : 0; }
 
 void process::daemon(bool daemon) {
-  if (child_)
-    throw std::logic_error("cannot set daemon on process '" + name_ + "': already started");
+  if (child_) throw std::logic_error("cannot set daemon on process '" + name_ + "': already started");
   daemon_ = daemon;
 }
 

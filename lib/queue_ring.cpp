@@ -54,13 +54,13 @@ void init_robust_mutex(pthread_mutex_t* m) {
 namespace {
 void check_capacity(std::size_t capacity, std::size_t asked) {
   if (capacity < 16 || capacity > (std::size_t{1} << 40))
-    throw std::invalid_argument("coproc::queue: capacity_bytes " + std::to_string(asked) + " is outside [16, 2^40]");
+    throw std::invalid_argument("coproc::queue: capacity_bytes " + std::to_string(asked) +
+                                " is outside [16, 2^40]");
 }
 } // namespace
 
 queue_ring::queue_ring(std::size_t maxsize, std::size_t capacity_bytes)
-    : maxsize_(maxsize),
-      capacity_((capacity_bytes + 7) & ~std::size_t{7}) {
+    : maxsize_(maxsize), capacity_((capacity_bytes + 7) & ~std::size_t{7}) {
   check_capacity(capacity_, capacity_bytes);
   map_size_ = sizeof(control) + capacity_;
   try {
@@ -68,7 +68,8 @@ queue_ring::queue_ring(std::size_t maxsize, std::size_t capacity_bytes)
     memfd_ = ::memfd_create("coproc-queue", MFD_CLOEXEC);
     if (memfd_ < 0) throw_errno(errno, "coproc::queue: memfd_create");
     if (::ftruncate(memfd_, static_cast<off_t>(map_size_)) != 0)
-      throw_errno(errno, "coproc::queue: sizing its shared memory to " + std::to_string(map_size_) + " bytes");
+      throw_errno(errno,
+                  "coproc::queue: sizing its shared memory to " + std::to_string(map_size_) + " bytes");
     map();
     control_ = new (control_) control{};
     init_robust_mutex(&control_->put_lock);
@@ -83,7 +84,8 @@ queue_ring::queue_ring(std::size_t maxsize, std::size_t capacity_bytes)
   }
 }
 
-queue_ring::queue_ring(std::size_t maxsize, std::size_t capacity_bytes, int memfd, int getters_fd, int putters_fd)
+queue_ring::queue_ring(std::size_t maxsize, std::size_t capacity_bytes, int memfd, int getters_fd,
+                       int putters_fd)
     : maxsize_(maxsize), capacity_(capacity_bytes), memfd_(memfd), event_fd_{getters_fd, putters_fd} {
   try {
     check_capacity(capacity_, capacity_bytes);
@@ -185,9 +187,8 @@ void queue_ring::recover(side s) noexcept {
 queue_ring::status queue_ring::try_put(std::string_view bytes) {
   const std::size_t need = record_size(bytes.size());
   if (need > capacity_ || bytes.size() > capacity_)
-    throw std::length_error("coproc::queue: an item of " + std::to_string(bytes.size()) +
-                            " bytes (" + std::to_string(need) +
-                            " with its header) does not fit the queue's capacity of " +
+    throw std::length_error("coproc::queue: an item of " + std::to_string(bytes.size()) + " bytes (" +
+                            std::to_string(need) + " with its header) does not fit the queue's capacity of " +
                             std::to_string(capacity_) + " bytes");
   auto& c = *control_;
   {
@@ -196,8 +197,7 @@ queue_ring::status queue_ring::try_put(std::string_view bytes) {
     const std::uint64_t count = c.put_count.load(std::memory_order_relaxed);
     // seq_cst loads: after a waiter's count-in, these must see the commit whose wake(),
     // fenced, did not see the waiter.
-    if (maxsize_ != 0 && count - c.get_count.load(std::memory_order_seq_cst) >= maxsize_)
-      return status::full;
+    if (maxsize_ != 0 && count - c.get_count.load(std::memory_order_seq_cst) >= maxsize_) return status::full;
     const std::uint64_t tail = c.tail.load(std::memory_order_relaxed);
     if (tail + need - known_head_ > capacity_) {
       known_head_ = c.head.load(std::memory_order_seq_cst);
@@ -298,7 +298,9 @@ namespace {
 std::atomic<bool> kill_after_commit{false};
 }
 
-void queue_ring::kill_after_next_commit() noexcept { kill_after_commit.store(true, std::memory_order_relaxed); }
+void queue_ring::kill_after_next_commit() noexcept {
+  kill_after_commit.store(true, std::memory_order_relaxed);
+}
 
 void queue_ring::committed(side woken) noexcept {
   if (kill_after_commit.load(std::memory_order_relaxed)) [[unlikely]]
@@ -356,7 +358,7 @@ template <class Attempt> awaitable<void> queue_ring::retry(side s, deadline unti
       take_token(s);
       continue;
     }
-    if (!until.passed()) continue; // a re-check
+    if (!until.passed()) continue;     // a re-check
     if (done(s, attempt())) co_return; // the deadline: one last look
     if (s == putters) throw queue_full("coproc::queue: still full at the put's deadline");
     throw queue_empty("coproc::queue: still empty at the get's deadline");
@@ -381,9 +383,7 @@ void queue_ring::close() {
   wake_all();
 }
 
-bool queue_ring::closed() const noexcept {
-  return control_->closed.load(std::memory_order_acquire) != 0;
-}
+bool queue_ring::closed() const noexcept { return control_->closed.load(std::memory_order_acquire) != 0; }
 
 std::size_t queue_ring::qsize() const noexcept {
   // get_count first: it never passes put_count, so the difference is never negative.

@@ -46,8 +46,7 @@ std::string generated_name() {
   thread_local std::mt19937_64 rng(std::random_device{}());
   char suffix[17];
   std::snprintf(suffix, sizeof suffix, "%016llx", static_cast<unsigned long long>(rng()));
-  return "coproc_" + std::to_string(::getpid()) + "_" + std::to_string(counter.fetch_add(1)) + "_" +
-         suffix;
+  return "coproc_" + std::to_string(::getpid()) + "_" + std::to_string(counter.fetch_add(1)) + "_" + suffix;
 }
 
 std::byte* map_fd(int fd, std::size_t size, const std::string& name) {
@@ -56,8 +55,8 @@ std::byte* map_fd(int fd, std::size_t size, const std::string& name) {
   if (p == MAP_FAILED) {
     int err = errno;
     ::close(fd);
-    detail::throw_errno(err, "coproc::shared_memory: mmap of '" + name + "' (" + std::to_string(size) +
-                                 " bytes)");
+    detail::throw_errno(err,
+                        "coproc::shared_memory: mmap of '" + name + "' (" + std::to_string(size) + " bytes)");
   }
   return static_cast<std::byte*>(p);
 }

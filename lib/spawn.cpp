@@ -94,11 +94,12 @@ private:
 void check_cwd(const launch_request& req) {
   if (!req.cwd) return;
   struct stat st;
-  int err = ::stat(req.cwd->c_str(), &st) != 0       ? errno
-            : !S_ISDIR(st.st_mode)                    ? ENOTDIR
+  int err = ::stat(req.cwd->c_str(), &st) != 0      ? errno
+            : !S_ISDIR(st.st_mode)                  ? ENOTDIR
             : ::access(req.cwd->c_str(), X_OK) != 0 ? errno
-                                                      : 0;
-  if (err) throw_errno(err, "coproc: cannot use '" + req.cwd->string() + "' as the cwd of '" + req.args[0] + "'");
+                                                    : 0;
+  if (err)
+    throw_errno(err, "coproc: cannot use '" + req.cwd->string() + "' as the cwd of '" + req.args[0] + "'");
 }
 
 // pass_fds, sorted, without duplicates and without 0..2 (always passed); each checked
@@ -107,8 +108,8 @@ std::vector<int> checked_pass_fds(const launch_request& req) {
   std::vector<int> fds;
   for (int fd : req.pass_fds) {
     if (::fcntl(fd, F_GETFD) < 0)
-      throw_errno(errno, "coproc: pass_fds: descriptor " + std::to_string(fd) + " given to '" +
-                             req.args[0] + "' is not open");
+      throw_errno(errno, "coproc: pass_fds: descriptor " + std::to_string(fd) + " given to '" + req.args[0] +
+                             "' is not open");
     if (fd > 2) fds.push_back(fd);
   }
   std::sort(fds.begin(), fds.end());
@@ -130,8 +131,11 @@ unsigned user_id(const id_or_name& user, const std::string& who) {
   if (user.id()) return *user.id();
   if (all_digits(user.name())) return static_cast<unsigned>(std::stoul(user.name()));
   passwd pw, *found = nullptr;
-  with_buffer([&](std::vector<char>& b) { return ::getpwnam_r(user.name().c_str(), &pw, b.data(), b.size(), &found); });
-  if (!found) throw std::invalid_argument("coproc: no user named '" + user.name() + "' (user of '" + who + "')");
+  with_buffer([&](std::vector<char>& b) {
+    return ::getpwnam_r(user.name().c_str(), &pw, b.data(), b.size(), &found);
+  });
+  if (!found)
+    throw std::invalid_argument("coproc: no user named '" + user.name() + "' (user of '" + who + "')");
   return pw.pw_uid;
 }
 
@@ -139,8 +143,10 @@ unsigned group_id(const id_or_name& g, const std::string& who) {
   if (g.id()) return *g.id();
   if (all_digits(g.name())) return static_cast<unsigned>(std::stoul(g.name()));
   struct group gr, *found = nullptr;
-  with_buffer([&](std::vector<char>& b) { return ::getgrnam_r(g.name().c_str(), &gr, b.data(), b.size(), &found); });
-  if (!found) throw std::invalid_argument("coproc: no group named '" + g.name() + "' (group of '" + who + "')");
+  with_buffer(
+      [&](std::vector<char>& b) { return ::getgrnam_r(g.name().c_str(), &gr, b.data(), b.size(), &found); });
+  if (!found)
+    throw std::invalid_argument("coproc: no group named '" + g.name() + "' (group of '" + who + "')");
   return gr.gr_gid;
 }
 
@@ -155,20 +161,20 @@ struct child_plan {
   const char* program;
   char** argv;
   char** envp;
-  int streams[3];        // -1: keep; -2: dup2(1, 2); else dup2(fd, target)
-  const char* cwd;       // or null
+  int streams[3];  // -1: keep; -2: dup2(1, 2); else dup2(fd, target)
+  const char* cwd; // or null
   bool setsid;
-  int pgid;              // -1: none
-  const int* pass_fds;   // sorted, above 2
+  int pgid;            // -1: none
+  const int* pass_fds; // sorted, above 2
   std::size_t pass_count;
-  int umask;             // -1: none
+  int umask; // -1: none
   bool set_groups;
   const gid_t* groups;
   std::size_t group_count;
-  long gid, uid;         // -1: none
+  long gid, uid; // -1: none
   bool restore_signals;
-  sigset_t final_mask;   // the mask the program starts with
-  int error;             // written by the child when a step fails (errno)
+  sigset_t final_mask; // the mask the program starts with
+  int error;           // written by the child when a step fails (errno)
   const char* failed_step;
 };
 
@@ -211,10 +217,11 @@ COPROC_NO_SANITIZE int child_main(void* arg) {
     if (source == -2) source = 1;
     if (source >= 0 && (r = raw(SYS_dup2, source, target)) < 0) fail_in_child(plan, r, "dup2");
   }
-  if (plan->cwd && (r = raw(SYS_chdir, reinterpret_cast<long>(plan->cwd))) < 0) fail_in_child(plan, r, "chdir");
+  if (plan->cwd && (r = raw(SYS_chdir, reinterpret_cast<long>(plan->cwd))) < 0)
+    fail_in_child(plan, r, "chdir");
   if (plan->umask >= 0) raw(SYS_umask, plan->umask);
-  if (plan->set_groups &&
-      (r = raw(SYS_setgroups, static_cast<long>(plan->group_count), reinterpret_cast<long>(plan->groups))) < 0)
+  if (plan->set_groups && (r = raw(SYS_setgroups, static_cast<long>(plan->group_count),
+                                   reinterpret_cast<long>(plan->groups))) < 0)
     fail_in_child(plan, r, "setgroups");
   if (plan->gid >= 0 && (r = raw(SYS_setgid, plan->gid)) < 0) fail_in_child(plan, r, "setgid");
   if (plan->uid >= 0 && (r = raw(SYS_setuid, plan->uid)) < 0) fail_in_child(plan, r, "setuid");
@@ -278,10 +285,8 @@ int clone_launch(const launch_request& req, command_line& cmd, char** envp,
   // Every signal blocked (glibc's internal ones too: a raw call) across the clone.
   sigset_t all = every_signal(), old;
   ::syscall(SYS_rt_sigprocmask, SIG_SETMASK, &all, &old, kernel_sigset_size);
-  if (req.restore_signals)
-    sigemptyset(&plan.final_mask);
-  else
-    plan.final_mask = old;
+  if (req.restore_signals) sigemptyset(&plan.final_mask);
+  else plan.final_mask = old;
   int pid = ::__clone(child_main, stack.top(), CLONE_VM | CLONE_VFORK | SIGCHLD, &plan);
   int clone_errno = errno;
   ::syscall(SYS_rt_sigprocmask, SIG_SETMASK, &old, nullptr, kernel_sigset_size);
@@ -329,7 +334,8 @@ public:
       ::pthread_sigmask(SIG_SETMASK, nullptr, &mask);
       for (int sig = 1; sig < NSIG; ++sig) {
         struct sigaction current {};
-        if (::sigaction(sig, nullptr, &current) == 0 && current.sa_handler == SIG_IGN) sigdelset(&defaults, sig);
+        if (::sigaction(sig, nullptr, &current) == 0 && current.sa_handler == SIG_IGN)
+          sigdelset(&defaults, sig);
       }
     }
     short flags = POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK;
@@ -356,7 +362,9 @@ public:
 
   // Only 0, 1 and 2 reach the program: descriptors other threads or libraries opened
   // without O_CLOEXEC are closed too (close_range in the child).
-  void close_the_rest() { check(::posix_spawn_file_actions_addclosefrom_np(&actions_, 3), "addclosefrom_np"); }
+  void close_the_rest() {
+    check(::posix_spawn_file_actions_addclosefrom_np(&actions_, 3), "addclosefrom_np");
+  }
 
   int spawn(command_line& cmd, char** envp) {
     pid_t pid;

@@ -56,8 +56,8 @@ struct child_stream {
 // (closed once the child has its copies) and, for stdio::pipe, the parent's end.
 struct prepared_stream {
   child_stream child;
-  unique_fd opened;        // a file, /dev/null, a duplicate of the caller's descriptor
-  unique_fd parent_end;    // stdio::pipe
+  unique_fd opened;             // a file, /dev/null, a duplicate of the caller's descriptor
+  unique_fd parent_end;         // stdio::pipe
   popen* handed_from = nullptr; // stdout_of/stdin_of: its pipe is closed after the spawn
   int handed_stream = -1;       // 0: its stdin, 1: its stdout
 };

@@ -101,16 +101,16 @@ prepared_stream prepare_stream(const redirect& r, int target, const std::string&
     int flags = r.for_reading() ? O_RDONLY
                                 : O_WRONLY | O_CREAT | (r.mode() == file_mode::append ? O_APPEND : O_TRUNC);
     use_opened(::open(r.path().c_str(), flags | O_CLOEXEC, 0666),
-               "coproc: cannot open '" + r.path().string() + "' as the " + stream_name(target) + " of '" + who +
-                   "'");
+               "coproc: cannot open '" + r.path().string() + "' as the " + stream_name(target) + " of '" +
+                   who + "'");
     break;
   }
   case redirect::kind::descriptor:
     // A duplicate above stderr: the caller's descriptor is never the one dup2'ed from,
     // so descriptor(1) for err still means this process's stdout.
     use_opened(r.fd() < 0 ? (errno = EBADF, -1) : ::fcntl(r.fd(), F_DUPFD_CLOEXEC, 3),
-               "coproc: descriptor " + std::to_string(r.fd()) + " given as the " + stream_name(target) + " of '" +
-                   who + "' is not open");
+               "coproc: descriptor " + std::to_string(r.fd()) + " given as the " + stream_name(target) +
+                   " of '" + who + "' is not open");
     break;
   case redirect::kind::popen_pipe: {
     popen& p = *r.source();
@@ -132,10 +132,8 @@ prepared_stream prepare_stream(const redirect& r, int target, const std::string&
 void hand_over(prepared_stream& s) {
   if (!s.handed_from) return;
   boost::system::error_code ignored;
-  if (s.handed_stream == 1)
-    s.handed_from->stdout_pipe().close(ignored);
-  else
-    s.handed_from->stdin_pipe().close(ignored);
+  if (s.handed_stream == 1) s.handed_from->stdout_pipe().close(ignored);
+  else s.handed_from->stdin_pipe().close(ignored);
   s.handed_from = nullptr;
 }
 

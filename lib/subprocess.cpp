@@ -198,8 +198,8 @@ awaitable<std::string> getoutput(std::string cmd) {
 // ---- popen ----------------------------------------------------------------------------
 
 popen::popen(boost::asio::any_io_executor ex, std::vector<std::string> args, popen_options o)
-    : args_(std::move(args)), group_(detail::leads_group(o)), kill_on_destroy_(o.kill_on_destroy),
-      stdin_(ex), stdout_(ex), stderr_(ex) {
+    : args_(std::move(args)), group_(detail::leads_group(o)), kill_on_destroy_(o.kill_on_destroy), stdin_(ex),
+      stdout_(ex), stderr_(ex) {
   detail::check_args("popen", args_);
   detail::check_common("popen", o);
   detail::started_child s = detail::start_child(args_, o);
@@ -251,9 +251,8 @@ int popen::pid() const { return child_->pid(); }
 
 namespace {
 [[noreturn]] void not_a_pipe(const char* stream, const popen& p) {
-  throw std::logic_error("coproc::popen: " + std::string(stream) + " of pid " +
-                         std::to_string(p.pid()) + " ('" + detail::format_command(p.args()) +
-                         "') is not stdio::pipe");
+  throw std::logic_error("coproc::popen: " + std::string(stream) + " of pid " + std::to_string(p.pid()) +
+                         " ('" + detail::format_command(p.args()) + "') is not stdio::pipe");
 }
 } // namespace
 

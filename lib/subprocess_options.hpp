@@ -27,7 +27,8 @@ template <class Options> void check_common(const char* call, const Options& o) {
     for (const auto& [name, value] : *o.env) {
       if (name.empty() || name.find_first_of(std::string_view("=\0", 2)) != std::string::npos)
         invalid(call, "env name '" + name + "' is empty or contains '=' or a NUL byte");
-      if (value.find('\0') != std::string::npos) invalid(call, "env value of " + name + " contains a NUL byte");
+      if (value.find('\0') != std::string::npos)
+        invalid(call, "env value of " + name + " contains a NUL byte");
     }
   }
   if (o.in == stdio::to_stdout) invalid(call, "stdio::to_stdout is for err only (in)");
@@ -35,7 +36,8 @@ template <class Options> void check_common(const char* call, const Options& o) {
   if (o.in.what() == redirect::kind::file && !o.in.for_reading())
     invalid(call, "to_file is for out or err; in takes from_file");
   for (const redirect* r : {&o.out, &o.err})
-    if (r->what() == redirect::kind::file && r->for_reading()) invalid(call, "from_file is for in; out and err take to_file");
+    if (r->what() == redirect::kind::file && r->for_reading())
+      invalid(call, "from_file is for in; out and err take to_file");
   if (o.in.what() == redirect::kind::popen_pipe && o.in.fd() != 1)
     invalid(call, "in takes stdout_of(p), not stdin_of(p)");
   for (const redirect* r : {&o.out, &o.err})
@@ -57,11 +59,10 @@ struct started_child {
   unique_fd in, out, err; // the parent's ends of the piped streams
 };
 
-template <class Options>
-launch_request request_of(const std::vector<std::string>& args, const Options& o) {
-  return launch_request{args,        o.cwd,        o.env,         o.shell,        o.start_new_session,
-                        o.process_group, o.pass_fds, o.umask,     o.user,         o.group,
-                        o.extra_groups,  o.executable, o.restore_signals, {}};
+template <class Options> launch_request request_of(const std::vector<std::string>& args, const Options& o) {
+  return launch_request{
+      args,    o.cwd,  o.env,   o.shell,        o.start_new_session, o.process_group,   o.pass_fds,
+      o.umask, o.user, o.group, o.extra_groups, o.executable,        o.restore_signals, {}};
 }
 
 // Starts one child: the program resolved first, then the streams opened, then the

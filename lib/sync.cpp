@@ -25,8 +25,9 @@ std::size_t round_up(std::size_t n, std::size_t align) { return (n + align - 1) 
 // ---- semaphore
 
 semaphore_core::semaphore_core(unsigned value, unsigned bound, const char* what)
-    : block_(std::make_shared<sync_block>(sizeof(std::atomic<std::uint32_t>), alignof(std::atomic<std::uint32_t>), what)),
-      value_(new (block_->state()) std::atomic<std::uint32_t>(value)), bound_(bound) {}
+    : block_(std::make_shared<sync_block>(sizeof(std::atomic<std::uint32_t>),
+                                          alignof(std::atomic<std::uint32_t>), what)),
+      value_(new(block_->state()) std::atomic<std::uint32_t>(value)), bound_(bound) {}
 
 bool semaphore_core::try_acquire() noexcept {
   auto v = value_->load(std::memory_order_seq_cst);
@@ -64,9 +65,9 @@ unsigned semaphore_core::value() const noexcept { return value_->load(std::memor
 // ---- event
 
 event_core::event_core()
-    : block_(std::make_shared<sync_block>(sizeof(std::atomic<std::uint32_t>), alignof(std::atomic<std::uint32_t>),
-                                          "coproc::event")),
-      flag_(new (block_->state()) std::atomic<std::uint32_t>(0)) {}
+    : block_(std::make_shared<sync_block>(sizeof(std::atomic<std::uint32_t>),
+                                          alignof(std::atomic<std::uint32_t>), "coproc::event")),
+      flag_(new(block_->state()) std::atomic<std::uint32_t>(0)) {}
 
 void event_core::set() noexcept {
   flag_->store(1, std::memory_order_seq_cst);
@@ -109,11 +110,12 @@ struct condition_core::state {
 condition_core::condition_core(std::shared_ptr<lock_core> lock)
     : lock_(std::move(lock)),
       block_(std::make_shared<sync_block>(sizeof(state), alignof(state), "coproc::condition")),
-      s_(new (block_->state()) state{}) {}
+      s_(new(block_->state()) state{}) {}
 
 void condition_core::check_held(const char* what) const {
   if (!lock_->held_here())
-    throw std::logic_error(std::string("coproc::condition: ") + what + " without its lock held by this process (" +
+    throw std::logic_error(std::string("coproc::condition: ") + what +
+                           " without its lock held by this process (" +
                            std::to_string(identity_pid(self_identity())) + ")");
 }
 
@@ -300,11 +302,13 @@ awaitable<unsigned> barrier_core::wait(std::shared_ptr<barrier_core> self, deadl
     if (look_at_parties) last_party_check = deadline::clock::now();
     bool dead_party = look_at_parties;
     switch (self->check(generation, dead_party)) {
-    case look::tripped: co_return index;
+    case look::tripped:
+      co_return index;
     case look::broken:
       throw broken_barrier(dead_party ? "coproc::barrier: a waiting party died"
                                       : "coproc::barrier: broken while waiting");
-    case look::waiting: break;
+    case look::waiting:
+      break;
     }
     if (until.passed()) {
       bool woke = false;
@@ -376,6 +380,8 @@ void shared_data::lock_data() const {
   (void)lock_robust_mutex(static_cast<pthread_mutex_t*>(mutex_), block_->what());
 }
 
-void shared_data::unlock_data() const noexcept { pthread_mutex_unlock(static_cast<pthread_mutex_t*>(mutex_)); }
+void shared_data::unlock_data() const noexcept {
+  pthread_mutex_unlock(static_cast<pthread_mutex_t*>(mutex_));
+}
 
 } // namespace coproc::detail

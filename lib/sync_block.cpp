@@ -239,7 +239,9 @@ void sync_block::reclaim_dead_waiters() noexcept {
   }
 }
 
-std::uint32_t sync_block::waiters() const noexcept { return header_->waiters.load(std::memory_order_seq_cst); }
+std::uint32_t sync_block::waiters() const noexcept {
+  return header_->waiters.load(std::memory_order_seq_cst);
+}
 
 void sync_block::wake() noexcept {
   std::atomic_thread_fence(std::memory_order_seq_cst);
@@ -261,9 +263,8 @@ awaitable<bool> sync_block::sleep(deadline until, std::chrono::milliseconds rech
     auto group = asio::experimental::make_parallel_group(
         asio::co_spawn(ex, wait_readable(event_fd_, wake_at), asio::deferred),
         asio::co_spawn(ex, wait_readable(watch->fd(), wake_at), asio::deferred));
-    auto [order, token_error, token_ready, exit_error, exited] =
-        co_await completed_after_launch(group.async_wait(asio::experimental::wait_for_one(), asio::deferred),
-                                        asio::use_awaitable);
+    auto [order, token_error, token_ready, exit_error, exited] = co_await completed_after_launch(
+        group.async_wait(asio::experimental::wait_for_one(), asio::deferred), asio::use_awaitable);
     if (state.cancelled() != asio::cancellation_type::none)
       throw boost::system::system_error(asio::error::operation_aborted);
     token = !token_error && token_ready;

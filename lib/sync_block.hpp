@@ -37,7 +37,9 @@ namespace coproc::detail {
 
 // This process's identity (cached; a forked child computes its own).
 std::uint64_t self_identity() noexcept;
-inline int identity_pid(std::uint64_t identity) noexcept { return static_cast<int>(identity & ((1u << 22) - 1)); }
+inline int identity_pid(std::uint64_t identity) noexcept {
+  return static_cast<int>(identity & ((1u << 22) - 1));
+}
 // Whether the process with this identity still runs (a zombie does not).
 bool identity_alive(std::uint64_t identity) noexcept;
 

@@ -31,11 +31,11 @@ const char* name_of(bool recursive) { return recursive ? "coproc::rlock" : "copr
 } // namespace
 
 struct lock_core::state {
-  std::atomic<std::uint64_t> owner;       // 0, an identity, or handoff_bit | ticket
-  std::atomic<std::uint64_t> next_ticket; // the order in which waiters came
-  std::atomic<std::int64_t> handoff_at;   // monotonic_ns() of the latest hand-off
-  std::atomic<std::uint32_t> count;       // rlock: levels held
-  std::atomic<std::uint32_t> abandoned;   // the holder took it from a dead one
+  std::atomic<std::uint64_t> owner;                 // 0, an identity, or handoff_bit | ticket
+  std::atomic<std::uint64_t> next_ticket;           // the order in which waiters came
+  std::atomic<std::int64_t> handoff_at;             // monotonic_ns() of the latest hand-off
+  std::atomic<std::uint32_t> count;                 // rlock: levels held
+  std::atomic<std::uint32_t> abandoned;             // the holder took it from a dead one
   std::atomic<std::uint64_t> tickets[ticket_slots]; // the waiting tickets (0: a free slot)
   std::atomic<std::uint64_t> holders[ticket_slots]; // their processes (0: not written yet)
 };
@@ -44,10 +44,10 @@ std::size_t lock_core::state_size() noexcept { return sizeof(state); }
 
 lock_core::lock_core(bool recursive)
     : block_(std::make_shared<sync_block>(sizeof(state), alignof(state), name_of(recursive))),
-      s_(new (block_->state()) state{}), recursive_(recursive) {}
+      s_(new(block_->state()) state{}), recursive_(recursive) {}
 
 lock_core::lock_core(std::shared_ptr<sync_block> block, void* at, bool recursive)
-    : block_(std::move(block)), s_(new (at) state{}), recursive_(recursive) {}
+    : block_(std::move(block)), s_(new(at) state{}), recursive_(recursive) {}
 
 lock_core::~lock_core() = default;
 
@@ -93,9 +93,13 @@ std::shared_ptr<process_watch> lock_core::watch(std::uint64_t holder, bool& dead
     }
   std::shared_ptr<process_watch> w;
   switch (process_watch::open(holder, w)) {
-  case process_watch::result::dead: dead = true; return nullptr;
-  case process_watch::result::unsupported: return nullptr;
-  case process_watch::result::watching: break;
+  case process_watch::result::dead:
+    dead = true;
+    return nullptr;
+  case process_watch::result::unsupported:
+    return nullptr;
+  case process_watch::result::watching:
+    break;
   }
   // Waiters still sleeping on an evicted pidfd keep it open until they wake.
   if (watches_.size() >= max_watches) watches_.erase(watches_.begin());
@@ -130,7 +134,7 @@ lock_core::outcome lock_core::attempt(std::uint64_t& ticket, std::shared_ptr<pro
     return take(o, false) ? outcome::acquired : outcome::wait;
   }
   if (o == me) return outcome::wait; // a lock this process holds: its release wakes us
-  if (guard) guard.unlock(); // not across /proc reads
+  if (guard) guard.unlock();         // not across /proc reads
   bool dead;
   w = watch(o, dead);
   if (!dead) return outcome::wait_for_exit;
@@ -256,7 +260,8 @@ void lock_core::release_now() {
   s_->abandoned.store(0, std::memory_order_relaxed);
   auto handoff = [&](std::uint64_t from) {
     s_->handoff_at.store(monotonic_ns(), std::memory_order_release);
-    if (!s_->owner.compare_exchange_strong(from, handoff_bit | first_ticket(), std::memory_order_seq_cst)) return;
+    if (!s_->owner.compare_exchange_strong(from, handoff_bit | first_ticket(), std::memory_order_seq_cst))
+      return;
     block_->wake();
   };
   if (block_->waiters() != 0) return handoff(self_identity());
@@ -271,7 +276,9 @@ bool lock_core::abandoned() const noexcept {
          s_->owner.load(std::memory_order_relaxed) == self_identity();
 }
 
-bool lock_core::held_here() const noexcept { return s_->owner.load(std::memory_order_acquire) == self_identity(); }
+bool lock_core::held_here() const noexcept {
+  return s_->owner.load(std::memory_order_acquire) == self_identity();
+}
 
 unsigned lock_core::release_all(const char* who) {
   std::unique_lock<std::mutex> guard;

@@ -15,8 +15,8 @@ int fd_arrival::fd(std::uint32_t index) const {
   // Close-on-exec, as the parent's handle was: a program this child execs does not hold
   // the queue or the pipe end open.
   if (::fcntl(fd, F_SETFD, FD_CLOEXEC) != 0)
-    throw coproc::error("coproc: descriptor " + std::to_string(fd) + " did not arrive with this child: " +
-                        std::strerror(errno));
+    throw coproc::error("coproc: descriptor " + std::to_string(fd) +
+                        " did not arrive with this child: " + std::strerror(errno));
   return fd;
 }
 

@@ -39,7 +39,8 @@ std::tuple<std::string, std::uint64_t, std::uint64_t> checksum_file(std::string 
   std::ifstream in(path, std::ios::binary);
   char buf[1 << 16];
   while (in.read(buf, sizeof buf) || in.gcount() > 0) {
-    for (std::streamsize i = 0; i < in.gcount(); ++i) hash = (hash ^ static_cast<unsigned char>(buf[i])) * 1099511628211ull;
+    for (std::streamsize i = 0; i < in.gcount(); ++i)
+      hash = (hash ^ static_cast<unsigned char>(buf[i])) * 1099511628211ull;
     size += static_cast<std::uint64_t>(in.gcount());
   }
   return {std::move(path), size, hash};
@@ -144,7 +145,8 @@ net::awaitable<int> main_task(fs::path root) {
     co_return 0;
   }
   co_await pool.join();
-  std::printf("%sinterrupted by signal %d after %zu of %zu files (%.1f MB); partial checksum %016" PRIx64 "\n",
+  std::printf("%sinterrupted by signal %d after %zu of %zu files (%.1f MB); partial checksum %016" PRIx64
+              "\n",
               p.tty ? "\n" : "", std::get<1>(first), p.done, p.total, p.bytes / 1e6, p.tree_hash);
   co_return 130;
 }

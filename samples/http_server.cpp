@@ -122,7 +122,8 @@ private:
         // A request that does not parse gets a 400 before the connection closes.
         if (ec.category() == http::make_error_code(http::error::bad_target).category() &&
             ec != http::error::end_of_stream)
-          co_await send(conn, 11, false, {http::status::bad_request, "malformed request: " + ec.message() + "\n"});
+          co_await send(conn, 11, false,
+                        {http::status::bad_request, "malformed request: " + ec.message() + "\n"});
         break;
       }
       conn.busy = true;
@@ -164,7 +165,8 @@ private:
         co_return reply{http::status::bad_request,
                         "n must be an integer from 1 to " + std::to_string(max_n) + "\n"};
       long count = co_await pool_.apply(count_primes, n);
-      co_return reply{http::status::ok, "primes below " + std::to_string(n) + ": " + std::to_string(count) + "\n"};
+      co_return reply{http::status::ok,
+                      "primes below " + std::to_string(n) + ": " + std::to_string(count) + "\n"};
     }
     if (path == "/uname") {
       auto r = co_await coproc::run({"uname", "-a"}, {.capture_output = true, .timeout = 5s});
@@ -217,8 +219,8 @@ net::awaitable<void> demo() {
   net::co_spawn(ex, s.accept_loop(), net::detached);
   std::printf("demo server on 127.0.0.1:%u\n", s.port());
 
-  std::vector<std::string> targets = {"/primes?n=2000000", "/primes?n=3000000", "/health",
-                                      "/uname",            "/primes?n=many",    "/nowhere"};
+  std::vector<std::string> targets = {"/primes?n=2000000", "/primes?n=3000000", "/health", "/uname",
+                                      "/primes?n=many",    "/nowhere"};
   std::vector<net::awaitable<std::string>> requests;
   for (auto& t : targets) requests.push_back(get(s.port(), t));
   auto answers = co_await coproc::gather(std::move(requests));

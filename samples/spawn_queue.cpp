@@ -40,8 +40,8 @@ int main(int argc, char** argv) {
   coproc::queue<result> results;
   std::vector<coproc::process> workers;
   for (int w = 0; w < 3; ++w)
-    workers.emplace_back(coproc::process_options{.method = coproc::start_method::spawn}, sum_squares, results, w,
-                         w * 100 + 1, w * 100 + 100);
+    workers.emplace_back(coproc::process_options{.method = coproc::start_method::spawn}, sum_squares, results,
+                         w, w * 100 + 1, w * 100 + 100);
   for (auto& p : workers) p.start();
   coproc::block_on(gather(results, 3));
   for (auto& p : workers) coproc::block_on(p.join());

@@ -92,8 +92,8 @@ private:
 };
 
 struct outcome {
-  int clean = 0; // exited 0
-  int hung = 0;  // still running at the limit: killed
+  int clean = 0;  // exited 0
+  int hung = 0;   // still running at the limit: killed
   int failed = 0; // any other exit code
 };
 

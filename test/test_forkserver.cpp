@@ -331,7 +331,8 @@ TEST_CASE("forkserver refuses what cannot travel, as spawn does, naming the proc
   };
   coproc::process capturing({.name = "capturing", .method = served}, [local] { return local; });
   refused(capturing, "lambda with captures");
-  coproc::process by_ref({.name = "by_ref", .method = served}, [](int& v) { return v; }, std::ref(local));
+  coproc::process by_ref(
+      {.name = "by_ref", .method = served}, [](int& v) { return v; }, std::ref(local));
   refused(by_ref, "std::reference_wrapper");
 }
 
@@ -391,14 +392,16 @@ TEST_CASE("forkserver_preload starts a server before any process; a forked reque
           if (servers.size() != 1 || servers[0] == test_server) return 2;
           coproc::forkserver_preload(); // once
           if (coproc_test::live_children() != servers) return 3;
-          coproc::process p({.method = coproc::start_method::forkserver}, [] { return static_cast<int>(::getppid()); });
+          coproc::process p({.method = coproc::start_method::forkserver},
+                            [] { return static_cast<int>(::getppid()); });
           p.start();
           if (coproc::block_on(p.join()) != (servers[0] & 0xff)) return 4;
           return 0;
         }) == 0);
 }
 
-TEST_CASE("forkserver: a server that dies is a system_error naming the process and its pid; the next start starts another") {
+TEST_CASE("forkserver: a server that dies is a system_error naming the process and its pid; the next start "
+          "starts another") {
   CHECK(in_forked_requester([] {
           coproc::forkserver_preload();
           auto servers = coproc_test::live_children();
@@ -432,7 +435,8 @@ TEST_CASE("forkserver: a server that dies is a system_error naming the process a
 
 TEST_CASE("forkserver: 200 concurrent children") {
   std::vector<coproc::process> children;
-  for (int i = 0; i < 200; ++i) children.emplace_back(coproc::process_options{.method = served}, exit_with, i % 100);
+  for (int i = 0; i < 200; ++i)
+    children.emplace_back(coproc::process_options{.method = served}, exit_with, i % 100);
   for (auto& p : children) p.start();
   std::set<int> pids;
   for (auto& p : children) pids.insert(p.pid());

@@ -203,10 +203,13 @@ TEST_CASE("spawn: exit codes 0, 7, 1, -2, -9 and -15 as with fork") {
 TEST_CASE("spawn: targets may return int, awaitable<void> or awaitable<int>") {
   coproc::process i({.method = spawn}, [] { return 3; });
   coproc::process av({.method = spawn}, []() -> coproc::awaitable<void> { co_await coproc::sleep(1ms); });
-  coproc::process ai({.method = spawn}, [](int x) -> coproc::awaitable<int> {
-    co_await coproc::sleep(1ms);
-    co_return x + 1;
-  }, 4);
+  coproc::process ai(
+      {.method = spawn},
+      [](int x) -> coproc::awaitable<int> {
+        co_await coproc::sleep(1ms);
+        co_return x + 1;
+      },
+      4);
   for (auto* p : {&i, &av, &ai}) p->start();
   CHECK(join(i) == 3);
   CHECK(join(av) == 0);
@@ -214,11 +217,12 @@ TEST_CASE("spawn: targets may return int, awaitable<void> or awaitable<int>") {
 }
 
 TEST_CASE("spawn: arguments cross in the wire format") {
-  coproc::process p({.method = spawn},
-                    [](std::string s, std::vector<int> v, std::map<std::string, int> m, double d) {
-                      return s == "text" && v == std::vector<int>{1, 2, 3} && m.at("k") == 9 && d == 2.5 ? 0 : 1;
-                    },
-                    std::string("text"), std::vector<int>{1, 2, 3}, std::map<std::string, int>{{"k", 9}}, 2.5);
+  coproc::process p(
+      {.method = spawn},
+      [](std::string s, std::vector<int> v, std::map<std::string, int> m, double d) {
+        return s == "text" && v == std::vector<int>{1, 2, 3} && m.at("k") == 9 && d == 2.5 ? 0 : 1;
+      },
+      std::string("text"), std::vector<int>{1, 2, 3}, std::map<std::string, int>{{"k", 9}}, 2.5);
   p.start();
   CHECK(join(p) == 0);
 }
@@ -238,11 +242,14 @@ TEST_CASE("spawn: the child is a fresh image with the program's statics construc
   // children, no descriptor of the parent but 0-2.
   int fds[2];
   REQUIRE(::pipe(fds) == 0); // not close-on-exec
-  coproc::process clean({.method = spawn}, [](int a, int b) {
-    bool env = std::getenv("COPROC_FRESH_IMAGE") == nullptr;
-    bool closed = ::fcntl(a, F_GETFD) < 0 && ::fcntl(b, F_GETFD) < 0;
-    return env && closed ? 0 : 1;
-  }, fds[0], fds[1]);
+  coproc::process clean(
+      {.method = spawn},
+      [](int a, int b) {
+        bool env = std::getenv("COPROC_FRESH_IMAGE") == nullptr;
+        bool closed = ::fcntl(a, F_GETFD) < 0 && ::fcntl(b, F_GETFD) < 0;
+        return env && closed ? 0 : 1;
+      },
+      fds[0], fds[1]);
   clean.start();
   CHECK(join(clean) == 0);
   ::close(fds[0]);
@@ -268,7 +275,8 @@ TEST_CASE("spawn: names, and the child knows its own") {
   CHECK(join(renamed) == 0);
   // A fresh image may spawn too; its child is named after it, as in Python.
   coproc::process outer({.method = spawn}, [] {
-    coproc::process inner({.method = coproc::start_method::spawn}, has_name, coproc::this_process::name() + ":1");
+    coproc::process inner({.method = coproc::start_method::spawn}, has_name,
+                          coproc::this_process::name() + ":1");
     inner.start();
     return coproc::block_on(inner.join());
   });
@@ -332,12 +340,15 @@ TEST_CASE("spawn refuses what cannot travel, naming the process, and fork still 
   };
   coproc::process capturing({.name = "capturing", .method = spawn}, [local] { return local; });
   refused(capturing, "lambda with captures");
-  coproc::process by_ref({.name = "by_ref", .method = spawn}, [](int& v) { return v; }, std::ref(local));
+  coproc::process by_ref(
+      {.name = "by_ref", .method = spawn}, [](int& v) { return v; }, std::ref(local));
   refused(by_ref, "std::reference_wrapper");
-  coproc::process opaque({.name = "opaque", .method = spawn}, [](not_serializable) {}, not_serializable{});
+  coproc::process opaque(
+      {.name = "opaque", .method = spawn}, [](not_serializable) {}, not_serializable{});
   refused(opaque, "wire-serializable");
-  coproc::process forked({.method = coproc::start_method::fork}, [local](not_serializable) { return local; },
-                         not_serializable{});
+  coproc::process forked(
+      {.method = coproc::start_method::fork}, [local](not_serializable) { return local; },
+      not_serializable{});
   forked.start();
   CHECK(join(forked) == 1);
 }
@@ -347,7 +358,8 @@ TEST_CASE("spawn: a class with a serialize is a target, a class without one is r
   p.start();
   CHECK(join(p) == 15);
   coproc::process opaque({.name = "opaque", .method = spawn}, opaque_functor{});
-  CHECK_THROWS_WITH_AS(opaque.start(), doctest::Contains("without a cereal serialize"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(opaque.start(), doctest::Contains("without a cereal serialize"),
+                       std::invalid_argument);
   coproc::process forked({.method = coproc::start_method::fork}, opaque_functor{});
   forked.start();
   CHECK(join(forked) == 3);

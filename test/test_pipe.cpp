@@ -427,7 +427,8 @@ TEST_CASE("a header above the message size limit is a coproc error and the pipe 
       } catch (const coproc::error& e) {
         what = e.what();
       }
-      CHECK(what.find("malformed frame announcing " + std::to_string(length) + " bytes") != std::string::npos);
+      CHECK(what.find("malformed frame announcing " + std::to_string(length) + " bytes") !=
+            std::string::npos);
       CHECK(what.find("the limit is " + std::to_string(coproc::max_message_bytes)) != std::string::npos);
     }
     co_await p.b.send(5);
@@ -450,13 +451,15 @@ TEST_CASE("a piece of a message without its start and a start cut short are copr
     // What a second receiver of a large message gets: its middle.
     p.forge(continued | 65528, "abcd");
     p.forge(continued | 65532, "efgh"); // dropped with the first piece, silently
-    CHECK((co_await error_from_recv()).find("a piece at offset 65528 of a message whose start") != std::string::npos);
+    CHECK((co_await error_from_recv()).find("a piece at offset 65528 of a message whose start") !=
+          std::string::npos);
     co_await p.b.send(7);
     CHECK(co_await p.a.recv() == 7);
     // What follows a sender killed half-way when another process sends on the same end.
     p.forge(100, "12345678");
     co_await p.b.send(8);
-    CHECK((co_await error_from_recv()).find("a message of 100 bytes was cut short after 8 bytes") != std::string::npos);
+    CHECK((co_await error_from_recv()).find("a message of 100 bytes was cut short after 8 bytes") !=
+          std::string::npos);
     CHECK(co_await p.a.recv() == 8);
     co_await p.b.send(9);
     CHECK(co_await p.a.recv() == 9);

@@ -92,8 +92,8 @@ bool no_children_within(std::chrono::milliseconds limit) {
 // A pipeline of `count` stages moving 64 MiB: head | cat ... | wc -c.
 stages bulk_pipeline(int count) {
   stages s{{"head", "-c", "64M", "/dev/zero"}};
-  for (int i = 0; i < count - 2; ++i) s.push_back(i % 2 ? std::vector<std::string>{"cat"}
-                                                           : std::vector<std::string>{"tr", "\\0", "a"});
+  for (int i = 0; i < count - 2; ++i)
+    s.push_back(i % 2 ? std::vector<std::string>{"cat"} : std::vector<std::string>{"tr", "\\0", "a"});
   s.push_back({"wc", "-c"});
   return s;
 }
@@ -101,7 +101,8 @@ stages bulk_pipeline(int count) {
 } // namespace
 
 TEST_CASE("a two stage pipeline takes input and captures the last stage") {
-  auto r = run(coproc::run_pipeline({{"sort"}, {"uniq", "-c"}}, {.input = "b\na\nb\n", .capture_output = true}));
+  auto r =
+      run(coproc::run_pipeline({{"sort"}, {"uniq", "-c"}}, {.input = "b\na\nb\n", .capture_output = true}));
   CHECK(r.returncodes == std::vector<int>{0, 0});
   CHECK(r.returncode == 0);
   CHECK(r.out == "      1 a\n      2 b\n");
@@ -111,9 +112,9 @@ TEST_CASE("a two stage pipeline takes input and captures the last stage") {
 TEST_CASE("a three stage pipeline writes into a file and stderr of every stage is captured") {
   temp_dir dir;
   auto out = dir.path / "counts";
-  auto r = run(coproc::run_pipeline({{"sh", "-c", "echo e1 >&2; printf 'x\\ny\\nx\\n'"}, {"sort"},
-                                     {"sh", "-c", "uniq -c; echo e3 >&2"}},
-                                    {.out = coproc::to_file(out), .err = coproc::stdio::pipe}));
+  auto r = run(coproc::run_pipeline(
+      {{"sh", "-c", "echo e1 >&2; printf 'x\\ny\\nx\\n'"}, {"sort"}, {"sh", "-c", "uniq -c; echo e3 >&2"}},
+      {.out = coproc::to_file(out), .err = coproc::stdio::pipe}));
   CHECK(r.returncode == 0);
   CHECK(file_text(out) == "      2 x\n      1 y\n");
   CHECK(r.err == "e1\ne3\n");
@@ -156,7 +157,8 @@ TEST_CASE("pipefail reports the last failing stage") {
 }
 
 TEST_CASE("a stage that does not exist starts nothing and the error names it") {
-  auto e = thrown_by<std::system_error>(coproc::run_pipeline({{"sleep", "10"}, {"no-such-stage-coproc"}, {"cat"}}));
+  auto e = thrown_by<std::system_error>(
+      coproc::run_pipeline({{"sleep", "10"}, {"no-such-stage-coproc"}, {"cat"}}));
   CHECK(e.code().value() == ENOENT);
   std::string what = e.what();
   CHECK(what.find("no-such-stage-coproc") != std::string::npos);
@@ -168,9 +170,11 @@ TEST_CASE("a stage that does not exist starts nothing and the error names it") {
 TEST_CASE("a stage whose exec fails after others started leaves none running") {
   temp_dir dir;
   auto bad = dir.path / "not-a-program";
-  std::ofstream(bad) << "\x7f" "ELF garbage\n";
+  std::ofstream(bad) << "\x7f"
+                        "ELF garbage\n";
   std::filesystem::permissions(bad, std::filesystem::perms::owner_all);
-  auto e = thrown_by<std::system_error>(coproc::run_pipeline({{"sleep", "10"}, {"sleep", "10"}, {bad.string()}}));
+  auto e =
+      thrown_by<std::system_error>(coproc::run_pipeline({{"sleep", "10"}, {"sleep", "10"}, {bad.string()}}));
   CHECK(std::string(e.what()).find("stage 2") != std::string::npos);
   CHECK(std::string(e.what()).find(bad.string()) != std::string::npos);
   CHECK(no_children_within(5000ms));
@@ -247,8 +251,9 @@ TEST_CASE("a pipeline streams the last stage's lines and kill_on_destroy ends it
 TEST_CASE("pipeline options are checked at the call") {
   CHECK_THROWS_AS((void)coproc::run_pipeline({}), std::invalid_argument);
   CHECK_THROWS_AS((void)coproc::run_pipeline({{"true"}, {}}), std::invalid_argument);
-  CHECK_THROWS_AS((void)coproc::run_pipeline({{"true"}}, {.capture_output = true, .out = coproc::stdio::devnull}),
-                  std::invalid_argument);
+  CHECK_THROWS_AS(
+      (void)coproc::run_pipeline({{"true"}}, {.capture_output = true, .out = coproc::stdio::devnull}),
+      std::invalid_argument);
   auto missing = thrown_by<std::system_error>(
       coproc::run_pipeline({{"cat"}, {"cat"}}, {.in = coproc::from_file("/nonexistent/coproc-input")}));
   CHECK(std::string(missing.what()).find("/nonexistent/coproc-input") != std::string::npos);

@@ -38,7 +38,6 @@ using coproc_test::sleep_for;
 
 using namespace coproc_test::pool_tasks;
 
-
 TEST_CASE("apply runs f(args...) in a worker and returns its result") {
   coproc_test::run([]() -> coproc::awaitable<void> {
     coproc::pool pool(co_await boost::asio::this_coro::executor, 2);
@@ -253,7 +252,8 @@ TEST_CASE("100 rounds of kill -9 fail only the killed task and recover within 10
     }
     CHECK(victims.size() == 100);
     std::sort(detect_ms.begin(), detect_ms.end());
-    MESSAGE("worker_lost after kill -9: median " << detect_ms[50] << " ms, max " << detect_ms.back() << " ms");
+    MESSAGE("worker_lost after kill -9: median " << detect_ms[50] << " ms, max " << detect_ms.back()
+                                                 << " ms");
     CHECK(detect_ms[50] < 100);
     CHECK(detect_ms.back() < 2000); // a loaded CI machine
     // Every replacement ran the initializer once.
@@ -295,7 +295,8 @@ TEST_CASE("the initializer runs once in every worker") {
 
 TEST_CASE("a failing initializer does not spin and the pool can still be terminated") {
   coproc_test::run([]() -> coproc::awaitable<void> {
-    coproc::pool pool(co_await boost::asio::this_coro::executor, {.processes = 1, .initializer = failing_init});
+    coproc::pool pool(co_await boost::asio::this_coro::executor,
+                      {.processes = 1, .initializer = failing_init});
     auto r = pool.apply_async(square, 2);
     pool.terminate();
     (void)co_await failure_of<coproc::pool_closed>(r.get());
@@ -402,17 +403,21 @@ TEST_CASE("misuse is a logic_error") {
 
     coproc::pool other(ex, 1);
     other.terminate();
-    CHECK_THROWS_WITH_AS(other.apply_async(square, 1), doctest::Contains("terminated pool"), std::logic_error);
+    CHECK_THROWS_WITH_AS(other.apply_async(square, 1), doctest::Contains("terminated pool"),
+                         std::logic_error);
     other.terminate(); // twice is fine
     co_await other.join();
 
-    coproc::pool_options forkserver{.processes = 1, .initializer = [&] { ++forkserver.processes; },
+    coproc::pool_options forkserver{.processes = 1,
+                                    .initializer = [&] { ++forkserver.processes; },
                                     .method = coproc::start_method::forkserver};
-    CHECK_THROWS_WITH_AS(coproc::pool(ex, forkserver), doctest::Contains("plain function"), std::invalid_argument);
+    CHECK_THROWS_WITH_AS(coproc::pool(ex, forkserver), doctest::Contains("plain function"),
+                         std::invalid_argument);
     int state = 0;
-    coproc::pool_options stateful{.processes = 1, .initializer = [&state] { ++state; },
-                                  .method = coproc::start_method::spawn};
-    CHECK_THROWS_WITH_AS(coproc::pool(ex, stateful), doctest::Contains("plain function"), std::invalid_argument);
+    coproc::pool_options stateful{
+        .processes = 1, .initializer = [&state] { ++state; }, .method = coproc::start_method::spawn};
+    CHECK_THROWS_WITH_AS(coproc::pool(ex, stateful), doctest::Contains("plain function"),
+                         std::invalid_argument);
   }());
 }
 
@@ -466,8 +471,8 @@ TEST_CASE("the io_context stays responsive while the pool is saturated") {
       auto due = std::chrono::steady_clock::now() + 1ms;
       boost::asio::steady_timer t(ex, due);
       co_await t.async_wait(boost::asio::use_awaitable);
-      lags.push_back(std::chrono::duration_cast<std::chrono::microseconds>(
-          std::chrono::steady_clock::now() - due));
+      lags.push_back(
+          std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - due));
     }
     std::sort(lags.begin(), lags.end());
     REQUIRE(!lags.empty());
@@ -561,7 +566,8 @@ TEST_CASE("a spawned pool starts as fast from a big parent as from a small one")
   std::memset(ballast.data(), 1, ballast.size());
   auto [big, big_kib] = start();
   MESSAGE("spawned pool(2) up and answering: " << small << " ms, with 256 MiB more resident: " << big
-                                               << " ms; a worker's RSS " << small_kib << " / " << big_kib << " KiB");
+                                               << " ms; a worker's RSS " << small_kib << " / " << big_kib
+                                               << " KiB");
   CHECK(small_kib > 0);
   CHECK(big_kib < small_kib + 32 * 1024);
   CHECK(big < 5 * small + 1000);
@@ -611,7 +617,8 @@ TEST_CASE("a pool is used from every thread of an io_context at once") {
         auto later = pool.apply_async(square, i);
         auto first = co_await (later.get() || coproc_test::sleep_for(std::chrono::microseconds(i % 7 * 150)));
         if (first.index() == 0) CHECK(std::get<0>(first) == i * i);
-        auto second = co_await (later.wait(10s) || coproc_test::sleep_for(std::chrono::microseconds(i % 5 * 100)));
+        auto second =
+            co_await (later.wait(10s) || coproc_test::sleep_for(std::chrono::microseconds(i % 5 * 100)));
         (void)second;
         co_return co_await later.get();
       }(pool, i)));

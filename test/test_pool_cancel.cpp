@@ -48,7 +48,8 @@ constexpr int long_task_ms = 10'000;
 constexpr long prompt_ms = 2'000;
 
 // Awaits `op || sleep(after)`: true if the sleep won (op was cancelled), and how long it took.
-template <class A> coproc::awaitable<std::pair<bool, long>> cancelled_after(A op, std::chrono::milliseconds after) {
+template <class A>
+coproc::awaitable<std::pair<bool, long>> cancelled_after(A op, std::chrono::milliseconds after) {
   auto start = std::chrono::steady_clock::now();
   auto outcome = co_await (std::move(op) || coproc::sleep(after));
   co_return std::pair<bool, long>{outcome.index() == 1, elapsed_ms(start)};
@@ -120,9 +121,8 @@ TEST_CASE("a cancelled await throws system_error with operation_aborted") {
       boost::asio::cancellation_signal signal;
       std::optional<std::exception_ptr> outcome;
       boost::asio::co_spawn(ex, std::move(wait),
-                            boost::asio::bind_cancellation_slot(signal.slot(), [&](std::exception_ptr e, int) {
-                              outcome = e;
-                            }));
+                            boost::asio::bind_cancellation_slot(
+                                signal.slot(), [&](std::exception_ptr e, int) { outcome = e; }));
       co_await coproc::sleep(20ms); // parked by now, or it aborts at its first co_await: both count
       auto start = std::chrono::steady_clock::now();
       signal.emit(boost::asio::cancellation_type::terminal);
@@ -211,7 +211,8 @@ TEST_CASE("a gather of pool awaits is cancelled as a whole") {
 
     std::vector<coproc::awaitable<void>> waits;
     waits.push_back(a.wait());
-    waits.push_back([](coproc::result_stream<int>& s) -> coproc::awaitable<void> { co_await s.next(); }(stream));
+    waits.push_back(
+        [](coproc::result_stream<int>& s) -> coproc::awaitable<void> { co_await s.next(); }(stream));
     auto [cancelled_void, ms_void] = co_await cancelled_after(coproc::gather(std::move(waits)), 50ms);
     CHECK(cancelled_void);
     CHECK(ms_void < prompt_ms);
@@ -245,21 +246,21 @@ TEST_CASE("cancellation racing completion gives the value or operation_aborted")
       boost::asio::post(waiters, [&, r, i, timed, delay]() mutable {
         auto signal = std::make_shared<boost::asio::cancellation_signal>();
         auto get = timed ? r.get(std::chrono::hours(1)) : r.get();
-        boost::asio::co_spawn(waiters, std::move(get),
-                              boost::asio::bind_cancellation_slot(
-                                  signal->slot(), [&, i, signal](std::exception_ptr e, int v) {
-                                    if (!e) {
-                                      (v == i * i ? values : wrong)++;
-                                      return;
-                                    }
-                                    try {
-                                      std::rethrow_exception(e);
-                                    } catch (const boost::system::system_error& se) {
-                                      (se.code() == boost::asio::error::operation_aborted ? aborted : wrong)++;
-                                    } catch (...) {
-                                      wrong++;
-                                    }
-                                  }));
+        boost::asio::co_spawn(
+            waiters, std::move(get),
+            boost::asio::bind_cancellation_slot(signal->slot(), [&, i, signal](std::exception_ptr e, int v) {
+              if (!e) {
+                (v == i * i ? values : wrong)++;
+                return;
+              }
+              try {
+                std::rethrow_exception(e);
+              } catch (const boost::system::system_error& se) {
+                (se.code() == boost::asio::error::operation_aborted ? aborted : wrong)++;
+              } catch (...) {
+                wrong++;
+              }
+            }));
         auto timer = std::make_shared<boost::asio::steady_timer>(waiters, delay);
         timer->async_wait([timer, signal](boost::system::error_code) {
           signal->emit(boost::asio::cancellation_type::terminal);

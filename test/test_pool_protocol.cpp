@@ -64,9 +64,11 @@ constexpr std::size_t gib = std::size_t(1) << 30;
 const char* gigabytes_skip_reason(bool opt_in) {
   if (sanitized_build) return "skipped under a sanitizer (gigabytes of shadow memory)";
   const char* watch = std::getenv("COPROC_CHILD_WATCH");
-  if (watch && std::string(watch) == "sigchld") return "skipped in the sigchld run (no child watching involved)";
+  if (watch && std::string(watch) == "sigchld")
+    return "skipped in the sigchld run (no child watching involved)";
   const char* wanted = std::getenv("COPROC_TEST_GIGABYTES");
-  if (opt_in && !(wanted && std::string(wanted) == "1")) return "skipped: set COPROC_TEST_GIGABYTES=1 to run it";
+  if (opt_in && !(wanted && std::string(wanted) == "1"))
+    return "skipped: set COPROC_TEST_GIGABYTES=1 to run it";
   return nullptr;
 }
 
@@ -149,7 +151,8 @@ std::string old_frame_calling_plant(int slot, std::size_t size) {
   std::string f;
   auto put = [&f](auto v) { f.append(reinterpret_cast<const char*>(&v), sizeof v); };
   put(static_cast<std::uint32_t>(size - 4));
-  put(static_cast<std::int64_t>(coproc::detail::pool_image_offset(&coproc::detail::apply_trampoline<int (*)(int), int>)));
+  put(static_cast<std::int64_t>(
+      coproc::detail::pool_image_offset(&coproc::detail::apply_trampoline<int (*)(int), int>)));
   put(static_cast<std::int64_t>(coproc::detail::pool_target(&plant)));
   put(std::uint32_t{1});
   put(std::uint32_t{8});
@@ -220,15 +223,16 @@ int send_bad_record(int kind) {
 int g_data_word = 1; // data, not code: no frame may name it as a function
 
 struct forged_frame {
-  std::int64_t trampoline = coproc::detail::pool_image_offset(&coproc::detail::apply_trampoline<int (*)(int), int>);
+  std::int64_t trampoline =
+      coproc::detail::pool_image_offset(&coproc::detail::apply_trampoline<int (*)(int), int>);
   std::int64_t target = coproc::detail::pool_target(&plant);
   std::uint64_t count = 1;
   std::string items;            // the item bytes, [u64 length][bytes] each
   std::int64_t length_skew = 0; // added to the true length
 
   std::string bytes() const {
-    coproc::detail::task_frame_header h{items.size() + static_cast<std::uint64_t>(length_skew), trampoline, target,
-                                        count};
+    coproc::detail::task_frame_header h{items.size() + static_cast<std::uint64_t>(length_skew), trampoline,
+                                        target, count};
     std::string out(reinterpret_cast<const char*>(&h), sizeof h);
     return out + items;
   }
@@ -318,11 +322,13 @@ TEST_CASE("a spawn initializer outside the executable's image is refused") {
     // sync() lives in libc, placed apart from the executable in a fresh image.
     auto* outside = reinterpret_cast<void (*)()>(::dlsym(RTLD_DEFAULT, "sync"));
     REQUIRE(static_cast<bool>(outside));
-    coproc::pool_options options{.processes = 1, .initializer = outside, .method = coproc::start_method::spawn};
+    coproc::pool_options options{
+        .processes = 1, .initializer = outside, .method = coproc::start_method::spawn};
     CHECK_THROWS_WITH_AS(coproc::pool(ex, options), doctest::Contains("initializer"), std::invalid_argument);
     CHECK_THROWS_WITH_AS(coproc::pool(ex, options), doctest::Contains("image"), std::invalid_argument);
     // Declared noexcept: the same refusal, not "not a plain function".
-    coproc::pool_options declared{.processes = 1, .initializer = &::sync, .method = coproc::start_method::spawn};
+    coproc::pool_options declared{
+        .processes = 1, .initializer = &::sync, .method = coproc::start_method::spawn};
     CHECK_THROWS_WITH_AS(coproc::pool(ex, declared), doctest::Contains("image"), std::invalid_argument);
   }());
 }

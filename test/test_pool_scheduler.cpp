@@ -63,7 +63,8 @@ struct harness {
   }
   fake_worker& operator[](std::size_t i) { return *workers[i]; }
 
-  std::shared_ptr<fake_job> submit(std::size_t count, std::size_t chunksize, pool_trampoline fn = &cheap_task) {
+  std::shared_ptr<fake_job> submit(std::size_t count, std::size_t chunksize,
+                                   pool_trampoline fn = &cheap_task) {
     auto job = std::make_shared<fake_job>(fn, count, chunksize, sink);
     scheduler.submit(job);
     return job;
@@ -270,7 +271,8 @@ TEST_CASE("a chunk taken back whole does not count toward maxtasksperchild") {
   CHECK(sent[0] == std::pair{&idle.view, std::size_t(1)});
 }
 
-TEST_CASE("a lost worker fails exactly its claimed unanswered items and its unstarted ones go first elsewhere") {
+TEST_CASE(
+    "a lost worker fails exactly its claimed unanswered items and its unstarted ones go first elsewhere") {
   harness h(0, 1);
   h.learn_cost(&cheap_task, 10);
   h.submit(6, 4); // chunks [0..3] and [4, 5]
@@ -304,7 +306,8 @@ TEST_CASE("max_failed_starts workers lost in a row before starting fail the pool
   harness h(0, 0);
   auto error = std::make_exception_ptr(std::runtime_error("lost"));
   for (unsigned round = 0; round < 2; ++round) {
-    for (unsigned i = 1; i < max_failed_starts; ++i) CHECK_FALSE(h.scheduler.lost(h.add_worker().view, error));
+    for (unsigned i = 1; i < max_failed_starts; ++i)
+      CHECK_FALSE(h.scheduler.lost(h.add_worker().view, error));
     // A worker that started resets the count.
     auto& started = h.add_worker();
     h.scheduler.started(started.view);

@@ -208,9 +208,7 @@ TEST_CASE("names default to Process-N and children know their name") {
   auto n = std::stoi(a.name().substr(8));
   CHECK(a.name().rfind("Process-", 0) == 0);
   CHECK(b.name() == "Process-" + std::to_string(n + 1));
-  coproc::process named({.name = "worker"}, [] {
-    return coproc::this_process::name() == "worker" ? 0 : 1;
-  });
+  coproc::process named({.name = "worker"}, [] { return coproc::this_process::name() == "worker" ? 0 : 1; });
   named.start();
   CHECK(join(named) == 0);
   named.name("renamed");
@@ -264,7 +262,7 @@ TEST_CASE("join with a timeout returns nullopt while running and the code once e
   CHECK_FALSE(run(p.join(50ms)));
   auto waited = std::chrono::steady_clock::now() - start;
   CHECK(waited >= 50ms);
-  CHECK(waited < 5s); // the child runs until released: the timeout ended the wait
+  CHECK(waited < 5s);  // the child runs until released: the timeout ended the wait
   CHECK(p.is_alive()); // left alone
   running.release();
   CHECK(run(p.join(10s)) == 0);
@@ -329,13 +327,16 @@ TEST_CASE("waiting uses a pidfd unless COPROC_CHILD_WATCH=sigchld forces the fal
   bool seen = false;
   run([&]() -> coproc::awaitable<void> {
     auto ex = co_await boost::asio::this_coro::executor;
-    boost::asio::co_spawn(ex, [&]() -> coproc::awaitable<void> {
-      // Runs on once the join below is suspended in its wait.
-      co_await boost::asio::post(ex, boost::asio::use_awaitable);
-      seen = has_pidfd();
-      running.release();
-      co_return;
-    }, boost::asio::detached);
+    boost::asio::co_spawn(
+        ex,
+        [&]() -> coproc::awaitable<void> {
+          // Runs on once the join below is suspended in its wait.
+          co_await boost::asio::post(ex, boost::asio::use_awaitable);
+          seen = has_pidfd();
+          running.release();
+          co_return;
+        },
+        boost::asio::detached);
     CHECK(co_await p.join() == 0);
   }());
   CHECK(seen == !forced);
@@ -463,8 +464,7 @@ TEST_CASE("interrupt sends SIGINT, so the child's handler can clean up") {
 
 TEST_CASE("misuse is a logic_error that names the process") {
   coproc::process p({.name = "misused"}, [] {});
-  CHECK_THROWS_WITH_AS((void)p.join(), "cannot join process 'misused': it was not started",
-                       std::logic_error);
+  CHECK_THROWS_WITH_AS((void)p.join(), "cannot join process 'misused': it was not started", std::logic_error);
   CHECK_THROWS_AS((void)p.join(1s), std::logic_error);
   p.start();
   CHECK_THROWS_WITH_AS(p.start(), "cannot start process 'misused' twice", std::logic_error);
@@ -488,8 +488,8 @@ TEST_CASE("fork failure is a system_error naming the process") {
     try {
       p.start();
     } catch (const std::system_error& e) {
-      bool ok = e.code().value() == EAGAIN &&
-                std::string(e.what()).find("process 'limited'") != std::string::npos;
+      bool ok =
+          e.code().value() == EAGAIN && std::string(e.what()).find("process 'limited'") != std::string::npos;
       ::_exit(ok ? 0 : 3);
     }
     ::_exit(4);
@@ -569,9 +569,8 @@ void program_handler(int) { program_sigchld.fetch_add(1); }
 void program_action(int, siginfo_t*, void*) { program_sigchld.fetch_add(1); }
 
 bool same_disposition(const struct sigaction& a, const struct sigaction& b) {
-  bool same = a.sa_flags == b.sa_flags && ((a.sa_flags & SA_SIGINFO)
-                                                ? a.sa_sigaction == b.sa_sigaction
-                                                : a.sa_handler == b.sa_handler);
+  bool same = a.sa_flags == b.sa_flags &&
+              ((a.sa_flags & SA_SIGINFO) ? a.sa_sigaction == b.sa_sigaction : a.sa_handler == b.sa_handler);
   for (int sig = 1; sig < NSIG; ++sig)
     same = same && sigismember(&a.sa_mask, sig) == sigismember(&b.sa_mask, sig);
   return same;
@@ -598,7 +597,8 @@ TEST_CASE("coproc chains to the program's SIGCHLD handler and restores it exactl
     mine.sa_flags = siginfo ? SA_SIGINFO | SA_RESTART : SA_NOCLDSTOP;
     sigemptyset(&mine.sa_mask);
     sigaddset(&mine.sa_mask, SIGUSR2);
-    struct sigaction saved {}, before {}, after {};
+    struct sigaction saved {
+    }, before{}, after{};
     ::sigaction(SIGCHLD, &mine, &saved);
     ::sigaction(SIGCHLD, nullptr, &before);
     for (int i = 0; i < 5; ++i) {
@@ -653,7 +653,6 @@ int reuse_pid(int pid, const int* gate = nullptr) {
   }
   return n;
 }
-
 
 // The program reaps coproc's child itself, then its own new child gets the same pid.
 // Returns 0, or which expectation failed.

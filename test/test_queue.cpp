@@ -260,7 +260,7 @@ TEST_CASE("a queue bounded by bytes blocks its producer too") {
   run([&]() -> coproc::awaitable<void> {
     REQUIRE(co_await until_waiting(producer.pid(), progress.data));
     CHECK(progress.data->load() == 1); // the second put waits
-    CHECK(q.qsize() == 1); // a 20-byte string takes 40 bytes of ring: one fits in 64
+    CHECK(q.qsize() == 1);             // a 20-byte string takes 40 bytes of ring: one fits in 64
     for (int i = 0; i < 20; ++i) CHECK(co_await q.get(10s) == std::string(20, static_cast<char>('a' + i)));
     CHECK(co_await producer.join() == 0);
   }());
@@ -539,7 +539,7 @@ TEST_CASE("processes killed at random moments in put and get never break the que
         [](coproc::queue<std::string> q, std::uint32_t round) -> coproc::awaitable<int> {
           std::uint32_t got_round, seq;
           auto item = co_await q.get(10s);
-          co_return check_item(item, got_round, seq) && got_round == round && seq == 0xfffff ? 0 : 1;
+          co_return check_item(item, got_round, seq) && got_round == round&& seq == 0xfffff ? 0 : 1;
         },
         q, static_cast<std::uint32_t>(r));
     sleeper.start();
@@ -562,7 +562,7 @@ TEST_CASE("processes killed at random moments in put and get never break the que
 TEST_CASE("gets cancelled by a timer take nothing so every item arrives exactly once") {
   using namespace boost::asio::experimental::awaitable_operators;
   constexpr int cancellations = 20000;
-  coproc::queue<int> q(1); // the getter mostly waits, however slow it runs (TSan)
+  coproc::queue<int> q(1);                   // the getter mostly waits, however slow it runs (TSan)
   shared_array<std::atomic<int>> control(3); // [0] stop, [1] items put, [2] done
   // Pauses longer than the getter's timers: puts land just before, at and just after the
   // moment a timer cancels a waiting get.

@@ -55,14 +55,17 @@ TEST_CASE("spawn: a queue argument: the child puts 1000 items, the parent gets t
 
 TEST_CASE("spawn: the parent puts, the child gets until the queue is closed and exits with their sum") {
   coproc::queue<std::string> q(coproc::queue_options{.capacity_bytes = 256}); // a few items at a time
-  coproc::process p({.method = spawn}, [](coproc::queue<std::string> q) -> coproc::awaitable<int> {
-    int sum = 0;
-    try {
-      for (;;) sum += std::stoi(co_await q.get());
-    } catch (const coproc::queue_closed&) {
-    }
-    co_return sum % 251;
-  }, q);
+  coproc::process p(
+      {.method = spawn},
+      [](coproc::queue<std::string> q) -> coproc::awaitable<int> {
+        int sum = 0;
+        try {
+          for (;;) sum += std::stoi(co_await q.get());
+        } catch (const coproc::queue_closed&) {
+        }
+        co_return sum % 251;
+      },
+      q);
   p.start();
   run([](coproc::queue<std::string> q) -> coproc::awaitable<void> {
     for (int i = 1; i <= 100; ++i) co_await q.put(std::to_string(i));
@@ -74,10 +77,13 @@ TEST_CASE("spawn: the parent puts, the child gets until the queue is closed and 
 
 TEST_CASE("spawn: a child killed right after its commit, holding the queue's lock, loses nothing") {
   coproc::queue<int> q;
-  coproc::process p({.method = spawn}, [](coproc::queue<int> q) {
-    coproc::detail::queue_ring::kill_after_next_commit();
-    q.put_nowait(7);
-  }, q);
+  coproc::process p(
+      {.method = spawn},
+      [](coproc::queue<int> q) {
+        coproc::detail::queue_ring::kill_after_next_commit();
+        q.put_nowait(7);
+      },
+      q);
   p.start();
   CHECK(join(p) == -SIGKILL);
   // The item was committed; the dead child's lock is taken over in this process.
@@ -88,15 +94,18 @@ TEST_CASE("spawn: a child killed right after its commit, holding the queue's loc
 
 TEST_CASE("spawn: a connection argument: 100 round trips, then the child sees the parent close") {
   auto [here, there] = coproc::pipe<int>();
-  coproc::process p({.method = spawn}, [](coproc::connection<int> c) -> coproc::awaitable<int> {
-    for (int i = 0; i < 100; ++i) co_await c.send(co_await c.recv() + 1);
-    try {
-      co_await c.recv();
-    } catch (const coproc::eof_error&) {
-      co_return 0;
-    }
-    co_return 1;
-  }, there);
+  coproc::process p(
+      {.method = spawn},
+      [](coproc::connection<int> c) -> coproc::awaitable<int> {
+        for (int i = 0; i < 100; ++i) co_await c.send(co_await c.recv() + 1);
+        try {
+          co_await c.recv();
+        } catch (const coproc::eof_error&) {
+          co_return 0;
+        }
+        co_return 1;
+      },
+      there);
   p.start();
   there.close(); // the child's copy is its own
   int answered = run([](coproc::connection<int> c) -> coproc::awaitable<int> {
@@ -114,17 +123,23 @@ TEST_CASE("spawn: a connection argument: 100 round trips, then the child sees th
 
 TEST_CASE("spawn: two children with the two ends of one pipe: A sends, B receives until A is gone") {
   auto [reader, writer] = coproc::pipe<std::string>(false);
-  coproc::process a({.method = spawn}, [](coproc::connection<std::string> w) -> coproc::awaitable<void> {
-    for (int i = 0; i < 50; ++i) co_await w.send("message " + std::to_string(i));
-  }, writer);
-  coproc::process b({.method = spawn}, [](coproc::connection<std::string> r) -> coproc::awaitable<int> {
-    int in_order = 0;
-    try {
-      for (;;) in_order += co_await r.recv() == "message " + std::to_string(in_order);
-    } catch (const coproc::eof_error&) {
-    }
-    co_return in_order;
-  }, reader);
+  coproc::process a(
+      {.method = spawn},
+      [](coproc::connection<std::string> w) -> coproc::awaitable<void> {
+        for (int i = 0; i < 50; ++i) co_await w.send("message " + std::to_string(i));
+      },
+      writer);
+  coproc::process b(
+      {.method = spawn},
+      [](coproc::connection<std::string> r) -> coproc::awaitable<int> {
+        int in_order = 0;
+        try {
+          for (;;) in_order += co_await r.recv() == "message " + std::to_string(in_order);
+        } catch (const coproc::eof_error&) {
+        }
+        co_return in_order;
+      },
+      reader);
   a.start();
   b.start();
   // B sees EOF once every copy of the sending end is closed: A's at its exit, this one
@@ -138,15 +153,16 @@ TEST_CASE("spawn: two children with the two ends of one pipe: A sends, B receive
 TEST_CASE("spawn: queue and plain arguments together, two queues and one queue passed twice") {
   coproc::queue<std::string> words;
   coproc::queue<int> counts;
-  coproc::process p({.method = spawn},
-                    [](std::string prefix, coproc::queue<std::string> words, int n, coproc::queue<int> counts,
-                       coproc::queue<int> same) -> coproc::awaitable<int> {
-                      for (int i = 0; i < n; ++i) co_await words.put(prefix + std::to_string(i));
-                      co_await counts.put(n);
-                      // `same` is `counts`: one ring in the child, as in the parent.
-                      co_return co_await same.get() == n && counts.empty() ? 0 : 1;
-                    },
-                    std::string("w"), words, 5, counts, counts);
+  coproc::process p(
+      {.method = spawn},
+      [](std::string prefix, coproc::queue<std::string> words, int n, coproc::queue<int> counts,
+         coproc::queue<int> same) -> coproc::awaitable<int> {
+        for (int i = 0; i < n; ++i) co_await words.put(prefix + std::to_string(i));
+        co_await counts.put(n);
+        // `same` is `counts`: one ring in the child, as in the parent.
+        co_return co_await same.get() == n&& counts.empty() ? 0 : 1;
+      },
+      std::string("w"), words, 5, counts, counts);
   p.start();
   CHECK(join(p) == 0);
   std::vector<std::string> got;
@@ -156,12 +172,15 @@ TEST_CASE("spawn: queue and plain arguments together, two queues and one queue p
 
 TEST_CASE("spawn: a queue that arrived in a child travels on to its own spawn child") {
   coproc::queue<int> q;
-  coproc::process p({.method = spawn}, [](coproc::queue<int> q) -> coproc::awaitable<int> {
-    coproc::process grandchild({.method = coproc::start_method::spawn}, put_range, q, 10, 3);
-    grandchild.start();
-    int code = co_await grandchild.join();
-    co_return code == 0 && q.qsize() == 3 ? 0 : 1;
-  }, q);
+  coproc::process p(
+      {.method = spawn},
+      [](coproc::queue<int> q) -> coproc::awaitable<int> {
+        coproc::process grandchild({.method = coproc::start_method::spawn}, put_range, q, 10, 3);
+        grandchild.start();
+        int code = co_await grandchild.join();
+        co_return code == 0 && q.qsize() == 3 ? 0 : 1;
+      },
+      q);
   p.start();
   CHECK(join(p) == 0);
   CHECK(q.get_nowait() == 10);
@@ -203,17 +222,21 @@ TEST_CASE("spawn: threads each start spawn children with queues of their own at 
 
 TEST_CASE("spawn: a queue or connection inside another argument, or a closed connection, is refused") {
   coproc::queue<int> q;
-  coproc::process nested({.name = "nested", .method = spawn}, [](std::vector<coproc::queue<int>>) {},
-                         std::vector<coproc::queue<int>>{q});
-  CHECK_THROWS_WITH_AS(nested.start(),
-                       doctest::Contains("process 'nested': cannot start with start_method::spawn: a queue or "
-                                         "connection inside another argument"),
-                       std::invalid_argument);
+  coproc::process nested(
+      {.name = "nested", .method = spawn}, [](std::vector<coproc::queue<int>>) {},
+      std::vector<coproc::queue<int>>{q});
+  CHECK_THROWS_WITH_AS(
+      nested.start(),
+      doctest::Contains("process 'nested': cannot start with start_method::spawn: a queue or "
+                        "connection inside another argument"),
+      std::invalid_argument);
   auto [a, b] = coproc::pipe<int>();
   a.close();
-  coproc::process closed({.name = "closed", .method = spawn}, [](coproc::connection<int>) {}, a);
+  coproc::process closed(
+      {.name = "closed", .method = spawn}, [](coproc::connection<int>) {}, a);
   CHECK_THROWS_WITH_AS(closed.start(), doctest::Contains("process 'closed'"), std::invalid_argument);
-  CHECK_THROWS_WITH_AS(closed.start(), doctest::Contains("a closed coproc::connection"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(closed.start(), doctest::Contains("a closed coproc::connection"),
+                       std::invalid_argument);
   // fork inherits them, inside anything.
   coproc::process forked([](std::vector<coproc::queue<int>> qs) { qs.at(0).put_nowait(1); },
                          std::vector<coproc::queue<int>>{q});

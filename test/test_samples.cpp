@@ -123,7 +123,8 @@ TEST_CASE("server sample: a saturated pool leaves cheap requests fast and every 
       while (std::chrono::steady_clock::now() < deadline) {
         auto start = std::chrono::steady_clock::now();
         auto r = co_await get(s.port, "/health");
-        health_ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
+        health_ms.push_back(
+            std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
         CHECK(r.status == 200);
         CHECK(r.body == "ok\n");
         co_await coproc::sleep(10ms);
@@ -156,7 +157,8 @@ TEST_CASE("server sample: a saturated pool leaves cheap requests fast and every 
 TEST_CASE("server sample: bad requests get a 4xx with a message") {
   coproc::block_on([]() -> net::awaitable<void> {
     auto s = co_await start_server();
-    for (auto target : {"/primes", "/primes?n=0", "/primes?n=abc", "/primes?n=99999999999", "/primes?n=12x"}) {
+    for (auto target :
+         {"/primes", "/primes?n=0", "/primes?n=abc", "/primes?n=99999999999", "/primes?n=12x"}) {
       auto r = co_await get(s.port, target);
       CHECK_MESSAGE(r.status == 400, target);
       CHECK(r.body == "n must be an integer from 1 to 50000000\n");
@@ -209,7 +211,8 @@ TEST_CASE("server sample: SIGTERM finishes the request in flight and leaves no w
 TEST_CASE("checksum script: every file counted with plain progress lines when not a tty") {
   auto dir = std::filesystem::temp_directory_path() / ("coproc-tree-" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir / "sub");
-  for (int i = 0; i < 40; ++i) std::ofstream(dir / (i % 2 ? "sub" : ".") / ("f" + std::to_string(i))) << std::string(1000 + i, 'x');
+  for (int i = 0; i < 40; ++i)
+    std::ofstream(dir / (i % 2 ? "sub" : ".") / ("f" + std::to_string(i))) << std::string(1000 + i, 'x');
   auto [out, err] = coproc::block_on([&]() -> net::awaitable<std::pair<std::string, std::string>> {
     coproc::popen p(co_await net::this_coro::executor, {COPROC_CHECKSUM_TREE, dir.string()},
                     {.out = coproc::stdio::pipe, .err = coproc::stdio::pipe});
@@ -227,10 +230,12 @@ TEST_CASE("checksum script: every file counted with plain progress lines when no
 
 TEST_CASE("checksum script: SIGINT kills and reaps its workers and commands and reports partial results") {
   coproc::block_on([]() -> net::awaitable<void> {
-    coproc::popen p(co_await net::this_coro::executor, {COPROC_CHECKSUM_TREE, "/usr"}, {.out = coproc::stdio::pipe});
+    coproc::popen p(co_await net::this_coro::executor, {COPROC_CHECKSUM_TREE, "/usr"},
+                    {.out = coproc::stdio::pipe});
     // Its first line comes once the pool's workers run and SIGINT is handled.
     std::string first;
-    co_await net::async_read_until(p.stdout_pipe(), net::dynamic_buffer(first), "workers\n", net::use_awaitable);
+    co_await net::async_read_until(p.stdout_pipe(), net::dynamic_buffer(first), "workers\n",
+                                   net::use_awaitable);
     auto helpers = children_of(p.pid());
     CHECK(helpers.size() >= 2); // the pool's workers, and commands still running
     p.send_signal(SIGINT);
@@ -243,6 +248,7 @@ TEST_CASE("checksum script: SIGINT kills and reaps its workers and commands and 
 }
 
 TEST_CASE("checksum script: a missing directory is a usage error") {
-  auto code = coproc::block_on(coproc::call({COPROC_CHECKSUM_TREE, "/no/such/dir"}, {.err = coproc::stdio::devnull}));
+  auto code =
+      coproc::block_on(coproc::call({COPROC_CHECKSUM_TREE, "/no/such/dir"}, {.err = coproc::stdio::devnull}));
   CHECK(code == 2);
 }

@@ -64,7 +64,8 @@ TEST_CASE("a created block has exactly its size, is zeroed and is attached by na
     CHECK(created.name() == name);
     CHECK(created.buf().size() == 1000);
     CHECK(in_dev_shm(name));
-    CHECK(std::all_of(created.buf().begin(), created.buf().end(), [](std::byte b) { return b == std::byte{0}; }));
+    CHECK(std::all_of(created.buf().begin(), created.buf().end(),
+                      [](std::byte b) { return b == std::byte{0}; }));
     std::memcpy(created.buf().data(), "hello", 5);
     auto attached = coproc::shared_memory::attach(name);
     CHECK(attached.name() == name);

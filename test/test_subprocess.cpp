@@ -123,8 +123,8 @@ TEST_CASE("call returns the exit status and check_call throws called_process_err
 
 TEST_CASE("check_output returns stdout and the error carries the captured output") {
   CHECK(run(coproc::check_output({"printf", "a b\\n"})) == "a b\n");
-  auto e = thrown_by<coproc::called_process_error>(coproc::check_output(
-      {"sh", "-c", "echo partial; echo why >&2; exit 2"}, {.capture_output = true}));
+  auto e = thrown_by<coproc::called_process_error>(
+      coproc::check_output({"sh", "-c", "echo partial; echo why >&2; exit 2"}, {.capture_output = true}));
   CHECK(e.returncode() == 2);
   CHECK(e.output() == "partial\n");
   CHECK(e.errors() == "why\n");
@@ -149,15 +149,16 @@ TEST_CASE("a child killed by a signal returns minus the signal number") {
 }
 
 TEST_CASE("the child starts with default signal dispositions and an empty mask") {
-  struct sigaction ignore {}, old{};
+  struct sigaction ignore {
+  }, old{};
   ignore.sa_handler = SIG_IGN;
   ::sigaction(SIGPIPE, &ignore, &old);
   sigset_t usr1, old_mask;
   sigemptyset(&usr1);
   sigaddset(&usr1, SIGUSR1);
   ::pthread_sigmask(SIG_BLOCK, &usr1, &old_mask);
-  auto status = run(coproc::run({"grep", "-E", "^Sig(Ign|Blk)", "/proc/self/status"},
-                                {.out = coproc::stdio::pipe}));
+  auto status =
+      run(coproc::run({"grep", "-E", "^Sig(Ign|Blk)", "/proc/self/status"}, {.out = coproc::stdio::pipe}));
   ::pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
   ::sigaction(SIGPIPE, &old, nullptr);
   // SigBlk:\t<hex>\nSigIgn:\t<hex>\n
@@ -202,7 +203,8 @@ TEST_CASE("8 MiB on stdout and stderr at once never deadlocks") {
   constexpr std::size_t size = 8 * 1024 * 1024;
   auto start = clock_type::now();
   auto r = run(coproc::run(
-      {"sh", "-c", "head -c 8388608 /dev/zero | tr '\\0' o & head -c 8388608 /dev/zero | tr '\\0' e >&2; wait"},
+      {"sh", "-c",
+       "head -c 8388608 /dev/zero | tr '\\0' o & head -c 8388608 /dev/zero | tr '\\0' e >&2; wait"},
       {.capture_output = true, .timeout = 60s}));
   CHECK(r.returncode == 0);
   CHECK(r.out.size() == size);
@@ -264,8 +266,8 @@ TEST_CASE("cwd sets the working directory and a missing cwd names the directory"
 }
 
 TEST_CASE("shell runs sh -c with the extra args as $0 and $1") {
-  auto r = run(coproc::run({"echo \"$0-$1\" | tr a-z A-Z", "a", "b"},
-                           {.shell = true, .out = coproc::stdio::pipe}));
+  auto r = run(
+      coproc::run({"echo \"$0-$1\" | tr a-z A-Z", "a", "b"}, {.shell = true, .out = coproc::stdio::pipe}));
   CHECK(r.out == "A-B\n");
   CHECK(r.args == std::vector<std::string>{"echo \"$0-$1\" | tr a-z A-Z", "a", "b"});
   CHECK(run(coproc::call({"exit 5"}, {.shell = true})) == 5);
@@ -384,8 +386,9 @@ TEST_CASE("a command that finishes within its timeout returns normally") {
 }
 
 TEST_CASE("timeout_expired carries the output captured so far") {
-  auto e = thrown_by<coproc::timeout_expired>(coproc::check_output(
-      {"sh", "-c", "echo partial; echo oops >&2; exec sleep 10"}, {.capture_output = true, .timeout = 300ms}));
+  auto e = thrown_by<coproc::timeout_expired>(
+      coproc::check_output({"sh", "-c", "echo partial; echo oops >&2; exec sleep 10"},
+                           {.capture_output = true, .timeout = 300ms}));
   CHECK(e.output() == "partial\n");
   CHECK(e.errors() == "oops\n");
   CHECK(coproc_test::live_children().empty());
@@ -393,9 +396,9 @@ TEST_CASE("timeout_expired carries the output captured so far") {
 
 TEST_CASE("a timeout with start_new_session kills the grandchildren too") {
   auto start = clock_type::now();
-  auto e = thrown_by<coproc::timeout_expired>(coproc::run(
-      {"sh", "-c", "sleep 30 & echo $!; wait"},
-      {.start_new_session = true, .capture_output = true, .timeout = 1s}));
+  auto e = thrown_by<coproc::timeout_expired>(
+      coproc::run({"sh", "-c", "sleep 30 & echo $!; wait"},
+                  {.start_new_session = true, .capture_output = true, .timeout = 1s}));
   CHECK(seconds_since(start) < 5.0);
   int grandchild = std::atoi(e.output().c_str());
   REQUIRE(grandchild > 0);
@@ -501,14 +504,17 @@ TEST_CASE("spawning does not notify the io_context of a fork") {
   asio::io_context ctx;
   auto& counter = asio::use_service<fork_counter>(ctx);
   std::vector<int> codes;
-  asio::co_spawn(ctx, []() -> coproc::awaitable<std::vector<int>> {
-    std::vector<coproc::awaitable<int>> calls;
-    for (int i = 0; i < 50; ++i) calls.push_back(coproc::call({"true"}, {.capture_output = true}));
-    co_return co_await coproc::gather(std::move(calls));
-  }(), [&](std::exception_ptr e, std::vector<int> r) {
-    CHECK_FALSE(e);
-    codes = std::move(r);
-  });
+  asio::co_spawn(
+      ctx,
+      []() -> coproc::awaitable<std::vector<int>> {
+        std::vector<coproc::awaitable<int>> calls;
+        for (int i = 0; i < 50; ++i) calls.push_back(coproc::call({"true"}, {.capture_output = true}));
+        co_return co_await coproc::gather(std::move(calls));
+      }(),
+      [&](std::exception_ptr e, std::vector<int> r) {
+        CHECK_FALSE(e);
+        codes = std::move(r);
+      });
   ctx.run();
   CHECK(codes == std::vector<int>(50, 0));
   CHECK(counter.count == 0);
@@ -534,7 +540,8 @@ TEST_CASE("the io_context keeps running while a child is awaited") {
     asio::co_spawn(ex, tick_until(ticks, done, flag), asio::detached);
     // The child ends once the loop has ticked 10 times while it was awaited (a loop
     // blocked in waitpid never would: exit 1 after 60 s).
-    CHECK(co_await coproc::call({"sh", "-c", "for i in $(seq 6000); do [ -e \"$0\" ] && exit 0; sleep 0.01; done; exit 1",
+    CHECK(co_await coproc::call({"sh", "-c",
+                                 "for i in $(seq 6000); do [ -e \"$0\" ] && exit 0; sleep 0.01; done; exit 1",
                                  flag.string()}) == 0);
     done = true;
   }());
@@ -572,8 +579,10 @@ TEST_CASE("popen streams stdout lines as they arrive") {
     // The child writes each line, then waits for the test to have read it.
     temp_dir dir;
     auto flag = (dir.path / "read").string();
-    coproc::popen p(ex, {"sh", "-c", "for i in 1 2 3; do echo line$i; while [ ! -e \"$0.$i\" ]; do sleep 0.01; done; done",
-                         flag},
+    coproc::popen p(ex,
+                    {"sh", "-c",
+                     "for i in 1 2 3; do echo line$i; while [ ! -e \"$0.$i\" ]; do sleep 0.01; done; done",
+                     flag},
                     {.out = coproc::stdio::pipe});
     std::vector<std::string> got;
     std::string buffer;
@@ -599,7 +608,8 @@ TEST_CASE("popen writes stdin and reads stdout through its pipes") {
   auto out = run([]() -> coproc::awaitable<std::string> {
     auto ex = co_await asio::this_coro::executor;
     coproc::popen p(ex, {"tr", "a-z", "A-Z"}, {.in = coproc::stdio::pipe, .out = coproc::stdio::pipe});
-    co_await asio::async_write(p.stdin_pipe(), asio::buffer(std::string_view("shout\n")), asio::use_awaitable);
+    co_await asio::async_write(p.stdin_pipe(), asio::buffer(std::string_view("shout\n")),
+                               asio::use_awaitable);
     p.stdin_pipe().close();
     std::string text;
     auto [ec, n] = co_await asio::async_read(p.stdout_pipe(), asio::dynamic_buffer(text),
@@ -629,8 +639,10 @@ TEST_CASE("popen communicate with a timeout keeps the output for the next call")
     auto ex = co_await asio::this_coro::executor;
     temp_dir dir;
     auto started = dir.path / "started", go = dir.path / "go";
-    coproc::popen p(ex, {"sh", "-c", "echo first; touch \"$0\"; while [ ! -e \"$1\" ]; do sleep 0.01; done; echo second",
-                         started.string(), go.string()},
+    coproc::popen p(ex,
+                    {"sh", "-c",
+                     "echo first; touch \"$0\"; while [ ! -e \"$1\" ]; do sleep 0.01; done; echo second",
+                     started.string(), go.string()},
                     {.out = coproc::stdio::pipe});
     while (!std::filesystem::exists(started)) co_await sleep_for(5ms); // "first" is in the pipe
     try {
@@ -762,8 +774,9 @@ TEST_CASE("to_file truncates or appends and err can join out in the file") {
   std::ofstream(log) << "old contents that must go\n";
   run(coproc::check_call({"echo", "first"}, {.out = coproc::to_file(log)}));
   CHECK(file_text(log) == "first\n");
-  run(coproc::check_call({"sh", "-c", "echo out; echo err >&2"},
-                         {.out = coproc::to_file(log, coproc::file_mode::append), .err = coproc::stdio::to_stdout}));
+  run(coproc::check_call(
+      {"sh", "-c", "echo out; echo err >&2"},
+      {.out = coproc::to_file(log, coproc::file_mode::append), .err = coproc::stdio::to_stdout}));
   CHECK(file_text(log) == "first\nout\nerr\n");
   // A file that does not exist yet is created.
   run(coproc::check_call({"echo", "new"}, {.err = coproc::to_file(dir.path / "err")}));
@@ -783,7 +796,8 @@ TEST_CASE("from_file feeds stdin and a missing file is a system_error naming it 
   // Directions are checked at the call.
   CHECK_THROWS_AS((void)coproc::run({"cat"}, {.in = coproc::to_file(in)}), std::invalid_argument);
   CHECK_THROWS_AS((void)coproc::run({"cat"}, {.out = coproc::from_file(in)}), std::invalid_argument);
-  CHECK_THROWS_AS((void)coproc::run({"cat"}, {.input = "x", .in = coproc::from_file(in)}), std::invalid_argument);
+  CHECK_THROWS_AS((void)coproc::run({"cat"}, {.input = "x", .in = coproc::from_file(in)}),
+                  std::invalid_argument);
 }
 
 TEST_CASE("descriptor hands the child a duplicate of a descriptor the caller keeps") {
@@ -835,7 +849,8 @@ TEST_CASE("stdin_of one popen takes another's output") {
 // ---- options ----------------------------------------------------------------------------
 
 TEST_CASE("umask reaches the child and signals stay default on the clone path") {
-  struct sigaction ignore {}, old{};
+  struct sigaction ignore {
+  }, old{};
   ignore.sa_handler = SIG_IGN;
   ::sigaction(SIGPIPE, &ignore, &old);
   auto r = run(coproc::run({"cat", "/proc/self/status"}, {.out = coproc::stdio::pipe, .umask = 027}));
@@ -851,7 +866,8 @@ TEST_CASE("umask reaches the child and signals stay default on the clone path") 
 }
 
 TEST_CASE("restore_signals false keeps what this process ignores and blocks") {
-  struct sigaction ignore {}, old{};
+  struct sigaction ignore {
+  }, old{};
   ignore.sa_handler = SIG_IGN;
   ::sigaction(SIGPIPE, &ignore, &old);
   sigset_t usr1, old_mask;
@@ -866,7 +882,8 @@ TEST_CASE("restore_signals false keeps what this process ignores and blocks") {
   auto blocked = std::stoull(status_field(own, "SigBlk"), nullptr, 16);
   REQUIRE((ignored & (1ull << (SIGPIPE - 1))) != 0);
   REQUIRE((blocked & (1ull << (SIGUSR1 - 1))) != 0);
-  auto spawned = run(coproc::run({"cat", "/proc/self/status"}, {.out = coproc::stdio::pipe, .restore_signals = false}));
+  auto spawned =
+      run(coproc::run({"cat", "/proc/self/status"}, {.out = coproc::stdio::pipe, .restore_signals = false}));
   auto cloned = run(coproc::run({"cat", "/proc/self/status"},
                                 {.out = coproc::stdio::pipe, .umask = 022, .restore_signals = false}));
   ::pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
@@ -883,12 +900,14 @@ TEST_CASE("user group and extra_groups by name and by id") {
   CHECK(run(coproc::check_output({"id", "-u"}, {.user = "nobody"})) == "65534\n");
   CHECK(run(coproc::check_output({"id", "-u"}, {.user = 65534})) == "65534\n");
   CHECK(run(coproc::check_output({"id", "-g"}, {.group = 65534})) == "65534\n");
-  CHECK(run(coproc::check_output({"id", "-G"}, {.user = 65534, .group = "nogroup", .extra_groups = {{"users", 4}}})) ==
+  CHECK(run(coproc::check_output({"id", "-G"},
+                                 {.user = 65534, .group = "nogroup", .extra_groups = {{"users", 4}}})) ==
         "65534 4 100\n");
-  CHECK(run(coproc::check_output({"id", "-G"}, {.user = 65534, .group = 65534, .extra_groups = {{}}})) == "65534\n");
+  CHECK(run(coproc::check_output({"id", "-G"}, {.user = 65534, .group = 65534, .extra_groups = {{}}})) ==
+        "65534\n");
   // The user can no longer do what root can.
-  CHECK(run(coproc::call({"sh", "-c", "echo x > /root/coproc-user-test"}, {.err = coproc::stdio::devnull, .user = 65534})) !=
-        0);
+  CHECK(run(coproc::call({"sh", "-c", "echo x > /root/coproc-user-test"},
+                         {.err = coproc::stdio::devnull, .user = 65534})) != 0);
   auto e = thrown_by<std::invalid_argument>(coproc::call({"true"}, {.user = "no-such-user-coproc"}));
   CHECK(std::string(e.what()).find("no-such-user-coproc") != std::string::npos);
   auto g = thrown_by<std::invalid_argument>(coproc::call({"true"}, {.group = "no-such-group-coproc"}));
@@ -909,7 +928,8 @@ TEST_CASE("pass_fds keeps exactly those descriptors under their numbers") {
   for (std::string n; in >> n;) names.push_back(n);
   CHECK(names == std::vector<std::string>{"0", "1", "2", std::to_string(passed)});
   // The child can write to it (dash's >&N takes one digit only).
-  run(coproc::check_call({"sh", "-c", "echo hi > /dev/fd/$0", std::to_string(passed)}, {.pass_fds = {passed}}));
+  run(coproc::check_call({"sh", "-c", "echo hi > /dev/fd/$0", std::to_string(passed)},
+                         {.pass_fds = {passed}}));
   for (int fd : {fds[1], passed, other}) ::close(fd);
   char buf[8] = {};
   CHECK(::read(fds[0], buf, sizeof buf) == 3);
@@ -945,7 +965,8 @@ TEST_CASE("process_group 0 leads a new group another child can join and kill rea
     leader.kill(); // the group it leads
     CHECK(co_await member.wait() == -SIGKILL);
     CHECK(co_await leader.wait() == -SIGKILL);
-    CHECK_THROWS_AS((void)coproc::run({"true"}, {.start_new_session = true, .process_group = 0}), std::invalid_argument);
+    CHECK_THROWS_AS((void)coproc::run({"true"}, {.start_new_session = true, .process_group = 0}),
+                    std::invalid_argument);
   }());
 }
 
@@ -1000,8 +1021,11 @@ TEST_CASE("line_reader yields lines as they arrive") {
 TEST_CASE("a line over the bound is line_too_long and the next line follows") {
   auto got = run([]() -> coproc::awaitable<std::vector<std::string>> {
     auto ex = co_await asio::this_coro::executor;
-    coproc::popen p(ex, {"sh", "-c", "echo short; head -c 300000 /dev/zero | tr '\\0' a; echo; echo after; head -c 5000 /dev/zero"},
-                    {.out = coproc::stdio::pipe});
+    coproc::popen p(
+        ex,
+        {"sh", "-c",
+         "echo short; head -c 300000 /dev/zero | tr '\\0' a; echo; echo after; head -c 5000 /dev/zero"},
+        {.out = coproc::stdio::pipe});
     auto reader = p.stdout_lines(1000);
     std::vector<std::string> lines;
     lines.push_back(*co_await reader.next());

@@ -56,7 +56,8 @@ template <class E, class F> std::string error_of(F&& f) {
 long cpu_ms() {
   rusage ru;
   ::getrusage(RUSAGE_SELF, &ru);
-  return (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000 + (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1000;
+  return (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000 +
+         (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1000;
 }
 
 // The state letter of a process in /proc ('S': asleep in the kernel).
@@ -329,9 +330,8 @@ TEST_CASE("four processes taking a lock 1000 times each exclude each other and s
   CHECK(t.data->overlaps.load() == 0);
   CHECK(t.data->total == 4 * rounds);
   auto* snap = t.data->snapshot;
-  MESSAGE("acquisitions once all four contended, when the first finished its " << rounds << ": " << snap[0]
-                                                                               << " " << snap[1] << " " << snap[2]
-                                                                               << " " << snap[3]);
+  MESSAGE("acquisitions once all four contended, when the first finished its "
+          << rounds << ": " << snap[0] << " " << snap[1] << " " << snap[2] << " " << snap[3]);
   const int most = *std::max_element(snap, snap + 4);
   CHECK(most > 0);
   for (int p = 0; p < 4; ++p) CHECK(snap[p] * 2 >= most);
@@ -352,7 +352,8 @@ TEST_CASE("a waiter gets the lock within milliseconds when its holder is SIGKILL
   run([&]() -> coproc::awaitable<void> {
     REQUIRE(co_await until([&] { return flags.data[0].load() == 1; }));
     coproc::process waiter(
-        [](coproc::lock l, std::atomic<int>* flags, std::atomic<std::int64_t>* times) -> coproc::awaitable<int> {
+        [](coproc::lock l, std::atomic<int>* flags,
+           std::atomic<std::int64_t>* times) -> coproc::awaitable<int> {
           flags[1].store(1);
           if (!co_await l.acquire(20s)) co_return 1;
           times[1].store(now_ns());
@@ -725,7 +726,8 @@ TEST_CASE("notify wakes waiters in order, notify_all wakes the rest, an rlock's 
   std::vector<coproc::process> procs;
   for (int i = 0; i < 3; ++i) {
     procs.emplace_back(
-        [](coproc::condition c, coproc::value<int> order, std::atomic<int>* flags, int i) -> coproc::awaitable<int> {
+        [](coproc::condition c, coproc::value<int> order, std::atomic<int>* flags,
+           int i) -> coproc::awaitable<int> {
           co_await c.acquire();
           co_await c.acquire(); // twice: wait releases both levels
           flags[0].fetch_add(1);

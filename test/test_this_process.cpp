@@ -71,9 +71,7 @@ TEST_CASE("cpu_count is at least one and matches the online CPUs") {
   CHECK(coproc::cpu_count() == static_cast<unsigned>(::sysconf(_SC_NPROCESSORS_ONLN)));
 }
 
-TEST_CASE("the main program is named MainProcess") {
-  CHECK(coproc::this_process::name() == "MainProcess");
-}
+TEST_CASE("the main program is named MainProcess") { CHECK(coproc::this_process::name() == "MainProcess"); }
 
 TEST_CASE("fork returns 0 in the child and the child pid in the parent") {
   int pipefd[2];
@@ -153,18 +151,15 @@ TEST_CASE("gather rethrows the first exception after every awaitable ended") {
     ++finished;
   };
   auto start = std::chrono::steady_clock::now();
-  CHECK_THROWS_WITH_AS(coproc::block_on([&]() -> coproc::awaitable<void> {
-                         std::vector<coproc::awaitable<void>> items;
-                         items.push_back(slow());
-                         items.push_back([]() -> coproc::awaitable<void> {
-                           co_await fail_after(10ms, "first");
-                         }());
-                         items.push_back([]() -> coproc::awaitable<void> {
-                           co_await fail_after(50ms, "second");
-                         }());
-                         co_await coproc::gather(std::move(items));
-                       }()),
-                       "first", std::runtime_error);
+  CHECK_THROWS_WITH_AS(
+      coproc::block_on([&]() -> coproc::awaitable<void> {
+        std::vector<coproc::awaitable<void>> items;
+        items.push_back(slow());
+        items.push_back([]() -> coproc::awaitable<void> { co_await fail_after(10ms, "first"); }());
+        items.push_back([]() -> coproc::awaitable<void> { co_await fail_after(50ms, "second"); }());
+        co_await coproc::gather(std::move(items));
+      }()),
+      "first", std::runtime_error);
   CHECK(finished == 1);
   CHECK(std::chrono::steady_clock::now() - start >= 100ms);
 }
@@ -276,10 +271,13 @@ TEST_CASE("co_spawn with a callback: run, join and apply complete into plain han
   boost::asio::co_spawn(ctx, pool.apply(throw_on, 5), failed_apply.handler());
   pool.close(); // the tasks already given still run
   outcome<int> pool_joined;
-  boost::asio::co_spawn(ctx, [&]() -> coproc::awaitable<int> {
-    co_await pool.join();
-    co_return 0;
-  }, pool_joined.handler());
+  boost::asio::co_spawn(
+      ctx,
+      [&]() -> coproc::awaitable<int> {
+        co_await pool.join();
+        co_return 0;
+      },
+      pool_joined.handler());
   ctx.run();
 
   REQUIRE(ran.value);
@@ -289,8 +287,8 @@ TEST_CASE("co_spawn with a callback: run, join and apply complete into plain han
   REQUIRE(failed_run.error);
   CHECK_THROWS_AS(std::rethrow_exception(failed_run.error), coproc::called_process_error);
   REQUIRE(failed_apply.error);
-  CHECK_THROWS_WITH_AS(std::rethrow_exception(failed_apply.error),
-                       doctest::Contains("task 5 failed"), coproc::remote_error);
+  CHECK_THROWS_WITH_AS(std::rethrow_exception(failed_apply.error), doctest::Contains("task 5 failed"),
+                       coproc::remote_error);
   CHECK(pool_joined.value == 0);
 }
 
@@ -305,11 +303,14 @@ TEST_CASE("co_spawn with use_future: a thread waits while another runs the io_co
   std::thread loop([&] { ctx.run(); });
 
   auto code = boost::asio::co_spawn(ctx, coproc::call({"sh", "-c", "exit 3"}), boost::asio::use_future);
-  auto failed = boost::asio::co_spawn(ctx, coproc::check_call({"sh", "-c", "exit 3"}), boost::asio::use_future);
-  auto joined = boost::asio::co_spawn(ctx, [&] { return child.join(); }, boost::asio::use_future);
-  auto applied = boost::asio::co_spawn(ctx, [&] { return pool.apply(triple, 5); }, boost::asio::use_future);
-  auto failed_apply =
-      boost::asio::co_spawn(ctx, [&] { return pool.apply(throw_on, 6); }, boost::asio::use_future);
+  auto failed =
+      boost::asio::co_spawn(ctx, coproc::check_call({"sh", "-c", "exit 3"}), boost::asio::use_future);
+  auto joined = boost::asio::co_spawn(
+      ctx, [&] { return child.join(); }, boost::asio::use_future);
+  auto applied = boost::asio::co_spawn(
+      ctx, [&] { return pool.apply(triple, 5); }, boost::asio::use_future);
+  auto failed_apply = boost::asio::co_spawn(
+      ctx, [&] { return pool.apply(throw_on, 6); }, boost::asio::use_future);
 
   CHECK(code.get() == 3);
   CHECK(joined.get() == 5);
@@ -338,7 +339,8 @@ TEST_CASE("co_spawn with deferred: the operation starts when invoked with a hand
   coproc::pool pool(ctx.get_executor(), 1);
   auto ran = boost::asio::co_spawn(ctx, coproc::run({"sh", "-c", "exit 3"}), boost::asio::deferred);
   auto applied = boost::asio::co_spawn(ctx, pool.apply(triple, 2), boost::asio::deferred);
-  auto failed = boost::asio::co_spawn(ctx, coproc::check_output({"sh", "-c", "exit 3"}), boost::asio::deferred);
+  auto failed =
+      boost::asio::co_spawn(ctx, coproc::check_output({"sh", "-c", "exit 3"}), boost::asio::deferred);
   outcome<coproc::completed_process> ran_outcome;
   outcome<int> applied_outcome;
   outcome<std::string> failed_outcome;
@@ -346,10 +348,13 @@ TEST_CASE("co_spawn with deferred: the operation starts when invoked with a hand
   std::move(applied)(applied_outcome.handler());
   std::move(failed)(failed_outcome.handler());
   pool.close();
-  auto joined = boost::asio::co_spawn(ctx, [&]() -> coproc::awaitable<int> {
-    co_await pool.join();
-    co_return 0;
-  }, boost::asio::deferred);
+  auto joined = boost::asio::co_spawn(
+      ctx,
+      [&]() -> coproc::awaitable<int> {
+        co_await pool.join();
+        co_return 0;
+      },
+      boost::asio::deferred);
   outcome<int> joined_outcome;
   std::move(joined)(joined_outcome.handler());
   ctx.run();

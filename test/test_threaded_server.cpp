@@ -84,8 +84,8 @@ coproc::awaitable<void> mix(int i, coproc::start_method method, coproc::pool& po
   taken.add(co_await queue.get());
 
   // A command, its exit code and its output.
-  auto command = co_await coproc::run({"sh", "-c", "echo \"mix $1\"; exit $(($1 % 7))", "sh", std::to_string(i)},
-                                      {.capture_output = true});
+  auto command = co_await coproc::run(
+      {"sh", "-c", "echo \"mix $1\"; exit $(($1 % 7))", "sh", std::to_string(i)}, {.capture_output = true});
   CHECK(command.returncode == i % 7);
   CHECK(command.out == "mix " + std::to_string(i) + "\n");
   CHECK(command.err.empty());
@@ -111,7 +111,8 @@ TEST_CASE("a server on 4 threads runs 500 mixes of processes, a pool, a queue, c
       taken_items taken;
       for (int first = 0; first < mixes; first += wave) {
         std::vector<coproc::awaitable<void>> running;
-        for (int i = first; i < std::min(first + wave, mixes); ++i) running.push_back(mix(i, method, pool, queue, taken));
+        for (int i = first; i < std::min(first + wave, mixes); ++i)
+          running.push_back(mix(i, method, pool, queue, taken));
         co_await coproc::gather(std::move(running));
       }
       std::sort(taken.items.begin(), taken.items.end());

@@ -319,8 +319,8 @@ TEST_CASE("enums with a fixed underlying type and structs of them keep the fast 
 }
 
 TEST_CASE("every prefix and random corruption of a frame fail cleanly") {
-  std::map<std::string, std::vector<person>> value{
-      {"team", {{"Ada", 36, {"a", "b"}}, {"Alan", 41, {}}}}, {"empty", {}}};
+  std::map<std::string, std::vector<person>> value{{"team", {{"Ada", 36, {"a", "b"}}, {"Alan", 41, {}}}},
+                                                   {"empty", {}}};
   auto bytes = wire::encode(value);
   for (std::size_t n = 0; n < bytes.size(); ++n)
     CHECK_THROWS_AS(wire::decode<decltype(value)>(std::string_view(bytes).substr(0, n)), coproc::error);
@@ -339,10 +339,12 @@ TEST_CASE("every prefix and random corruption of a frame fail cleanly") {
   CHECK(refused > 0);
 }
 
-TEST_CASE("random corruption of bools optionals variants and enums in structs never reaches an invalid value") {
+TEST_CASE(
+    "random corruption of bools optionals variants and enums in structs never reaches an invalid value") {
   using item = std::tuple<bool, std::optional<bool>, std::variant<int, bool, flagged>, nested, tagged>;
-  std::vector<item> value{{true, false, flagged{1, true}, nested{{1, 2, 3}, {4, false}, std::nullopt, 1.5f}, {color::red, 2}},
-                          {false, std::nullopt, true, nested{{4, 5, 6}, {7, true}, 8, 9}, {color::green, 3}}};
+  std::vector<item> value{
+      {true, false, flagged{1, true}, nested{{1, 2, 3}, {4, false}, std::nullopt, 1.5f}, {color::red, 2}},
+      {false, std::nullopt, true, nested{{4, 5, 6}, {7, true}, 8, 9}, {color::green, 3}}};
   auto bytes = wire::encode(value);
   // Each decoded value is read in full: UBSan reports a load of an invalid bool.
   auto check = [](const std::vector<item>& v) {
@@ -350,10 +352,12 @@ TEST_CASE("random corruption of bools optionals variants and enums in structs ne
       CHECK(bool_byte(b) <= 1);
       if (ob) CHECK(bool_byte(*ob) <= 1);
       REQUIRE(var.index() < 3);
-      std::visit([](const auto& x) {
-        if constexpr (std::is_same_v<std::decay_t<decltype(x)>, bool>) CHECK(bool_byte(x) <= 1);
-        if constexpr (std::is_same_v<std::decay_t<decltype(x)>, flagged>) CHECK(bool_byte(x.on) <= 1);
-      }, var);
+      std::visit(
+          [](const auto& x) {
+            if constexpr (std::is_same_v<std::decay_t<decltype(x)>, bool>) CHECK(bool_byte(x) <= 1);
+            if constexpr (std::is_same_v<std::decay_t<decltype(x)>, flagged>) CHECK(bool_byte(x.on) <= 1);
+          },
+          var);
       CHECK(bool_byte(n.f.on) <= 1);
       REQUIRE(n.either.index() < 2);
       CHECK(n.maybe.value_or(0) == n.maybe.value_or(0));
@@ -365,7 +369,8 @@ TEST_CASE("random corruption of bools optionals variants and enums in structs ne
   int refused = 0;
   for (int i = 0; i < 3000; ++i) {
     auto bad = bytes;
-    for (int k = 0; k < 2; ++k) bad[rng() % bad.size()] = static_cast<char>(rng() % 4 == 0 ? rng() : rng() % 3);
+    for (int k = 0; k < 2; ++k)
+      bad[rng() % bad.size()] = static_cast<char>(rng() % 4 == 0 ? rng() : rng() % 3);
     try {
       check(wire::decode<std::vector<item>>(bad));
     } catch (const coproc::error&) {

@@ -13,7 +13,8 @@
 #pragma once
 
 #ifndef BOOST_ASIO_DISABLE_AWAITABLE_FRAME_RECYCLING
-#error "coproc needs BOOST_ASIO_DISABLE_AWAITABLE_FRAME_RECYCLING defined in every translation unit: link the coproc::coproc CMake target or use pkg-config --cflags coproc"
+#error                                                                                                       \
+    "coproc needs BOOST_ASIO_DISABLE_AWAITABLE_FRAME_RECYCLING defined in every translation unit: link the coproc::coproc CMake target or use pkg-config --cflags coproc"
 #endif
 
 #include <boost/asio/awaitable.hpp>

@@ -83,8 +83,8 @@ public:
 
 class called_process_error : public error {
 public:
-  called_process_error(int returncode, std::vector<std::string> cmd,
-                       std::string output = {}, std::string errors = {});
+  called_process_error(int returncode, std::vector<std::string> cmd, std::string output = {},
+                       std::string errors = {});
   int returncode() const noexcept { return returncode_; }
   const std::vector<std::string>& cmd() const noexcept { return cmd_; }
   const std::string& output() const noexcept { return output_; }

@@ -34,10 +34,10 @@
 namespace coproc {
 
 struct completed_pipeline {
-  std::vector<std::vector<std::string>> args{};   // each stage's args, as given
-  std::vector<int> returncodes{};                 // one per stage, in order; -N: signal N
-  int returncode = 0;                             // pipefail: the last non-zero, else 0
-  std::string out{}, err{};                       // captured from the last stage / all stages
+  std::vector<std::vector<std::string>> args{}; // each stage's args, as given
+  std::vector<int> returncodes{};               // one per stage, in order; -N: signal N
+  int returncode = 0;                           // pipefail: the last non-zero, else 0
+  std::string out{}, err{};                     // captured from the last stage / all stages
 };
 
 // check=true and a stage failed: returncode() and cmd() are that stage's (the last one
@@ -93,8 +93,8 @@ public:
 
   // To the group with start_new_session or process_group = 0, else to every stage.
   void send_signal(int sig);
-  void terminate();                           // SIGTERM
-  void kill();                                // SIGKILL
+  void terminate(); // SIGTERM
+  void kill();      // SIGKILL
 
 private:
   std::vector<std::vector<std::string>> stages_;

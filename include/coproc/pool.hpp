@@ -93,8 +93,7 @@ private:
   explicit async_result(std::shared_ptr<detail::result_state<T>> state) : state_(std::move(state)) {}
 
   // (Awaitables named first: g++ 12 mishandles them inside a co_await expression.)
-  static awaitable<T> get_until(std::shared_ptr<detail::result_state<T>> state,
-                                detail::deadline until) {
+  static awaitable<T> get_until(std::shared_ptr<detail::result_state<T>> state, detail::deadline until) {
     auto wait = state->wait(until);
     bool ready = co_await std::move(wait);
     if (!ready) throw timeout_error("coproc::async_result::get: the pool task did not finish in time");
@@ -167,7 +166,8 @@ public:
 
   template <class F, class... A> auto apply_async(F f, A... args) {
     detail::check_pool_callable<F>();
-    static_assert(std::is_invocable_v<F&, A&...>, "coproc::pool::apply: f cannot be called with these arguments");
+    static_assert(std::is_invocable_v<F&, A&...>,
+                  "coproc::pool::apply: f cannot be called with these arguments");
     using R = std::invoke_result_t<F&, A&...>;
     auto state = std::make_shared<detail::result_state<R>>();
     // The arguments are kept as they are and encoded straight into the frame when sent:
@@ -200,7 +200,7 @@ public:
     static_assert(!std::is_void_v<R>, "coproc::pool::starmap: f must return a value (a vector of "
                                       "results is returned); use apply_async for void tasks");
     return submit_map<F, T, R, true>(&detail::star_trampoline<F, T>, f,
-                               detail::copy_items(std::forward<Range>(tuples)), chunksize)
+                                     detail::copy_items(std::forward<Range>(tuples)), chunksize)
         .get();
   }
 
@@ -232,12 +232,13 @@ private:
                                       "results is returned); use apply_async for void tasks");
     auto state = std::make_shared<detail::map_state<R>>(items.size());
     if (chunksize == 0) chunksize = default_chunksize(items.size());
-    submit(std::make_shared<detail::items_job<T, Parts>>(fn, detail::pool_target(f), std::move(items), chunksize,
-                                                  state));
+    submit(std::make_shared<detail::items_job<T, Parts>>(fn, detail::pool_target(f), std::move(items),
+                                                         chunksize, state));
     return async_result<std::vector<R>>(std::move(state));
   }
 
-  template <class F, class Range> auto submit_stream(F f, Range&& items, std::size_t chunksize, bool ordered) {
+  template <class F, class Range>
+  auto submit_stream(F f, Range&& items, std::size_t chunksize, bool ordered) {
     detail::check_pool_callable<F>();
     using T = detail::pool_item_t<Range>;
     using R = std::invoke_result_t<F&, T&>;

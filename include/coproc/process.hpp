@@ -88,8 +88,9 @@ template <class F>
 concept fresh_empty_object = std::is_class_v<F> && std::is_empty_v<F> && std::is_default_constructible_v<F>;
 // A class with its own cereal serialize: rebuilt from its encoding.
 template <class F>
-concept fresh_serialized_object = std::is_class_v<F> && !std::is_empty_v<F> && wire::detail::own_serializer<F> &&
-                                  std::is_default_constructible_v<F> && std::is_copy_constructible_v<F>;
+concept fresh_serialized_object =
+    std::is_class_v<F> && !std::is_empty_v<F> && wire::detail::own_serializer<F> &&
+    std::is_default_constructible_v<F> && std::is_copy_constructible_v<F>;
 
 // Why target(args...) cannot travel to a fresh image; nullptr if it can. Known at compile
 // time, reported by start() (fork accepts every target).
@@ -101,15 +102,14 @@ template <class F, class... Args> constexpr const char* fresh_refusal() {
     return "a std::reference_wrapper argument (std::ref, std::cref) refers to this process's memory: "
            "pass the value";
   else if constexpr (((!travelling_handle<Args> &&
-                        wire::detail::problem_of<Args>() == wire::detail::problem::process_handle) ||
-                       ...))
+                       wire::detail::problem_of<Args>() == wire::detail::problem::process_handle) ||
+                      ...))
     return "a queue or connection inside another argument cannot travel to a fresh image: pass it as an "
            "argument of its own";
-  else if constexpr (!((travelling_handle<Args> || wire::serializable<Args>) && ...))
+  else if constexpr (!((travelling_handle<Args> || wire::serializable<Args>)&&...))
     return "an argument type is not wire-serializable (coproc/wire.hpp)";
   else if constexpr (!((travelling_handle<Args> || wire::trivially_encoded<Args> ||
-                        std::is_default_constructible_v<Args>) &&
-                       ...))
+                        std::is_default_constructible_v<Args>)&&...))
     return "an argument type is not default constructible, so a fresh image cannot decode it";
   else return nullptr;
 }
@@ -208,10 +208,9 @@ template <class F, class... Args> struct target_body final : process_body {
 };
 
 template <class F, class... Args>
-concept process_target =
-    !std::is_base_of_v<process, std::remove_cvref_t<F>> &&
-    !std::is_same_v<std::remove_cvref_t<F>, process_options> &&
-    std::is_invocable_v<std::decay_t<F>&, std::decay_t<Args>&...>;
+concept process_target = !std::is_base_of_v<process, std::remove_cvref_t<F>> &&
+                         !std::is_same_v<std::remove_cvref_t<F>, process_options> &&
+                         std::is_invocable_v<std::decay_t<F>&, std::decay_t<Args>&...>;
 
 // Subclasses of process that may start with spawn (COPROC_REGISTER_PROCESS): how to encode
 // one, and the fresh_entry that rebuilds it in a fresh image and runs it.
@@ -309,7 +308,9 @@ private:
 };
 
 namespace detail {
-template <class T> std::string encode_process(const process& p) { return wire::encode(static_cast<const T&>(p)); }
+template <class T> std::string encode_process(const process& p) {
+  return wire::encode(static_cast<const T&>(p));
+}
 
 template <class T>
 int run_fresh_process_class(std::uintptr_t, std::string_view object, std::string_view, fd_arrival&) {
@@ -324,7 +325,8 @@ template <class T> bool register_process_class() {
   static_assert(wire::detail::own_serializer<T>,
                 "COPROC_REGISTER_PROCESS: T needs a cereal serialize(Archive&) member (or save/load) for "
                 "the fields its run() uses");
-  register_process_class(typeid(T), &encode_process<T>, reinterpret_cast<std::uintptr_t>(&run_fresh_process_class<T>));
+  register_process_class(typeid(T), &encode_process<T>,
+                         reinterpret_cast<std::uintptr_t>(&run_fresh_process_class<T>));
   return true;
 }
 } // namespace detail
@@ -338,6 +340,6 @@ template <class T> bool register_process_class() {
 // serialize for the state its run() uses. In the fresh image T is default-constructed,
 // decoded and run; it keeps the parent's name() and daemon flag. An unregistered subclass
 // is std::invalid_argument at start() with spawn or forkserver.
-#define COPROC_REGISTER_PROCESS(...)                                                             \
-  [[maybe_unused]] static const bool COPROC_DETAIL_CONCAT(coproc_registered_process_, __COUNTER__) = \
+#define COPROC_REGISTER_PROCESS(...)                                                                         \
+  [[maybe_unused]] static const bool COPROC_DETAIL_CONCAT(coproc_registered_process_, __COUNTER__) =         \
       ::coproc::detail::register_process_class<__VA_ARGS__>()

@@ -99,7 +99,8 @@ public:
   // if the shared memory or the eventfds cannot be made.
   explicit queue(queue_options options)
       : ring_(std::make_shared<detail::queue_ring>(
-            options.maxsize, options.capacity_bytes == 0 ? default_queue_capacity : options.capacity_bytes)) {}
+            options.maxsize, options.capacity_bytes == 0 ? default_queue_capacity : options.capacity_bytes)) {
+  }
 
   // Waits for room. The item is encoded before the call returns (it may be a temporary).
   // queue_closed if the queue is (or becomes) closed; std::length_error, naming both
@@ -118,14 +119,17 @@ public:
   // queue_full / queue_empty instead of waiting.
   void put_nowait(const T& item) {
     auto s = ring_->try_put(detail::encode_item(item, detail::encode_scratch()));
-    if (s == detail::queue_ring::status::closed) throw queue_closed("coproc::queue: put_nowait on a closed queue");
+    if (s == detail::queue_ring::status::closed)
+      throw queue_closed("coproc::queue: put_nowait on a closed queue");
     if (s == detail::queue_ring::status::full) throw queue_full("coproc::queue: put_nowait on a full queue");
   }
   T get_nowait() {
     std::optional<T> out;
     auto s = ring_->try_get(&detail::decode_item<T>, &out);
-    if (s == detail::queue_ring::status::closed) throw queue_closed("coproc::queue: get_nowait on a closed, empty queue");
-    if (s == detail::queue_ring::status::empty) throw queue_empty("coproc::queue: get_nowait on an empty queue");
+    if (s == detail::queue_ring::status::closed)
+      throw queue_closed("coproc::queue: get_nowait on a closed, empty queue");
+    if (s == detail::queue_ring::status::empty)
+      throw queue_empty("coproc::queue: get_nowait on an empty queue");
     return std::move(*out);
   }
 

@@ -70,19 +70,20 @@ template <class T> awaitable<gathered<T>> gather_all(std::vector<awaitable<T>> i
   for (auto& item : items) ops.push_back(boost::asio::co_spawn(ex, std::move(item), boost::asio::deferred));
   auto group = boost::asio::experimental::make_parallel_group(std::move(ops));
   if constexpr (std::is_void_v<T>) {
-    auto [order, errors] =
-        co_await completed_after_launch(group.async_wait(boost::asio::experimental::wait_for_all(), boost::asio::deferred),
-                                        boost::asio::use_awaitable);
+    auto [order, errors] = co_await completed_after_launch(
+        group.async_wait(boost::asio::experimental::wait_for_all(), boost::asio::deferred),
+        boost::asio::use_awaitable);
     co_return gathered<T>(std::move(order), std::move(errors), 0);
   } else {
-    auto [order, errors, values] =
-        co_await completed_after_launch(group.async_wait(boost::asio::experimental::wait_for_all(), boost::asio::deferred),
-                                        boost::asio::use_awaitable);
+    auto [order, errors, values] = co_await completed_after_launch(
+        group.async_wait(boost::asio::experimental::wait_for_all(), boost::asio::deferred),
+        boost::asio::use_awaitable);
     co_return gathered<T>(std::move(order), std::move(errors), std::move(values));
   }
 }
 
-inline void rethrow_first(const std::vector<std::size_t>& order, const std::vector<std::exception_ptr>& errors) {
+inline void rethrow_first(const std::vector<std::size_t>& order,
+                          const std::vector<std::exception_ptr>& errors) {
   for (auto i : order)
     if (errors[i]) std::rethrow_exception(errors[i]);
 }

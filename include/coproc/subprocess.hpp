@@ -111,12 +111,12 @@ public:
   redirect(stdio how = stdio::inherit) noexcept : how_(how) {} // implicit: stdio is a redirect
 
   kind what() const noexcept { return kind_; }
-  stdio standard() const noexcept { return how_; }               // kind::standard
+  stdio standard() const noexcept { return how_; }                     // kind::standard
   const std::filesystem::path& path() const noexcept { return path_; } // kind::file
-  bool for_reading() const noexcept { return reading_; }          // kind::file
-  file_mode mode() const noexcept { return mode_; }                // kind::file, for writing
+  bool for_reading() const noexcept { return reading_; }               // kind::file
+  file_mode mode() const noexcept { return mode_; }                    // kind::file, for writing
   int fd() const noexcept { return fd_; } // kind::descriptor; kind::popen_pipe: 1 its stdout, 0 its stdin
-  popen* source() const noexcept { return popen_; }                // kind::popen_pipe
+  popen* source() const noexcept { return popen_; } // kind::popen_pipe
 
   friend bool operator==(const redirect& r, stdio s) noexcept {
     return r.kind_ == kind::standard && r.how_ == s;
@@ -195,16 +195,16 @@ private:
 //                   thread's signal mask is inherited; handled signals become default.
 
 struct run_options {
-  std::optional<std::filesystem::path> cwd{};                // the child's working directory
-  std::optional<std::map<std::string, std::string>> env{};   // replaces the environment; nullopt inherits
-  bool shell = false;                  // run /bin/sh -c args[0] (more args: $0, $1, ...)
-  bool start_new_session = false;      // setsid; then timeout/cancel/kill reach the whole group
-  std::optional<std::string> input{};  // written to stdin, then closed
-  redirect in = stdio::inherit;        // not to_stdout; stdio::pipe alone means empty input (EOF)
-  bool capture_output = false;         // out and err both become stdio::pipe
-  bool check = false;                  // exit != 0 → called_process_error
-  redirect out = stdio::inherit, err = stdio::inherit;   // pipe: captured into completed_process
-  std::optional<duration> timeout{};   // the child is killed and reaped, then timeout_expired
+  std::optional<std::filesystem::path> cwd{};              // the child's working directory
+  std::optional<std::map<std::string, std::string>> env{}; // replaces the environment; nullopt inherits
+  bool shell = false;                                      // run /bin/sh -c args[0] (more args: $0, $1, ...)
+  bool start_new_session = false;     // setsid; then timeout/cancel/kill reach the whole group
+  std::optional<std::string> input{}; // written to stdin, then closed
+  redirect in = stdio::inherit;       // not to_stdout; stdio::pipe alone means empty input (EOF)
+  bool capture_output = false;        // out and err both become stdio::pipe
+  bool check = false;                 // exit != 0 → called_process_error
+  redirect out = stdio::inherit, err = stdio::inherit; // pipe: captured into completed_process
+  std::optional<duration> timeout{};                   // the child is killed and reaped, then timeout_expired
   std::vector<int> pass_fds{};
   std::optional<int> process_group{};
   std::optional<unsigned> umask{};
@@ -214,7 +214,7 @@ struct run_options {
   bool restore_signals = true;
 };
 
-struct popen_options {                 // as in run_options
+struct popen_options { // as in run_options
   std::optional<std::filesystem::path> cwd{};
   std::optional<std::map<std::string, std::string>> env{};
   bool shell = false;
@@ -233,9 +233,9 @@ struct popen_options {                 // as in run_options
 };
 
 struct completed_process {
-  std::vector<std::string> args{};     // as given
-  int returncode = 0;                  // -N: killed by signal N
-  std::string out{}, err{};            // what was captured (stdio::pipe), else empty
+  std::vector<std::string> args{}; // as given
+  int returncode = 0;              // -N: killed by signal N
+  std::string out{}, err{};        // what was captured (stdio::pipe), else empty
 };
 
 // Runs args to completion. std::invalid_argument (thrown by the call itself, before
@@ -324,12 +324,12 @@ public:
   awaitable<std::pair<std::string, std::string>> communicate(std::string input = {});
   awaitable<std::pair<std::string, std::string>> communicate(std::string input, duration timeout);
 
-  std::optional<int> poll();                  // reaps if exited, never blocks
-  std::optional<int> returncode() const;      // the last code poll/wait saw
+  std::optional<int> poll();             // reaps if exited, never blocks
+  std::optional<int> returncode() const; // the last code poll/wait saw
 
-  void send_signal(int sig);                  // no-op once reaped
-  void terminate();                           // SIGTERM
-  void kill();                                // SIGKILL
+  void send_signal(int sig); // no-op once reaped
+  void terminate();          // SIGTERM
+  void kill();               // SIGKILL
 
 private:
   // communicate() state kept across a timeout, as Python keeps it.

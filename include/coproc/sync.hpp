@@ -298,7 +298,8 @@ private:
 
 class semaphore {
 public:
-  explicit semaphore(unsigned value = 1) : core_(std::make_shared<detail::semaphore_core>(value, 0, "coproc::semaphore")) {}
+  explicit semaphore(unsigned value = 1)
+      : core_(std::make_shared<detail::semaphore_core>(value, 0, "coproc::semaphore")) {}
   awaitable<void> acquire() { return acquire_until(core_); }
   // False if no unit became free before timeout.
   awaitable<bool> acquire(duration timeout) {
@@ -333,7 +334,9 @@ public:
   bool is_set() const noexcept { return core_->is_set(); }
   awaitable<void> wait() { return wait_until(core_); }
   // The flag at the end: false if it was not set before timeout.
-  awaitable<bool> wait(duration timeout) { return detail::event_core::wait(core_, detail::deadline::after(timeout)); }
+  awaitable<bool> wait(duration timeout) {
+    return detail::event_core::wait(core_, detail::deadline::after(timeout));
+  }
 
 private:
   static awaitable<void> wait_until(std::shared_ptr<detail::event_core> core) {
@@ -380,7 +383,8 @@ private:
     co_await std::move(op);
   }
   template <class P>
-  static awaitable<bool> wait_for_until(std::shared_ptr<detail::condition_core> core, P pred, detail::deadline until) {
+  static awaitable<bool> wait_for_until(std::shared_ptr<detail::condition_core> core, P pred,
+                                        detail::deadline until) {
     bool result = pred();
     while (!result && !until.passed()) {
       auto op = detail::condition_core::wait(core, until);
@@ -400,7 +404,8 @@ public:
   // arrive gets parties - 1). broken_barrier if the barrier is or becomes broken, also
   // when this wait's timeout passes (which breaks it for the others too).
   awaitable<unsigned> wait(std::optional<duration> timeout = {}) {
-    return detail::barrier_core::wait(core_, timeout ? detail::deadline::after(*timeout) : detail::deadline::never());
+    return detail::barrier_core::wait(core_, timeout ? detail::deadline::after(*timeout)
+                                                     : detail::deadline::never());
   }
   // Breaks it: current and later waiters get broken_barrier until reset().
   void abort() { core_->abort(); }
@@ -447,11 +452,21 @@ public:
       core_->unlock_data();
     }
   }
-  T fetch_add(T d) requires std::is_integral_v<T> { return std::atomic_ref<T>(*ptr()).fetch_add(d); }
-  T fetch_sub(T d) requires std::is_integral_v<T> { return std::atomic_ref<T>(*ptr()).fetch_sub(d); }
+  T fetch_add(T d)
+    requires std::is_integral_v<T>
+  {
+    return std::atomic_ref<T>(*ptr()).fetch_add(d);
+  }
+  T fetch_sub(T d)
+    requires std::is_integral_v<T>
+  {
+    return std::atomic_ref<T>(*ptr()).fetch_sub(d);
+  }
   // As std::atomic: true and desired stored if the value was expected; else false and
   // expected set to the value.
-  bool compare_exchange(T& expected, T desired) requires std::is_integral_v<T> {
+  bool compare_exchange(T& expected, T desired)
+    requires std::is_integral_v<T>
+  {
     return std::atomic_ref<T>(*ptr()).compare_exchange_strong(expected, desired);
   }
   // For compound updates (load, compute, store); every copy shares it.

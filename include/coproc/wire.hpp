@@ -197,21 +197,20 @@ template <class T, std::size_t N = 0> constexpr std::size_t count_fields() {
 // structured binding names its elements). Empty ones are not needed here.
 template <class T>
 concept reflectable = std::is_class_v<T> && std::is_aggregate_v<T> && !std::is_empty_v<T> &&
-                      !requires { std::tuple_size<T>::value; } &&
-                      std::is_trivially_copyable_v<T> && std::is_copy_assignable_v<T> &&
-                      !requires { T{any_base<T>{}}; } && count_fields<T>() != no_count &&
-                      count_fields<T>() != 0;
+                      !requires { std::tuple_size<T>::value; } && std::is_trivially_copyable_v<T> &&
+                      std::is_copy_assignable_v<T> && !requires { T{any_base<T>{}}; } &&
+                      count_fields<T>() != no_count && count_fields<T>() != 0;
 
 // Calls f with t's fields; not_callable if f does not take them.
 struct not_callable {};
 template <class T, class F> decltype(auto) apply_fields(T& t, F&& f) {
   constexpr std::size_t n = count_fields<std::remove_cv_t<T>>();
   static_assert(n >= 1 && n <= max_fields);
-#define COPROC_WIRE_FIELDS(count, ...)                                                             \
-  if constexpr (n == count) {                                                                      \
-    auto& [__VA_ARGS__] = t;                                                                       \
-    if constexpr (requires { f(__VA_ARGS__); }) return f(__VA_ARGS__);                             \
-    else return not_callable{};                                                                    \
+#define COPROC_WIRE_FIELDS(count, ...)                                                                       \
+  if constexpr (n == count) {                                                                                \
+    auto& [__VA_ARGS__] = t;                                                                                 \
+    if constexpr (requires { f(__VA_ARGS__); }) return f(__VA_ARGS__);                                       \
+    else return not_callable{};                                                                              \
   } else
   COPROC_WIRE_FIELDS(1, f0)
   COPROC_WIRE_FIELDS(2, f0, f1)
@@ -230,20 +229,18 @@ template <class T, class F> decltype(auto) apply_fields(T& t, F&& f) {
   COPROC_WIRE_FIELDS(15, f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14)
   COPROC_WIRE_FIELDS(16, f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15)
   COPROC_WIRE_FIELDS(17, f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16)
-  COPROC_WIRE_FIELDS(18, f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16,
-                     f17)
-  COPROC_WIRE_FIELDS(19, f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16,
-                     f17, f18)
-  COPROC_WIRE_FIELDS(20, f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16,
-                     f17, f18, f19)
-  COPROC_WIRE_FIELDS(21, f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16,
-                     f17, f18, f19, f20)
-  COPROC_WIRE_FIELDS(22, f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16,
-                     f17, f18, f19, f20, f21)
-  COPROC_WIRE_FIELDS(23, f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16,
-                     f17, f18, f19, f20, f21, f22)
-  COPROC_WIRE_FIELDS(24, f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16,
-                     f17, f18, f19, f20, f21, f22, f23) {}
+  COPROC_WIRE_FIELDS(18, f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16, f17)
+  COPROC_WIRE_FIELDS(19, f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16, f17, f18)
+  COPROC_WIRE_FIELDS(20, f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16, f17, f18,
+                     f19)
+  COPROC_WIRE_FIELDS(21, f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16, f17, f18,
+                     f19, f20)
+  COPROC_WIRE_FIELDS(22, f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16, f17, f18,
+                     f19, f20, f21)
+  COPROC_WIRE_FIELDS(23, f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16, f17, f18,
+                     f19, f20, f21, f22)
+  COPROC_WIRE_FIELDS(24, f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16, f17, f18,
+                     f19, f20, f21, f22, f23) {}
 #undef COPROC_WIRE_FIELDS
 }
 // A bit-field binds only to a const reference (a copy).
@@ -257,7 +254,8 @@ struct bind_fields {
 // A plain struct without bit-fields: every field can be read into.
 template <class T>
 concept reflectable_bindable =
-    reflectable<T> && !std::is_same_v<decltype(apply_fields(std::declval<T&>(), bind_fields{})), not_callable>;
+    reflectable<T> &&
+    !std::is_same_v<decltype(apply_fields(std::declval<T&>(), bind_fields{})), not_callable>;
 
 template <class T> constexpr bool every_bit_valid();
 template <class... T> constexpr bool all_every_bit_valid(type_list<T...>) {
@@ -269,7 +267,8 @@ template <class T> constexpr bool every_bit_valid() {
   else if constexpr (std::is_enum_v<T>) return fixed_enum<T>;
   else if constexpr (std::is_array_v<T>) return memcpy_safe<std::remove_extent_t<T>>::value;
   else if constexpr (is_std_array<T>) return memcpy_safe<typename T::value_type>::value;
-  else if constexpr (!std::is_class_v<T> || !std::is_trivially_copyable_v<T> || own_serializer<T>) return false;
+  else if constexpr (!std::is_class_v<T> || !std::is_trivially_copyable_v<T> || own_serializer<T>)
+    return false;
   else if constexpr (std::is_empty_v<T>) return true;
   else if constexpr (reflectable<T>) return all_every_bit_valid(field_types<T>{});
   else return false;
@@ -312,10 +311,11 @@ template <class T> constexpr problem problem_of() {
   else if constexpr (std::is_arithmetic_v<U>) return problem::none;
   else if constexpr (std::is_array_v<U>) return problem_of<std::remove_extent_t<U>>();
   else if constexpr (is_std_holder<U>) return problem_of<typename U::value_type>();
-  else if constexpr (requires { typename held_types<U>::type; }) return first_problem(typename held_types<U>::type{});
+  else if constexpr (requires { typename held_types<U>::type; })
+    return first_problem(typename held_types<U>::type{});
   else if constexpr (memcpy_safe<U>::value || own_serializer<U>) return problem::none;
   else if constexpr (reflectable_bindable<U>) return first_problem(field_types<U>{});
-  else if constexpr ((std::is_class_v<U> || std::is_union_v<U>) && std::is_trivially_copyable_v<U>)
+  else if constexpr (std::is_trivially_copyable_v<U> && (std::is_class_v<U> || std::is_union_v<U>))
     return problem::unchecked_class;
   else return problem::no_serializer;
 }
@@ -485,8 +485,7 @@ void CEREAL_SAVE_FUNCTION_NAME(Archive& ar, const BinaryData<T>& bd) {
 template <class T> void CEREAL_LOAD_FUNCTION_NAME(coproc::wire::input_archive& ar, BinaryData<T>& bd) {
   if constexpr (std::is_same_v<std::remove_cv_t<std::remove_pointer_t<T>>, bool>)
     ar.load_bools(bd.data, static_cast<std::size_t>(bd.size));
-  else
-    ar.load_binary(bd.data, static_cast<std::size_t>(bd.size));
+  else ar.load_binary(bd.data, static_cast<std::size_t>(bd.size));
 }
 
 } // namespace cereal

@@ -65,11 +65,14 @@ inline int reap_adopted(int pid, std::chrono::milliseconds limit) {
 // failure) ends by SIGKILL within limit of its parent's SIGKILL.
 template <class Start>
 bool daemon_dies_with_killed_parent(Start start_daemon, std::chrono::milliseconds limit) {
-  return after_parent_killed([&] { return std::array<int, 2>{start_daemon(), 0}; },
-                             [&](std::array<int, 2> pids) {
-                               int status = reap_adopted(pids[0], limit);
-                               return status != -1 && WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL ? 1 : 0;
-                             }) == 1;
+  return after_parent_killed(
+             [&] {
+               return std::array<int, 2>{start_daemon(), 0};
+             },
+             [&](std::array<int, 2> pids) {
+               int status = reap_adopted(pids[0], limit);
+               return status != -1 && WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL ? 1 : 0;
+             }) == 1;
 }
 
 // start returns {the plain child's pid, its fork server's pid}: after the parent's SIGKILL

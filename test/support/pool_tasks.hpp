@@ -73,7 +73,8 @@ struct worker_report {
   int inits;
 };
 inline int g_inits = 0;
-inline int g_parent_state = 0; // set by the parent at run time: a forked worker sees it, a spawned one does not
+inline int g_parent_state =
+    0; // set by the parent at run time: a forked worker sees it, a spawned one does not
 inline int parent_state() { return g_parent_state; }
 inline void count_init() { ++g_inits; }
 inline void failing_init() { throw std::runtime_error("initializer refused"); }
@@ -87,7 +88,7 @@ inline worker_report report(int ms) {
 inline std::atomic<int>* const g_slots = [] {
   void* mem = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   if (mem == MAP_FAILED) std::abort();
-  return new (mem) std::atomic<int>[64]{};
+  return new (mem) std::atomic<int>[64] {};
 }();
 inline std::atomic<int>* shared_slots() { return g_slots; }
 inline int announce_and_sleep(int slot) {

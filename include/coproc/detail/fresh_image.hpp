@@ -13,8 +13,8 @@
 namespace coproc::detail {
 
 struct code_ref {
-  std::string object;        // the loaded object's path; "" for the executable
-  std::uint64_t offset = 0;  // from its load address
+  std::string object;       // the loaded object's path; "" for the executable
+  std::uint64_t offset = 0; // from its load address
   template <class Archive> void serialize(Archive& ar) { ar(object, offset); }
 };
 

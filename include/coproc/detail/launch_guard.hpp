@@ -34,10 +34,11 @@ template <class Op, class Token> auto completed_after_launch(Op op, Token&& toke
         auto slot = boost::asio::get_associated_cancellation_slot(handler);
         auto ex = boost::asio::get_associated_executor(handler);
         std::move(op)(boost::asio::bind_cancellation_slot(
-            slot, boost::asio::bind_executor(ex, [launching, handler = std::move(handler)](auto&&... results) mutable {
-              { std::lock_guard launched(*launching); }
-              std::move(handler)(std::forward<decltype(results)>(results)...);
-            })));
+            slot, boost::asio::bind_executor(
+                      ex, [launching, handler = std::move(handler)](auto&&... results) mutable {
+                        { std::lock_guard launched(*launching); }
+                        std::move(handler)(std::forward<decltype(results)>(results)...);
+                      })));
       },
       token, std::move(op));
 }

@@ -90,7 +90,7 @@ private:
   // Receiving: in_[0, got_) holds the first bytes of a message of length_ bytes.
   std::string in_;
   std::uint64_t length_ = 0, got_ = 0;
-  bool partial_ = false; // a message is being assembled
+  bool partial_ = false;  // a message is being assembled
   bool skipping_ = false; // dropping the pieces of a message whose start went elsewhere
   // Sending, under send_mutex_ (the background flusher may run on another thread than
   // the next send; close() drops the rest): the rest of a cancelled send, written before

@@ -55,7 +55,7 @@ struct scheduled_worker {
   explicit scheduled_worker(std::atomic<std::uint64_t>* claimed) : claimed(claimed) {}
   // The worker_page counter: the last item number the worker (or the parent) claimed.
   std::atomic<std::uint64_t>* claimed;
-  std::deque<pool_chunk> held;    // sent, not all answered, in order
+  std::deque<pool_chunk> held; // sent, not all answered, in order
   std::size_t held_items = 0;
   std::size_t front_answered = 0; // answered items of held.front()
   std::uint64_t sent_seq = 0;     // the number of the last item sent
@@ -91,7 +91,7 @@ public:
   bool all_claimed() const;
 
   struct dispatch_result {
-    bool more = false;          // the budget ran out with work left: dispatch again soon
+    bool more = false;           // the budget ran out with work left: dispatch again soon
     std::int64_t look_again = 0; // > 0: dispatch again after this many ns (a steal is due)
   };
   // Hands out chunks, one per worker per round while speeds are unknown, at most about
@@ -154,7 +154,8 @@ private:
   unsigned failed_starts_ = 0;                     // workers in a row that ended before they started
 };
 
-template <class Send> pool_scheduler::dispatch_result pool_scheduler::dispatch(std::int64_t now, Send&& send) {
+template <class Send>
+pool_scheduler::dispatch_result pool_scheduler::dispatch(std::int64_t now, Send&& send) {
   dispatch_result result;
   std::size_t budget = max_frame_items;
   for (;;) {

@@ -78,8 +78,7 @@ private:
 // (No co_return inside a lock's scope, and the initiation is named first: g++ 12
 // mishandles both in coroutines.)
 template <class Ready>
-awaitable<bool> wait_for_condition(std::mutex& mutex, waiter_list& waiters, Ready ready,
-                                   deadline until) {
+awaitable<bool> wait_for_condition(std::mutex& mutex, waiter_list& waiters, Ready ready, deadline until) {
   auto settled = [&] { return ready() || until.passed(); }; // with the mutex held
   auto park = [&](auto handler) {
     std::unique_lock lock(mutex);
@@ -93,8 +92,9 @@ awaitable<bool> wait_for_condition(std::mutex& mutex, waiter_list& waiters, Read
       std::lock_guard lock(mutex);
       if (settled()) break;
     }
-    auto parked = boost::asio::async_initiate<const boost::asio::use_awaitable_t<>&,
-                                              void(boost::system::error_code)>(park, boost::asio::use_awaitable);
+    auto parked =
+        boost::asio::async_initiate<const boost::asio::use_awaitable_t<>&, void(boost::system::error_code)>(
+            park, boost::asio::use_awaitable);
     co_await std::move(parked);
   }
   bool is_ready;
@@ -166,7 +166,8 @@ public:
   void fail(std::size_t, std::exception_ptr error) override { finish(std::nullopt, error); }
 
   awaitable<bool> wait(deadline until) {
-    return wait_for_condition(mutex_, waiters_, [this] { return done_; }, until);
+    return wait_for_condition(
+        mutex_, waiters_, [this] { return done_; }, until);
   }
   bool ready() const {
     std::lock_guard lock(mutex_);
@@ -259,8 +260,8 @@ public:
     std::optional<std::variant<R, std::exception_ptr>> item;
     for (;;) {
       // Woken, another reader may still take the item first: look again under the lock.
-      auto wait = wait_for_condition(mutex_, waiters_, [this] { return exhausted() || available(); },
-                                     deadline::never());
+      auto wait = wait_for_condition(
+          mutex_, waiters_, [this] { return exhausted() || available(); }, deadline::never());
       co_await std::move(wait);
       std::lock_guard lock(mutex_);
       if (exhausted()) break;
@@ -288,7 +289,8 @@ private:
   }
   // Caller holds the mutex; available().
   std::variant<R, std::exception_ptr> take() {
-    std::variant<R, std::exception_ptr> item = ordered_ ? std::move(*slots_[handed_]) : std::move(arrived_.front());
+    std::variant<R, std::exception_ptr> item =
+        ordered_ ? std::move(*slots_[handed_]) : std::move(arrived_.front());
     if (ordered_) slots_[handed_].reset();
     else arrived_.pop_front();
     // Readers still waiting for an item learn that none is left.

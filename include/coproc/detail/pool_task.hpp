@@ -108,7 +108,9 @@ template <class T> void encode_part(std::string& out, const T& part) {
   std::memcpy(out.data() + at, &n, sizeof n);
 }
 
-template <class... T> void encode_parts(std::string& out, const T&... parts) { (encode_part(out, parts), ...); }
+template <class... T> void encode_parts(std::string& out, const T&... parts) {
+  (encode_part(out, parts), ...);
+}
 
 template <class T> T decode_part(std::string_view& in) {
   std::uint64_t n;
@@ -133,7 +135,8 @@ template <class Tuple> void encode_tuple_parts(std::string& out, const Tuple& t)
 }
 
 // apply(f, args...): one item, the arguments as parts.
-template <class F, class... A> void apply_trampoline(std::intptr_t target, const pool_input& in, std::string& out) {
+template <class F, class... A>
+void apply_trampoline(std::intptr_t target, const pool_input& in, std::string& out) {
   F f = pool_callable<F>(target);
   auto args = decode_parts<std::tuple<A...>>(in.bytes);
   in.consumed();
@@ -141,7 +144,8 @@ template <class F, class... A> void apply_trampoline(std::intptr_t target, const
 }
 
 // map / imap: one item is one argument.
-template <class F, class T> void item_trampoline(std::intptr_t target, const pool_input& in, std::string& out) {
+template <class F, class T>
+void item_trampoline(std::intptr_t target, const pool_input& in, std::string& out) {
   F f = pool_callable<F>(target);
   auto item = wire::decode<T>(in.bytes);
   in.consumed();
@@ -152,7 +156,8 @@ template <class F, class T> void item_trampoline(std::intptr_t target, const poo
 }
 
 // starmap: one item is a tuple of arguments.
-template <class F, class T> void star_trampoline(std::intptr_t target, const pool_input& in, std::string& out) {
+template <class F, class T>
+void star_trampoline(std::intptr_t target, const pool_input& in, std::string& out) {
   F f = pool_callable<F>(target);
   auto item = decode_parts<T>(in.bytes);
   in.consumed();
