@@ -238,8 +238,10 @@ int main(int argc, char** argv) {
     double ours = coproc_apply_us();
     double raw = raw_round_trip_us();
     pin_to_cpu0(false);
-    double py = bench::python("pool_peer.py", std::string("pool_apply_us ") + (pinned ? "pinned" : "free"));
-    double ppe = bench::python("pool_peer.py", std::string("ppe_apply_us ") + (pinned ? "pinned" : "free"));
+    double py =
+        bench::python("pool_peer.py", std::string("pool_apply_us ") + (pinned ? "pinned" : "free"));
+    double ppe =
+        bench::python("pool_peer.py", std::string("ppe_apply_us ") + (pinned ? "pinned" : "free"));
     bench::row(name, "coproc", ours, "us", true);
     bench::row(name, "python Pool", py, "us", true);
     bench::row(name, "python PPE+asyncio", ppe, "us", true);
@@ -267,12 +269,14 @@ int main(int argc, char** argv) {
     std::string name = chunksize ? "map 1M ints, chunksize 1" : "map 1M ints, default chunksize";
     double ours = coproc_map_rate(chunksize);
     // Python with chunksize 1 is slow: fewer items, same unit.
-    double py =
-        bench::python("pool_peer.py", chunksize ? "pool_map_rate 50000 1" : "pool_map_rate 1000000 0");
-    double ppe = bench::python("pool_peer.py", chunksize ? "ppe_map_rate 10000 1" : "ppe_map_rate 1000000 0");
+    double py = bench::python("pool_peer.py",
+                              chunksize ? "pool_map_rate 50000 1" : "pool_map_rate 1000000 0");
+    double ppe = bench::python("pool_peer.py",
+                               chunksize ? "ppe_map_rate 10000 1" : "ppe_map_rate 1000000 0");
     bench::row(name, "coproc", ours, "items/s", false);
     bench::row(name, chunksize ? "python Pool (50k)" : "python Pool", py, "items/s", false);
-    bench::row(name, chunksize ? "python PPE+asyncio (10k)" : "python PPE+asyncio", ppe, "items/s", false);
+    bench::row(name, chunksize ? "python PPE+asyncio (10k)" : "python PPE+asyncio", ppe, "items/s",
+               false);
     bench::row(name, "raw socketpair, batched", raw_items, "items/s", false);
     bench::ratio(name + " vs Pool", ours, py, false);
     bench::ratio(name + " vs PPE", ours, ppe, false);
@@ -283,9 +287,11 @@ int main(int argc, char** argv) {
     double py50 = bench::python("pool_peer.py", "pool_lag_ms 100000 p50");
     double py99 = bench::python("pool_peer.py", "pool_lag_ms 100000 p99");
     bench::row("1 ms timer lag p50, map chunksize 1", "coproc (1M items)", p50, "ms", true);
-    bench::row("1 ms timer lag p50, map chunksize 1", "python Pool+asyncio (100k)", py50, "ms", true);
+    bench::row("1 ms timer lag p50, map chunksize 1", "python Pool+asyncio (100k)", py50, "ms",
+               true);
     bench::row("1 ms timer lag p99, map chunksize 1", "coproc (1M items)", p99, "ms", true);
-    bench::row("1 ms timer lag p99, map chunksize 1", "python Pool+asyncio (100k)", py99, "ms", true);
+    bench::row("1 ms timer lag p99, map chunksize 1", "python Pool+asyncio (100k)", py99, "ms",
+               true);
     bench::ratio("timer lag p99 vs Pool", p99, py99, true);
   }
 

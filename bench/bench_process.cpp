@@ -23,7 +23,8 @@ namespace {
 
 constexpr int rounds = 7;
 constexpr int concurrent_n = 1000;
-constexpr const char* exit_at_once = "--exit-at-once"; // the raw posix_spawn's image returns at once
+constexpr const char* exit_at_once =
+    "--exit-at-once"; // the raw posix_spawn's image returns at once
 
 int count_fds() {
   int n = 0;
@@ -87,8 +88,8 @@ double raw_spawn_true(int n) { return raw_posix_spawn(n, "/bin/true", nullptr); 
 // forkserver joins this list once it exists.
 const std::array methods{
     method_case{coproc::start_method::fork, "fork", 300, 40, 100, "raw fork+waitpid", raw_fork},
-    method_case{coproc::start_method::spawn, "spawn", 100, 100, 10, "raw posix_spawn(/proc/self/exe)+waitpid",
-                raw_spawn_self},
+    method_case{coproc::start_method::spawn, "spawn", 100, 100, 10,
+                "raw posix_spawn(/proc/self/exe)+waitpid", raw_spawn_self},
 };
 
 double raw_concurrent() {
@@ -132,7 +133,8 @@ int main(int argc, char** argv) {
   coproc::main_guard(argc, argv); // the spawned children start here
   if (argc > 1 && std::strcmp(argv[1], exit_at_once) == 0) return 0;
 
-  std::printf("start+join of a no-op child, sequential, per start method, median of %d rounds\n", rounds);
+  std::printf("start+join of a no-op child, sequential, per start method, median of %d rounds\n",
+              rounds);
   for (int mib : {0, 1024}) {
     std::vector<char> ballast(static_cast<std::size_t>(mib) << 20);
     std::memset(ballast.data(), 1, ballast.size()); // every page resident
@@ -143,19 +145,20 @@ int main(int argc, char** argv) {
     double raw_true = 0;
     for (auto& m : methods) {
       int n = mib ? m.n_big : m.n_small;
-      measured.push_back({bench::median_of(rounds, [&] { return m.raw(n); }),
-                          bench::median_of(rounds, [&] { return coproc_start_join(n, m.method); })});
+      measured.push_back(
+          {bench::median_of(rounds, [&] { return m.raw(n); }),
+           bench::median_of(rounds, [&] { return coproc_start_join(n, m.method); })});
       if (m.method == coproc::start_method::spawn)
         raw_true = bench::median_of(rounds, [] { return raw_spawn_true(100); });
     }
     std::vector<char>().swap(ballast); // Python's peer holds its own
     for (std::size_t i = 0; i < methods.size(); ++i) {
       auto& m = methods[i];
-      double py = bench::python("process_peer.py", "sequential " + std::to_string(m.python_n) + " " +
-                                                       std::to_string(mib ? 3 : 5) + " " + m.name + " " +
-                                                       std::to_string(mib));
-      std::string name =
-          std::string("process start+join, ") + m.name + ", parent +" + std::to_string(mib) + " MiB";
+      double py = bench::python("process_peer.py", "sequential " + std::to_string(m.python_n) +
+                                                       " " + std::to_string(mib ? 3 : 5) + " " +
+                                                       m.name + " " + std::to_string(mib));
+      std::string name = std::string("process start+join, ") + m.name + ", parent +" +
+                         std::to_string(mib) + " MiB";
       bench::row(name, std::string("coproc ") + m.name, measured[i].ours, "us", true);
       bench::row(name, std::string("python ") + m.name, py, "us", true);
       bench::row(name, m.raw_name, measured[i].raw, "us", true);
@@ -166,15 +169,18 @@ int main(int argc, char** argv) {
     }
   }
 
-  std::printf("\n%d children started, then joined concurrently, median of 3 rounds\n", concurrent_n);
+  std::printf("\n%d children started, then joined concurrently, median of 3 rounds\n",
+              concurrent_n);
   int base_fds = count_fds();
   double raw_c = bench::median_of(3, raw_concurrent);
   double ours_c = bench::median_of(3, coproc_concurrent);
-  double py_c = bench::python("process_peer.py", "concurrent " + std::to_string(concurrent_n) + " 3");
+  double py_c =
+      bench::python("process_peer.py", "concurrent " + std::to_string(concurrent_n) + " 3");
   bench::row("1000 concurrent children", "raw fork+waitpid", raw_c * 1e3, "ms", true);
   bench::row("1000 concurrent children", "coproc", ours_c * 1e3, "ms", true);
   bench::row("1000 concurrent children", "python multiprocessing", py_c * 1e3, "ms", true);
   bench::ratio("vs Python", ours_c, py_c, true);
-  std::printf("  peak descriptors during the coproc run: %d (%d before: one pidfd per pending join)\n",
-              peak_fds, base_fds);
+  std::printf(
+      "  peak descriptors during the coproc run: %d (%d before: one pidfd per pending join)\n",
+      peak_fds, base_fds);
 }

@@ -189,9 +189,11 @@ double raw_pingpong(bool pin) {
 } // namespace
 
 int main() {
-  std::printf("queue throughput, 1 producer process -> 1 consumer process, median of %d rounds\n", rounds);
+  std::printf("queue throughput, 1 producer process -> 1 consumer process, median of %d rounds\n",
+              rounds);
   double ours = bench::median_of(rounds, coproc_small);
-  double raw = bench::median_of(rounds, [] { return (small_n - 1) / raw_pipe(small_n, sizeof(int)) / 1e6; });
+  double raw =
+      bench::median_of(rounds, [] { return (small_n - 1) / raw_pipe(small_n, sizeof(int)) / 1e6; });
   double py = bench::python("queue_peer.py", "small " + std::to_string(python_small_n) + " 3");
   const char* small = "queue: int items, 1 producer -> 1 consumer";
   bench::row(small, "coproc", ours, "M items/s", false);
@@ -201,8 +203,8 @@ int main() {
   bench::ratio("vs raw pipe", ours, raw, false);
 
   ours = bench::median_of(rounds, coproc_big);
-  raw = bench::median_of(rounds,
-                         [] { return (big_n - 1) * double(big_size) / raw_pipe(big_n, big_size) / 1e9; });
+  raw = bench::median_of(
+      rounds, [] { return (big_n - 1) * double(big_size) / raw_pipe(big_n, big_size) / 1e9; });
   py = bench::python("queue_peer.py",
                      "big " + std::to_string(python_big_n) + " 3 " + std::to_string(big_size));
   const char* big = "queue: 64 KiB items, 1 producer -> 1 consumer";
@@ -212,7 +214,8 @@ int main() {
   bench::ratio("vs Python", ours, py, false);
   bench::ratio("vs raw pipe (target >= 8 GB/s)", ours, raw, false);
 
-  std::printf("\npipe ping-pong with an echo process, per round trip, median of %d rounds\n", rounds);
+  std::printf("\npipe ping-pong with an echo process, per round trip, median of %d rounds\n",
+              rounds);
   for (bool pin : {true, false}) {
     std::string name = pin ? "pipe ping-pong, pinned to one CPU" : "pipe ping-pong, unpinned";
     ours = bench::median_of(rounds, [pin] { return coproc_pingpong(pin); });

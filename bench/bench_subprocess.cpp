@@ -83,7 +83,8 @@ double spawn_while_running(int running) {
     auto ex = co_await boost::asio::this_coro::executor;
     std::vector<std::shared_ptr<coproc::popen>> sleepers;
     for (int i = 0; i < running; ++i) {
-      sleepers.push_back(std::make_shared<coproc::popen>(ex, std::vector<std::string>{"sleep", "60"}));
+      sleepers.push_back(
+          std::make_shared<coproc::popen>(ex, std::vector<std::string>{"sleep", "60"}));
       boost::asio::co_spawn(ex, wait_for(sleepers.back()), boost::asio::detached);
     }
     co_await coproc::call({true_path}); // every waiter has registered by now
@@ -174,8 +175,8 @@ std::string peer_args(const char* mode, int n) {
 } // namespace
 
 int main() {
-  std::printf("sequential spawn+wait of /bin/true, %d per round, median of %d rounds\n", sequential_n,
-              rounds);
+  std::printf("sequential spawn+wait of /bin/true, %d per round, median of %d rounds\n",
+              sequential_n, rounds);
   double raw = bench::median_of(rounds, raw_sequential);
   double ours = bench::median_of(rounds, coproc_sequential);
   double py_run = bench::python("subprocess_peer.py", peer_args("run_seq", sequential_n));
@@ -207,8 +208,8 @@ int main() {
     bench::ratio(std::to_string(n) + " concurrent vs python asyncio", ours_c, py_gather, false);
     per_spawn[k] = 1e6 / ours_c;
   }
-  std::printf("  linearity: coproc %.1f us/spawn at 1000 concurrent vs %.1f at 200 (%.2fx)\n", per_spawn[1],
-              per_spawn[0], per_spawn[1] / per_spawn[0]);
+  std::printf("  linearity: coproc %.1f us/spawn at 1000 concurrent vs %.1f at 200 (%.2fx)\n",
+              per_spawn[1], per_spawn[0], per_spawn[1] / per_spawn[0]);
 
   std::printf("\nsequential spawn+wait of /bin/true while N other children are awaited\n");
   double alone = 0, busiest = 0, raw_alone = 0, raw_busiest = 0;
@@ -224,8 +225,8 @@ int main() {
               "with 1000 fds open %.2fx (1.00 = linear total)\n",
               busiest / alone, raw_busiest / raw_alone);
 
-  std::printf("\n%d MiB through cat, input written while output is read, median of %d rounds\n", cat_mib,
-              rounds);
+  std::printf("\n%d MiB through cat, input written while output is read, median of %d rounds\n",
+              cat_mib, rounds);
   auto data = payload();
   double raw_t = bench::median_of(rounds, [&] { return raw_cat(data); });
   double ours_t = bench::median_of(rounds, [&] { return coproc_cat(data); });

@@ -108,7 +108,8 @@ double raw_eventfd_pingpong() { // us per round trip, blocking reads
     ::_exit(0);
   }
   auto trip = [&] {
-    if (::write(ping, &one, 8) != 8 || ::read(pong, &got, 8) != 8) throw std::runtime_error("eventfd");
+    if (::write(ping, &one, 8) != 8 || ::read(pong, &got, 8) != 8)
+      throw std::runtime_error("eventfd");
   };
   for (int i = 0; i < 100; ++i) trip();
   auto start = bench::clock::now();
@@ -125,7 +126,8 @@ double increments(bool locked) {
   coproc::value<int> v(0);
   coproc::barrier start_together(2);
   const int n = locked ? locked_increments_n : increments_n;
-  auto loop = [](coproc::value<int> v, coproc::barrier b, bool locked, int n) -> coproc::awaitable<void> {
+  auto loop = [](coproc::value<int> v, coproc::barrier b, bool locked,
+                 int n) -> coproc::awaitable<void> {
     co_await b.wait();
     auto l = v.get_lock();
     for (int i = 0; i < n; ++i) {

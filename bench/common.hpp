@@ -49,14 +49,14 @@ inline double python(const std::string& script, const std::string& args = "") {
 
 // One result row, printed for people and appended to $COPROC_BENCH_ROWS (TSV:
 // benchmark, implementation, value, unit, better = lower|higher) for the report.
-inline void row(const std::string& benchmark, const std::string& impl, double value, const std::string& unit,
-                bool lower_is_better) {
+inline void row(const std::string& benchmark, const std::string& impl, double value,
+                const std::string& unit, bool lower_is_better) {
   std::printf("  %-44s %-22s %14.3f %s\n", benchmark.c_str(), impl.c_str(), value, unit.c_str());
   std::fflush(stdout);
   if (const char* path = std::getenv("COPROC_BENCH_ROWS")) {
     if (FILE* f = std::fopen(path, "a")) {
-      std::fprintf(f, "%s\t%s\t%.6g\t%s\t%s\n", benchmark.c_str(), impl.c_str(), value, unit.c_str(),
-                   lower_is_better ? "lower" : "higher");
+      std::fprintf(f, "%s\t%s\t%.6g\t%s\t%s\n", benchmark.c_str(), impl.c_str(), value,
+                   unit.c_str(), lower_is_better ? "lower" : "higher");
       std::fclose(f);
     }
   }
@@ -65,7 +65,8 @@ inline void row(const std::string& benchmark, const std::string& impl, double va
 // "coproc is 7.4x faster than python" lines.
 inline void ratio(const std::string& what, double ours, double theirs, bool lower_is_better) {
   double r = lower_is_better ? theirs / ours : ours / theirs;
-  std::printf("  => %s: coproc %.2fx %s\n", what.c_str(), r >= 1 ? r : 1 / r, r >= 1 ? "better" : "worse");
+  std::printf("  => %s: coproc %.2fx %s\n", what.c_str(), r >= 1 ? r : 1 / r,
+              r >= 1 ? "better" : "worse");
   std::fflush(stdout);
 }
 

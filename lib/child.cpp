@@ -83,7 +83,8 @@ int open_pidfd(int pid) {
 // under it fail even if the pid is reused. -1 when /proc is not this pid namespace's.
 int open_proc_dir(int pid) {
   char self[32] = {};
-  if (::readlink("/proc/self", self, sizeof self - 1) <= 0 || std::atoi(self) != ::getpid()) return -1;
+  if (::readlink("/proc/self", self, sizeof self - 1) <= 0 || std::atoi(self) != ::getpid())
+    return -1;
   auto path = "/proc/" + std::to_string(pid);
   return open_with_room([&] { return ::open(path.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC); });
 }
@@ -110,7 +111,9 @@ std::optional<int> reap(int pid, const process_ref& ref) {
   int r;
   if (is_pidfd(ref) && !no_p_pidfd.load(std::memory_order_relaxed)) {
     siginfo_t info{};
-    do r = ::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(ref.fd), &info, WEXITED | WNOHANG);
+    do
+      r = ::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(ref.fd), &info,
+                   WEXITED | WNOHANG);
     while (r < 0 && errno == EINTR);
     if (r == 0) {
       if (info.si_pid == 0) return std::nullopt;
@@ -292,7 +295,8 @@ private:
       throw std::system_error(errno, std::generic_category(), "coproc: pipe2 for SIGCHLD");
     ::fcntl(fds[1], F_SETFL, O_NONBLOCK); // never blocks the handler
     auto* read_fd = reinterpret_cast<void*>(static_cast<std::intptr_t>(fds[0]));
-    if (int e = without_signals([&] { return ::pthread_create(&thread_, nullptr, run, read_fd); })) {
+    if (int e =
+            without_signals([&] { return ::pthread_create(&thread_, nullptr, run, read_fd); })) {
       ::close(fds[0]);
       ::close(fds[1]);
       throw std::system_error(e, std::generic_category(), "coproc: pthread_create for SIGCHLD");
@@ -306,9 +310,10 @@ private:
     mine.sa_sigaction = on_sigchld;
     mine.sa_mask = program_action.sa_mask;
     // The program's choices where it has a handler; otherwise no EINTR, exits only.
-    mine.sa_flags = SA_SIGINFO | (chains() ? program_action.sa_flags &
-                                                 (SA_RESTART | SA_NOCLDSTOP | SA_ONSTACK | SA_NODEFER)
-                                           : SA_RESTART | SA_NOCLDSTOP);
+    mine.sa_flags =
+        SA_SIGINFO |
+        (chains() ? program_action.sa_flags & (SA_RESTART | SA_NOCLDSTOP | SA_ONSTACK | SA_NODEFER)
+                  : SA_RESTART | SA_NOCLDSTOP);
     ::sigaction(SIGCHLD, &mine, nullptr); // cannot fail for SIGCHLD with a valid action
   }
 
@@ -445,7 +450,9 @@ child::~child() {
   if (!poll_locked()) reaper::instance().adopt(pid_, std::exchange(ref_, {}));
 }
 
-bool child::owned() const noexcept { return owner_ == fork_generation.load(std::memory_order_relaxed); }
+bool child::owned() const noexcept {
+  return owner_ == fork_generation.load(std::memory_order_relaxed);
+}
 
 // An inherited copy answers without the lock, which fork may have copied held; only the
 // forking thread was copied, so nothing writes code_ there.
@@ -474,7 +481,8 @@ boost::asio::awaitable<int> child::wait() {
   co_return *code;
 }
 
-boost::asio::awaitable<std::optional<int>> child::wait(std::chrono::steady_clock::duration timeout) {
+boost::asio::awaitable<std::optional<int>>
+child::wait(std::chrono::steady_clock::duration timeout) {
   if (auto code = poll()) co_return code;
   auto wait = wait_until(deadline::after(timeout));
   co_return co_await std::move(wait);
@@ -482,7 +490,8 @@ boost::asio::awaitable<std::optional<int>> child::wait(std::chrono::steady_clock
 
 boost::asio::awaitable<std::optional<int>> child::wait_until(deadline until) {
   if (!owned())
-    throw std::logic_error("can only wait for a child of this process (pid " + std::to_string(pid_) + ")");
+    throw std::logic_error("can only wait for a child of this process (pid " +
+                           std::to_string(pid_) + ")");
   int fd = -1;
   std::optional<int> code;
   {
@@ -490,7 +499,8 @@ boost::asio::awaitable<std::optional<int>> child::wait_until(deadline until) {
     code = poll_locked();
     // Each waiter watches its own duplicate, so several coroutines on several io_contexts
     // (or threads of one) can wait for one child.
-    if (!code && is_pidfd(ref_)) fd = open_with_room([this] { return ::fcntl(ref_.fd, F_DUPFD_CLOEXEC, 0); });
+    if (!code && is_pidfd(ref_))
+      fd = open_with_room([this] { return ::fcntl(ref_.fd, F_DUPFD_CLOEXEC, 0); });
   }
   if (code) co_return code;
   auto ex = co_await boost::asio::this_coro::executor;
@@ -507,11 +517,13 @@ boost::asio::awaitable<std::optional<int>> child::wait_until(deadline until) {
     // without blocking and wait again if the child still runs.
     if (auto code = poll()) co_return code;
     if (!timer) {
-      co_await pidfd.async_wait(boost::asio::posix::stream_descriptor::wait_read, boost::asio::use_awaitable);
+      co_await pidfd.async_wait(boost::asio::posix::stream_descriptor::wait_read,
+                                boost::asio::use_awaitable);
       continue;
     }
     auto woken = event_or_timer(
-        pidfd.async_wait(boost::asio::posix::stream_descriptor::wait_read, boost::asio::deferred), *timer);
+        pidfd.async_wait(boost::asio::posix::stream_descriptor::wait_read, boost::asio::deferred),
+        *timer);
     bool event = co_await std::move(woken);
     throw_if_cancelled(state);
     if (!event) co_return poll();
@@ -542,11 +554,13 @@ bool child::signal(int sig, bool whole_group) {
   if (code_ || !unreaped(ref_)) return false;
   int r;
   if (whole_group && group_) r = ::killpg(pid_, sig);
-  else if (is_pidfd(ref_)) r = static_cast<int>(::syscall(SYS_pidfd_send_signal, ref_.fd, sig, nullptr, 0));
+  else if (is_pidfd(ref_))
+    r = static_cast<int>(::syscall(SYS_pidfd_send_signal, ref_.fd, sig, nullptr, 0));
   else r = ::kill(pid_, sig);
   if (r != 0 && errno != ESRCH)
     throw std::system_error(errno, std::generic_category(),
-                            "coproc: kill(" + std::to_string(pid_) + ", " + std::to_string(sig) + ")");
+                            "coproc: kill(" + std::to_string(pid_) + ", " + std::to_string(sig) +
+                                ")");
   return true;
 }
 

@@ -61,14 +61,16 @@ ssize_t write_without_sigpipe(int fd, const char* data, std::size_t size) {
 // Writes data[offset..] and closes the pipe. offset survives a cancellation, so a
 // later call goes on where this one stopped. A child that stops reading gets the
 // rest dropped, as in Python.
-awaitable<void> write_all(asio::writable_pipe& pipe, std::string_view data, std::size_t& offset, int pid) {
+awaitable<void> write_all(asio::writable_pipe& pipe, std::string_view data, std::size_t& offset,
+                          int pid) {
   if (data.size() - offset > default_pipe_size) enlarge(pipe.native_handle());
   // A writable_pipe can only wait for room through its writes, which would raise SIGPIPE:
   // a duplicate of the descriptor waits instead. It lives only as long as this call (an
   // open duplicate would keep the child from seeing the end of its input).
   std::optional<asio::posix::stream_descriptor> room;
   while (offset < data.size()) {
-    ssize_t n = write_without_sigpipe(pipe.native_handle(), data.data() + offset, data.size() - offset);
+    ssize_t n =
+        write_without_sigpipe(pipe.native_handle(), data.data() + offset, data.size() - offset);
     if (n >= 0) {
       offset += static_cast<std::size_t>(n);
     } else if (errno == EAGAIN) {
@@ -107,7 +109,8 @@ awaitable<void> read_all(asio::readable_pipe& pipe, std::string& into, int pid) 
   } trim_tail{into, filled};
   for (;;) {
     if (into.size() - filled < min_free) {
-      if (into.capacity() < filled + min_free) into.reserve(std::max(into.capacity() * 4, filled + min_free));
+      if (into.capacity() < filled + min_free)
+        into.reserve(std::max(into.capacity() * 4, filled + min_free));
       into.resize(filled + min_free);
     }
     auto buffer = asio::buffer(into.data() + filled, into.size() - filled);

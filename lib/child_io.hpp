@@ -25,8 +25,8 @@ namespace coproc::detail {
 // Writes data[offset..] and closes the pipe. offset survives a cancellation, so a
 // later call goes on where this one stopped. A child that stops reading gets the
 // rest dropped, as in Python. pid names the child in errors.
-awaitable<void> write_all(boost::asio::writable_pipe& pipe, std::string_view data, std::size_t& offset,
-                          int pid);
+awaitable<void> write_all(boost::asio::writable_pipe& pipe, std::string_view data,
+                          std::size_t& offset, int pid);
 
 // Appends everything up to EOF to into, then closes the pipe. What was read stays in
 // into if the read is cancelled.
@@ -47,10 +47,11 @@ template <class T> awaitable<std::optional<T>> before_deadline(awaitable<T> op, 
   namespace asio = boost::asio;
   auto ex = co_await asio::this_coro::executor;
   asio::steady_timer timer(ex, timeout);
-  auto group = asio::experimental::make_parallel_group(asio::co_spawn(ex, std::move(op), asio::deferred),
-                                                       timer.async_wait(asio::deferred));
+  auto group = asio::experimental::make_parallel_group(
+      asio::co_spawn(ex, std::move(op), asio::deferred), timer.async_wait(asio::deferred));
   auto [order, failure, value, timer_ec] = co_await completed_after_launch(
-      std::move(group).async_wait(asio::experimental::wait_for_one(), asio::deferred), asio::use_awaitable);
+      std::move(group).async_wait(asio::experimental::wait_for_one(), asio::deferred),
+      asio::use_awaitable);
   if (order[0] == 0) {
     if (failure) std::rethrow_exception(failure);
     co_return std::optional<T>(std::move(value));

@@ -23,8 +23,8 @@ namespace coproc::detail {
 // A cancellation of the awaiting coroutine ends both: the caller checks for it.
 template <class Event>
 boost::asio::awaitable<bool> event_or_timer(Event event, boost::asio::steady_timer& timer) {
-  auto group = boost::asio::experimental::make_parallel_group(std::move(event),
-                                                              timer.async_wait(boost::asio::deferred));
+  auto group = boost::asio::experimental::make_parallel_group(
+      std::move(event), timer.async_wait(boost::asio::deferred));
   auto done = co_await completed_after_launch(
       group.async_wait(boost::asio::experimental::wait_for_one(), boost::asio::deferred),
       boost::asio::use_awaitable);

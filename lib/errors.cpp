@@ -26,12 +26,13 @@ queue_closed::queue_closed() : error("queue is closed") {}
 eof_error::eof_error() : error("connection closed by the peer") {}
 broken_barrier::broken_barrier() : error("the barrier is broken") {}
 
-called_process_error::called_process_error(int returncode, std::vector<std::string> cmd, std::string output,
-                                           std::string errors)
+called_process_error::called_process_error(int returncode, std::vector<std::string> cmd,
+                                           std::string output, std::string errors)
     : error("command '" + detail::format_command(cmd) + "' " +
             (returncode >= 0 ? "returned non-zero exit status " + std::to_string(returncode)
                              : detail::describe_exitcode(returncode))),
-      returncode_(returncode), cmd_(std::move(cmd)), output_(std::move(output)), errors_(std::move(errors)) {}
+      returncode_(returncode), cmd_(std::move(cmd)), output_(std::move(output)),
+      errors_(std::move(errors)) {}
 
 namespace {
 std::string seconds_text(std::chrono::steady_clock::duration d) {
@@ -46,11 +47,13 @@ std::string seconds_text(std::chrono::steady_clock::duration d) {
 }
 } // namespace
 
-timeout_expired::timeout_expired(std::vector<std::string> cmd, std::chrono::steady_clock::duration timeout,
-                                 std::string output, std::string errors)
-    : timeout_error("command '" + detail::format_command(cmd) + "' timed out after " + seconds_text(timeout) +
-                    " seconds"),
-      cmd_(std::move(cmd)), timeout_(timeout), output_(std::move(output)), errors_(std::move(errors)) {}
+timeout_expired::timeout_expired(std::vector<std::string> cmd,
+                                 std::chrono::steady_clock::duration timeout, std::string output,
+                                 std::string errors)
+    : timeout_error("command '" + detail::format_command(cmd) + "' timed out after " +
+                    seconds_text(timeout) + " seconds"),
+      cmd_(std::move(cmd)), timeout_(timeout), output_(std::move(output)),
+      errors_(std::move(errors)) {}
 
 namespace detail {
 
@@ -58,8 +61,9 @@ std::string format_command(const std::vector<std::string>& args) {
   std::string out;
   for (const auto& a : args) {
     if (!out.empty()) out += ' ';
-    bool plain = !a.empty() && a.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-                                                   "0123456789@%+=:,./-_") == std::string::npos;
+    bool plain =
+        !a.empty() && a.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                          "0123456789@%+=:,./-_") == std::string::npos;
     if (plain) {
       out += a;
       continue;
@@ -80,8 +84,8 @@ std::string describe_exitcode(int code) {
 std::string exception_type_name(const std::exception& e) {
   const char* mangled = typeid(e).name();
   int status = 0;
-  std::unique_ptr<char, void (*)(void*)> demangled(abi::__cxa_demangle(mangled, nullptr, nullptr, &status),
-                                                   std::free);
+  std::unique_ptr<char, void (*)(void*)> demangled(
+      abi::__cxa_demangle(mangled, nullptr, nullptr, &status), std::free);
   return status == 0 && demangled ? demangled.get() : mangled;
 }
 

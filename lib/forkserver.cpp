@@ -368,7 +368,8 @@ public:
     int err = exchange_locked(r, sent, rep, got, stale);
     ::close(memfd);
     if (err != 0)
-      throw std::system_error(err, std::generic_category(), who + ": " + server_is(server) + " died");
+      throw std::system_error(err, std::generic_category(),
+                              who + ": " + server_is(server) + " died");
     if (rep.what == state::failed) {
       close_all(got);
       throw std::system_error(rep.value, std::generic_category(),
@@ -428,7 +429,8 @@ public:
   }
 
 private:
-  void ensure_locked(const std::string& who, const identity& id, std::unique_ptr<direct_child>& stale) {
+  void ensure_locked(const std::string& who, const identity& id,
+                     std::unique_ptr<direct_child>& stale) {
     if (stale_) {
       stale = std::move(server_);
       stale_ = false;
@@ -440,8 +442,8 @@ private:
       throw_errno(errno, who + ": socketpair for the fork server");
     int pid;
     try {
-      pid = spawn_fresh_image({image_kind::forkserver, id, false, {}}, std::span<const int>(&sv[1], 1),
-                              who + " (starting the fork server)");
+      pid = spawn_fresh_image({image_kind::forkserver, id, false, {}},
+                              std::span<const int>(&sv[1], 1), who + " (starting the fork server)");
       server_ = std::make_unique<direct_child>(pid);
     } catch (...) {
       ::close(sv[0]);
@@ -526,7 +528,8 @@ public:
     co_return *code;
   }
 
-  boost::asio::awaitable<std::optional<int>> wait(std::chrono::steady_clock::duration timeout) override {
+  boost::asio::awaitable<std::optional<int>>
+  wait(std::chrono::steady_clock::duration timeout) override {
     if (auto code = poll()) co_return code;
     auto wait = wait_until(deadline::after(timeout));
     co_return co_await std::move(wait);
@@ -538,8 +541,8 @@ public:
     if (code_) return false;
     // The pidfd names this process even after the server reaped it: a reused pid is safe.
     if (::syscall(SYS_pidfd_send_signal, pidfd_, sig, nullptr, 0) != 0 && errno != ESRCH)
-      throw_errno(errno,
-                  "coproc: pidfd_send_signal(pid " + std::to_string(pid_) + ", " + std::to_string(sig) + ")");
+      throw_errno(errno, "coproc: pidfd_send_signal(pid " + std::to_string(pid_) + ", " +
+                             std::to_string(sig) + ")");
     return true;
   }
 
@@ -563,7 +566,8 @@ private:
 
   boost::asio::awaitable<std::optional<int>> wait_until(deadline until) {
     if (!owned())
-      throw std::logic_error("can only wait for a child of this process (pid " + std::to_string(pid_) + ")");
+      throw std::logic_error("can only wait for a child of this process (pid " +
+                             std::to_string(pid_) + ")");
     int fd = -1;
     {
       std::lock_guard lock(mutex_);
@@ -588,13 +592,14 @@ private:
         if (auto code = poll()) co_return code;
       }
       if (!timer) {
-        auto op =
-            pidfd.async_wait(boost::asio::posix::stream_descriptor::wait_read, boost::asio::use_awaitable);
+        auto op = pidfd.async_wait(boost::asio::posix::stream_descriptor::wait_read,
+                                   boost::asio::use_awaitable);
         co_await std::move(op);
         continue;
       }
       auto woken = event_or_timer(
-          pidfd.async_wait(boost::asio::posix::stream_descriptor::wait_read, boost::asio::deferred), *timer);
+          pidfd.async_wait(boost::asio::posix::stream_descriptor::wait_read, boost::asio::deferred),
+          *timer);
       bool event = co_await std::move(woken);
       throw_if_cancelled(state);
       if (!event) co_return poll();
@@ -615,8 +620,8 @@ void run_fork_server(int fd) { fork_server(fd).run(); }
 
 void preload_fork_server(const std::string& who) { link().preload(who); }
 
-std::shared_ptr<process_child> start_served_child(const fresh_image_spec& spec, std::span<const int> fds,
-                                                  const std::string& who) {
+std::shared_ptr<process_child>
+start_served_child(const fresh_image_spec& spec, std::span<const int> fds, const std::string& who) {
   auto s = link().start(spec, fds, who);
   try {
     return std::make_shared<served_child>(s.pid, s.pidfd, s.epoch);

@@ -20,7 +20,7 @@ void preload_fork_server(const std::string& who);
 // descriptors 0-2 as they are now and `fds` at fresh_image_first_fd + i (as
 // spawn_fresh_image). std::system_error naming `who` and the server's pid if the server
 // cannot start, fails the fork or dies.
-std::shared_ptr<process_child> start_served_child(const fresh_image_spec& spec, std::span<const int> fds,
-                                                  const std::string& who);
+std::shared_ptr<process_child> start_served_child(const fresh_image_spec& spec,
+                                                  std::span<const int> fds, const std::string& who);
 
 } // namespace coproc::detail

@@ -71,8 +71,9 @@ struct envelope {
 
 // Started by hand, or by another program that sets coproc's variable: say so, and stop.
 [[noreturn]] void bad_image(const std::string& value, const std::string& why) {
-  std::cerr << "coproc: this program was started as a fresh image (" << image_env << "=" << value << ") but "
-            << why << "; " << image_env << " is set only by coproc for the children it starts" << std::endl;
+  std::cerr << "coproc: this program was started as a fresh image (" << image_env << "=" << value
+            << ") but " << why << "; " << image_env
+            << " is set only by coproc for the children it starts" << std::endl;
   ::_exit(bad_image_exit);
 }
 
@@ -85,7 +86,8 @@ std::string read_payload(const std::string& value) {
   std::string bytes(static_cast<std::size_t>(st.st_size), '\0');
   std::size_t done = 0;
   while (done < bytes.size()) {
-    ssize_t n = ::pread(payload_fd, bytes.data() + done, bytes.size() - done, static_cast<off_t>(done));
+    ssize_t n =
+        ::pread(payload_fd, bytes.data() + done, bytes.size() - done, static_cast<off_t>(done));
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) bad_image(value, "descriptor 3 could not be read whole");
     done += static_cast<std::size_t>(n);
@@ -104,12 +106,14 @@ std::string read_payload(const std::string& value) {
     bad_image(value, std::string("its payload does not decode: ") + error.what());
   }
   if (e.magic != image_magic) bad_image(value, "its payload is not coproc's");
-  if (e.kind != static_cast<std::uint8_t>(kind)) bad_image(value, "its payload is for another kind of child");
+  if (e.kind != static_cast<std::uint8_t>(kind))
+    bad_image(value, "its payload is for another kind of child");
   if (e.method > static_cast<std::uint8_t>(start_method::spawn))
     bad_image(value, "its start method is unknown");
   for (int i = 0; i < detail::kind_descriptors(kind); ++i)
     if (::fcntl(detail::fresh_image_first_fd + i, F_GETFD) < 0)
-      bad_image(value, "descriptor " + std::to_string(detail::fresh_image_first_fd + i) + " is not open");
+      bad_image(value,
+                "descriptor " + std::to_string(detail::fresh_image_first_fd + i) + " is not open");
   if (e.dies_with_parent) detail::die_with_parent(server != 0 ? server : e.parent);
   detail::inherit_start_method(static_cast<start_method>(e.method));
   detail::enter_child({std::move(e.path), std::move(e.name)});
@@ -117,7 +121,8 @@ std::string read_payload(const std::string& value) {
   case detail::image_kind::process:
     detail::run_fresh_process(e.body);
   case detail::image_kind::pool_worker:
-    detail::run_spawned_worker(e.body, detail::fresh_image_first_fd, detail::fresh_image_first_fd + 1);
+    detail::run_spawned_worker(e.body, detail::fresh_image_first_fd,
+                               detail::fresh_image_first_fd + 1);
   case detail::image_kind::forkserver:
     break;
   }
@@ -150,9 +155,9 @@ namespace detail {
 
 void require_main_guard(const std::string& who) {
   if (!guard_ran.load())
-    throw std::logic_error(who +
-                           ": start_method::spawn and forkserver start a fresh image of this program, "
-                           "which needs coproc::main_guard(argc, argv) as the first statement of main()");
+    throw std::logic_error(
+        who + ": start_method::spawn and forkserver start a fresh image of this program, "
+              "which needs coproc::main_guard(argc, argv) as the first statement of main()");
 }
 
 int kind_descriptors(image_kind kind) noexcept {
@@ -194,7 +199,8 @@ int fresh_image_payload(const fresh_image_spec& spec, const std::string& who) {
 
 void enter_served_image(image_kind kind, int server) { enter_image(kind, kind_name(kind), server); }
 
-int spawn_fresh_image(const fresh_image_spec& spec, std::span<const int> fds, const std::string& who) {
+int spawn_fresh_image(const fresh_image_spec& spec, std::span<const int> fds,
+                      const std::string& who) {
   // Every source descriptor above the targets (3, 4, ...), so no dup2 of the child
   // overwrites a source it has yet to copy.
   int above = payload_fd + 1 + static_cast<int>(fds.size());
@@ -233,8 +239,9 @@ int spawn_fresh_image(const fresh_image_spec& spec, std::span<const int> fds, co
   int pid = 0;
   try {
     for (std::size_t i = 0; i < sources.size(); ++i)
-      checked(::posix_spawn_file_actions_adddup2(&actions, sources[i], payload_fd + static_cast<int>(i)), who,
-              "adddup2");
+      checked(::posix_spawn_file_actions_adddup2(&actions, sources[i],
+                                                 payload_fd + static_cast<int>(i)),
+              who, "adddup2");
     checked(::posix_spawn_file_actions_addclosefrom_np(&actions, above), who, "addclosefrom_np");
     // every_signal, not sigfillset: glibc's 32 and 33 would stay ignored (os.hpp).
     sigset_t none, all_signals = every_signal();
@@ -278,7 +285,9 @@ bool executable_at(const dl_phdr_info* info, std::uintptr_t address) {
   return false;
 }
 
-const char* object_name(const dl_phdr_info* info, bool first) { return first ? "" : info->dlpi_name; }
+const char* object_name(const dl_phdr_info* info, bool first) {
+  return first ? "" : info->dlpi_name;
+}
 } // namespace
 
 std::optional<code_ref> locate_code(std::uintptr_t address) {
@@ -313,7 +322,8 @@ std::uintptr_t resolve_code(const code_ref& ref) {
       &q);
   if (!q.found)
     throw error("coproc: no code at offset " + std::to_string(ref.offset) + " of " +
-                (ref.object.empty() ? std::string("the executable") : ref.object) + " in this image");
+                (ref.object.empty() ? std::string("the executable") : ref.object) +
+                " in this image");
   return q.address;
 }
 

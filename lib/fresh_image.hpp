@@ -42,7 +42,8 @@ int kind_descriptors(image_kind kind) noexcept;
 int fresh_image_payload(const fresh_image_spec& spec, const std::string& who);
 
 // Starts the image; its pid. std::system_error naming `who` if it cannot start.
-int spawn_fresh_image(const fresh_image_spec& spec, std::span<const int> fds, const std::string& who);
+int spawn_fresh_image(const fresh_image_spec& spec, std::span<const int> fds,
+                      const std::string& who);
 
 // In a child the fork server `server` just forked, with its descriptors in place (the
 // payload at 3, the kind's from 4, nothing else above 2): becomes the child as a fresh
@@ -53,8 +54,9 @@ int spawn_fresh_image(const fresh_image_spec& spec, std::span<const int> fds, co
 void require_main_guard(const std::string& who);
 
 // The entries of the kinds, run by main_guard once the identity is taken.
-[[noreturn]] void run_fresh_process(std::string_view body);                     // lib/process.cpp
-[[noreturn]] void run_spawned_worker(std::string_view body, int fd, int memfd); // lib/pool_worker.cpp
-[[noreturn]] void run_fork_server(int fd);                                      // lib/forkserver.cpp
+[[noreturn]] void run_fresh_process(std::string_view body); // lib/process.cpp
+[[noreturn]] void run_spawned_worker(std::string_view body, int fd,
+                                     int memfd); // lib/pool_worker.cpp
+[[noreturn]] void run_fork_server(int fd);       // lib/forkserver.cpp
 
 } // namespace coproc::detail

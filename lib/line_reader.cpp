@@ -13,7 +13,8 @@ constexpr std::size_t read_size = 64 * 1024;
 
 line_too_long too_long(std::size_t bound, int fd) {
   return line_too_long("coproc::line_reader: a line longer than " + std::to_string(bound) +
-                       " bytes on descriptor " + std::to_string(fd) + " (dropped through its newline)");
+                       " bytes on descriptor " + std::to_string(fd) +
+                       " (dropped through its newline)");
 }
 } // namespace
 
@@ -58,8 +59,9 @@ awaitable<std::optional<std::string>> line_reader::next() {
     start_ = 0;
     std::size_t filled = buffer_.size();
     buffer_.resize(filled + read_size);
-    auto [ec, n] = co_await pipe_->async_read_some(boost::asio::buffer(buffer_.data() + filled, read_size),
-                                                   boost::asio::as_tuple(boost::asio::use_awaitable));
+    auto [ec, n] =
+        co_await pipe_->async_read_some(boost::asio::buffer(buffer_.data() + filled, read_size),
+                                        boost::asio::as_tuple(boost::asio::use_awaitable));
     buffer_.resize(filled + n);
     if (ec == boost::asio::error::eof) {
       eof_ = true;

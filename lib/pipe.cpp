@@ -56,7 +56,8 @@ void pipe_end::travel(wire::output_archive& ar, fd_departure& fds) {
   std::uint32_t index;
   {
     std::lock_guard lock(send_mutex_); // close() may run on another thread
-    if (fd_ < 0) throw std::invalid_argument("a closed coproc::connection cannot be passed to a child");
+    if (fd_ < 0)
+      throw std::invalid_argument("a closed coproc::connection cannot be passed to a child");
     index = fds.add(fd_);
   }
   ar(index, can_send_, can_recv_);
@@ -66,12 +67,13 @@ std::shared_ptr<pipe_end> pipe_end::arrive(wire::input_archive& ar, fd_arrival& 
   std::uint32_t index = 0;
   bool can_send = false, can_recv = false;
   ar(index, can_send, can_recv);
-  return fds.object<pipe_end>(index,
-                              [&] { return std::make_shared<pipe_end>(fds.fd(index), can_send, can_recv); });
+  return fds.object<pipe_end>(
+      index, [&] { return std::make_shared<pipe_end>(fds.fd(index), can_send, can_recv); });
 }
 
 void pipe_end::check_open(const char* what) const {
-  if (fd_ < 0) throw std::logic_error(std::string("coproc::connection::") + what + " on a closed connection");
+  if (fd_ < 0)
+    throw std::logic_error(std::string("coproc::connection::") + what + " on a closed connection");
 }
 
 bool pipe_end::write(outgoing& out) {
@@ -89,7 +91,8 @@ bool pipe_end::write(outgoing& out) {
       if (err == EINTR) continue;
       if (err == EAGAIN || err == EWOULDBLOCK) return false;
       const bool gone = err == EPIPE || err == ECONNRESET || err == ECONNREFUSED || err == ENOTCONN;
-      throw_errno(err, "coproc::connection::send " + pid_text() + (gone ? ": the other end is closed" : ""));
+      throw_errno(err, "coproc::connection::send " + pid_text() +
+                           (gone ? ": the other end is closed" : ""));
     }
     out.started = true; // a record is written whole or not at all
     out.sent += chunk;
@@ -121,8 +124,9 @@ void pipe_end::hand_off(const outgoing& out, const boost::asio::any_io_executor&
   flushing_ = true;
   // Posted: co_spawn may start the flusher at once on this thread, and it takes
   // send_mutex_, which the caller holds.
-  boost::asio::post(
-      ex, [self = shared_from_this(), ex] { boost::asio::co_spawn(ex, flush(self), boost::asio::detached); });
+  boost::asio::post(ex, [self = shared_from_this(), ex] {
+    boost::asio::co_spawn(ex, flush(self), boost::asio::detached);
+  });
 }
 
 // It may run on another thread than the next send (an io_context run by several
@@ -156,8 +160,9 @@ awaitable<void> pipe_end::send(std::string_view payload) {
   if (!can_send_)
     throw std::logic_error("coproc::connection::send on the receive-only end of a one-way pipe");
   if (payload.size() > max_message)
-    throw std::length_error("coproc::connection::send: a message of " + std::to_string(payload.size()) +
-                            " bytes is larger than the limit of " + std::to_string(max_message) + " bytes");
+    throw std::length_error("coproc::connection::send: a message of " +
+                            std::to_string(payload.size()) + " bytes is larger than the limit of " +
+                            std::to_string(max_message) + " bytes");
   auto ex = co_await boost::asio::this_coro::executor;
   outgoing out{payload};
   for (;;) {
@@ -182,7 +187,8 @@ awaitable<void> pipe_end::send(std::string_view payload) {
 pipe_end::got pipe_end::read_record(std::uint64_t& word, std::size_t& n, std::size_t at) {
   // Room for a whole record, grown with what has arrived, never with what is announced.
   if (in_.size() < at + record_payload)
-    in_.resize(std::max<std::size_t>(at + record_payload, std::min<std::uint64_t>(2 * in_.size(), length_)));
+    in_.resize(std::max<std::size_t>(at + record_payload,
+                                     std::min<std::uint64_t>(2 * in_.size(), length_)));
   iovec iov[2] = {{&word, 8}, {in_.data() + at, record_payload}};
   msghdr msg{};
   msg.msg_iov = iov;
@@ -191,8 +197,8 @@ pipe_end::got pipe_end::read_record(std::uint64_t& word, std::size_t& n, std::si
     ssize_t r = ::recvmsg(fd_, &msg, MSG_DONTWAIT);
     if (r > 0) {
       if (r < 8 || (msg.msg_flags & MSG_TRUNC) != 0)
-        throw coproc::error("coproc::connection::recv: malformed record of " + std::to_string(r) + " bytes " +
-                            pid_text());
+        throw coproc::error("coproc::connection::recv: malformed record of " + std::to_string(r) +
+                            " bytes " + pid_text());
       n = static_cast<std::size_t>(r) - 8;
       return got::record;
     }
@@ -232,14 +238,17 @@ bool pipe_end::take(std::uint64_t word, std::size_t n) {
     got_ = 0;
     (void)take(word, n); // if already complete, the next recv returns it at once
     throw coproc::error("coproc::connection::recv: a message of " + std::to_string(of) +
-                        " bytes was cut short after " + std::to_string(had) + " bytes " + pid_text());
+                        " bytes was cut short after " + std::to_string(had) + " bytes " +
+                        pid_text());
   }
   if (word > max_message)
-    throw coproc::error("coproc::connection::recv: malformed frame announcing " + std::to_string(word) +
-                        " bytes (the limit is " + std::to_string(max_message) + ") " + pid_text());
+    throw coproc::error("coproc::connection::recv: malformed frame announcing " +
+                        std::to_string(word) + " bytes (the limit is " +
+                        std::to_string(max_message) + ") " + pid_text());
   if (n > word)
-    throw coproc::error("coproc::connection::recv: malformed frame announcing " + std::to_string(word) +
-                        " bytes with " + std::to_string(n) + " in its first record " + pid_text());
+    throw coproc::error("coproc::connection::recv: malformed frame announcing " +
+                        std::to_string(word) + " bytes with " + std::to_string(n) +
+                        " in its first record " + pid_text());
   length_ = word;
   got_ = n;
   partial_ = true;
@@ -248,7 +257,8 @@ bool pipe_end::take(std::uint64_t word, std::size_t n) {
 
 awaitable<std::string_view> pipe_end::recv() {
   check_open("recv");
-  if (!can_recv_) throw std::logic_error("coproc::connection::recv on the send-only end of a one-way pipe");
+  if (!can_recv_)
+    throw std::logic_error("coproc::connection::recv on the send-only end of a one-way pipe");
   if (partial_ && got_ == length_) { // completed by the record that cut the previous one short
     partial_ = false;
     co_return std::string_view(in_.data(), length_);
@@ -266,8 +276,9 @@ awaitable<std::string_view> pipe_end::recv() {
     case got::end:
       if (partial_) {
         partial_ = false; // a later recv looks again (and finds the end again)
-        throw coproc::error("coproc::connection::recv: the peer closed in the middle of a frame, after " +
-                            std::to_string(got_) + " of " + std::to_string(length_) + " bytes " + pid_text());
+        throw coproc::error(
+            "coproc::connection::recv: the peer closed in the middle of a frame, after " +
+            std::to_string(got_) + " of " + std::to_string(length_) + " bytes " + pid_text());
       }
       throw eof_error();
     case got::nothing:
@@ -282,7 +293,8 @@ awaitable<std::string_view> pipe_end::recv() {
 
 awaitable<bool> pipe_end::poll(deadline until) {
   check_open("poll");
-  if (!can_recv_) throw std::logic_error("coproc::connection::poll on the send-only end of a one-way pipe");
+  if (!can_recv_)
+    throw std::logic_error("coproc::connection::poll on the send-only end of a one-way pipe");
   auto ready = [this] {
     char byte;
     for (;;) {

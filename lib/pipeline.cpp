@@ -44,13 +44,15 @@ void check_stages(const char* call, const stage_list& stages) {
 }
 
 // The same error with the stage named after what it said ("...: No such file" stays last).
-[[noreturn]] void rethrow_for_stage(const std::system_error& e, std::size_t stage, const stage_list& stages) {
+[[noreturn]] void rethrow_for_stage(const std::system_error& e, std::size_t stage,
+                                    const stage_list& stages) {
   std::string what = e.what();
   std::string suffix = ": " + e.code().message();
-  if (what.size() >= suffix.size() && what.compare(what.size() - suffix.size(), suffix.size(), suffix) == 0)
+  if (what.size() >= suffix.size() &&
+      what.compare(what.size() - suffix.size(), suffix.size(), suffix) == 0)
     what.resize(what.size() - suffix.size());
-  throw std::system_error(e.code(), what + " (stage " + std::to_string(stage) + " of the pipeline '" +
-                                        pipeline_text(stages) + "')");
+  throw std::system_error(e.code(), what + " (stage " + std::to_string(stage) +
+                                        " of the pipeline '" + pipeline_text(stages) + "')");
 }
 
 struct started_pipeline {
@@ -101,10 +103,12 @@ template <class Options> started_pipeline start_stages(const stage_list& stages,
       auto& req = requests[i];
       unique_fd next_read, write_end;
       if (i + 1 < n) std::tie(next_read, write_end) = detail::make_pipe(-1);
-      req.streams[0] =
-          i == 0 ? first_in.child : detail::child_stream{detail::child_stream::dup_fd, previous_read.fd};
-      req.streams[1] =
-          i + 1 == n ? last_out.child : detail::child_stream{detail::child_stream::dup_fd, write_end.fd};
+      req.streams[0] = i == 0
+                           ? first_in.child
+                           : detail::child_stream{detail::child_stream::dup_fd, previous_read.fd};
+      req.streams[1] = i + 1 == n
+                           ? last_out.child
+                           : detail::child_stream{detail::child_stream::dup_fd, write_end.fd};
       req.streams[2] = err.child;
       if (group && i > 0) req.process_group = p.children[0]->pid();
       int pid;
@@ -152,9 +156,10 @@ struct kill_unless_reaped {
   }
 };
 
-awaitable<std::vector<int>> exchange_and_wait_all(std::vector<std::unique_ptr<detail::child>>& children,
-                                                  asio::writable_pipe& in, asio::readable_pipe& out,
-                                                  asio::readable_pipe& err, detail::exchange_state& state) {
+awaitable<std::vector<int>>
+exchange_and_wait_all(std::vector<std::unique_ptr<detail::child>>& children,
+                      asio::writable_pipe& in, asio::readable_pipe& out, asio::readable_pipe& err,
+                      detail::exchange_state& state) {
   int first = children.front()->pid(), last = children.back()->pid();
   std::vector<awaitable<void>> ops;
   if (in.is_open()) ops.push_back(detail::write_all(in, state.input, state.input_offset, first));
@@ -204,7 +209,8 @@ awaitable<completed_pipeline> run_stages(stage_list stages, run_options o) {
     for (auto& c : p.children) co_await detail::reap(*c);
     co_await asio::this_coro::throw_if_cancelled(previous);
     if (failure) std::rethrow_exception(failure);
-    throw timeout_expired({pipeline_text(stages)}, *o.timeout, std::move(state.out), std::move(state.err));
+    throw timeout_expired({pipeline_text(stages)}, *o.timeout, std::move(state.out),
+                          std::move(state.err));
   }
   completed_pipeline result;
   result.returncodes = std::move(*codes);
@@ -213,8 +219,8 @@ awaitable<completed_pipeline> run_stages(stage_list stages, run_options o) {
   if (o.check && result.returncode != 0) {
     std::size_t failed = result.returncodes.size() - 1;
     while (result.returncodes[failed] == 0) --failed;
-    throw pipeline_error(failed, std::move(stages), std::move(result.returncodes), std::move(state.out),
-                         std::move(state.err));
+    throw pipeline_error(failed, std::move(stages), std::move(result.returncodes),
+                         std::move(state.out), std::move(state.err));
   }
   result.args = std::move(stages);
   result.out = std::move(state.out);
@@ -226,16 +232,18 @@ awaitable<completed_pipeline> run_stages(stage_list stages, run_options o) {
 
 pipeline_error::pipeline_error(std::size_t stage, std::vector<std::vector<std::string>> stages,
                                std::vector<int> returncodes, std::string output, std::string errors)
-    : called_process_error(returncodes.at(stage), stages.at(stage), std::move(output), std::move(errors)),
+    : called_process_error(returncodes.at(stage), stages.at(stage), std::move(output),
+                           std::move(errors)),
       stage_(stage), stages_(std::move(stages)), returncodes_(std::move(returncodes)) {
   int code = returncodes_[stage_];
-  message_ =
-      "pipeline '" + pipeline_text(stages_) + "': stage " + std::to_string(stage_) + " ('" +
-      detail::format_command(stages_[stage_]) + "') " +
-      (code >= 0 ? "returned non-zero exit status " + std::to_string(code) : detail::describe_exitcode(code));
+  message_ = "pipeline '" + pipeline_text(stages_) + "': stage " + std::to_string(stage_) + " ('" +
+             detail::format_command(stages_[stage_]) + "') " +
+             (code >= 0 ? "returned non-zero exit status " + std::to_string(code)
+                        : detail::describe_exitcode(code));
 }
 
-awaitable<completed_pipeline> run_pipeline(std::vector<std::vector<std::string>> stages, run_options o) {
+awaitable<completed_pipeline> run_pipeline(std::vector<std::vector<std::string>> stages,
+                                           run_options o) {
   check_stages("run_pipeline", stages);
   detail::check_common("run_pipeline", o);
   if (o.input && !(o.in == stdio::inherit || o.in == stdio::pipe))
@@ -254,8 +262,8 @@ awaitable<completed_pipeline> run_pipeline(std::vector<std::vector<std::string>>
 
 pipeline::pipeline(boost::asio::any_io_executor ex, std::vector<std::vector<std::string>> stages,
                    popen_options o)
-    : stages_(std::move(stages)), group_(detail::leads_group(o)), kill_on_destroy_(o.kill_on_destroy),
-      stdin_(ex), stdout_(ex), stderr_(ex) {
+    : stages_(std::move(stages)), group_(detail::leads_group(o)),
+      kill_on_destroy_(o.kill_on_destroy), stdin_(ex), stdout_(ex), stderr_(ex) {
   check_stages("pipeline", stages_);
   detail::check_common("pipeline", o);
   started_pipeline p = start_stages(stages_, o);
@@ -306,8 +314,8 @@ std::vector<int> pipeline::pids() const {
 
 namespace {
 [[noreturn]] void not_a_pipe(const char* stream, const pipeline& p) {
-  throw std::logic_error("coproc::pipeline: " + std::string(stream) + " of '" + pipeline_text(p.stages()) +
-                         "' is not stdio::pipe");
+  throw std::logic_error("coproc::pipeline: " + std::string(stream) + " of '" +
+                         pipeline_text(p.stages()) + "' is not stdio::pipe");
 }
 } // namespace
 
@@ -323,7 +331,9 @@ boost::asio::readable_pipe& pipeline::stderr_pipe() {
   if (!piped_[2]) not_a_pipe("stderr", *this);
   return stderr_;
 }
-line_reader pipeline::stdout_lines(std::size_t max_line) { return line_reader(stdout_pipe(), max_line); }
+line_reader pipeline::stdout_lines(std::size_t max_line) {
+  return line_reader(stdout_pipe(), max_line);
+}
 
 awaitable<std::vector<int>> pipeline::wait() {
   std::vector<int> codes;

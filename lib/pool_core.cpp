@@ -40,20 +40,23 @@ const char* fresh_method_name(start_method method) {
 
 // start_method::spawn, forkserver: the initializer as an offset a fresh image can call, 0
 // for none.
-std::intptr_t spawn_initializer_offset(const std::function<void()>& initializer, start_method method) {
+std::intptr_t spawn_initializer_offset(const std::function<void()>& initializer,
+                                       start_method method) {
   if (!initializer) return 0;
   std::string with = std::string("coproc::pool: with ") + fresh_method_name(method);
   void (*fn)() = nullptr;
   if (auto* plain = initializer.target<void (*)()>()) fn = *plain;
   else if (auto* declared = initializer.target<void (*)() noexcept>()) fn = *declared;
   if (!fn)
-    throw std::invalid_argument(with + " the initializer must be a plain function (a fresh worker image has "
-                                       "no copy of a lambda's or object's state)");
+    throw std::invalid_argument(
+        with + " the initializer must be a plain function (a fresh worker image has "
+               "no copy of a lambda's or object's state)");
   auto offset = pool_image_offset(fn);
   // Only code in libcoproc's own image is at the same offset in a fresh image.
   if (!callable_offset(offset, true))
-    throw std::invalid_argument(with + " the initializer must be in the same image as libcoproc (link coproc "
-                                       "statically), or use start_method::fork");
+    throw std::invalid_argument(
+        with + " the initializer must be in the same image as libcoproc (link coproc "
+               "statically), or use start_method::fork");
   return offset;
 }
 
@@ -183,7 +186,8 @@ void pool_core::spawn_locked() {
 pool_core::link pool_core::make_link() const {
   int sv[2];
   if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
-    throw std::system_error(errno, std::generic_category(), "coproc::pool: socketpair for a worker");
+    throw std::system_error(errno, std::generic_category(),
+                            "coproc::pool: socketpair for a worker");
   link l{sv[0], sv[1]};
   if (spawning()) {
     l.memfd = ::memfd_create("coproc-pool-worker", MFD_CLOEXEC);
@@ -259,11 +263,13 @@ awaitable<void> pool_core::read_loop(std::shared_ptr<pool_core> self, std::share
       // io_context uses the socket too.
       auto start_read = [&](auto handler) {
         std::lock_guard lock(self->mutex_);
-        w->socket.async_read_some(boost::asio::buffer(room.data(), room.size()), std::move(handler));
+        w->socket.async_read_some(boost::asio::buffer(room.data(), room.size()),
+                                  std::move(handler));
       };
       auto token = boost::asio::redirect_error(boost::asio::use_awaitable, ec);
-      auto read = boost::asio::async_initiate<decltype(token), void(boost::system::error_code, std::size_t)>(
-          start_read, token);
+      auto read =
+          boost::asio::async_initiate<decltype(token), void(boost::system::error_code,
+                                                            std::size_t)>(start_read, token);
       std::size_t n = co_await std::move(read);
       if (ec || n == 0) break;
       in.commit(n);
@@ -367,7 +373,8 @@ void pool_core::deliver_locked(worker& w, bool failed, std::string_view bytes) {
   std::exception_ptr error;
   try {
     auto [type, message] = decode_parts<std::pair<std::string, std::string>>(bytes);
-    error = std::make_exception_ptr(remote_error(std::move(type), std::move(message), w.proc->pid()));
+    error =
+        std::make_exception_ptr(remote_error(std::move(type), std::move(message), w.proc->pid()));
   } catch (...) {
     error = std::current_exception();
   }
@@ -422,22 +429,23 @@ void pool_core::start_write(const std::shared_ptr<worker>& w) {
   release_if_large(w->out);
   ssize_t sent;
   do
-    sent =
-        ::send(w->socket.native_handle(), w->writing.data(), w->writing.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+    sent = ::send(w->socket.native_handle(), w->writing.data(), w->writing.size(),
+                  MSG_DONTWAIT | MSG_NOSIGNAL);
   while (sent < 0 && errno == EINTR);
   if (sent < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
     sent = static_cast<ssize_t>(w->writing.size()); // the worker died: its reader handles that
   std::size_t done = sent > 0 ? static_cast<std::size_t>(sent) : 0;
   if (done == w->writing.size()) return release_if_large(w->writing);
   w->write_pending = true;
-  boost::asio::async_write(w->socket, boost::asio::buffer(w->writing.data() + done, w->writing.size() - done),
-                           [self = shared_from_this(), w](boost::system::error_code ec, std::size_t) {
-                             std::lock_guard lock(self->mutex_);
-                             w->write_pending = false;
-                             release_if_large(w->writing);
-                             // A failed write means the worker died: its reader handles that.
-                             if (!ec) self->dispatch_locked();
-                           });
+  boost::asio::async_write(
+      w->socket, boost::asio::buffer(w->writing.data() + done, w->writing.size() - done),
+      [self = shared_from_this(), w](boost::system::error_code ec, std::size_t) {
+        std::lock_guard lock(self->mutex_);
+        w->write_pending = false;
+        release_if_large(w->writing);
+        // A failed write means the worker died: its reader handles that.
+        if (!ec) self->dispatch_locked();
+      });
 }
 
 // ---- a worker's end --------------------------------------------------------------------
@@ -448,7 +456,8 @@ bool pool_core::worker_gone_locked(worker& w, int code) {
   boost::system::error_code ec;
   w.socket.close(ec);
   if (!terminated_ && !failed_) {
-    bool start_failed = scheduler_.lost(w, std::make_exception_ptr(worker_lost(code, w.proc->pid())));
+    bool start_failed =
+        scheduler_.lost(w, std::make_exception_ptr(worker_lost(code, w.proc->pid())));
     if (start_failed) fail_pool_locked(start_failure(w, code));
   } else {
     scheduler_.forget(w);
@@ -492,7 +501,8 @@ std::exception_ptr pool_core::start_failure(const worker& w, int code) const {
       error("coproc::pool: " + std::to_string(max_failed_starts) +
             " worker starts failed in a row, so the pool fails its tasks; the last "
             "worker, pid " +
-            std::to_string(w.proc->pid()) + ", " + describe_exitcode(code) + " before taking tasks " + why));
+            std::to_string(w.proc->pid()) + ", " + describe_exitcode(code) +
+            " before taking tasks " + why));
 }
 
 // Workers cannot start: every unfinished and later task fails with `error`.

@@ -92,9 +92,10 @@ private:
   std::intptr_t initializer_offset_ = 0; // spawn: the initializer's offset from the anchor
   pool_scheduler scheduler_;
   std::vector<std::shared_ptr<worker>> workers_;
-  std::unordered_set<std::intptr_t> checked_offsets_; // spawn: code known to be in the anchor's image
-  std::size_t live_ = 0;                              // worker processes not reaped yet
-  std::exception_ptr failed_;                         // why every task fails (fail_pool_locked)
+  std::unordered_set<std::intptr_t>
+      checked_offsets_;       // spawn: code known to be in the anchor's image
+  std::size_t live_ = 0;      // worker processes not reaped yet
+  std::exception_ptr failed_; // why every task fails (fail_pool_locked)
   waiter_list join_waiters_;
   boost::asio::steady_timer rebalance_timer_{ex_};
   bool closed_ = false, terminated_ = false, dispatch_posted_ = false, rebalance_armed_ = false;

@@ -40,14 +40,16 @@ void end_record(std::string& out, std::size_t at, record_kind kind) {
 std::optional<frame_view> parse_frame(std::string_view in) {
   if (in.size() < sizeof(task_frame_header)) return std::nullopt;
   auto header = load<task_frame_header>(in.data());
-  if (header.length > max_message_bytes) throw pool_protocol_violation("a frame longer than 64 TiB");
+  if (header.length > max_message_bytes)
+    throw pool_protocol_violation("a frame longer than 64 TiB");
   if (in.size() - sizeof header < header.length) return std::nullopt;
   if (header.count == 0 || header.count > max_frame_items)
     throw pool_protocol_violation("a frame item count out of range");
   const char* items = in.data() + sizeof header;
   std::uint64_t left = header.length;
   for (std::uint64_t i = 0; i < header.count; ++i) {
-    if (left < sizeof(std::uint64_t)) throw pool_protocol_violation("a frame shorter than its items");
+    if (left < sizeof(std::uint64_t))
+      throw pool_protocol_violation("a frame shorter than its items");
     auto n = load<std::uint64_t>(items + (header.length - left));
     left -= sizeof n;
     if (n > left) throw pool_protocol_violation("an item longer than its frame");

@@ -99,7 +99,8 @@ struct record_view {
 inline std::optional<record_view> parse_record(std::string_view in) {
   if (in.size() < sizeof(record_header)) return std::nullopt;
   auto header = load<record_header>(in.data());
-  if (header.length > max_message_bytes) throw pool_protocol_violation("a record longer than 64 TiB");
+  if (header.length > max_message_bytes)
+    throw pool_protocol_violation("a record longer than 64 TiB");
   if (in.size() - sizeof header < header.length) return std::nullopt;
   auto length = static_cast<std::size_t>(header.length);
   return record_view{header.kind, in.substr(sizeof header, length), sizeof header + length};

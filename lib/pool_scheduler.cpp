@@ -9,8 +9,9 @@ bool pool_scheduler::submit(std::shared_ptr<pool_job> job) {
   if (job->count == 0) return false;
   queue_.push_back(std::move(job));
   return queue_.size() == 1 && retry_.empty() &&
-         std::any_of(workers_.begin(), workers_.end(),
-                     [](const auto* w) { return w->accepting() && w->held.empty() && !w->write_pending; });
+         std::any_of(workers_.begin(), workers_.end(), [](const auto* w) {
+           return w->accepting() && w->held.empty() && !w->write_pending;
+         });
 }
 
 bool pool_scheduler::all_claimed() const {

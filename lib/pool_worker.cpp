@@ -33,7 +33,8 @@ namespace {
 using clock = std::chrono::steady_clock;
 
 std::int64_t now_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(clock::now().time_since_epoch()).count();
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(clock::now().time_since_epoch())
+      .count();
 }
 
 void write_all(int fd, std::string& out) {
@@ -243,7 +244,8 @@ private:
 };
 
 [[noreturn]] void run_initializer_then_work(const std::function<void()>& initializer, int fd,
-                                            worker_page* page, unsigned maxtasks, bool same_object) {
+                                            worker_page* page, unsigned maxtasks,
+                                            bool same_object) {
   std::string out;
   auto failed = [&](const std::string& type, const std::string& message) {
     print_process_error(process_name(), type + ": " + message + " (in the pool initializer)");
@@ -299,14 +301,17 @@ void run_spawned_worker(std::string_view body, int fd, int memfd) {
   if (init != 0) {
     // Checked by the parent too; a forged payload must not choose what this calls.
     if (!callable_offset(static_cast<std::intptr_t>(init), true))
-      protocol_error(static_cast<worker_page*>(mem), "an initializer offset outside libcoproc's image");
-    initializer = reinterpret_cast<void (*)()>(static_cast<std::intptr_t>(init) + pool_anchor_address());
+      protocol_error(static_cast<worker_page*>(mem),
+                     "an initializer offset outside libcoproc's image");
+    initializer =
+        reinterpret_cast<void (*)()>(static_cast<std::intptr_t>(init) + pool_anchor_address());
   }
   run_initializer_then_work(initializer, fd, static_cast<worker_page*>(mem), maxtasks, true);
 }
 
 [[noreturn]] void run_forked_worker(int parent, int fd, worker_page* page, identity id,
-                                    const std::function<void()>& initializer, unsigned maxtasksperchild) {
+                                    const std::function<void()>& initializer,
+                                    unsigned maxtasksperchild) {
   reset_signals();
   // Workers are daemonic, as in Python: they die with the parent, even by SIGKILL.
   die_with_parent(parent);
@@ -315,7 +320,8 @@ void run_spawned_worker(std::string_view body, int fd, int memfd) {
 }
 
 std::shared_ptr<process_child> start_worker_image(start_method method, int fd, int memfd,
-                                                  unsigned maxtasksperchild, std::intptr_t initializer_offset,
+                                                  unsigned maxtasksperchild,
+                                                  std::intptr_t initializer_offset,
                                                   const identity& id) {
   fresh_image_spec spec{image_kind::pool_worker, id, true,
                         wire::encode(spawned_worker_body{maxtasksperchild, initializer_offset})};

@@ -18,14 +18,16 @@ namespace coproc::detail {
 // In a child just forked by `parent`: becomes worker `id` on its end of the socket and
 // the shared page (runs the initializer, then tasks until the parent closes the link).
 [[noreturn]] void run_forked_worker(int parent, int fd, worker_page* page, identity id,
-                                    const std::function<void()>& initializer, unsigned maxtasksperchild);
+                                    const std::function<void()>& initializer,
+                                    unsigned maxtasksperchild);
 
 // start_method::spawn or forkserver: starts a fresh image of this executable (or has the
 // fork server fork one) as worker `id` on its end of the socket and the memfd of the
 // shared page; the initializer is an offset from the anchor (0 for none). std::system_error
 // if it cannot start.
 std::shared_ptr<process_child> start_worker_image(start_method method, int fd, int memfd,
-                                                  unsigned maxtasksperchild, std::intptr_t initializer_offset,
+                                                  unsigned maxtasksperchild,
+                                                  std::intptr_t initializer_offset,
                                                   const identity& id);
 
 } // namespace coproc::detail

@@ -156,8 +156,8 @@ std::optional<process_class> find_process_class(const std::type_info& type) {
 // What a process's fresh image is told: the target's entry, its function (a function
 // pointer's), its object, its arguments, whether it is a daemon, and how many descriptors
 // travelled with its arguments (from fresh_image_first_fd on).
-using fresh_process_body = std::tuple<detail::code_ref, std::optional<detail::code_ref>, std::string,
-                                      std::string, bool, std::uint32_t>;
+using fresh_process_body = std::tuple<detail::code_ref, std::optional<detail::code_ref>,
+                                      std::string, std::string, bool, std::uint32_t>;
 // In a fresh image: the daemon flag of the parent's object, for a rebuilt subclass.
 bool fresh_daemon = false;
 } // namespace
@@ -166,7 +166,8 @@ process::fresh_image process::fresh_image_body(start_method method, const std::s
   detail::require_main_guard(who);
   auto refuse = [&](const std::string& why) {
     throw std::invalid_argument(who + ": cannot start with start_method::" +
-                                (method == start_method::spawn ? "spawn" : "forkserver") + ": " + why);
+                                (method == start_method::spawn ? "spawn" : "forkserver") + ": " +
+                                why);
   };
   detail::fresh_target target;
   if (typeid(*this) != typeid(process)) {
@@ -207,7 +208,8 @@ process::fresh_image process::fresh_image_body(start_method method, const std::s
 }
 
 namespace detail {
-void register_process_class(const std::type_info& type, process_encoder encode, std::uintptr_t entry) {
+void register_process_class(const std::type_info& type, process_encoder encode,
+                            std::uintptr_t entry) {
   std::lock_guard lock(process_classes_mutex);
   process_classes().insert_or_assign(type, process_class{encode, entry});
 }
@@ -227,7 +229,8 @@ int run_rebuilt_process(process& p) {
 void run_fresh_process(std::string_view bytes) {
   int code = 1;
   try {
-    auto [entry, function, object, arguments, daemon, fd_count] = wire::decode<fresh_process_body>(bytes);
+    auto [entry, function, object, arguments, daemon, fd_count] =
+        wire::decode<fresh_process_body>(bytes);
     fresh_daemon = daemon;
     auto run = reinterpret_cast<fresh_entry>(resolve_code(entry));
     fd_arrival fds(fresh_image_first_fd, fd_count);
@@ -244,7 +247,8 @@ void run_fresh_process(std::string_view bytes) {
 
 const std::shared_ptr<detail::process_child>& process::started(const char* what) const {
   if (!child_)
-    throw std::logic_error(std::string("cannot ") + what + " process '" + name_ + "': it was not started");
+    throw std::logic_error(std::string("cannot ") + what + " process '" + name_ +
+                           "': it was not started");
   return child_;
 }
 
@@ -254,7 +258,8 @@ awaitable<int> join_child(std::shared_ptr<detail::process_child> c) {
   auto wait = c->wait();
   co_return co_await std::move(wait);
 }
-awaitable<std::optional<int>> join_child(std::shared_ptr<detail::process_child> c, duration timeout) {
+awaitable<std::optional<int>> join_child(std::shared_ptr<detail::process_child> c,
+                                         duration timeout) {
   auto wait = c->wait(timeout);
   co_return co_await std::move(wait);
 }
@@ -262,7 +267,9 @@ awaitable<std::optional<int>> join_child(std::shared_ptr<detail::process_child> 
 
 awaitable<int> process::join() { return join_child(started("join")); }
 
-awaitable<std::optional<int>> process::join(duration timeout) { return join_child(started("join"), timeout); }
+awaitable<std::optional<int>> process::join(duration timeout) {
+  return join_child(started("join"), timeout);
+}
 
 bool process::is_alive() const { return child_ && !child_->poll(); }
 
@@ -283,7 +290,8 @@ void process::interrupt() {
 int process::pid() const noexcept { return child_ ? child_->pid() : 0; }
 
 void process::daemon(bool daemon) {
-  if (child_) throw std::logic_error("cannot set daemon on process '" + name_ + "': already started");
+  if (child_)
+    throw std::logic_error("cannot set daemon on process '" + name_ + "': already started");
   daemon_ = daemon;
 }
 

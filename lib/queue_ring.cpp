@@ -68,8 +68,8 @@ queue_ring::queue_ring(std::size_t maxsize, std::size_t capacity_bytes)
     memfd_ = ::memfd_create("coproc-queue", MFD_CLOEXEC);
     if (memfd_ < 0) throw_errno(errno, "coproc::queue: memfd_create");
     if (::ftruncate(memfd_, static_cast<off_t>(map_size_)) != 0)
-      throw_errno(errno,
-                  "coproc::queue: sizing its shared memory to " + std::to_string(map_size_) + " bytes");
+      throw_errno(errno, "coproc::queue: sizing its shared memory to " + std::to_string(map_size_) +
+                             " bytes");
     map();
     control_ = new (control_) control{};
     init_robust_mutex(&control_->put_lock);
@@ -86,14 +86,17 @@ queue_ring::queue_ring(std::size_t maxsize, std::size_t capacity_bytes)
 
 queue_ring::queue_ring(std::size_t maxsize, std::size_t capacity_bytes, int memfd, int getters_fd,
                        int putters_fd)
-    : maxsize_(maxsize), capacity_(capacity_bytes), memfd_(memfd), event_fd_{getters_fd, putters_fd} {
+    : maxsize_(maxsize), capacity_(capacity_bytes), memfd_(memfd),
+      event_fd_{getters_fd, putters_fd} {
   try {
     check_capacity(capacity_, capacity_bytes);
     map_size_ = sizeof(control) + capacity_;
     struct stat st;
-    if (capacity_ % 8 != 0 || ::fstat(memfd_, &st) != 0 || static_cast<std::size_t>(st.st_size) != map_size_)
-      throw coproc::error("coproc::queue: the shared memory that arrived with this child is not a queue of " +
-                          std::to_string(capacity_) + " bytes");
+    if (capacity_ % 8 != 0 || ::fstat(memfd_, &st) != 0 ||
+        static_cast<std::size_t>(st.st_size) != map_size_)
+      throw coproc::error(
+          "coproc::queue: the shared memory that arrived with this child is not a queue of " +
+          std::to_string(capacity_) + " bytes");
     map();
   } catch (...) {
     release();
@@ -103,7 +106,8 @@ queue_ring::queue_ring(std::size_t maxsize, std::size_t capacity_bytes, int memf
 
 void queue_ring::map() {
   void* p = ::mmap(nullptr, map_size_, PROT_READ | PROT_WRITE, MAP_SHARED, memfd_, 0);
-  if (p == MAP_FAILED) throw_errno(errno, "coproc::queue: mmap of " + std::to_string(map_size_) + " bytes");
+  if (p == MAP_FAILED)
+    throw_errno(errno, "coproc::queue: mmap of " + std::to_string(map_size_) + " bytes");
   control_ = static_cast<control*>(p);
   data_ = static_cast<unsigned char*>(p) + sizeof(control);
 }
@@ -134,9 +138,9 @@ std::shared_ptr<queue_ring> queue_ring::arrive(wire::input_archive& ar, fd_arriv
   ar(memfd, getters_fd, putters_fd, maxsize, capacity);
   // A queue passed twice arrives once: both handles share the ring, as a fork child's do.
   return fds.object<queue_ring>(memfd, [&] {
-    return std::shared_ptr<queue_ring>(new queue_ring(static_cast<std::size_t>(maxsize),
-                                                      static_cast<std::size_t>(capacity), fds.fd(memfd),
-                                                      fds.fd(getters_fd), fds.fd(putters_fd)));
+    return std::shared_ptr<queue_ring>(
+        new queue_ring(static_cast<std::size_t>(maxsize), static_cast<std::size_t>(capacity),
+                       fds.fd(memfd), fds.fd(getters_fd), fds.fd(putters_fd)));
   });
 }
 
@@ -187,8 +191,9 @@ void queue_ring::recover(side s) noexcept {
 queue_ring::status queue_ring::try_put(std::string_view bytes) {
   const std::size_t need = record_size(bytes.size());
   if (need > capacity_ || bytes.size() > capacity_)
-    throw std::length_error("coproc::queue: an item of " + std::to_string(bytes.size()) + " bytes (" +
-                            std::to_string(need) + " with its header) does not fit the queue's capacity of " +
+    throw std::length_error("coproc::queue: an item of " + std::to_string(bytes.size()) +
+                            " bytes (" + std::to_string(need) +
+                            " with its header) does not fit the queue's capacity of " +
                             std::to_string(capacity_) + " bytes");
   auto& c = *control_;
   {
@@ -197,7 +202,8 @@ queue_ring::status queue_ring::try_put(std::string_view bytes) {
     const std::uint64_t count = c.put_count.load(std::memory_order_relaxed);
     // seq_cst loads: after a waiter's count-in, these must see the commit whose wake(),
     // fenced, did not see the waiter.
-    if (maxsize_ != 0 && count - c.get_count.load(std::memory_order_seq_cst) >= maxsize_) return status::full;
+    if (maxsize_ != 0 && count - c.get_count.load(std::memory_order_seq_cst) >= maxsize_)
+      return status::full;
     const std::uint64_t tail = c.tail.load(std::memory_order_relaxed);
     if (tail + need - known_head_ > capacity_) {
       known_head_ = c.head.load(std::memory_order_seq_cst);
@@ -349,7 +355,8 @@ bool queue_ring::done(side s, status result) {
 // A cancelled wait throws out of the loop before it takes a token or tries again, so a
 // cancelled put or get has no effect. It leaves its token (if one was written for it) in
 // the eventfd for the other sleepers.
-template <class Attempt> awaitable<void> queue_ring::retry(side s, deadline until, Attempt attempt) {
+template <class Attempt>
+awaitable<void> queue_ring::retry(side s, deadline until, Attempt attempt) {
   for (;;) {
     if (done(s, attempt())) co_return;
     waiter_scope scope(control_->waiters[s], control_->wake_pending[s]);
@@ -383,7 +390,9 @@ void queue_ring::close() {
   wake_all();
 }
 
-bool queue_ring::closed() const noexcept { return control_->closed.load(std::memory_order_acquire) != 0; }
+bool queue_ring::closed() const noexcept {
+  return control_->closed.load(std::memory_order_acquire) != 0;
+}
 
 std::size_t queue_ring::qsize() const noexcept {
   // get_count first: it never passes put_count, so the difference is never negative.

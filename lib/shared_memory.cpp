@@ -46,7 +46,8 @@ std::string generated_name() {
   thread_local std::mt19937_64 rng(std::random_device{}());
   char suffix[17];
   std::snprintf(suffix, sizeof suffix, "%016llx", static_cast<unsigned long long>(rng()));
-  return "coproc_" + std::to_string(::getpid()) + "_" + std::to_string(counter.fetch_add(1)) + "_" + suffix;
+  return "coproc_" + std::to_string(::getpid()) + "_" + std::to_string(counter.fetch_add(1)) + "_" +
+         suffix;
 }
 
 std::byte* map_fd(int fd, std::size_t size, const std::string& name) {
@@ -55,15 +56,16 @@ std::byte* map_fd(int fd, std::size_t size, const std::string& name) {
   if (p == MAP_FAILED) {
     int err = errno;
     ::close(fd);
-    detail::throw_errno(err,
-                        "coproc::shared_memory: mmap of '" + name + "' (" + std::to_string(size) + " bytes)");
+    detail::throw_errno(err, "coproc::shared_memory: mmap of '" + name + "' (" +
+                                 std::to_string(size) + " bytes)");
   }
   return static_cast<std::byte*>(p);
 }
 } // namespace
 
 shared_memory::shared_memory(std::string name, std::size_t size, shared_memory_options options) {
-  if (size == 0) throw std::invalid_argument("coproc::shared_memory: a block of 0 bytes ('" + name + "')");
+  if (size == 0)
+    throw std::invalid_argument("coproc::shared_memory: a block of 0 bytes ('" + name + "')");
   check_name(name);
   const bool generated = name.empty();
   int fd = -1;
@@ -80,8 +82,8 @@ shared_memory::shared_memory(std::string name, std::size_t size, shared_memory_o
     int err = errno;
     ::close(fd);
     ::shm_unlink(("/" + m->name).c_str());
-    detail::throw_errno(err, "coproc::shared_memory: resizing '" + m->name + "' to " + std::to_string(size) +
-                                 " bytes");
+    detail::throw_errno(err, "coproc::shared_memory: resizing '" + m->name + "' to " +
+                                 std::to_string(size) + " bytes");
   }
   try {
     m->data = map_fd(fd, size, m->name);

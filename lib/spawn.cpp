@@ -60,7 +60,8 @@ std::string find_program(const std::string& name, const std::string& path, int& 
   std::size_t start = 0;
   for (;;) {
     auto end = path.find(':', start);
-    std::string dir = path.substr(start, end == std::string::npos ? std::string::npos : end - start);
+    std::string dir =
+        path.substr(start, end == std::string::npos ? std::string::npos : end - start);
     std::string candidate = (dir.empty() ? std::string(".") : dir) + "/" + name;
     struct stat st;
     if (::stat(candidate.c_str(), &st) == 0 && S_ISREG(st.st_mode)) {
@@ -99,7 +100,8 @@ void check_cwd(const launch_request& req) {
             : ::access(req.cwd->c_str(), X_OK) != 0 ? errno
                                                     : 0;
   if (err)
-    throw_errno(err, "coproc: cannot use '" + req.cwd->string() + "' as the cwd of '" + req.args[0] + "'");
+    throw_errno(err, "coproc: cannot use '" + req.cwd->string() + "' as the cwd of '" +
+                         req.args[0] + "'");
 }
 
 // pass_fds, sorted, without duplicates and without 0..2 (always passed); each checked
@@ -108,8 +110,8 @@ std::vector<int> checked_pass_fds(const launch_request& req) {
   std::vector<int> fds;
   for (int fd : req.pass_fds) {
     if (::fcntl(fd, F_GETFD) < 0)
-      throw_errno(errno, "coproc: pass_fds: descriptor " + std::to_string(fd) + " given to '" + req.args[0] +
-                             "' is not open");
+      throw_errno(errno, "coproc: pass_fds: descriptor " + std::to_string(fd) + " given to '" +
+                             req.args[0] + "' is not open");
     if (fd > 2) fds.push_back(fd);
   }
   std::sort(fds.begin(), fds.end());
@@ -135,7 +137,8 @@ unsigned user_id(const id_or_name& user, const std::string& who) {
     return ::getpwnam_r(user.name().c_str(), &pw, b.data(), b.size(), &found);
   });
   if (!found)
-    throw std::invalid_argument("coproc: no user named '" + user.name() + "' (user of '" + who + "')");
+    throw std::invalid_argument("coproc: no user named '" + user.name() + "' (user of '" + who +
+                                "')");
   return pw.pw_uid;
 }
 
@@ -143,10 +146,12 @@ unsigned group_id(const id_or_name& g, const std::string& who) {
   if (g.id()) return *g.id();
   if (all_digits(g.name())) return static_cast<unsigned>(std::stoul(g.name()));
   struct group gr, *found = nullptr;
-  with_buffer(
-      [&](std::vector<char>& b) { return ::getgrnam_r(g.name().c_str(), &gr, b.data(), b.size(), &found); });
+  with_buffer([&](std::vector<char>& b) {
+    return ::getgrnam_r(g.name().c_str(), &gr, b.data(), b.size(), &found);
+  });
   if (!found)
-    throw std::invalid_argument("coproc: no group named '" + g.name() + "' (group of '" + who + "')");
+    throw std::invalid_argument("coproc: no group named '" + g.name() + "' (group of '" + who +
+                                "')");
   return gr.gr_gid;
 }
 
@@ -203,15 +208,18 @@ COPROC_NO_SANITIZE int child_main(void* arg) {
       unsigned long rest[4];
     } old{}, dfl{};
     if (!plan->restore_signals) {
-      if (raw(SYS_rt_sigaction, sig, 0, reinterpret_cast<long>(&old), kernel_sigset_size) < 0) continue;
-      if (old.handler == reinterpret_cast<void*>(SIG_DFL) || old.handler == reinterpret_cast<void*>(SIG_IGN))
+      if (raw(SYS_rt_sigaction, sig, 0, reinterpret_cast<long>(&old), kernel_sigset_size) < 0)
+        continue;
+      if (old.handler == reinterpret_cast<void*>(SIG_DFL) ||
+          old.handler == reinterpret_cast<void*>(SIG_IGN))
         continue;
     }
     raw(SYS_rt_sigaction, sig, reinterpret_cast<long>(&dfl), 0, kernel_sigset_size);
   }
   long r;
   if (plan->setsid && (r = raw(SYS_setsid)) < 0) fail_in_child(plan, r, "setsid");
-  if (plan->pgid >= 0 && (r = raw(SYS_setpgid, 0, plan->pgid)) < 0) fail_in_child(plan, r, "setpgid");
+  if (plan->pgid >= 0 && (r = raw(SYS_setpgid, 0, plan->pgid)) < 0)
+    fail_in_child(plan, r, "setpgid");
   for (int target = 0; target < 3; ++target) {
     int source = plan->streams[target];
     if (source == -2) source = 1;
@@ -229,12 +237,15 @@ COPROC_NO_SANITIZE int child_main(void* arg) {
   long low = 3;
   for (std::size_t i = 0; i < plan->pass_count; ++i) {
     long fd = plan->pass_fds[i];
-    if (fd > low && (r = raw(SYS_close_range, low, fd - 1, 0)) < 0) fail_in_child(plan, r, "close_range");
+    if (fd > low && (r = raw(SYS_close_range, low, fd - 1, 0)) < 0)
+      fail_in_child(plan, r, "close_range");
     if ((r = raw(SYS_fcntl, fd, F_SETFD, 0)) < 0) fail_in_child(plan, r, "fcntl");
     low = fd + 1;
   }
-  if ((r = raw(SYS_close_range, low, static_cast<long>(~0U), 0)) < 0) fail_in_child(plan, r, "close_range");
-  raw(SYS_rt_sigprocmask, SIG_SETMASK, reinterpret_cast<long>(&plan->final_mask), 0, kernel_sigset_size);
+  if ((r = raw(SYS_close_range, low, static_cast<long>(~0U), 0)) < 0)
+    fail_in_child(plan, r, "close_range");
+  raw(SYS_rt_sigprocmask, SIG_SETMASK, reinterpret_cast<long>(&plan->final_mask), 0,
+      kernel_sigset_size);
   r = raw(SYS_execve, reinterpret_cast<long>(plan->program), reinterpret_cast<long>(plan->argv),
           reinterpret_cast<long>(plan->envp));
   fail_in_child(plan, r, "exec");
@@ -246,7 +257,8 @@ struct child_stack {
   static constexpr std::size_t size = 256 * 1024;
   void* base = MAP_FAILED;
   child_stack() {
-    base = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    base = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK,
+                  -1, 0);
     if (base == MAP_FAILED) throw_errno(errno, "coproc: mmap of a child stack");
   }
   ~child_stack() { ::munmap(base, size); }
@@ -262,7 +274,9 @@ int clone_launch(const launch_request& req, command_line& cmd, char** envp,
   plan.envp = envp;
   for (int t = 0; t < 3; ++t) {
     const auto& s = req.streams[t];
-    plan.streams[t] = s.how == child_stream::dup_fd ? s.fd : s.how == child_stream::dup_stdout ? -2 : -1;
+    plan.streams[t] = s.how == child_stream::dup_fd       ? s.fd
+                      : s.how == child_stream::dup_stdout ? -2
+                                                          : -1;
   }
   plan.cwd = req.cwd ? req.cwd->c_str() : nullptr;
   plan.setsid = req.new_session;

@@ -40,8 +40,9 @@ namespace {
 void check_handable(popen& p, int stream) {
   bool open = stream == 1 ? p.stdout_pipe().is_open() : p.stdin_pipe().is_open();
   if (!open)
-    throw std::logic_error("coproc: the " + std::string(stream == 1 ? "stdout" : "stdin") + " pipe of pid " +
-                           std::to_string(p.pid()) + " was closed or already handed to another child");
+    throw std::logic_error("coproc: the " + std::string(stream == 1 ? "stdout" : "stdin") +
+                           " pipe of pid " + std::to_string(p.pid()) +
+                           " was closed or already handed to another child");
 }
 } // namespace
 
@@ -66,7 +67,9 @@ redirect stdin_of(popen& p) {
 namespace detail {
 
 namespace {
-const char* stream_name(int target) { return target == 0 ? "stdin" : target == 1 ? "stdout" : "stderr"; }
+const char* stream_name(int target) {
+  return target == 0 ? "stdin" : target == 1 ? "stdout" : "stderr";
+}
 } // namespace
 
 prepared_stream prepare_stream(const redirect& r, int target, const std::string& who) {
@@ -98,26 +101,28 @@ prepared_stream prepare_stream(const redirect& r, int target, const std::string&
     }
     break;
   case redirect::kind::file: {
-    int flags = r.for_reading() ? O_RDONLY
-                                : O_WRONLY | O_CREAT | (r.mode() == file_mode::append ? O_APPEND : O_TRUNC);
+    int flags = r.for_reading()
+                    ? O_RDONLY
+                    : O_WRONLY | O_CREAT | (r.mode() == file_mode::append ? O_APPEND : O_TRUNC);
     use_opened(::open(r.path().c_str(), flags | O_CLOEXEC, 0666),
-               "coproc: cannot open '" + r.path().string() + "' as the " + stream_name(target) + " of '" +
-                   who + "'");
+               "coproc: cannot open '" + r.path().string() + "' as the " + stream_name(target) +
+                   " of '" + who + "'");
     break;
   }
   case redirect::kind::descriptor:
     // A duplicate above stderr: the caller's descriptor is never the one dup2'ed from,
     // so descriptor(1) for err still means this process's stdout.
     use_opened(r.fd() < 0 ? (errno = EBADF, -1) : ::fcntl(r.fd(), F_DUPFD_CLOEXEC, 3),
-               "coproc: descriptor " + std::to_string(r.fd()) + " given as the " + stream_name(target) +
-                   " of '" + who + "' is not open");
+               "coproc: descriptor " + std::to_string(r.fd()) + " given as the " +
+                   stream_name(target) + " of '" + who + "' is not open");
     break;
   case redirect::kind::popen_pipe: {
     popen& p = *r.source();
     int fd = r.fd() == 1 ? p.stdout_pipe().native_handle() : p.stdin_pipe().native_handle();
     if (fd < 0)
-      throw std::logic_error("coproc: the pipe of pid " + std::to_string(p.pid()) + " given as the " +
-                             stream_name(target) + " of '" + who + "' is closed");
+      throw std::logic_error("coproc: the pipe of pid " + std::to_string(p.pid()) +
+                             " given as the " + stream_name(target) + " of '" + who +
+                             "' is closed");
     // The parent's end is non-blocking; the child reads or writes it as a plain pipe.
     ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);
     s.child = {child_stream::dup_fd, fd};

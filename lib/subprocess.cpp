@@ -61,10 +61,12 @@ struct kill_unless_reaped {
   }
 };
 
-awaitable<int> exchange_and_wait(detail::child& child, asio::writable_pipe& in, asio::readable_pipe& out,
-                                 asio::readable_pipe& err, detail::exchange_state& state) {
+awaitable<int> exchange_and_wait(detail::child& child, asio::writable_pipe& in,
+                                 asio::readable_pipe& out, asio::readable_pipe& err,
+                                 detail::exchange_state& state) {
   std::vector<awaitable<void>> ops;
-  if (in.is_open()) ops.push_back(detail::write_all(in, state.input, state.input_offset, child.pid()));
+  if (in.is_open())
+    ops.push_back(detail::write_all(in, state.input, state.input_offset, child.pid()));
   if (out.is_open()) ops.push_back(detail::read_all(out, state.out, child.pid()));
   if (err.is_open()) ops.push_back(detail::read_all(err, state.err, child.pid()));
   co_await detail::all_of(std::move(ops));
@@ -198,8 +200,8 @@ awaitable<std::string> getoutput(std::string cmd) {
 // ---- popen ----------------------------------------------------------------------------
 
 popen::popen(boost::asio::any_io_executor ex, std::vector<std::string> args, popen_options o)
-    : args_(std::move(args)), group_(detail::leads_group(o)), kill_on_destroy_(o.kill_on_destroy), stdin_(ex),
-      stdout_(ex), stderr_(ex) {
+    : args_(std::move(args)), group_(detail::leads_group(o)), kill_on_destroy_(o.kill_on_destroy),
+      stdin_(ex), stdout_(ex), stderr_(ex) {
   detail::check_args("popen", args_);
   detail::check_common("popen", o);
   detail::started_child s = detail::start_child(args_, o);
@@ -251,8 +253,9 @@ int popen::pid() const { return child_->pid(); }
 
 namespace {
 [[noreturn]] void not_a_pipe(const char* stream, const popen& p) {
-  throw std::logic_error("coproc::popen: " + std::string(stream) + " of pid " + std::to_string(p.pid()) +
-                         " ('" + detail::format_command(p.args()) + "') is not stdio::pipe");
+  throw std::logic_error("coproc::popen: " + std::string(stream) + " of pid " +
+                         std::to_string(p.pid()) + " ('" + detail::format_command(p.args()) +
+                         "') is not stdio::pipe");
 }
 } // namespace
 
@@ -269,8 +272,12 @@ boost::asio::readable_pipe& popen::stderr_pipe() {
   return stderr_;
 }
 
-line_reader popen::stdout_lines(std::size_t max_line) { return line_reader(stdout_pipe(), max_line); }
-line_reader popen::stderr_lines(std::size_t max_line) { return line_reader(stderr_pipe(), max_line); }
+line_reader popen::stdout_lines(std::size_t max_line) {
+  return line_reader(stdout_pipe(), max_line);
+}
+line_reader popen::stderr_lines(std::size_t max_line) {
+  return line_reader(stderr_pipe(), max_line);
+}
 
 awaitable<int> popen::wait() { return child_->wait(); }
 awaitable<std::optional<int>> popen::wait(duration timeout) { return child_->wait(timeout); }
@@ -301,12 +308,15 @@ std::pair<std::string, std::string> popen::communication::finish() {
   return {std::move(streams_done.out), std::move(streams_done.err)};
 }
 
-awaitable<std::pair<std::string, std::string>> popen::communicate_until(std::optional<duration> timeout) {
+awaitable<std::pair<std::string, std::string>>
+popen::communicate_until(std::optional<duration> timeout) {
   auto exchange = exchange_and_wait(*child_, stdin_, stdout_, stderr_, communication_.streams);
   if (timeout) {
     auto bounded = detail::before_deadline(std::move(exchange), *timeout);
     auto done = co_await std::move(bounded);
-    if (!done) throw timeout_expired(args_, *timeout, communication_.streams.out, communication_.streams.err);
+    if (!done)
+      throw timeout_expired(args_, *timeout, communication_.streams.out,
+                            communication_.streams.err);
   } else {
     co_await std::move(exchange);
   }
@@ -318,7 +328,8 @@ awaitable<std::pair<std::string, std::string>> popen::communicate(std::string in
   return communicate_until(std::nullopt);
 }
 
-awaitable<std::pair<std::string, std::string>> popen::communicate(std::string input, duration timeout) {
+awaitable<std::pair<std::string, std::string>> popen::communicate(std::string input,
+                                                                  duration timeout) {
   communication_.begin(pid(), std::move(input), piped_[0] && stdin_.is_open());
   return communicate_until(timeout);
 }

@@ -44,8 +44,11 @@ template <class Options> void check_common(const char* call, const Options& o) {
     if (r->what() == redirect::kind::popen_pipe && r->fd() != 0)
       invalid(call, "out and err take stdin_of(p), not stdout_of(p)");
   if (o.start_new_session && o.process_group)
-    invalid(call, "start_new_session and process_group together: a session leader cannot join another group");
-  if (o.process_group && *o.process_group < 0) invalid(call, "process_group must be 0 or a process group id");
+    invalid(
+        call,
+        "start_new_session and process_group together: a session leader cannot join another group");
+  if (o.process_group && *o.process_group < 0)
+    invalid(call, "process_group must be 0 or a process group id");
   if (o.umask && *o.umask > 07777) invalid(call, "umask must be at most 07777");
 }
 
@@ -59,7 +62,8 @@ struct started_child {
   unique_fd in, out, err; // the parent's ends of the piped streams
 };
 
-template <class Options> launch_request request_of(const std::vector<std::string>& args, const Options& o) {
+template <class Options>
+launch_request request_of(const std::vector<std::string>& args, const Options& o) {
   return launch_request{
       args,    o.cwd,  o.env,   o.shell,        o.start_new_session, o.process_group,   o.pass_fds,
       o.umask, o.user, o.group, o.extra_groups, o.executable,        o.restore_signals, {}};
@@ -67,7 +71,8 @@ template <class Options> launch_request request_of(const std::vector<std::string
 
 // Starts one child: the program resolved first, then the streams opened, then the
 // launch; what was handed over from another popen is closed here afterwards.
-template <class Options> started_child start_child(const std::vector<std::string>& args, const Options& o) {
+template <class Options>
+started_child start_child(const std::vector<std::string>& args, const Options& o) {
   launch_request req = request_of(args, o);
   auto cmd = resolve_command(req);
   const std::string& who = args[0];

@@ -133,7 +133,8 @@ awaitable<bool> condition_core::wait(std::shared_ptr<condition_core> self, deadl
   if (!mine)
     throw std::length_error("coproc::condition: more than " + std::to_string(condition_slots) +
                             " waiters at once");
-  mine->ticket.store(s.next_ticket.fetch_add(1, std::memory_order_relaxed), std::memory_order_relaxed);
+  mine->ticket.store(s.next_ticket.fetch_add(1, std::memory_order_relaxed),
+                     std::memory_order_relaxed);
   mine->who.store(self_identity(), std::memory_order_relaxed);
   mine->phase.store(waiting, std::memory_order_seq_cst);
   const unsigned levels = self->lock_->release_all("coproc::condition: wait");
@@ -151,13 +152,15 @@ awaitable<bool> condition_core::wait(std::shared_ptr<condition_core> self, deadl
         (void)co_await std::move(op);
       }
     } catch (...) {
-      mine->phase.store(free_slot, std::memory_order_release); // withdrawn (a notification it had is lost)
+      mine->phase.store(free_slot,
+                        std::memory_order_release); // withdrawn (a notification it had is lost)
       throw;
     }
   }
   // Withdraw, unless a notify came just now: then it counts.
   std::uint32_t expected = waiting;
-  if (!was_notified && !mine->phase.compare_exchange_strong(expected, free_slot, std::memory_order_acq_rel))
+  if (!was_notified &&
+      !mine->phase.compare_exchange_strong(expected, free_slot, std::memory_order_acq_rel))
     was_notified = true;
   mine->phase.store(free_slot, std::memory_order_release);
   auto op = lock_core::acquire(self->lock_, deadline::never());
@@ -182,7 +185,8 @@ void condition_core::notify(unsigned n) {
     std::uint32_t expected = waiting;
     auto who = first->who.load(std::memory_order_relaxed);
     if (who != me && !identity_alive(who)) {
-      first->phase.compare_exchange_strong(expected, free_slot, std::memory_order_acq_rel); // died waiting
+      first->phase.compare_exchange_strong(expected, free_slot,
+                                           std::memory_order_acq_rel); // died waiting
       continue;
     }
     if (first->phase.compare_exchange_strong(expected, notified, std::memory_order_acq_rel)) {
@@ -211,8 +215,8 @@ constexpr const char* barrier_what = "coproc::barrier";
 
 barrier_core::barrier_core(unsigned parties) : parties_(parties) {
   if (parties == 0) throw std::invalid_argument("coproc::barrier: 0 parties");
-  block_ = std::make_shared<sync_block>(sizeof(state) + parties * sizeof(std::uint64_t), alignof(state),
-                                        barrier_what);
+  block_ = std::make_shared<sync_block>(sizeof(state) + parties * sizeof(std::uint64_t),
+                                        alignof(state), barrier_what);
   s_ = static_cast<state*>(block_->state()); // zeroed shared memory: a valid empty state
   init_robust_mutex(&s_->mutex, barrier_what);
 }

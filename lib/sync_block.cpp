@@ -67,7 +67,9 @@ std::uint64_t make_identity(int pid, std::uint64_t start) noexcept {
 std::atomic<std::uint64_t> cached_identity{0};
 // A forked child is another process: it computes its own identity.
 [[maybe_unused]] const bool identity_hook =
-    (::pthread_atfork(nullptr, nullptr, [] { cached_identity.store(0, std::memory_order_relaxed); }), true);
+    (::pthread_atfork(nullptr, nullptr,
+                      [] { cached_identity.store(0, std::memory_order_relaxed); }),
+     true);
 
 } // namespace
 
@@ -97,7 +99,8 @@ bool identity_alive(std::uint64_t identity) noexcept {
   return make_identity(pid, start) == identity;
 }
 
-process_watch::result process_watch::open(std::uint64_t identity, std::shared_ptr<process_watch>& out) {
+process_watch::result process_watch::open(std::uint64_t identity,
+                                          std::shared_ptr<process_watch>& out) {
   int fd = static_cast<int>(::syscall(SYS_pidfd_open, identity_pid(identity), 0));
   if (fd < 0) {
     if (errno == ESRCH) return result::dead;
@@ -163,7 +166,8 @@ struct sync_block::header {
   std::uint32_t unused[3];
   slot slots[slot_count];
 };
-static_assert(sizeof(std::atomic<std::uint64_t>) == 8 && std::atomic<std::uint64_t>::is_always_lock_free);
+static_assert(sizeof(std::atomic<std::uint64_t>) == 8 &&
+              std::atomic<std::uint64_t>::is_always_lock_free);
 
 sync_block::sync_block(std::size_t bytes, std::size_t align, const char* what) : what_(what) {
   if (align < alignof(header)) align = alignof(header);
@@ -202,7 +206,8 @@ int sync_block::claim_slot(std::uint64_t me) noexcept {
       if (header_->slots[i].who.load(std::memory_order_acquire) == me) return i;
     for (int i = 0; i < slot_count; ++i) {
       std::uint64_t expected = 0;
-      if (header_->slots[i].who.compare_exchange_strong(expected, me, std::memory_order_acq_rel)) return i;
+      if (header_->slots[i].who.compare_exchange_strong(expected, me, std::memory_order_acq_rel))
+        return i;
     }
     reclaim_dead_waiters(); // full: free the slots of dead processes, then try once more
   }

@@ -118,7 +118,8 @@ lock_core::outcome lock_core::attempt(std::uint64_t& ticket, std::shared_ptr<pro
       return outcome::acquired;
     }
   }
-  if (ticket != 0 && !holds_ticket(ticket)) ticket = take_ticket(); // given up on as dead: queue again
+  if (ticket != 0 && !holds_ticket(ticket))
+    ticket = take_ticket(); // given up on as dead: queue again
   // seq_cst: after the sleeper's count-in (see release_now).
   auto o = s_->owner.load(std::memory_order_seq_cst);
   if (o == 0) return take(0, false) ? outcome::acquired : outcome::wait;
@@ -196,7 +197,8 @@ void lock_core::leave(std::uint64_t ticket) noexcept {
   if (ticket == 0) return;
   drop_ticket(ticket);
   auto mine = handoff_bit | ticket;
-  if (s_->owner.compare_exchange_strong(mine, self_identity(), std::memory_order_acq_rel)) release_now();
+  if (s_->owner.compare_exchange_strong(mine, self_identity(), std::memory_order_acq_rel))
+    release_now();
 }
 
 awaitable<bool> lock_core::acquire(std::shared_ptr<lock_core> self, deadline until) {
@@ -242,7 +244,8 @@ void lock_core::misuse(std::uint64_t owner) const {
   const std::string me = std::to_string(identity_pid(self_identity()));
   if (owner == 0 || (owner & handoff_bit))
     throw std::logic_error(what + ": release by process " + me + " of a lock that is not held");
-  throw std::logic_error(what + ": release by process " + me + ", which does not hold it (process " +
+  throw std::logic_error(what + ": release by process " + me +
+                         ", which does not hold it (process " +
                          std::to_string(identity_pid(owner)) + " does)");
 }
 
@@ -260,7 +263,8 @@ void lock_core::release_now() {
   s_->abandoned.store(0, std::memory_order_relaxed);
   auto handoff = [&](std::uint64_t from) {
     s_->handoff_at.store(monotonic_ns(), std::memory_order_release);
-    if (!s_->owner.compare_exchange_strong(from, handoff_bit | first_ticket(), std::memory_order_seq_cst))
+    if (!s_->owner.compare_exchange_strong(from, handoff_bit | first_ticket(),
+                                           std::memory_order_seq_cst))
       return;
     block_->wake();
   };
@@ -292,6 +296,8 @@ unsigned lock_core::release_all(const char* who) {
   return count;
 }
 
-void lock_core::restore(unsigned count) noexcept { s_->count.store(count, std::memory_order_relaxed); }
+void lock_core::restore(unsigned count) noexcept {
+  s_->count.store(count, std::memory_order_relaxed);
+}
 
 } // namespace coproc::detail

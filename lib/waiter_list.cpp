@@ -42,9 +42,9 @@ private:
   std::shared_ptr<waiter> w_;
 };
 
-void waiter_list::park_handler(deadline until, boost::asio::any_io_executor ex,
-                               boost::asio::cancellation_slot slot,
-                               boost::asio::any_completion_handler<void(boost::system::error_code)> handler) {
+void waiter_list::park_handler(
+    deadline until, boost::asio::any_io_executor ex, boost::asio::cancellation_slot slot,
+    boost::asio::any_completion_handler<void(boost::system::error_code)> handler) {
   std::erase_if(waiters_, [](const auto& w) { return w->woken.load(std::memory_order_acquire); });
   auto w = std::make_shared<waiter>(std::move(ex), std::move(handler));
   {

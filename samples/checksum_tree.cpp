@@ -78,7 +78,8 @@ net::awaitable<std::vector<std::string>> list_files(const fs::path& root) {
   std::vector<std::string> files;
   auto ex = co_await net::this_coro::executor;
   std::error_code ec;
-  for (fs::recursive_directory_iterator it(root, fs::directory_options::skip_permission_denied, ec), end;
+  for (fs::recursive_directory_iterator it(root, fs::directory_options::skip_permission_denied, ec),
+       end;
        it != end; it.increment(ec)) {
     if (ec) break;
     if (it->is_regular_file(ec) && !it->is_symlink(ec)) files.push_back(it->path().string());
@@ -108,7 +109,8 @@ net::awaitable<void> command(std::string label, std::vector<std::string> args) {
   auto r = co_await coproc::run(std::move(args), {.capture_output = true});
   std::string out = r.out.empty() ? r.err : r.out;
   if (!out.empty() && out.back() == '\n') out.pop_back();
-  std::printf("%s[%s] %s (exit %d)\n", ::isatty(1) ? "\r" : "", label.c_str(), out.c_str(), r.returncode);
+  std::printf("%s[%s] %s (exit %d)\n", ::isatty(1) ? "\r" : "", label.c_str(), out.c_str(),
+              r.returncode);
   std::fflush(stdout);
 }
 
@@ -141,13 +143,15 @@ net::awaitable<int> main_task(fs::path root) {
   if (first.index() == 0) {
     pool.close();
     co_await pool.join();
-    std::printf("%zu files, %.1f MB, tree checksum %016" PRIx64 "\n", p.done, p.bytes / 1e6, p.tree_hash);
+    std::printf("%zu files, %.1f MB, tree checksum %016" PRIx64 "\n", p.done, p.bytes / 1e6,
+                p.tree_hash);
     co_return 0;
   }
   co_await pool.join();
-  std::printf("%sinterrupted by signal %d after %zu of %zu files (%.1f MB); partial checksum %016" PRIx64
-              "\n",
-              p.tty ? "\n" : "", std::get<1>(first), p.done, p.total, p.bytes / 1e6, p.tree_hash);
+  std::printf(
+      "%sinterrupted by signal %d after %zu of %zu files (%.1f MB); partial checksum %016" PRIx64
+      "\n",
+      p.tty ? "\n" : "", std::get<1>(first), p.done, p.total, p.bytes / 1e6, p.tree_hash);
   co_return 130;
 }
 

@@ -25,14 +25,15 @@ coproc::awaitable<int> stream(command cmd) {
   coproc::popen p(ex, cmd.args, {.out = coproc::stdio::pipe, .err = coproc::stdio::to_stdout});
   std::string buffer;
   for (;;) {
-    auto [ec, n] = co_await asio::async_read_until(p.stdout_pipe(), asio::dynamic_buffer(buffer), '\n',
-                                                   asio::as_tuple(asio::use_awaitable));
+    auto [ec, n] = co_await asio::async_read_until(p.stdout_pipe(), asio::dynamic_buffer(buffer),
+                                                   '\n', asio::as_tuple(asio::use_awaitable));
     if (ec) break; // EOF: the command closed its output
     std::printf("[%s] %.*s", cmd.tag.c_str(), static_cast<int>(n), buffer.data());
     std::fflush(stdout);
     buffer.erase(0, n);
   }
-  if (!buffer.empty()) std::printf("[%s] %s\n", cmd.tag.c_str(), buffer.c_str()); // no final newline
+  if (!buffer.empty())
+    std::printf("[%s] %s\n", cmd.tag.c_str(), buffer.c_str()); // no final newline
   int code = co_await p.wait();
   std::printf("[%s] exit code %d\n", cmd.tag.c_str(), code);
   co_return code;

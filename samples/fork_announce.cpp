@@ -10,7 +10,8 @@ void test_fork() {
   int pid = coproc::fork();
   std::printf("%d\n", pid);
   if (pid == 0) {
-    std::printf("I am the child prosess(%d) and my parent is %d\n", coproc::getpid(), coproc::getppid());
+    std::printf("I am the child prosess(%d) and my parent is %d\n", coproc::getpid(),
+                coproc::getppid());
     return;
   }
   std::printf("I(%d) just created the child prosess(%d)\n", coproc::getpid(), pid);

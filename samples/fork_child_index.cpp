@@ -10,7 +10,8 @@ int main() {
   int index = 0;
   if (id == 0) {
     index += 1;
-    std::printf("我是子进程（%d），我的父进程是：%d,index=%d\n", coproc::getpid(), coproc::getppid(), index);
+    std::printf("我是子进程（%d），我的父进程是：%d,index=%d\n", coproc::getpid(),
+                coproc::getppid(), index);
     return 0;
   }
   index += 1;

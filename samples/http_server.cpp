@@ -170,7 +170,8 @@ private:
     }
     if (path == "/uname") {
       auto r = co_await coproc::run({"uname", "-a"}, {.capture_output = true, .timeout = 5s});
-      co_return reply{r.returncode == 0 ? http::status::ok : http::status::internal_server_error, r.out};
+      co_return reply{r.returncode == 0 ? http::status::ok : http::status::internal_server_error,
+                      r.out};
     }
     co_return reply{http::status::not_found, "no such endpoint: " + std::string(path) + "\n"};
   }
@@ -201,7 +202,8 @@ net::awaitable<void> serve(unsigned short port, bool announce) {
 // One request on a fresh connection; "STATUS body".
 net::awaitable<std::string> get(unsigned short port, std::string target) {
   beast::tcp_stream stream(co_await net::this_coro::executor);
-  co_await stream.async_connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), port), net::use_awaitable);
+  co_await stream.async_connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), port),
+                                net::use_awaitable);
   http::request<http::empty_body> req{http::verb::get, target, 11};
   req.set(http::field::host, "127.0.0.1");
   co_await http::async_write(stream, req, net::use_awaitable);

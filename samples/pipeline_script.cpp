@@ -34,8 +34,9 @@ coproc::awaitable<int> script() {
 
   // seq 1 2000 | grep 7 | wc -l > sevens.txt
   std::printf("$ seq 1 2000 | grep 7 | wc -l > sevens.txt\n");
-  auto counted = co_await coproc::run_pipeline({{"seq", "1", "2000"}, {"grep", "7"}, {"wc", "-l"}},
-                                               {.check = true, .out = coproc::to_file(dir / "sevens.txt")});
+  auto counted =
+      co_await coproc::run_pipeline({{"seq", "1", "2000"}, {"grep", "7"}, {"wc", "-l"}},
+                                    {.check = true, .out = coproc::to_file(dir / "sevens.txt")});
   std::string sevens;
   std::ifstream(dir / "sevens.txt") >> sevens;
   std::printf("sevens.txt: %s (stage codes %d %d %d)\n", sevens.c_str(), counted.returncodes[0],

@@ -16,11 +16,13 @@
 #include <thread>
 
 void test1(std::string name) {
-  std::printf("%s running, pid=%d, parent: %d\n", name.c_str(), coproc::getpid(), coproc::getppid());
+  std::printf("%s running, pid=%d, parent: %d\n", name.c_str(), coproc::getpid(),
+              coproc::getppid());
   std::fflush(stdout);
   auto start = std::chrono::steady_clock::now();
   std::mt19937 rng(std::random_device{}());
-  std::this_thread::sleep_for(std::chrono::duration<double>(std::uniform_real_distribution<>(0, 1)(rng)));
+  std::this_thread::sleep_for(
+      std::chrono::duration<double>(std::uniform_real_distribution<>(0, 1)(rng)));
   std::chrono::duration<double> took = std::chrono::steady_clock::now() - start;
   std::printf("%s took %0.2f s\n", name.c_str(), took.count());
 }

@@ -14,7 +14,8 @@ struct result {
   long sum;
 };
 
-coproc::awaitable<void> sum_squares(coproc::queue<result> results, int worker, int first, int last) {
+coproc::awaitable<void> sum_squares(coproc::queue<result> results, int worker, int first,
+                                    int last) {
   long sum = 0;
   for (long i = first; i <= last; ++i) sum += i * i;
   result r{worker, sum};
@@ -40,8 +41,8 @@ int main(int argc, char** argv) {
   coproc::queue<result> results;
   std::vector<coproc::process> workers;
   for (int w = 0; w < 3; ++w)
-    workers.emplace_back(coproc::process_options{.method = coproc::start_method::spawn}, sum_squares, results,
-                         w, w * 100 + 1, w * 100 + 100);
+    workers.emplace_back(coproc::process_options{.method = coproc::start_method::spawn},
+                         sum_squares, results, w, w * 100 + 1, w * 100 + 100);
   for (auto& p : workers) p.start();
   coproc::block_on(gather(results, 3));
   for (auto& p : workers) coproc::block_on(p.join());

@@ -14,7 +14,8 @@ TEST_CASE("every runtime error is a coproc::error and a std::runtime_error") {
 
 TEST_CASE("called_process_error names the command and how it ended") {
   coproc::called_process_error exited(3, {"grep", "-q", "a b", "it's"}, "out", "err");
-  CHECK(std::string(exited.what()) == "command 'grep -q 'a b' 'it'\"'\"'s'' returned non-zero exit status 3");
+  CHECK(std::string(exited.what()) ==
+        "command 'grep -q 'a b' 'it'\"'\"'s'' returned non-zero exit status 3");
   CHECK(exited.returncode() == 3);
   CHECK(exited.cmd() == std::vector<std::string>{"grep", "-q", "a b", "it's"});
   CHECK(exited.output() == "out");

@@ -148,8 +148,9 @@ TEST_CASE("for the record: children forked while 4 threads hammer a mutex and ma
     hammering threads;
     out = start_children(coproc::start_method::fork, n, 50, 2s);
   }
-  MESSAGE("fork from a threaded program: ", out.hung, " of ", n, " children hung (killed after 2 s), ",
-          out.clean, " exited 0, ", out.failed, " failed otherwise");
+  MESSAGE("fork from a threaded program: ", out.hung, " of ", n,
+          " children hung (killed after 2 s), ", out.clean, " exited 0, ", out.failed,
+          " failed otherwise");
   CHECK(out.clean + out.hung + out.failed == n);
 }
 #endif

@@ -95,7 +95,8 @@ std::vector<long> wait_for_report(const std::string& path) {
 class temp_dir {
 public:
   temp_dir() {
-    std::string pattern = (std::filesystem::temp_directory_path() / "coproc-forkserver-XXXXXX").string();
+    std::string pattern =
+        (std::filesystem::temp_directory_path() / "coproc-forkserver-XXXXXX").string();
     REQUIRE(::mkdtemp(pattern.data()) != nullptr);
     path_ = pattern;
   }
@@ -193,7 +194,8 @@ template <class E> coproc::awaitable<E> failure_of(coproc::awaitable<int> op) {
 
 DOCTEST_REGISTER_LISTENER("preload_before_the_cases", 2, preload_before_the_cases);
 
-TEST_CASE("forkserver: exit codes 0, 7, 1, -2, -9 and -15, by exit, by signal, by terminate/kill/interrupt") {
+TEST_CASE("forkserver: exit codes 0, 7, 1, -2, -9 and -15, by exit, by signal, by "
+          "terminate/kill/interrupt") {
   coproc::process zero({.method = served}, [] {});
   coproc::process seven({.method = served}, exit_with, 7);
   coproc::process thrown({.method = served}, []() -> int { throw std::runtime_error("boom"); });
@@ -206,7 +208,8 @@ TEST_CASE("forkserver: exit codes 0, 7, 1, -2, -9 and -15, by exit, by signal, b
     thrown.start();
     CHECK(join(thrown) == 1);
   });
-  CHECK(err.find("Process " + thrown.name() + ":\nstd::runtime_error: boom\n") != std::string::npos);
+  CHECK(err.find("Process " + thrown.name() + ":\nstd::runtime_error: boom\n") !=
+        std::string::npos);
   CHECK(join(zero) == 0);
   CHECK(join(seven) == 7);
   CHECK(join(by_signal) == -SIGTERM);
@@ -220,7 +223,8 @@ TEST_CASE("forkserver: exit codes 0, 7, 1, -2, -9 and -15, by exit, by signal, b
   CHECK(join(termed) == -SIGTERM); // again, once reaped
 }
 
-TEST_CASE("forkserver: pid, getppid is the server's, is_alive, exitcode and join with a timeout both ways") {
+TEST_CASE("forkserver: pid, getppid is the server's, is_alive, exitcode and join with a timeout "
+          "both ways") {
   temp_dir dir;
   coproc::process p({.method = served}, report_then_wait, dir.file("pid"));
   coproc::process q({.method = served}, report_then_wait, dir.file("pid2"));
@@ -262,7 +266,8 @@ TEST_CASE("forkserver: pid, getppid is the server's, is_alive, exitcode and join
   auto deadline = std::chrono::steady_clock::now() + 20s;
   coproc::process polled({.method = served}, exit_with, 4);
   polled.start();
-  while (polled.is_alive() && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(1ms);
+  while (polled.is_alive() && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(1ms);
   CHECK(polled.exitcode() == 4);
   CHECK(join(polled) == 4);
 }
@@ -326,7 +331,8 @@ TEST_CASE("forkserver refuses what cannot travel, as spawn does, naming the proc
     std::string who = "process '" + p.name() + "'";
     CHECK_THROWS_WITH_AS(p.start(), doctest::Contains(who.c_str()), std::invalid_argument);
     CHECK_THROWS_WITH_AS(p.start(), doctest::Contains(why), std::invalid_argument);
-    CHECK_THROWS_WITH_AS(p.start(), doctest::Contains("start_method::forkserver"), std::invalid_argument);
+    CHECK_THROWS_WITH_AS(p.start(), doctest::Contains("start_method::forkserver"),
+                         std::invalid_argument);
     CHECK(p.pid() == 0);
   };
   coproc::process capturing({.name = "capturing", .method = served}, [local] { return local; });
@@ -341,7 +347,8 @@ TEST_CASE("forkserver: a daemon child dies with its requester even by SIGKILL") 
   CHECK(coproc_test::daemon_dies_with_killed_parent(
       [&] {
         // Never destroyed: the handle's destructor would SIGTERM the daemon first.
-        auto* d = new coproc::process({.daemon = true, .method = served}, report_then_wait, dir.file("pid"));
+        auto* d = new coproc::process({.daemon = true, .method = served}, report_then_wait,
+                                      dir.file("pid"));
         d->start();
         auto ids = wait_for_report(dir.file("pid")); // its PDEATHSIG is set by now
         return ids.empty() ? 0 : static_cast<int>(ids[0]);
@@ -383,7 +390,8 @@ TEST_CASE("forkserver: destroying a running daemon's handle terminates it; a pla
   CHECK(gone_within(plain_pid, 20s));
 }
 
-TEST_CASE("forkserver_preload starts a server before any process; a forked requester starts its own") {
+TEST_CASE(
+    "forkserver_preload starts a server before any process; a forked requester starts its own") {
   int test_server = coproc_test::live_children().at(0);
   CHECK(in_forked_requester([&] {
           if (!coproc_test::live_children().empty()) return 1; // the parent's server is not ours
@@ -400,7 +408,8 @@ TEST_CASE("forkserver_preload starts a server before any process; a forked reque
         }) == 0);
 }
 
-TEST_CASE("forkserver: a server that dies is a system_error naming the process and its pid; the next start "
+TEST_CASE("forkserver: a server that dies is a system_error naming the process and its pid; the "
+          "next start "
           "starts another") {
   CHECK(in_forked_requester([] {
           coproc::forkserver_preload();
@@ -412,14 +421,16 @@ TEST_CASE("forkserver: a server that dies is a system_error naming the process a
           while (parent_and_state(server).second != 'Z')
             if (std::chrono::steady_clock::now() > deadline) return 2;
             else std::this_thread::sleep_for(2ms);
-          coproc::process p({.name = "orphaned", .method = coproc::start_method::forkserver}, [] {});
+          coproc::process p({.name = "orphaned", .method = coproc::start_method::forkserver},
+                            [] {});
           try {
             p.start();
             return 3;
           } catch (const std::system_error& e) {
             std::string what = e.what();
             if (what.find("process 'orphaned'") == std::string::npos) return 4;
-            if (what.find("fork server (pid " + std::to_string(server) + ")") == std::string::npos) return 5;
+            if (what.find("fork server (pid " + std::to_string(server) + ")") == std::string::npos)
+              return 5;
           }
           coproc::process q({.method = coproc::start_method::forkserver}, exit_with, 6);
           q.start();

@@ -1,7 +1,7 @@
 // The g++ 12 style (docs/design.md "Compilers", docs/platform.md): g++ 12.2 miscompiles a co_await
-// full-expression that holds a braced list or an aggregate temporary, so every awaitable, lambda and options
-// struct is named first and then awaited with co_await std::move(op). This file is what the g++ 12 build of
-// the test command runs; clang builds it too.
+// full-expression that holds a braced list or an aggregate temporary, so every awaitable, lambda
+// and options struct is named first and then awaited with co_await std::move(op). This file is what
+// the g++ 12 build of the test command runs; clang builds it too.
 #include <coproc/coproc.hpp>
 
 #include <doctest/doctest.h>

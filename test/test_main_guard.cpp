@@ -77,7 +77,8 @@ std::vector<long> wait_for_report(const std::string& path) {
 class temp_dir {
 public:
   temp_dir() {
-    std::string pattern = (std::filesystem::temp_directory_path() / "coproc-main-guard-XXXXXX").string();
+    std::string pattern =
+        (std::filesystem::temp_directory_path() / "coproc-main-guard-XXXXXX").string();
     REQUIRE(::mkdtemp(pattern.data()) != nullptr);
     path_ = pattern;
   }
@@ -114,7 +115,8 @@ std::string capture(int fd, const std::function<void()>& f) {
 
 std::string self_exe() { return std::filesystem::read_symlink("/proc/self/exe").string(); }
 
-std::map<std::string, std::string> environment_with(const std::string& name, const std::string& value) {
+std::map<std::string, std::string> environment_with(const std::string& name,
+                                                    const std::string& value) {
   std::map<std::string, std::string> env;
   for (char** e = environ; *e; ++e) {
     std::string entry(*e);
@@ -143,7 +145,8 @@ struct opaque_functor {
 
 class unregistered : public coproc::process {
 public:
-  unregistered() : coproc::process(coproc::process_options{.method = coproc::start_method::spawn}) {}
+  unregistered()
+      : coproc::process(coproc::process_options{.method = coproc::start_method::spawn}) {}
   template <class Archive> void serialize(Archive&) {}
 
 protected:
@@ -188,7 +191,8 @@ TEST_CASE("spawn: exit codes 0, 7, 1, -2, -9 and -15 as with fork") {
     thrown.start();
     CHECK(join(thrown) == 1);
   });
-  CHECK(err.find("Process " + thrown.name() + ":\nstd::runtime_error: boom\n") != std::string::npos);
+  CHECK(err.find("Process " + thrown.name() + ":\nstd::runtime_error: boom\n") !=
+        std::string::npos);
   CHECK(join(zero) == 0);
   CHECK(join(seven) == 7);
   interrupted.interrupt();
@@ -202,7 +206,8 @@ TEST_CASE("spawn: exit codes 0, 7, 1, -2, -9 and -15 as with fork") {
 
 TEST_CASE("spawn: targets may return int, awaitable<void> or awaitable<int>") {
   coproc::process i({.method = spawn}, [] { return 3; });
-  coproc::process av({.method = spawn}, []() -> coproc::awaitable<void> { co_await coproc::sleep(1ms); });
+  coproc::process av({.method = spawn},
+                     []() -> coproc::awaitable<void> { co_await coproc::sleep(1ms); });
   coproc::process ai(
       {.method = spawn},
       [](int x) -> coproc::awaitable<int> {
@@ -313,7 +318,8 @@ TEST_CASE("spawn: pid, is_alive, exitcode and join with a timeout both ways") {
   auto deadline = std::chrono::steady_clock::now() + 20s;
   coproc::process polled({.method = spawn}, exit_with, 4);
   polled.start();
-  while (polled.is_alive() && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(1ms);
+  while (polled.is_alive() && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(1ms);
   CHECK(polled.exitcode() == 4);
   CHECK(coproc_test::zombie_children().empty());
 }
@@ -365,7 +371,8 @@ TEST_CASE("spawn: a class with a serialize is a target, a class without one is r
   CHECK(join(forked) == 3);
 }
 
-TEST_CASE("spawn: a registered subclass is rebuilt from its serialize; an unregistered one is refused") {
+TEST_CASE(
+    "spawn: a registered subclass is rebuilt from its serialize; an unregistered one is refused") {
   auto out = capture(1, [] {
     app::greeter g("hello", 2);
     g.name("greeter");
@@ -375,7 +382,8 @@ TEST_CASE("spawn: a registered subclass is rebuilt from its serialize; an unregi
   CHECK(out == "hello from greeter\nhello from greeter\n");
   unregistered u;
   u.name("plain");
-  CHECK_THROWS_WITH_AS(u.start(), doctest::Contains("COPROC_REGISTER_PROCESS"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(u.start(), doctest::Contains("COPROC_REGISTER_PROCESS"),
+                       std::invalid_argument);
   CHECK_THROWS_WITH_AS(u.start(), doctest::Contains("process 'plain'"), std::invalid_argument);
 }
 
@@ -401,7 +409,8 @@ TEST_CASE("a program without main_guard gets a logic_error naming the missing li
   CHECK(r.out.find("served process: process 'unserved': ") != std::string::npos);
   CHECK(r.out.find("served pool: coproc::pool: ") != std::string::npos);
   CHECK(r.out.find("preload: coproc::forkserver_preload: ") != std::string::npos);
-  CHECK(r.out.find("coproc::main_guard(argc, argv) as the first statement of main()") != std::string::npos);
+  CHECK(r.out.find("coproc::main_guard(argc, argv) as the first statement of main()") !=
+        std::string::npos);
   CHECK(r.out.find("started") == std::string::npos);
   CHECK(r.out.find("made") == std::string::npos);
   CHECK(r.out.find("preloaded") == std::string::npos);

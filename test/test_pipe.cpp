@@ -172,7 +172,8 @@ std::set<int> open_fds() {
   std::set<int> fds;
   DIR* dir = ::opendir("/proc/self/fd");
   while (auto* e = ::readdir(dir))
-    if (e->d_name[0] != '.' && std::atoi(e->d_name) != ::dirfd(dir)) fds.insert(std::atoi(e->d_name));
+    if (e->d_name[0] != '.' && std::atoi(e->d_name) != ::dirfd(dir))
+      fds.insert(std::atoi(e->d_name));
   ::closedir(dir);
   return fds;
 }
@@ -267,11 +268,13 @@ long resident_bytes() {
 }
 } // namespace
 
-TEST_CASE("a send cancelled in the middle of a large message still delivers it whole and then the next one") {
+TEST_CASE("a send cancelled in the middle of a large message still delivers it whole and then the "
+          "next one") {
   auto [a, b] = coproc::pipe<std::string>();
   shared_array<std::atomic<int>> outcome(1); // 1: the send was cancelled, 2: it completed
   coproc::process child(
-      [](coproc::connection<std::string> conn, std::atomic<int>* outcome) -> coproc::awaitable<void> {
+      [](coproc::connection<std::string> conn,
+         std::atomic<int>* outcome) -> coproc::awaitable<void> {
         using namespace boost::asio::experimental::awaitable_operators;
         // Nobody reads yet: the first records fill the socket, then the timer cancels.
         auto r = co_await (conn.send(std::string(8 << 20, 'x')) || coproc::sleep(50ms));
@@ -309,7 +312,8 @@ TEST_CASE("a recv cancelled as its message arrives does not lose the message") {
       // The recv waits; then, before its io_context looks at the socket again, a message
       // arrives and the recv is cancelled.
       auto arrive = [&]() -> coproc::awaitable<void> {
-        co_await boost::asio::post(co_await boost::asio::this_coro::executor, boost::asio::use_awaitable);
+        co_await boost::asio::post(co_await boost::asio::this_coro::executor,
+                                   boost::asio::use_awaitable);
         co_await b.send(i);
       };
       auto r = co_await (a.recv() || arrive());
@@ -405,7 +409,8 @@ TEST_CASE("a header announcing a huge message takes memory only as its bytes arr
         REQUIRE(i < 4000);
         co_await coproc::sleep(5ms);
       }
-      co_await boost::asio::post(co_await boost::asio::this_coro::executor, boost::asio::use_awaitable);
+      co_await boost::asio::post(co_await boost::asio::this_coro::executor,
+                                 boost::asio::use_awaitable);
       during = resident_bytes();
       p.b.close();
     };
@@ -419,7 +424,8 @@ TEST_CASE("a header announcing a huge message takes memory only as its bytes arr
 TEST_CASE("a header above the message size limit is a coproc error and the pipe goes on") {
   raw_pipe<int> p;
   run([&]() -> coproc::awaitable<void> {
-    for (std::uint64_t length : {std::uint64_t{1} << 40, std::uint64_t{coproc::max_message_bytes} + 1}) {
+    for (std::uint64_t length :
+         {std::uint64_t{1} << 40, std::uint64_t{coproc::max_message_bytes} + 1}) {
       p.forge(length, "");
       std::string what;
       try {
@@ -429,7 +435,8 @@ TEST_CASE("a header above the message size limit is a coproc error and the pipe 
       }
       CHECK(what.find("malformed frame announcing " + std::to_string(length) + " bytes") !=
             std::string::npos);
-      CHECK(what.find("the limit is " + std::to_string(coproc::max_message_bytes)) != std::string::npos);
+      CHECK(what.find("the limit is " + std::to_string(coproc::max_message_bytes)) !=
+            std::string::npos);
     }
     co_await p.b.send(5);
     CHECK(co_await p.a.recv() == 5);

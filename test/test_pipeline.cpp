@@ -93,7 +93,8 @@ bool no_children_within(std::chrono::milliseconds limit) {
 stages bulk_pipeline(int count) {
   stages s{{"head", "-c", "64M", "/dev/zero"}};
   for (int i = 0; i < count - 2; ++i)
-    s.push_back(i % 2 ? std::vector<std::string>{"cat"} : std::vector<std::string>{"tr", "\\0", "a"});
+    s.push_back(i % 2 ? std::vector<std::string>{"cat"}
+                      : std::vector<std::string>{"tr", "\\0", "a"});
   s.push_back({"wc", "-c"});
   return s;
 }
@@ -101,8 +102,8 @@ stages bulk_pipeline(int count) {
 } // namespace
 
 TEST_CASE("a two stage pipeline takes input and captures the last stage") {
-  auto r =
-      run(coproc::run_pipeline({{"sort"}, {"uniq", "-c"}}, {.input = "b\na\nb\n", .capture_output = true}));
+  auto r = run(coproc::run_pipeline({{"sort"}, {"uniq", "-c"}},
+                                    {.input = "b\na\nb\n", .capture_output = true}));
   CHECK(r.returncodes == std::vector<int>{0, 0});
   CHECK(r.returncode == 0);
   CHECK(r.out == "      1 a\n      2 b\n");
@@ -112,9 +113,10 @@ TEST_CASE("a two stage pipeline takes input and captures the last stage") {
 TEST_CASE("a three stage pipeline writes into a file and stderr of every stage is captured") {
   temp_dir dir;
   auto out = dir.path / "counts";
-  auto r = run(coproc::run_pipeline(
-      {{"sh", "-c", "echo e1 >&2; printf 'x\\ny\\nx\\n'"}, {"sort"}, {"sh", "-c", "uniq -c; echo e3 >&2"}},
-      {.out = coproc::to_file(out), .err = coproc::stdio::pipe}));
+  auto r = run(coproc::run_pipeline({{"sh", "-c", "echo e1 >&2; printf 'x\\ny\\nx\\n'"},
+                                     {"sort"},
+                                     {"sh", "-c", "uniq -c; echo e3 >&2"}},
+                                    {.out = coproc::to_file(out), .err = coproc::stdio::pipe}));
   CHECK(r.returncode == 0);
   CHECK(file_text(out) == "      2 x\n      1 y\n");
   CHECK(r.err == "e1\ne3\n");
@@ -123,7 +125,8 @@ TEST_CASE("a three stage pipeline writes into a file and stderr of every stage i
 TEST_CASE("64 MiB through 2 3 and 10 stages without a byte through this process") {
   for (int count : {2, 3, 10}) {
     CAPTURE(count);
-    stages s = count == 2 ? stages{{"head", "-c", "64M", "/dev/zero"}, {"wc", "-c"}} : bulk_pipeline(count);
+    stages s = count == 2 ? stages{{"head", "-c", "64M", "/dev/zero"}, {"wc", "-c"}}
+                          : bulk_pipeline(count);
     auto before = bytes_moved_here();
     auto r = run(coproc::run_pipeline(s, {.capture_output = true, .timeout = 60s}));
     auto moved = bytes_moved_here() - before;
@@ -151,7 +154,8 @@ TEST_CASE("a failing middle stage has its code in the result and check names it"
 }
 
 TEST_CASE("pipefail reports the last failing stage") {
-  auto r = run(coproc::run_pipeline({{"sh", "-c", "exit 2"}, {"sh", "-c", "cat; exit 5"}, {"true"}}, {}));
+  auto r = run(
+      coproc::run_pipeline({{"sh", "-c", "exit 2"}, {"sh", "-c", "cat; exit 5"}, {"true"}}, {}));
   CHECK(r.returncodes == std::vector<int>{2, 5, 0});
   CHECK(r.returncode == 5);
 }
@@ -173,8 +177,8 @@ TEST_CASE("a stage whose exec fails after others started leaves none running") {
   std::ofstream(bad) << "\x7f"
                         "ELF garbage\n";
   std::filesystem::permissions(bad, std::filesystem::perms::owner_all);
-  auto e =
-      thrown_by<std::system_error>(coproc::run_pipeline({{"sleep", "10"}, {"sleep", "10"}, {bad.string()}}));
+  auto e = thrown_by<std::system_error>(
+      coproc::run_pipeline({{"sleep", "10"}, {"sleep", "10"}, {bad.string()}}));
   CHECK(std::string(e.what()).find("stage 2") != std::string::npos);
   CHECK(std::string(e.what()).find(bad.string()) != std::string::npos);
   CHECK(no_children_within(5000ms));
@@ -208,7 +212,8 @@ TEST_CASE("cancelling a pipeline kills and reaps every stage") {
 TEST_CASE("start_new_session puts the whole pipeline in one group that kill reaches") {
   run([]() -> coproc::awaitable<void> {
     auto ex = co_await asio::this_coro::executor;
-    coproc::pipeline p(ex, {{"sleep", "30"}, {"sleep", "30"}, {"sleep", "30"}}, {.start_new_session = true});
+    coproc::pipeline p(ex, {{"sleep", "30"}, {"sleep", "30"}, {"sleep", "30"}},
+                       {.start_new_session = true});
     auto pids = p.pids();
     REQUIRE(pids.size() == 3);
     for (int pid : pids) CHECK(pgid_of(pid) == pids[0]);
@@ -242,7 +247,8 @@ TEST_CASE("a pipeline streams the last stage's lines and kill_on_destroy ends it
   std::vector<int> pids;
   {
     asio::io_context ctx;
-    coproc::pipeline p(ctx.get_executor(), {{"sleep", "30"}, {"sleep", "30"}}, {.kill_on_destroy = true});
+    coproc::pipeline p(ctx.get_executor(), {{"sleep", "30"}, {"sleep", "30"}},
+                       {.kill_on_destroy = true});
     pids = p.pids();
   }
   CHECK(no_children_within(5000ms));
@@ -251,11 +257,11 @@ TEST_CASE("a pipeline streams the last stage's lines and kill_on_destroy ends it
 TEST_CASE("pipeline options are checked at the call") {
   CHECK_THROWS_AS((void)coproc::run_pipeline({}), std::invalid_argument);
   CHECK_THROWS_AS((void)coproc::run_pipeline({{"true"}, {}}), std::invalid_argument);
-  CHECK_THROWS_AS(
-      (void)coproc::run_pipeline({{"true"}}, {.capture_output = true, .out = coproc::stdio::devnull}),
-      std::invalid_argument);
-  auto missing = thrown_by<std::system_error>(
-      coproc::run_pipeline({{"cat"}, {"cat"}}, {.in = coproc::from_file("/nonexistent/coproc-input")}));
+  CHECK_THROWS_AS((void)coproc::run_pipeline(
+                      {{"true"}}, {.capture_output = true, .out = coproc::stdio::devnull}),
+                  std::invalid_argument);
+  auto missing = thrown_by<std::system_error>(coproc::run_pipeline(
+      {{"cat"}, {"cat"}}, {.in = coproc::from_file("/nonexistent/coproc-input")}));
   CHECK(std::string(missing.what()).find("/nonexistent/coproc-input") != std::string::npos);
   CHECK(coproc_test::live_children().empty());
 }

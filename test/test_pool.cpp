@@ -90,7 +90,8 @@ TEST_CASE("apply_async results arrive for many tasks and get may be awaited agai
     coproc::pool pool(co_await boost::asio::this_coro::executor, 2);
     std::vector<coproc::async_result<int>> results;
     for (int i = 0; i < 20000; ++i) results.push_back(pool.apply_async(square, i));
-    for (int i = 0; i < 20000; ++i) REQUIRE(co_await results[static_cast<std::size_t>(i)].get() == i * i);
+    for (int i = 0; i < 20000; ++i)
+      REQUIRE(co_await results[static_cast<std::size_t>(i)].get() == i * i);
     CHECK(results[3].ready());
     CHECK(results[3].successful());
     CHECK(co_await results[3].get() == 9);
@@ -131,7 +132,8 @@ TEST_CASE("map and starmap keep item order for every chunksize") {
     std::vector<std::tuple<int, int, int>> triples{{1, 2, 3}, {4, 5, 6}, {7, 8, 9}};
     CHECK(co_await pool.starmap(add3, triples) == std::vector<int>{6, 15, 24});
     std::vector<std::pair<std::string, int>> pairs{{"a", 1}, {"b", 2}};
-    CHECK(co_await pool.starmap(greet, pairs, 1) == std::vector<std::string>{"hi a;", "hi b;hi b;"});
+    CHECK(co_await pool.starmap(greet, pairs, 1) ==
+          std::vector<std::string>{"hi a;", "hi b;hi b;"});
   }());
 }
 
@@ -231,7 +233,8 @@ TEST_CASE("a worker killed mid-task fails that task with worker_lost and the poo
 
 TEST_CASE("100 rounds of kill -9 fail only the killed task and recover within 100 ms") {
   coproc_test::run([]() -> coproc::awaitable<void> {
-    coproc::pool pool(co_await boost::asio::this_coro::executor, {.processes = 2, .initializer = count_init});
+    coproc::pool pool(co_await boost::asio::this_coro::executor,
+                      {.processes = 2, .initializer = count_init});
     std::vector<long> detect_ms;
     std::set<int> victims;
     for (int round = 0; round < 100; ++round) {
@@ -274,14 +277,16 @@ TEST_CASE("tasks queued behind a killed task are not lost") {
     int pid = co_await announced(1);
     ::kill(pid, SIGKILL);
     (void)co_await failure_of<coproc::worker_lost>(victim.get());
-    for (int i = 0; i < 100; ++i) CHECK(co_await behind[static_cast<std::size_t>(i)].get() == i * i);
+    for (int i = 0; i < 100; ++i)
+      CHECK(co_await behind[static_cast<std::size_t>(i)].get() == i * i);
     CHECK(co_await pool.apply(worker_pid) != pid);
   }());
 }
 
 TEST_CASE("the initializer runs once in every worker") {
   coproc_test::run([]() -> coproc::awaitable<void> {
-    coproc::pool pool(co_await boost::asio::this_coro::executor, {.processes = 3, .initializer = count_init});
+    coproc::pool pool(co_await boost::asio::this_coro::executor,
+                      {.processes = 3, .initializer = count_init});
     CHECK(g_inits == 0); // not in the parent
     std::vector<int> naps(30, 5);
     std::set<int> pids;
@@ -396,7 +401,8 @@ TEST_CASE("misuse is a logic_error") {
     auto join_early = co_await failure_of<std::logic_error>(pool.join());
     CHECK(std::string(join_early.what()).find("close()") != std::string::npos);
     pool.close();
-    CHECK_THROWS_WITH_AS(pool.apply_async(square, 1), doctest::Contains("closed pool"), std::logic_error);
+    CHECK_THROWS_WITH_AS(pool.apply_async(square, 1), doctest::Contains("closed pool"),
+                         std::logic_error);
     CHECK_THROWS_AS((void)pool.map(square, range_of(3)), std::logic_error);
     CHECK_THROWS_AS(pool.imap(square, range_of(3)), std::logic_error);
     co_await pool.join();
@@ -414,8 +420,9 @@ TEST_CASE("misuse is a logic_error") {
     CHECK_THROWS_WITH_AS(coproc::pool(ex, forkserver), doctest::Contains("plain function"),
                          std::invalid_argument);
     int state = 0;
-    coproc::pool_options stateful{
-        .processes = 1, .initializer = [&state] { ++state; }, .method = coproc::start_method::spawn};
+    coproc::pool_options stateful{.processes = 1,
+                                  .initializer = [&state] { ++state; },
+                                  .method = coproc::start_method::spawn};
     CHECK_THROWS_WITH_AS(coproc::pool(ex, stateful), doctest::Contains("plain function"),
                          std::invalid_argument);
   }());
@@ -471,8 +478,8 @@ TEST_CASE("the io_context stays responsive while the pool is saturated") {
       auto due = std::chrono::steady_clock::now() + 1ms;
       boost::asio::steady_timer t(ex, due);
       co_await t.async_wait(boost::asio::use_awaitable);
-      lags.push_back(
-          std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - due));
+      lags.push_back(std::chrono::duration_cast<std::chrono::microseconds>(
+          std::chrono::steady_clock::now() - due));
     }
     std::sort(lags.begin(), lags.end());
     REQUIRE(!lags.empty());
@@ -508,10 +515,12 @@ TEST_CASE("start_method spawn runs tasks in fresh images of the executable") {
     auto ex = co_await boost::asio::this_coro::executor;
     coproc::pool forked(ex, 1);
     CHECK(co_await forked.apply(parent_state) == 7);
-    coproc::pool pool(ex, {.processes = 2, .initializer = count_init, .method = coproc::start_method::spawn});
+    coproc::pool pool(
+        ex, {.processes = 2, .initializer = count_init, .method = coproc::start_method::spawn});
     CHECK(co_await pool.apply(parent_state) == 0); // a fresh image: the program's initial globals
     CHECK(co_await pool.apply(square, 9) == 81);
-    CHECK(co_await pool.apply([](std::string s) { return s + "!"; }, std::string("lambda")) == "lambda!");
+    CHECK(co_await pool.apply([](std::string s) { return s + "!"; }, std::string("lambda")) ==
+          "lambda!");
     CHECK(co_await pool.apply(worker_ppid) == ::getpid());
     auto name = co_await pool.apply(worker_name);
     CHECK(name.rfind("SpawnPoolWorker-", 0) == 0);
@@ -551,7 +560,8 @@ TEST_CASE("a spawned pool starts as fast from a big parent as from a small one")
     auto began = std::chrono::steady_clock::now();
     long worker_kib = 0;
     {
-      coproc::pool pool(ctx.get_executor(), {.processes = 2, .method = coproc::start_method::spawn});
+      coproc::pool pool(ctx.get_executor(),
+                        {.processes = 2, .method = coproc::start_method::spawn});
       auto r = pool.apply_async(worker_pid); // started and answering
       ctx.run_one();
       while (!r.ready()) ctx.run_one();
@@ -565,9 +575,9 @@ TEST_CASE("a spawned pool starts as fast from a big parent as from a small one")
   std::vector<char> ballast(256u << 20);
   std::memset(ballast.data(), 1, ballast.size());
   auto [big, big_kib] = start();
-  MESSAGE("spawned pool(2) up and answering: " << small << " ms, with 256 MiB more resident: " << big
-                                               << " ms; a worker's RSS " << small_kib << " / " << big_kib
-                                               << " KiB");
+  MESSAGE("spawned pool(2) up and answering: " << small << " ms, with 256 MiB more resident: "
+                                               << big << " ms; a worker's RSS " << small_kib
+                                               << " / " << big_kib << " KiB");
   CHECK(small_kib > 0);
   CHECK(big_kib < small_kib + 32 * 1024);
   CHECK(big < 5 * small + 1000);
@@ -598,13 +608,15 @@ TEST_CASE("a pool is used from every thread of an io_context at once") {
     auto stream = pool.imap_unordered(square, range_of(300));
     std::vector<coproc::awaitable<std::vector<int>>> readers;
     for (int r = 0; r < 6; ++r)
-      readers.push_back([](coproc::result_stream<int>& stream) -> coproc::awaitable<std::vector<int>> {
-        std::vector<int> got;
-        while (auto y = co_await stream.next()) got.push_back(*y);
-        co_return got;
-      }(stream));
+      readers.push_back(
+          [](coproc::result_stream<int>& stream) -> coproc::awaitable<std::vector<int>> {
+            std::vector<int> got;
+            while (auto y = co_await stream.next()) got.push_back(*y);
+            co_return got;
+          }(stream));
     std::multiset<int> seen;
-    for (auto& got : co_await coproc::gather(std::move(readers))) seen.insert(got.begin(), got.end());
+    for (auto& got : co_await coproc::gather(std::move(readers)))
+      seen.insert(got.begin(), got.end());
     std::multiset<int> expected;
     for (int i = 0; i < 300; ++i) expected.insert(i * i);
     CHECK(seen == expected);
@@ -613,15 +625,17 @@ TEST_CASE("a pool is used from every thread of an io_context at once") {
     // a cancelled get leaves the result for a later one.
     std::vector<coproc::awaitable<int>> races;
     for (int i = 0; i < 300; ++i)
-      races.push_back(coproc_test::on_strand([](coproc::pool& pool, int i) -> coproc::awaitable<int> {
-        auto later = pool.apply_async(square, i);
-        auto first = co_await (later.get() || coproc_test::sleep_for(std::chrono::microseconds(i % 7 * 150)));
-        if (first.index() == 0) CHECK(std::get<0>(first) == i * i);
-        auto second =
-            co_await (later.wait(10s) || coproc_test::sleep_for(std::chrono::microseconds(i % 5 * 100)));
-        (void)second;
-        co_return co_await later.get();
-      }(pool, i)));
+      races.push_back(
+          coproc_test::on_strand([](coproc::pool& pool, int i) -> coproc::awaitable<int> {
+            auto later = pool.apply_async(square, i);
+            auto first = co_await (later.get() ||
+                                   coproc_test::sleep_for(std::chrono::microseconds(i % 7 * 150)));
+            if (first.index() == 0) CHECK(std::get<0>(first) == i * i);
+            auto second = co_await (later.wait(10s) ||
+                                    coproc_test::sleep_for(std::chrono::microseconds(i % 5 * 100)));
+            (void)second;
+            co_return co_await later.get();
+          }(pool, i)));
     auto raced = co_await coproc::gather(std::move(races));
     for (int i = 0; i < 300; ++i) CHECK(raced[i] == i * i);
     pool.close();

@@ -56,7 +56,8 @@ coproc::awaitable<std::pair<bool, long>> cancelled_after(A op, std::chrono::mill
 }
 
 // Polls until `done()` or the bound passes; true if done.
-template <class Done> coproc::awaitable<bool> eventually(Done done, std::chrono::milliseconds bound = 30s) {
+template <class Done>
+coproc::awaitable<bool> eventually(Done done, std::chrono::milliseconds bound = 30s) {
   auto start = std::chrono::steady_clock::now();
   while (!done()) {
     if (std::chrono::steady_clock::now() - start > bound) co_return false;
@@ -73,7 +74,8 @@ TEST_CASE("apply in a race with a timer returns as soon as the timer fires") {
     auto [cancelled, ms] = co_await cancelled_after(pool.apply(nap, long_task_ms), 50ms);
     CHECK(cancelled);
     CHECK(ms < prompt_ms);
-    auto [cancelled_value, ms_value] = co_await cancelled_after(pool.apply(nap_then, long_task_ms), 50ms);
+    auto [cancelled_value, ms_value] =
+        co_await cancelled_after(pool.apply(nap_then, long_task_ms), 50ms);
     CHECK(cancelled_value);
     CHECK(ms_value < prompt_ms);
     pool.terminate();
@@ -155,7 +157,8 @@ TEST_CASE("a cancelled get does not spoil a later get of the same result") {
       auto [cancelled, ms] = co_await cancelled_after(r.get(), 10ms);
       CHECK(cancelled);
       CHECK(ms < 1500);
-      auto [timed_cancelled, timed_ms] = co_await cancelled_after(r.get(std::chrono::hours(1)), 10ms);
+      auto [timed_cancelled, timed_ms] =
+          co_await cancelled_after(r.get(std::chrono::hours(1)), 10ms);
       CHECK(timed_cancelled);
       CHECK(timed_ms < 1500);
     }
@@ -211,9 +214,11 @@ TEST_CASE("a gather of pool awaits is cancelled as a whole") {
 
     std::vector<coproc::awaitable<void>> waits;
     waits.push_back(a.wait());
-    waits.push_back(
-        [](coproc::result_stream<int>& s) -> coproc::awaitable<void> { co_await s.next(); }(stream));
-    auto [cancelled_void, ms_void] = co_await cancelled_after(coproc::gather(std::move(waits)), 50ms);
+    waits.push_back([](coproc::result_stream<int>& s) -> coproc::awaitable<void> {
+      co_await s.next();
+    }(stream));
+    auto [cancelled_void, ms_void] =
+        co_await cancelled_after(coproc::gather(std::move(waits)), 50ms);
     CHECK(cancelled_void);
     CHECK(ms_void < prompt_ms);
     pool.terminate();
@@ -248,19 +253,20 @@ TEST_CASE("cancellation racing completion gives the value or operation_aborted")
         auto get = timed ? r.get(std::chrono::hours(1)) : r.get();
         boost::asio::co_spawn(
             waiters, std::move(get),
-            boost::asio::bind_cancellation_slot(signal->slot(), [&, i, signal](std::exception_ptr e, int v) {
-              if (!e) {
-                (v == i * i ? values : wrong)++;
-                return;
-              }
-              try {
-                std::rethrow_exception(e);
-              } catch (const boost::system::system_error& se) {
-                (se.code() == boost::asio::error::operation_aborted ? aborted : wrong)++;
-              } catch (...) {
-                wrong++;
-              }
-            }));
+            boost::asio::bind_cancellation_slot(
+                signal->slot(), [&, i, signal](std::exception_ptr e, int v) {
+                  if (!e) {
+                    (v == i * i ? values : wrong)++;
+                    return;
+                  }
+                  try {
+                    std::rethrow_exception(e);
+                  } catch (const boost::system::system_error& se) {
+                    (se.code() == boost::asio::error::operation_aborted ? aborted : wrong)++;
+                  } catch (...) {
+                    wrong++;
+                  }
+                }));
         auto timer = std::make_shared<boost::asio::steady_timer>(waiters, delay);
         timer->async_wait([timer, signal](boost::system::error_code) {
           signal->emit(boost::asio::cancellation_type::terminal);
@@ -297,7 +303,8 @@ TEST_CASE("cancellation racing completion on one thread gives the value or opera
                                     try {
                                       std::rethrow_exception(e);
                                     } catch (const boost::system::system_error& se) {
-                                      was_aborted = se.code() == boost::asio::error::operation_aborted;
+                                      was_aborted =
+                                          se.code() == boost::asio::error::operation_aborted;
                                     } catch (...) {
                                     }
                                   }));

@@ -231,8 +231,8 @@ struct forged_frame {
   std::int64_t length_skew = 0; // added to the true length
 
   std::string bytes() const {
-    coproc::detail::task_frame_header h{items.size() + static_cast<std::uint64_t>(length_skew), trampoline,
-                                        target, count};
+    coproc::detail::task_frame_header h{items.size() + static_cast<std::uint64_t>(length_skew),
+                                        trampoline, target, count};
     std::string out(reinterpret_cast<const char*>(&h), sizeof h);
     return out + items;
   }
@@ -298,7 +298,8 @@ TEST_CASE("a result of 2 GiB or more is not read as an error or as further recor
 
 TEST_CASE("maxtasksperchild workers lend queued tasks to idle ones and still take more") {
   coproc_test::run([]() -> coproc::awaitable<void> {
-    coproc::pool pool(co_await boost::asio::this_coro::executor, {.processes = 3, .maxtasksperchild = 3});
+    coproc::pool pool(co_await boost::asio::this_coro::executor,
+                      {.processes = 3, .maxtasksperchild = 3});
     // A fast task of meet's trampoline: the parent then queues several in one worker.
     for (int i = 0; i < 3; ++i) CHECK(co_await pool.apply(less_than, i, 5));
     for (int round = 0; round < 2; ++round) {
@@ -324,12 +325,15 @@ TEST_CASE("a spawn initializer outside the executable's image is refused") {
     REQUIRE(static_cast<bool>(outside));
     coproc::pool_options options{
         .processes = 1, .initializer = outside, .method = coproc::start_method::spawn};
-    CHECK_THROWS_WITH_AS(coproc::pool(ex, options), doctest::Contains("initializer"), std::invalid_argument);
-    CHECK_THROWS_WITH_AS(coproc::pool(ex, options), doctest::Contains("image"), std::invalid_argument);
+    CHECK_THROWS_WITH_AS(coproc::pool(ex, options), doctest::Contains("initializer"),
+                         std::invalid_argument);
+    CHECK_THROWS_WITH_AS(coproc::pool(ex, options), doctest::Contains("image"),
+                         std::invalid_argument);
     // Declared noexcept: the same refusal, not "not a plain function".
     coproc::pool_options declared{
         .processes = 1, .initializer = &::sync, .method = coproc::start_method::spawn};
-    CHECK_THROWS_WITH_AS(coproc::pool(ex, declared), doctest::Contains("image"), std::invalid_argument);
+    CHECK_THROWS_WITH_AS(coproc::pool(ex, declared), doctest::Contains("image"),
+                         std::invalid_argument);
   }());
 }
 
@@ -405,7 +409,8 @@ TEST_CASE("a 5 GiB argument and result cross intact and the argument is never re
 TEST_CASE("a worker refuses a frame whose lengths disagree or whose offsets name no code") {
   coproc_test::run([]() -> coproc::awaitable<void> {
     coproc::pool pool(co_await boost::asio::this_coro::executor, 1);
-    auto data_offset = reinterpret_cast<std::intptr_t>(&g_data_word) - coproc::detail::pool_anchor_address();
+    auto data_offset =
+        reinterpret_cast<std::intptr_t>(&g_data_word) - coproc::detail::pool_anchor_address();
     // The check of the method itself: a well-formed forged frame is called.
     forged_frame valid{.items = item_bytes(plant_args(20))};
     shared_slots()[20].store(0);
@@ -423,17 +428,21 @@ TEST_CASE("a worker refuses a frame whose lengths disagree or whose offsets name
         {"no items", {.count = 0, .items = ""}},
         {"an item longer than the frame", {.items = item_bytes(plant_args(21), 100)}},
         {"a frame shorter than its item", {.items = item_bytes(plant_args(21)), .length_skew = -2}},
-        {"a frame longer than anything sent", {.items = item_bytes(plant_args(21)), .length_skew = 1 << 20}},
+        {"a frame longer than anything sent",
+         {.items = item_bytes(plant_args(21)), .length_skew = 1 << 20}},
         {"a trampoline in data", {.trampoline = data_offset, .items = item_bytes(plant_args(21))}},
         {"a target in data", {.target = data_offset, .items = item_bytes(plant_args(21))}},
-        {"a trampoline nowhere", {.trampoline = std::int64_t(1) << 44, .items = item_bytes(plant_args(21))}},
-        {"a target nowhere", {.target = -(std::int64_t(1) << 60), .items = item_bytes(plant_args(21))}},
+        {"a trampoline nowhere",
+         {.trampoline = std::int64_t(1) << 44, .items = item_bytes(plant_args(21))}},
+        {"a target nowhere",
+         {.target = -(std::int64_t(1) << 60), .items = item_bytes(plant_args(21))}},
     };
     for (auto& c : cases) {
       CAPTURE(c.what);
       shared_slots()[21].store(0);
       auto e = co_await failure_of<coproc::worker_lost>(pool.apply(feed_worker, c.frame.bytes()));
-      // "a frame longer than anything sent" ends with the input: the worker exits 0 having run nothing.
+      // "a frame longer than anything sent" ends with the input: the worker exits 0 having run
+      // nothing.
       if (c.frame.length_skew == (1 << 20)) CHECK(e.exitcode() == 0);
       else CHECK(e.exitcode() == coproc::detail::pool_protocol_error_exit);
       CHECK(shared_slots()[21].load() == 0);

@@ -27,14 +27,17 @@ void slow_task(std::intptr_t, const pool_input&, std::string& out) { out += "slo
 std::intptr_t offset_of(pool_trampoline fn) { return pool_image_offset(fn); }
 
 struct recording_sink : pool_sink {
-  void deliver(std::size_t index, std::string_view bytes) override { delivered[index] = std::string(bytes); }
+  void deliver(std::size_t index, std::string_view bytes) override {
+    delivered[index] = std::string(bytes);
+  }
   void fail(std::size_t index, std::exception_ptr error) override { failed[index] = error; }
   std::map<std::size_t, std::string> delivered;
   std::map<std::size_t, std::exception_ptr> failed;
 };
 
 struct fake_job final : pool_job {
-  fake_job(pool_trampoline fn, std::size_t count, std::size_t chunksize, std::shared_ptr<pool_sink> sink)
+  fake_job(pool_trampoline fn, std::size_t count, std::size_t chunksize,
+           std::shared_ptr<pool_sink> sink)
       : pool_job(fn, 0, count, chunksize, std::move(sink)) {}
   void encode_item(std::size_t i, std::string& out) const override { out += std::to_string(i); }
 };
@@ -153,7 +156,8 @@ TEST_CASE("timing records are averaged into the cost estimate") {
   CHECK(h.scheduler.cost(offset_of(&cheap_task)) == doctest::Approx(50));
 }
 
-TEST_CASE("a large chunk travels as frames of max_frame_items and one step sends at most that many items") {
+TEST_CASE("a large chunk travels as frames of max_frame_items and one step sends at most that many "
+          "items") {
   harness h;
   h.learn_cost(&cheap_task, 1);
   h.submit(2 * max_frame_items + 100, 1'000'000);
@@ -209,7 +213,8 @@ TEST_CASE("nothing is taken back while no worker is idle or from a worker holdin
   h.submit(1, 1, &slow_task); // cost unknown: for the empty worker only
   h.dispatch(0);
   using sends = std::vector<std::pair<scheduled_worker*, std::size_t>>;
-  CHECK(h.take_sent() == sends{{&h[0].view, 0}, {&h[0].view, 1}, {&h[0].view, 2}, {&other.view, 0}});
+  CHECK(h.take_sent() ==
+        sends{{&h[0].view, 0}, {&h[0].view, 1}, {&h[0].view, 2}, {&other.view, 0}});
   auto result = h.dispatch(10 * ms); // both busy
   CHECK(result.look_again == 0);
   CHECK(h[0].page.load() == 1); // nothing claimed by the parent
@@ -271,8 +276,8 @@ TEST_CASE("a chunk taken back whole does not count toward maxtasksperchild") {
   CHECK(sent[0] == std::pair{&idle.view, std::size_t(1)});
 }
 
-TEST_CASE(
-    "a lost worker fails exactly its claimed unanswered items and its unstarted ones go first elsewhere") {
+TEST_CASE("a lost worker fails exactly its claimed unanswered items and its unstarted ones go "
+          "first elsewhere") {
   harness h(0, 1);
   h.learn_cost(&cheap_task, 10);
   h.submit(6, 4); // chunks [0..3] and [4, 5]
@@ -313,7 +318,8 @@ TEST_CASE("max_failed_starts workers lost in a row before starting fail the pool
     h.scheduler.started(started.view);
     CHECK_FALSE(h.scheduler.lost(started.view, error));
   }
-  for (unsigned i = 1; i < max_failed_starts; ++i) CHECK_FALSE(h.scheduler.lost(h.add_worker().view, error));
+  for (unsigned i = 1; i < max_failed_starts; ++i)
+    CHECK_FALSE(h.scheduler.lost(h.add_worker().view, error));
   CHECK(h.scheduler.lost(h.add_worker().view, error));
 }
 
@@ -332,7 +338,8 @@ TEST_CASE("fail_all fails every unsent and unanswered item and nothing answered"
   CHECK(h[0].view.held.empty());
 }
 
-TEST_CASE("a lone submission with an idle worker is dispatched at once and others wait for the step") {
+TEST_CASE(
+    "a lone submission with an idle worker is dispatched at once and others wait for the step") {
   harness h(0, 1);
   auto job = std::make_shared<fake_job>(&cheap_task, 1, 1, h.sink);
   CHECK(h.scheduler.submit(job));
@@ -344,7 +351,8 @@ TEST_CASE("a lone submission with an idle worker is dispatched at once and other
   h.answer(h[0], 1, ms);
   h[0].view.write_pending = true; // frames still on their way: not idle
   CHECK_FALSE(h.scheduler.submit(std::make_shared<fake_job>(&cheap_task, 1, 1, h.sink)));
-  CHECK_FALSE(h.scheduler.submit(std::make_shared<fake_job>(&cheap_task, 0, 1, h.sink))); // nothing to run
+  CHECK_FALSE(
+      h.scheduler.submit(std::make_shared<fake_job>(&cheap_task, 0, 1, h.sink))); // nothing to run
 }
 
 TEST_CASE("all_claimed says whether a worker still has items it has not started") {

@@ -153,7 +153,8 @@ TEST_CASE("exit codes: return value and exception and signals") {
   CHECK(join(termed) == -15);
   CHECK(join(killed) == -9);
   CHECK(termed.exitcode() == -15);
-  CHECK(err.find("Process " + thrown.name() + ":\nstd::runtime_error: boom\n") != std::string::npos);
+  CHECK(err.find("Process " + thrown.name() + ":\nstd::runtime_error: boom\n") !=
+        std::string::npos);
 }
 
 TEST_CASE("targets may return void or int or awaitables") {
@@ -208,7 +209,8 @@ TEST_CASE("names default to Process-N and children know their name") {
   auto n = std::stoi(a.name().substr(8));
   CHECK(a.name().rfind("Process-", 0) == 0);
   CHECK(b.name() == "Process-" + std::to_string(n + 1));
-  coproc::process named({.name = "worker"}, [] { return coproc::this_process::name() == "worker" ? 0 : 1; });
+  coproc::process named({.name = "worker"},
+                        [] { return coproc::this_process::name() == "worker" ? 0 : 1; });
   named.start();
   CHECK(join(named) == 0);
   named.name("renamed");
@@ -349,7 +351,8 @@ public:
 
 protected:
   void run() override {
-    if (coproc::this_process::name() != "counter" || n_ != 3) throw std::runtime_error("wrong state");
+    if (coproc::this_process::name() != "counter" || n_ != 3)
+      throw std::runtime_error("wrong state");
   }
 
 private:
@@ -464,7 +467,8 @@ TEST_CASE("interrupt sends SIGINT, so the child's handler can clean up") {
 
 TEST_CASE("misuse is a logic_error that names the process") {
   coproc::process p({.name = "misused"}, [] {});
-  CHECK_THROWS_WITH_AS((void)p.join(), "cannot join process 'misused': it was not started", std::logic_error);
+  CHECK_THROWS_WITH_AS((void)p.join(), "cannot join process 'misused': it was not started",
+                       std::logic_error);
   CHECK_THROWS_AS((void)p.join(1s), std::logic_error);
   p.start();
   CHECK_THROWS_WITH_AS(p.start(), "cannot start process 'misused' twice", std::logic_error);
@@ -488,8 +492,8 @@ TEST_CASE("fork failure is a system_error naming the process") {
     try {
       p.start();
     } catch (const std::system_error& e) {
-      bool ok =
-          e.code().value() == EAGAIN && std::string(e.what()).find("process 'limited'") != std::string::npos;
+      bool ok = e.code().value() == EAGAIN &&
+                std::string(e.what()).find("process 'limited'") != std::string::npos;
       ::_exit(ok ? 0 : 3);
     }
     ::_exit(4);
@@ -569,8 +573,9 @@ void program_handler(int) { program_sigchld.fetch_add(1); }
 void program_action(int, siginfo_t*, void*) { program_sigchld.fetch_add(1); }
 
 bool same_disposition(const struct sigaction& a, const struct sigaction& b) {
-  bool same = a.sa_flags == b.sa_flags &&
-              ((a.sa_flags & SA_SIGINFO) ? a.sa_sigaction == b.sa_sigaction : a.sa_handler == b.sa_handler);
+  bool same =
+      a.sa_flags == b.sa_flags &&
+      ((a.sa_flags & SA_SIGINFO) ? a.sa_sigaction == b.sa_sigaction : a.sa_handler == b.sa_handler);
   for (int sig = 1; sig < NSIG; ++sig)
     same = same && sigismember(&a.sa_mask, sig) == sigismember(&b.sa_mask, sig);
   return same;

@@ -261,7 +261,8 @@ TEST_CASE("a queue bounded by bytes blocks its producer too") {
     REQUIRE(co_await until_waiting(producer.pid(), progress.data));
     CHECK(progress.data->load() == 1); // the second put waits
     CHECK(q.qsize() == 1);             // a 20-byte string takes 40 bytes of ring: one fits in 64
-    for (int i = 0; i < 20; ++i) CHECK(co_await q.get(10s) == std::string(20, static_cast<char>('a' + i)));
+    for (int i = 0; i < 20; ++i)
+      CHECK(co_await q.get(10s) == std::string(20, static_cast<char>('a' + i)));
     CHECK(co_await producer.join() == 0);
   }());
 }
@@ -332,7 +333,8 @@ TEST_CASE("an item larger than the capacity is a length_error naming both sizes"
     co_await q.put(std::string(900, 'y')); // the queue still works
     CHECK((co_await q.get()).size() == 900);
   }());
-  CHECK_THROWS_AS(coproc::queue<int>(coproc::queue_options{.capacity_bytes = 8}), std::invalid_argument);
+  CHECK_THROWS_AS(coproc::queue<int>(coproc::queue_options{.capacity_bytes = 8}),
+                  std::invalid_argument);
 }
 
 TEST_CASE("a malformed item is a coproc error and the queue goes on") {
@@ -387,7 +389,8 @@ TEST_CASE("waiting gets and puts sleep instead of spinning also after earlier wa
   // Now a putter on the full queue and, on another queue, a getter wait 500 ms each, and
   // a getter without a deadline (it looks again at intervals) is cancelled after 500 ms.
   coproc::queue<int> empty_q;
-  auto sleeper = [](coproc::queue<int> full_q, coproc::queue<int> empty_q) -> coproc::awaitable<int> {
+  auto sleeper = [](coproc::queue<int> full_q,
+                    coproc::queue<int> empty_q) -> coproc::awaitable<int> {
     using namespace boost::asio::experimental::awaitable_operators;
     long before = cpu_ms();
     int expired = 0;
@@ -589,7 +592,8 @@ TEST_CASE("gets cancelled by a timer take nothing so every item arrives exactly 
       if (cancelled >= cancellations) control.data[0].store(1);
       auto timer = coproc::sleep(std::chrono::microseconds(rng() % 50));
       // Both waits: without a deadline and with one that does not pass first.
-      auto r = rng() % 2 ? co_await (q.get() || std::move(timer)) : co_await (q.get(10s) || std::move(timer));
+      auto r = rng() % 2 ? co_await (q.get() || std::move(timer))
+                         : co_await (q.get(10s) || std::move(timer));
       if (r.index() == 1) {
         ++cancelled;
         continue;
@@ -618,8 +622,8 @@ TEST_CASE("gets cancelled by a timer take nothing so every item arrives exactly 
     missing += count == 0;
     duplicated += count > 1;
   }
-  MESSAGE(put << " items, " << cancelled << " gets cancelled, " << missing << " items lost, " << duplicated
-              << " duplicated");
+  MESSAGE(put << " items, " << cancelled << " gets cancelled, " << missing << " items lost, "
+              << duplicated << " duplicated");
   CHECK(cancelled >= cancellations);
   CHECK(put > 1000);
   CHECK(out_of_range == 0);
@@ -675,8 +679,8 @@ TEST_CASE("timed-out and cancelled puts that are retried put every item exactly 
     missing += seen.data[i].load() == 0;
     duplicated += seen.data[i].load() > 1;
   }
-  MESSAGE(n << " items, " << timed_out << " puts timed out, " << cancelled << " cancelled, " << missing
-            << " items lost, " << duplicated << " duplicated");
+  MESSAGE(n << " items, " << timed_out << " puts timed out, " << cancelled << " cancelled, "
+            << missing << " items lost, " << duplicated << " duplicated");
   CHECK(missing == 0);
   CHECK(duplicated == 0);
   CHECK(q.qsize() == 0);

@@ -53,8 +53,10 @@ TEST_CASE("spawn: a queue argument: the child puts 1000 items, the parent gets t
   CHECK(q.empty());
 }
 
-TEST_CASE("spawn: the parent puts, the child gets until the queue is closed and exits with their sum") {
-  coproc::queue<std::string> q(coproc::queue_options{.capacity_bytes = 256}); // a few items at a time
+TEST_CASE(
+    "spawn: the parent puts, the child gets until the queue is closed and exits with their sum") {
+  coproc::queue<std::string> q(
+      coproc::queue_options{.capacity_bytes = 256}); // a few items at a time
   coproc::process p(
       {.method = spawn},
       [](coproc::queue<std::string> q) -> coproc::awaitable<int> {
@@ -121,7 +123,8 @@ TEST_CASE("spawn: a connection argument: 100 round trips, then the child sees th
   CHECK(join(p) == 0);
 }
 
-TEST_CASE("spawn: two children with the two ends of one pipe: A sends, B receives until A is gone") {
+TEST_CASE(
+    "spawn: two children with the two ends of one pipe: A sends, B receives until A is gone") {
   auto [reader, writer] = coproc::pipe<std::string>(false);
   coproc::process a(
       {.method = spawn},
@@ -201,8 +204,8 @@ TEST_CASE("spawn: threads each start spawn children with queues of their own at 
       coproc::queue<int> q(8);
       std::vector<coproc::process> started;
       for (int c = 0; c < children; ++c) {
-        started.emplace_back(coproc::process_options{.method = coproc::start_method::spawn}, put_range, q,
-                             (t * children + c) * items, items);
+        started.emplace_back(coproc::process_options{.method = coproc::start_method::spawn},
+                             put_range, q, (t * children + c) * items, items);
         started.back().start();
       }
       sums[t] = run([](coproc::queue<int> q) -> coproc::awaitable<int> {
@@ -220,7 +223,8 @@ TEST_CASE("spawn: threads each start spawn children with queues of their own at 
   }
 }
 
-TEST_CASE("spawn: a queue or connection inside another argument, or a closed connection, is refused") {
+TEST_CASE(
+    "spawn: a queue or connection inside another argument, or a closed connection, is refused") {
   coproc::queue<int> q;
   coproc::process nested(
       {.name = "nested", .method = spawn}, [](std::vector<coproc::queue<int>>) {},
@@ -234,7 +238,8 @@ TEST_CASE("spawn: a queue or connection inside another argument, or a closed con
   a.close();
   coproc::process closed(
       {.name = "closed", .method = spawn}, [](coproc::connection<int>) {}, a);
-  CHECK_THROWS_WITH_AS(closed.start(), doctest::Contains("process 'closed'"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(closed.start(), doctest::Contains("process 'closed'"),
+                       std::invalid_argument);
   CHECK_THROWS_WITH_AS(closed.start(), doctest::Contains("a closed coproc::connection"),
                        std::invalid_argument);
   // fork inherits them, inside anything.

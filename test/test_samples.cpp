@@ -38,7 +38,8 @@ struct response {
 net::awaitable<response> get(unsigned short port, std::string target) {
   beast::tcp_stream stream(co_await net::this_coro::executor);
   stream.expires_after(30s);
-  co_await stream.async_connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), port), net::use_awaitable);
+  co_await stream.async_connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), port),
+                                net::use_awaitable);
   http::request<http::empty_body> req{http::verb::get, target, 11};
   req.set(http::field::host, "127.0.0.1");
   co_await http::async_write(stream, req, net::use_awaitable);
@@ -51,7 +52,8 @@ net::awaitable<response> get(unsigned short port, std::string target) {
 // Sends raw bytes and returns the status line the server answers with.
 net::awaitable<std::string> raw_request(unsigned short port, std::string bytes) {
   tcp::socket socket(co_await net::this_coro::executor);
-  co_await socket.async_connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), port), net::use_awaitable);
+  co_await socket.async_connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), port),
+                                net::use_awaitable);
   co_await net::async_write(socket, net::buffer(bytes), net::use_awaitable);
   std::string reply;
   co_await net::async_read_until(socket, net::dynamic_buffer(reply), "\r\n",
@@ -61,7 +63,8 @@ net::awaitable<std::string> raw_request(unsigned short port, std::string bytes) 
 
 std::vector<int> children_of(int pid) {
   std::vector<int> out;
-  std::ifstream children("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/children");
+  std::ifstream children("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) +
+                         "/children");
   int child;
   while (children >> child) out.push_back(child);
   return out;
@@ -94,9 +97,11 @@ struct running_server {
 
 net::awaitable<running_server> start_server() {
   auto ex = co_await net::this_coro::executor;
-  running_server s{coproc::popen(ex, {COPROC_HTTP_SERVER, "--serve", "0"}, {.out = coproc::stdio::pipe})};
+  running_server s{
+      coproc::popen(ex, {COPROC_HTTP_SERVER, "--serve", "0"}, {.out = coproc::stdio::pipe})};
   std::string line;
-  co_await net::async_read_until(s.proc.stdout_pipe(), net::dynamic_buffer(line), "\n", net::use_awaitable);
+  co_await net::async_read_until(s.proc.stdout_pipe(), net::dynamic_buffer(line), "\n",
+                                 net::use_awaitable);
   auto colon = line.rfind(':');
   REQUIRE(line.rfind("listening on 127.0.0.1:", 0) == 0);
   s.port = static_cast<unsigned short>(std::stoi(line.substr(colon + 1)));
@@ -124,7 +129,8 @@ TEST_CASE("server sample: a saturated pool leaves cheap requests fast and every 
         auto start = std::chrono::steady_clock::now();
         auto r = co_await get(s.port, "/health");
         health_ms.push_back(
-            std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
+            std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
+                .count());
         CHECK(r.status == 200);
         CHECK(r.body == "ok\n");
         co_await coproc::sleep(10ms);
@@ -141,7 +147,8 @@ TEST_CASE("server sample: a saturated pool leaves cheap requests fast and every 
     std::sort(health_ms.begin(), health_ms.end());
     double median = health_ms[health_ms.size() / 2];
     MESSAGE("health latency while saturated: median " << median << " ms, max " << health_ms.back()
-                                                      << " ms over " << health_ms.size() << " requests");
+                                                      << " ms over " << health_ms.size()
+                                                      << " requests");
     // Generous: a primes request takes tens of ms of CPU; health must not wait for one.
     CHECK(median < 50);
 
@@ -166,11 +173,12 @@ TEST_CASE("server sample: bad requests get a 4xx with a message") {
     auto missing = co_await get(s.port, "/nowhere");
     CHECK(missing.status == 404);
     CHECK(missing.body == "no such endpoint: /nowhere\n");
-    CHECK(co_await raw_request(s.port, "POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n") ==
+    CHECK(co_await raw_request(s.port,
+                               "POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n") ==
           "HTTP/1.1 405 Method Not Allowed");
     CHECK(co_await raw_request(s.port, "GARBAGE\r\n\r\n") == "HTTP/1.1 400 Bad Request");
-    CHECK(co_await raw_request(s.port, "GET / HTTP/1.1\r\nX: " + std::string(20000, 'a') + "\r\n\r\n") ==
-          "HTTP/1.1 400 Bad Request");
+    CHECK(co_await raw_request(s.port, "GET / HTTP/1.1\r\nX: " + std::string(20000, 'a') +
+                                           "\r\n\r\n") == "HTTP/1.1 400 Bad Request");
     // Still serving after all that.
     CHECK((co_await get(s.port, "/health")).status == 200);
     s.proc.terminate();
@@ -202,8 +210,9 @@ TEST_CASE("server sample: SIGTERM finishes the request in flight and leaves no w
     for (int pid : workers) CHECK_FALSE(coproc_test::pid_exists(pid));
     // Nothing listens any more.
     tcp::socket probe(ex);
-    auto [ec] = co_await probe.async_connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), s.port),
-                                             net::as_tuple(net::use_awaitable));
+    auto [ec] =
+        co_await probe.async_connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), s.port),
+                                     net::as_tuple(net::use_awaitable));
     CHECK(ec == net::error::connection_refused);
   }());
 }
@@ -212,7 +221,8 @@ TEST_CASE("checksum script: every file counted with plain progress lines when no
   auto dir = std::filesystem::temp_directory_path() / ("coproc-tree-" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir / "sub");
   for (int i = 0; i < 40; ++i)
-    std::ofstream(dir / (i % 2 ? "sub" : ".") / ("f" + std::to_string(i))) << std::string(1000 + i, 'x');
+    std::ofstream(dir / (i % 2 ? "sub" : ".") / ("f" + std::to_string(i)))
+        << std::string(1000 + i, 'x');
   auto [out, err] = coproc::block_on([&]() -> net::awaitable<std::pair<std::string, std::string>> {
     coproc::popen p(co_await net::this_coro::executor, {COPROC_CHECKSUM_TREE, dir.string()},
                     {.out = coproc::stdio::pipe, .err = coproc::stdio::pipe});
@@ -228,7 +238,8 @@ TEST_CASE("checksum script: every file counted with plain progress lines when no
   CHECK(out.find("\r") == std::string::npos);
 }
 
-TEST_CASE("checksum script: SIGINT kills and reaps its workers and commands and reports partial results") {
+TEST_CASE("checksum script: SIGINT kills and reaps its workers and commands and reports partial "
+          "results") {
   coproc::block_on([]() -> net::awaitable<void> {
     coproc::popen p(co_await net::this_coro::executor, {COPROC_CHECKSUM_TREE, "/usr"},
                     {.out = coproc::stdio::pipe});
@@ -248,7 +259,7 @@ TEST_CASE("checksum script: SIGINT kills and reaps its workers and commands and 
 }
 
 TEST_CASE("checksum script: a missing directory is a usage error") {
-  auto code =
-      coproc::block_on(coproc::call({COPROC_CHECKSUM_TREE, "/no/such/dir"}, {.err = coproc::stdio::devnull}));
+  auto code = coproc::block_on(
+      coproc::call({COPROC_CHECKSUM_TREE, "/no/such/dir"}, {.err = coproc::stdio::devnull}));
   CHECK(code == 2);
 }

@@ -40,7 +40,9 @@ std::set<std::string> own_entries() {
   return out;
 }
 
-std::string unique(const std::string& stem) { return "test_shm_" + stem + "_" + std::to_string(::getpid()); }
+std::string unique(const std::string& stem) {
+  return "test_shm_" + stem + "_" + std::to_string(::getpid());
+}
 
 template <class E, class F> E error_of(F&& f) {
   try {
@@ -54,7 +56,8 @@ template <class E, class F> E error_of(F&& f) {
 
 } // namespace
 
-static_assert(!coproc::wire::serializable<coproc::shared_memory>, "a block is not a pool task argument");
+static_assert(!coproc::wire::serializable<coproc::shared_memory>,
+              "a block is not a pool task argument");
 
 TEST_CASE("a created block has exactly its size, is zeroed and is attached by name") {
   auto before = own_entries();
@@ -91,14 +94,16 @@ TEST_CASE("an empty name makes a generated unused one") {
   CHECK(own_entries() == before);
 }
 
-TEST_CASE("creating an existing name is EEXIST and attaching a missing one ENOENT, naming the block") {
+TEST_CASE(
+    "creating an existing name is EEXIST and attaching a missing one ENOENT, naming the block") {
   const auto name = unique("errors");
   coproc::shared_memory created(name, 10);
   auto exists = error_of<std::system_error>([&] { coproc::shared_memory again(name, 10); });
   CHECK(exists.code().value() == EEXIST);
   CHECK(std::string(exists.what()).find(name) != std::string::npos);
   const auto missing_name = unique("missing");
-  auto missing = error_of<std::system_error>([&] { (void)coproc::shared_memory::attach(missing_name); });
+  auto missing =
+      error_of<std::system_error>([&] { (void)coproc::shared_memory::attach(missing_name); });
   CHECK(missing.code().value() == ENOENT);
   CHECK(std::string(missing.what()).find(missing_name) != std::string::npos);
   CHECK_THROWS_AS(coproc::shared_memory(unique("zero"), 0), std::invalid_argument);

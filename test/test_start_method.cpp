@@ -24,7 +24,8 @@ TEST_CASE("the default start method: fork, settable until the first start, read 
   coproc::process late({.name = "late"}, [captured] { return captured; });
   coproc::set_start_method(coproc::start_method::forkserver);
   CHECK_THROWS_WITH_AS(late.start(), doctest::Contains("process 'late'"), std::invalid_argument);
-  CHECK_THROWS_WITH_AS(late.start(), doctest::Contains("start_method::forkserver"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(late.start(), doctest::Contains("start_method::forkserver"),
+                       std::invalid_argument);
   coproc_test::run([&]() -> coproc::awaitable<void> {
     auto ex = co_await boost::asio::this_coro::executor;
     CHECK_THROWS_WITH_AS(coproc::pool(ex, {.processes = 1, .initializer = [&] { ++captured; }}),

@@ -104,7 +104,8 @@ template <class Error, class Awaitable> Error thrown_by(Awaitable op) {
 // ---- run, call, check_call, check_output --------------------------------------------
 
 TEST_CASE("run captures stdout and stderr and keeps the args as given") {
-  auto r = run(coproc::run({"sh", "-c", "echo out; echo err >&2; exit 3"}, {.capture_output = true}));
+  auto r =
+      run(coproc::run({"sh", "-c", "echo out; echo err >&2; exit 3"}, {.capture_output = true}));
   CHECK(r.args == std::vector<std::string>{"sh", "-c", "echo out; echo err >&2; exit 3"});
   CHECK(r.returncode == 3);
   CHECK(r.out == "out\n");
@@ -123,8 +124,8 @@ TEST_CASE("call returns the exit status and check_call throws called_process_err
 
 TEST_CASE("check_output returns stdout and the error carries the captured output") {
   CHECK(run(coproc::check_output({"printf", "a b\\n"})) == "a b\n");
-  auto e = thrown_by<coproc::called_process_error>(
-      coproc::check_output({"sh", "-c", "echo partial; echo why >&2; exit 2"}, {.capture_output = true}));
+  auto e = thrown_by<coproc::called_process_error>(coproc::check_output(
+      {"sh", "-c", "echo partial; echo why >&2; exit 2"}, {.capture_output = true}));
   CHECK(e.returncode() == 2);
   CHECK(e.output() == "partial\n");
   CHECK(e.errors() == "why\n");
@@ -132,8 +133,8 @@ TEST_CASE("check_output returns stdout and the error carries the captured output
 }
 
 TEST_CASE("run with check throws called_process_error with the output") {
-  auto e = thrown_by<coproc::called_process_error>(
-      coproc::run({"sh", "-c", "echo so far; exit 1"}, {.check = true, .out = coproc::stdio::pipe}));
+  auto e = thrown_by<coproc::called_process_error>(coproc::run(
+      {"sh", "-c", "echo so far; exit 1"}, {.check = true, .out = coproc::stdio::pipe}));
   CHECK(e.returncode() == 1);
   CHECK(e.output() == "so far\n");
   CHECK(e.errors().empty());
@@ -143,7 +144,8 @@ TEST_CASE("run with check throws called_process_error with the output") {
 TEST_CASE("a child killed by a signal returns minus the signal number") {
   CHECK(run(coproc::call({"sh", "-c", "kill -TERM $$"})) == -SIGTERM);
   CHECK(run(coproc::call({"sh", "-c", "kill -KILL $$"})) == -SIGKILL);
-  auto e = thrown_by<coproc::called_process_error>(coproc::check_call({"sh", "-c", "kill -KILL $$"}));
+  auto e =
+      thrown_by<coproc::called_process_error>(coproc::check_call({"sh", "-c", "kill -KILL $$"}));
   CHECK(e.returncode() == -9);
   CHECK(std::string(e.what()).find("SIGKILL") != std::string::npos);
 }
@@ -157,8 +159,8 @@ TEST_CASE("the child starts with default signal dispositions and an empty mask")
   sigemptyset(&usr1);
   sigaddset(&usr1, SIGUSR1);
   ::pthread_sigmask(SIG_BLOCK, &usr1, &old_mask);
-  auto status =
-      run(coproc::run({"grep", "-E", "^Sig(Ign|Blk)", "/proc/self/status"}, {.out = coproc::stdio::pipe}));
+  auto status = run(coproc::run({"grep", "-E", "^Sig(Ign|Blk)", "/proc/self/status"},
+                                {.out = coproc::stdio::pipe}));
   ::pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
   ::sigaction(SIGPIPE, &old, nullptr);
   // SigBlk:\t<hex>\nSigIgn:\t<hex>\n
@@ -179,7 +181,8 @@ TEST_CASE("input goes through cat and stdin is closed after it") {
   CHECK(r.out == "hello\nworld");
   CHECK(run(coproc::run({"wc", "-c"}, {.input = "", .out = coproc::stdio::pipe})).out == "0\n");
   // in = pipe without input: the child reads EOF at once, as Python's stdin=PIPE.
-  CHECK(run(coproc::run({"cat"}, {.in = coproc::stdio::pipe, .out = coproc::stdio::pipe})).out.empty());
+  CHECK(run(coproc::run({"cat"}, {.in = coproc::stdio::pipe, .out = coproc::stdio::pipe}))
+            .out.empty());
 }
 
 TEST_CASE("input larger than a pipe buffer is fed while the output is read") {
@@ -223,7 +226,8 @@ TEST_CASE("out and err go to devnull or err joins stdout") {
                                 {.out = coproc::stdio::pipe, .err = coproc::stdio::to_stdout}));
   CHECK(merged.out == "out\nerr\nmore\n");
   CHECK(merged.err.empty());
-  CHECK(run(coproc::run({"cat"}, {.in = coproc::stdio::devnull, .out = coproc::stdio::pipe})).out.empty());
+  CHECK(run(coproc::run({"cat"}, {.in = coproc::stdio::devnull, .out = coproc::stdio::pipe}))
+            .out.empty());
 }
 
 // ---- environment, cwd, shell ------------------------------------------------------
@@ -236,7 +240,8 @@ TEST_CASE("env replaces the environment and args[0] is found on the default PATH
 
 TEST_CASE("an inherited environment reaches the child") {
   ::setenv("COPROC_SUBPROCESS_TEST", "inherited", 1);
-  auto r = run(coproc::run({"sh", "-c", "echo $COPROC_SUBPROCESS_TEST"}, {.out = coproc::stdio::pipe}));
+  auto r =
+      run(coproc::run({"sh", "-c", "echo $COPROC_SUBPROCESS_TEST"}, {.out = coproc::stdio::pipe}));
   ::unsetenv("COPROC_SUBPROCESS_TEST");
   CHECK(r.out == "inherited\n");
 }
@@ -266,8 +271,8 @@ TEST_CASE("cwd sets the working directory and a missing cwd names the directory"
 }
 
 TEST_CASE("shell runs sh -c with the extra args as $0 and $1") {
-  auto r = run(
-      coproc::run({"echo \"$0-$1\" | tr a-z A-Z", "a", "b"}, {.shell = true, .out = coproc::stdio::pipe}));
+  auto r = run(coproc::run({"echo \"$0-$1\" | tr a-z A-Z", "a", "b"},
+                           {.shell = true, .out = coproc::stdio::pipe}));
   CHECK(r.out == "A-B\n");
   CHECK(r.args == std::vector<std::string>{"echo \"$0-$1\" | tr a-z A-Z", "a", "b"});
   CHECK(run(coproc::call({"exit 5"}, {.shell = true})) == 5);
@@ -341,18 +346,22 @@ TEST_CASE("invalid option combinations are invalid_argument at the call") {
   asio::io_context ctx;
   CHECK_THROWS_AS((void)coproc::run({}), std::invalid_argument);
   CHECK_THROWS_AS((void)coproc::run({std::string("a\0b", 3)}), std::invalid_argument);
-  CHECK_THROWS_AS((void)coproc::run({"cat"}, {.input = "x", .in = stdio::devnull}), std::invalid_argument);
+  CHECK_THROWS_AS((void)coproc::run({"cat"}, {.input = "x", .in = stdio::devnull}),
+                  std::invalid_argument);
   CHECK_THROWS_AS((void)coproc::run({"cat"}, {.in = stdio::to_stdout}), std::invalid_argument);
   CHECK_THROWS_AS((void)coproc::run({"cat"}, {.out = stdio::to_stdout}), std::invalid_argument);
   CHECK_THROWS_AS((void)coproc::run({"cat"}, {.capture_output = true, .out = stdio::pipe}),
                   std::invalid_argument);
   CHECK_THROWS_AS((void)coproc::run({"cat"}, {.capture_output = true, .err = stdio::to_stdout}),
                   std::invalid_argument);
-  CHECK_THROWS_AS((void)coproc::call({"env"}, {.env = std::map<std::string, std::string>{{"A=B", "c"}}}),
+  CHECK_THROWS_AS(
+      (void)coproc::call({"env"}, {.env = std::map<std::string, std::string>{{"A=B", "c"}}}),
+      std::invalid_argument);
+  CHECK_THROWS_AS(
+      (void)coproc::check_call({"env"}, {.env = std::map<std::string, std::string>{{"", "c"}}}),
+      std::invalid_argument);
+  CHECK_THROWS_AS((void)coproc::check_output({"echo"}, {.out = stdio::devnull}),
                   std::invalid_argument);
-  CHECK_THROWS_AS((void)coproc::check_call({"env"}, {.env = std::map<std::string, std::string>{{"", "c"}}}),
-                  std::invalid_argument);
-  CHECK_THROWS_AS((void)coproc::check_output({"echo"}, {.out = stdio::devnull}), std::invalid_argument);
   CHECK_THROWS_AS(coproc::popen(ctx.get_executor(), {"cat"}, {.in = stdio::to_stdout}),
                   std::invalid_argument);
   CHECK_THROWS_AS(coproc::popen(ctx.get_executor(), {"cat"}, {.out = stdio::to_stdout}),
@@ -378,7 +387,8 @@ TEST_CASE("a timeout kills and reaps sleep 10 well under 2 s") {
 
 TEST_CASE("a command that finishes within its timeout returns normally") {
   auto start = clock_type::now();
-  auto r = run(coproc::run({"sh", "-c", "echo in time; exit 2"}, {.capture_output = true, .timeout = 10s}));
+  auto r = run(
+      coproc::run({"sh", "-c", "echo in time; exit 2"}, {.capture_output = true, .timeout = 10s}));
   CHECK(r.returncode == 2);
   CHECK(r.out == "in time\n");
   CHECK(run(coproc::check_output({"tr", "a-z", "A-Z"}, {.input = "abc", .timeout = 10s})) == "ABC");
@@ -426,9 +436,10 @@ TEST_CASE("cancelling a run with start_new_session kills the whole group") {
   auto pidfile = dir.path / "pid";
   auto result = run([&]() -> coproc::awaitable<std::variant<coproc::completed_process, int>> {
     // Cancelled as soon as the grandchild is running.
-    co_return co_await (coproc::run({"sh", "-c", "sleep 30 & echo $! > " + pidfile.string() + "; wait"},
-                                    {.start_new_session = true}) ||
-                        pid_written_to(pidfile));
+    co_return co_await (
+        coproc::run({"sh", "-c", "sleep 30 & echo $! > " + pidfile.string() + "; wait"},
+                    {.start_new_session = true}) ||
+        pid_written_to(pidfile));
   }());
   REQUIRE(result.index() == 1);
   int grandchild = std::get<1>(result);
@@ -508,7 +519,8 @@ TEST_CASE("spawning does not notify the io_context of a fork") {
       ctx,
       []() -> coproc::awaitable<std::vector<int>> {
         std::vector<coproc::awaitable<int>> calls;
-        for (int i = 0; i < 50; ++i) calls.push_back(coproc::call({"true"}, {.capture_output = true}));
+        for (int i = 0; i < 50; ++i)
+          calls.push_back(coproc::call({"true"}, {.capture_output = true}));
         co_return co_await coproc::gather(std::move(calls));
       }(),
       [&](std::exception_ptr e, std::vector<int> r) {
@@ -540,9 +552,10 @@ TEST_CASE("the io_context keeps running while a child is awaited") {
     asio::co_spawn(ex, tick_until(ticks, done, flag), asio::detached);
     // The child ends once the loop has ticked 10 times while it was awaited (a loop
     // blocked in waitpid never would: exit 1 after 60 s).
-    CHECK(co_await coproc::call({"sh", "-c",
-                                 "for i in $(seq 6000); do [ -e \"$0\" ] && exit 0; sleep 0.01; done; exit 1",
-                                 flag.string()}) == 0);
+    CHECK(co_await coproc::call(
+              {"sh", "-c",
+               "for i in $(seq 6000); do [ -e \"$0\" ] && exit 0; sleep 0.01; done; exit 1",
+               flag.string()}) == 0);
     done = true;
   }());
   CHECK(ticks >= 10);
@@ -565,7 +578,8 @@ TEST_CASE("concurrent runs capture their own output") {
   auto outs = run([]() -> coproc::awaitable<std::vector<std::string>> {
     std::vector<coproc::awaitable<std::string>> calls;
     for (int i = 0; i < 20; ++i)
-      calls.push_back(coproc::check_output({"sh", "-c", "sleep 0.0$0; echo $0", std::to_string(i % 10)}));
+      calls.push_back(
+          coproc::check_output({"sh", "-c", "sleep 0.0$0; echo $0", std::to_string(i % 10)}));
     co_return co_await coproc::gather(std::move(calls));
   }());
   for (int i = 0; i < 20; ++i) CHECK(outs[i] == std::to_string(i % 10) + "\n");
@@ -579,16 +593,17 @@ TEST_CASE("popen streams stdout lines as they arrive") {
     // The child writes each line, then waits for the test to have read it.
     temp_dir dir;
     auto flag = (dir.path / "read").string();
-    coproc::popen p(ex,
-                    {"sh", "-c",
-                     "for i in 1 2 3; do echo line$i; while [ ! -e \"$0.$i\" ]; do sleep 0.01; done; done",
-                     flag},
-                    {.out = coproc::stdio::pipe});
+    coproc::popen p(
+        ex,
+        {"sh", "-c",
+         "for i in 1 2 3; do echo line$i; while [ ! -e \"$0.$i\" ]; do sleep 0.01; done; done",
+         flag},
+        {.out = coproc::stdio::pipe});
     std::vector<std::string> got;
     std::string buffer;
     for (;;) {
-      auto [ec, n] = co_await asio::async_read_until(p.stdout_pipe(), asio::dynamic_buffer(buffer), '\n',
-                                                     asio::as_tuple(asio::use_awaitable));
+      auto [ec, n] = co_await asio::async_read_until(p.stdout_pipe(), asio::dynamic_buffer(buffer),
+                                                     '\n', asio::as_tuple(asio::use_awaitable));
       if (ec) break;
       got.push_back(buffer.substr(0, n - 1));
       buffer.erase(0, n);
@@ -607,7 +622,8 @@ TEST_CASE("popen streams stdout lines as they arrive") {
 TEST_CASE("popen writes stdin and reads stdout through its pipes") {
   auto out = run([]() -> coproc::awaitable<std::string> {
     auto ex = co_await asio::this_coro::executor;
-    coproc::popen p(ex, {"tr", "a-z", "A-Z"}, {.in = coproc::stdio::pipe, .out = coproc::stdio::pipe});
+    coproc::popen p(ex, {"tr", "a-z", "A-Z"},
+                    {.in = coproc::stdio::pipe, .out = coproc::stdio::pipe});
     co_await asio::async_write(p.stdin_pipe(), asio::buffer(std::string_view("shout\n")),
                                asio::use_awaitable);
     p.stdin_pipe().close();
@@ -624,8 +640,9 @@ TEST_CASE("popen writes stdin and reads stdout through its pipes") {
 TEST_CASE("popen communicate sends input and collects both streams") {
   auto [out, err] = run([]() -> coproc::awaitable<std::pair<std::string, std::string>> {
     auto ex = co_await asio::this_coro::executor;
-    coproc::popen p(ex, {"sh", "-c", "cat; echo done >&2"},
-                    {.in = coproc::stdio::pipe, .out = coproc::stdio::pipe, .err = coproc::stdio::pipe});
+    coproc::popen p(
+        ex, {"sh", "-c", "cat; echo done >&2"},
+        {.in = coproc::stdio::pipe, .out = coproc::stdio::pipe, .err = coproc::stdio::pipe});
     auto result = co_await p.communicate("payload");
     CHECK(p.returncode() == 0);
     co_return result;
@@ -639,11 +656,12 @@ TEST_CASE("popen communicate with a timeout keeps the output for the next call")
     auto ex = co_await asio::this_coro::executor;
     temp_dir dir;
     auto started = dir.path / "started", go = dir.path / "go";
-    coproc::popen p(ex,
-                    {"sh", "-c",
-                     "echo first; touch \"$0\"; while [ ! -e \"$1\" ]; do sleep 0.01; done; echo second",
-                     started.string(), go.string()},
-                    {.out = coproc::stdio::pipe});
+    coproc::popen p(
+        ex,
+        {"sh", "-c",
+         "echo first; touch \"$0\"; while [ ! -e \"$1\" ]; do sleep 0.01; done; echo second",
+         started.string(), go.string()},
+        {.out = coproc::stdio::pipe});
     while (!std::filesystem::exists(started)) co_await sleep_for(5ms); // "first" is in the pipe
     try {
       co_await p.communicate("", 100ms);
@@ -742,7 +760,8 @@ TEST_CASE("a destroyed popen leaves its child running and it is reaped when it e
                     {.out = coproc::stdio::pipe});
   }
   auto deadline = clock_type::now() + 5s;
-  while (!std::filesystem::exists(done) && clock_type::now() < deadline) std::this_thread::sleep_for(10ms);
+  while (!std::filesystem::exists(done) && clock_type::now() < deadline)
+    std::this_thread::sleep_for(10ms);
   CHECK(std::filesystem::exists(done));
   CHECK(coproc_test::settle(fds));
 }
@@ -783,7 +802,8 @@ TEST_CASE("to_file truncates or appends and err can join out in the file") {
   CHECK(file_text(dir.path / "err").empty());
 }
 
-TEST_CASE("from_file feeds stdin and a missing file is a system_error naming it before any child runs") {
+TEST_CASE(
+    "from_file feeds stdin and a missing file is a system_error naming it before any child runs") {
   temp_dir dir;
   auto in = dir.write("in", "b\na\n", std::filesystem::perms::owner_read);
   CHECK(run(coproc::check_output({"sort"}, {.in = coproc::from_file(in)})) == "a\nb\n");
@@ -795,7 +815,8 @@ TEST_CASE("from_file feeds stdin and a missing file is a system_error naming it 
   CHECK(coproc_test::live_children().empty());
   // Directions are checked at the call.
   CHECK_THROWS_AS((void)coproc::run({"cat"}, {.in = coproc::to_file(in)}), std::invalid_argument);
-  CHECK_THROWS_AS((void)coproc::run({"cat"}, {.out = coproc::from_file(in)}), std::invalid_argument);
+  CHECK_THROWS_AS((void)coproc::run({"cat"}, {.out = coproc::from_file(in)}),
+                  std::invalid_argument);
   CHECK_THROWS_AS((void)coproc::run({"cat"}, {.input = "x", .in = coproc::from_file(in)}),
                   std::invalid_argument);
 }
@@ -803,13 +824,15 @@ TEST_CASE("from_file feeds stdin and a missing file is a system_error naming it 
 TEST_CASE("descriptor hands the child a duplicate of a descriptor the caller keeps") {
   int fds[2];
   REQUIRE(::pipe2(fds, O_CLOEXEC) == 0);
-  run(coproc::check_call({"echo", "through the caller's pipe"}, {.out = coproc::descriptor(fds[1])}));
+  run(coproc::check_call({"echo", "through the caller's pipe"},
+                         {.out = coproc::descriptor(fds[1])}));
   // Still the caller's: open, and writable after the child has gone.
   CHECK(::write(fds[1], "mine\n", 5) == 5);
   ::close(fds[1]);
   std::string got(128, '\0');
   std::size_t n = 0;
-  for (ssize_t r; (r = ::read(fds[0], got.data() + n, got.size() - n)) > 0;) n += static_cast<std::size_t>(r);
+  for (ssize_t r; (r = ::read(fds[0], got.data() + n, got.size() - n)) > 0;)
+    n += static_cast<std::size_t>(r);
   ::close(fds[0]);
   got.resize(n);
   CHECK(got == "through the caller's pipe\nmine\n");
@@ -824,7 +847,8 @@ TEST_CASE("stdout_of one popen feeds another and no byte passes through this pro
   auto out = run([]() -> coproc::awaitable<std::string> {
     auto ex = co_await asio::this_coro::executor;
     coproc::popen producer(ex, {"printf", "c\\nb\\na\\n"}, {.out = coproc::stdio::pipe});
-    coproc::popen sorter(ex, {"sort"}, {.in = coproc::stdout_of(producer), .out = coproc::stdio::pipe});
+    coproc::popen sorter(ex, {"sort"},
+                         {.in = coproc::stdout_of(producer), .out = coproc::stdio::pipe});
     // The producer's pipe now belongs to the sorter alone.
     CHECK_FALSE(producer.stdout_pipe().is_open());
     CHECK_THROWS_AS(coproc::stdout_of(producer), std::logic_error);
@@ -838,7 +862,8 @@ TEST_CASE("stdout_of one popen feeds another and no byte passes through this pro
 TEST_CASE("stdin_of one popen takes another's output") {
   auto out = run([]() -> coproc::awaitable<std::string> {
     auto ex = co_await asio::this_coro::executor;
-    coproc::popen consumer(ex, {"tr", "a-z", "A-Z"}, {.in = coproc::stdio::pipe, .out = coproc::stdio::pipe});
+    coproc::popen consumer(ex, {"tr", "a-z", "A-Z"},
+                           {.in = coproc::stdio::pipe, .out = coproc::stdio::pipe});
     CHECK(co_await coproc::call({"echo", "shout"}, {.out = coproc::stdin_of(consumer)}) == 0);
     auto [upper, err] = co_await consumer.communicate();
     co_return upper;
@@ -853,7 +878,8 @@ TEST_CASE("umask reaches the child and signals stay default on the clone path") 
   }, old{};
   ignore.sa_handler = SIG_IGN;
   ::sigaction(SIGPIPE, &ignore, &old);
-  auto r = run(coproc::run({"cat", "/proc/self/status"}, {.out = coproc::stdio::pipe, .umask = 027}));
+  auto r =
+      run(coproc::run({"cat", "/proc/self/status"}, {.out = coproc::stdio::pipe, .umask = 027}));
   ::sigaction(SIGPIPE, &old, nullptr);
   CHECK(status_field(r.out, "Umask") == "0027");
   CHECK(status_field(r.out, "SigIgn") == "0000000000000000");
@@ -882,10 +908,11 @@ TEST_CASE("restore_signals false keeps what this process ignores and blocks") {
   auto blocked = std::stoull(status_field(own, "SigBlk"), nullptr, 16);
   REQUIRE((ignored & (1ull << (SIGPIPE - 1))) != 0);
   REQUIRE((blocked & (1ull << (SIGUSR1 - 1))) != 0);
-  auto spawned =
-      run(coproc::run({"cat", "/proc/self/status"}, {.out = coproc::stdio::pipe, .restore_signals = false}));
-  auto cloned = run(coproc::run({"cat", "/proc/self/status"},
-                                {.out = coproc::stdio::pipe, .umask = 022, .restore_signals = false}));
+  auto spawned = run(coproc::run({"cat", "/proc/self/status"},
+                                 {.out = coproc::stdio::pipe, .restore_signals = false}));
+  auto cloned =
+      run(coproc::run({"cat", "/proc/self/status"},
+                      {.out = coproc::stdio::pipe, .umask = 022, .restore_signals = false}));
   ::pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
   ::sigaction(SIGPIPE, &old, nullptr);
   for (auto* r : {&spawned, &cloned}) {
@@ -900,17 +927,19 @@ TEST_CASE("user group and extra_groups by name and by id") {
   CHECK(run(coproc::check_output({"id", "-u"}, {.user = "nobody"})) == "65534\n");
   CHECK(run(coproc::check_output({"id", "-u"}, {.user = 65534})) == "65534\n");
   CHECK(run(coproc::check_output({"id", "-g"}, {.group = 65534})) == "65534\n");
-  CHECK(run(coproc::check_output({"id", "-G"},
-                                 {.user = 65534, .group = "nogroup", .extra_groups = {{"users", 4}}})) ==
+  CHECK(run(coproc::check_output(
+            {"id", "-G"}, {.user = 65534, .group = "nogroup", .extra_groups = {{"users", 4}}})) ==
         "65534 4 100\n");
-  CHECK(run(coproc::check_output({"id", "-G"}, {.user = 65534, .group = 65534, .extra_groups = {{}}})) ==
-        "65534\n");
+  CHECK(run(coproc::check_output(
+            {"id", "-G"}, {.user = 65534, .group = 65534, .extra_groups = {{}}})) == "65534\n");
   // The user can no longer do what root can.
   CHECK(run(coproc::call({"sh", "-c", "echo x > /root/coproc-user-test"},
                          {.err = coproc::stdio::devnull, .user = 65534})) != 0);
-  auto e = thrown_by<std::invalid_argument>(coproc::call({"true"}, {.user = "no-such-user-coproc"}));
+  auto e =
+      thrown_by<std::invalid_argument>(coproc::call({"true"}, {.user = "no-such-user-coproc"}));
   CHECK(std::string(e.what()).find("no-such-user-coproc") != std::string::npos);
-  auto g = thrown_by<std::invalid_argument>(coproc::call({"true"}, {.group = "no-such-group-coproc"}));
+  auto g =
+      thrown_by<std::invalid_argument>(coproc::call({"true"}, {.group = "no-such-group-coproc"}));
   CHECK(std::string(g.what()).find("no-such-group-coproc") != std::string::npos);
   CHECK(coproc_test::live_children().empty());
 }
@@ -971,9 +1000,12 @@ TEST_CASE("process_group 0 leads a new group another child can join and kill rea
 }
 
 TEST_CASE("executable is run while args[0] is what the child sees") {
-  CHECK(run(coproc::check_output({"my-shell", "-c", "echo $0"}, {.executable = "/bin/sh"})) == "my-shell\n");
-  CHECK(run(coproc::check_output({"also-mine", "-c", "echo $0"}, {.executable = "sh"})) == "also-mine\n");
-  auto e = thrown_by<std::system_error>(coproc::call({"x"}, {.executable = "no-such-program-coproc"}));
+  CHECK(run(coproc::check_output({"my-shell", "-c", "echo $0"}, {.executable = "/bin/sh"})) ==
+        "my-shell\n");
+  CHECK(run(coproc::check_output({"also-mine", "-c", "echo $0"}, {.executable = "sh"})) ==
+        "also-mine\n");
+  auto e =
+      thrown_by<std::system_error>(coproc::call({"x"}, {.executable = "no-such-program-coproc"}));
   CHECK(std::string(e.what()).find("no-such-program-coproc") != std::string::npos);
 }
 
@@ -988,8 +1020,9 @@ TEST_CASE("kill_on_destroy kills the child of a destroyed popen and the runtime 
   int group_pid = 0;
   {
     asio::io_context ctx;
-    coproc::popen p(ctx.get_executor(), {"sh", "-c", "sleep 30 & wait"},
-                    {.start_new_session = true, .out = coproc::stdio::pipe, .kill_on_destroy = true});
+    coproc::popen p(
+        ctx.get_executor(), {"sh", "-c", "sleep 30 & wait"},
+        {.start_new_session = true, .out = coproc::stdio::pipe, .kill_on_destroy = true});
     group_pid = p.pid();
   }
   CHECK(dies_within(group_pid, 5000ms));
@@ -1021,11 +1054,11 @@ TEST_CASE("line_reader yields lines as they arrive") {
 TEST_CASE("a line over the bound is line_too_long and the next line follows") {
   auto got = run([]() -> coproc::awaitable<std::vector<std::string>> {
     auto ex = co_await asio::this_coro::executor;
-    coproc::popen p(
-        ex,
-        {"sh", "-c",
-         "echo short; head -c 300000 /dev/zero | tr '\\0' a; echo; echo after; head -c 5000 /dev/zero"},
-        {.out = coproc::stdio::pipe});
+    coproc::popen p(ex,
+                    {"sh", "-c",
+                     "echo short; head -c 300000 /dev/zero | tr '\\0' a; echo; echo after; head -c "
+                     "5000 /dev/zero"},
+                    {.out = coproc::stdio::pipe});
     auto reader = p.stdout_lines(1000);
     std::vector<std::string> lines;
     lines.push_back(*co_await reader.next());

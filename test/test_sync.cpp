@@ -32,7 +32,8 @@ using coproc_test::clock_type;
 using coproc_test::run;
 using coproc_test::shared_array;
 
-static_assert(!coproc::wire::serializable<coproc::lock>, "sync objects are not pool task arguments");
+static_assert(!coproc::wire::serializable<coproc::lock>,
+              "sync objects are not pool task arguments");
 static_assert(!coproc::wire::serializable<coproc::rlock>);
 static_assert(!coproc::wire::serializable<coproc::semaphore>);
 static_assert(!coproc::wire::serializable<coproc::event>);
@@ -91,7 +92,8 @@ template <class P> coproc::awaitable<bool> until(P pred) {
 }
 
 std::int64_t now_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(clock_type::now().time_since_epoch()).count();
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(clock_type::now().time_since_epoch())
+      .count();
 }
 
 // Counts the ticks of a 1 ms timer until *stop: the loop's responsiveness while another
@@ -134,7 +136,8 @@ TEST_CASE("releasing an unheld lock or rlock is a logic_error") {
   CHECK(what.find("coproc::lock") != std::string::npos);
   CHECK(what.find("not held") != std::string::npos);
   coproc::rlock r;
-  CHECK(error_of<std::logic_error>([&] { r.release(); }).find("coproc::rlock") != std::string::npos);
+  CHECK(error_of<std::logic_error>([&] { r.release(); }).find("coproc::rlock") !=
+        std::string::npos);
   CHECK(r.try_acquire());
   r.release();
   CHECK_THROWS_AS(r.release(), std::logic_error);
@@ -465,8 +468,9 @@ TEST_CASE("lock holders killed at random instants for 200 rounds never wedge the
       l.release();
     }());
   }
-  MESSAGE(rounds << " rounds: " << s.data->acquisitions.load() << " acquisitions, " << abandoned_rounds
-                 << " taken over from a dead holder, the slowest take-over " << worst_ms << " ms");
+  MESSAGE(rounds << " rounds: " << s.data->acquisitions.load() << " acquisitions, "
+                 << abandoned_rounds << " taken over from a dead holder, the slowest take-over "
+                 << worst_ms << " ms");
   CHECK(s.data->overlaps.load() == 0);
   CHECK(abandoned_rounds > 0);
   CHECK(worst_ms < 1000);
@@ -674,7 +678,8 @@ TEST_CASE("an array is shared memory with a lock") {
 
 TEST_CASE("wait and notify without the condition's lock are logic_errors") {
   coproc::condition c;
-  CHECK(error_of<std::logic_error>([&] { c.notify(); }).find("coproc::condition") != std::string::npos);
+  CHECK(error_of<std::logic_error>([&] { c.notify(); }).find("coproc::condition") !=
+        std::string::npos);
   CHECK_THROWS_AS(c.notify_all(), std::logic_error);
   run([&]() -> coproc::awaitable<void> {
     bool threw = false;
@@ -693,7 +698,8 @@ TEST_CASE("a condition wait releases the lock, a notify from another process wak
   coproc::value<int> ready(0);
   shared_array<std::atomic<int>> flags(1);
   coproc::process waiter(
-      [](coproc::condition c, coproc::value<int> ready, std::atomic<int>* flags) -> coproc::awaitable<int> {
+      [](coproc::condition c, coproc::value<int> ready,
+         std::atomic<int>* flags) -> coproc::awaitable<int> {
         co_await c.acquire();
         flags->store(1);
         bool ok = co_await c.wait_for([&] { return ready.load() == 1; }, 20s);
@@ -719,10 +725,12 @@ TEST_CASE("a condition wait releases the lock, a notify from another process wak
   }());
 }
 
-TEST_CASE("notify wakes waiters in order, notify_all wakes the rest, an rlock's count is restored") {
+TEST_CASE(
+    "notify wakes waiters in order, notify_all wakes the rest, an rlock's count is restored") {
   coproc::condition c; // its own rlock
   coproc::value<int> order(0);
-  shared_array<std::atomic<int>> flags(8); // [0] waiting count, [1 + i] when waiter i woke (1-based order)
+  shared_array<std::atomic<int>> flags(
+      8); // [0] waiting count, [1 + i] when waiter i woke (1-based order)
   std::vector<coproc::process> procs;
   for (int i = 0; i < 3; ++i) {
     procs.emplace_back(
@@ -770,7 +778,8 @@ TEST_CASE("a barrier of three processes gives each a unique index, round after r
   for (int p = 0; p < 2; ++p)
     procs.emplace_back(
         [](coproc::barrier b, std::atomic<int>* seen) -> coproc::awaitable<void> {
-          for (int round = 0; round < 10; ++round) seen[round * 3 + co_await b.wait(20s)].fetch_add(1);
+          for (int round = 0; round < 10; ++round)
+            seen[round * 3 + co_await b.wait(20s)].fetch_add(1);
         },
         b, seen.data);
   for (auto& p : procs) p.start();

@@ -71,7 +71,9 @@ TEST_CASE("cpu_count is at least one and matches the online CPUs") {
   CHECK(coproc::cpu_count() == static_cast<unsigned>(::sysconf(_SC_NPROCESSORS_ONLN)));
 }
 
-TEST_CASE("the main program is named MainProcess") { CHECK(coproc::this_process::name() == "MainProcess"); }
+TEST_CASE("the main program is named MainProcess") {
+  CHECK(coproc::this_process::name() == "MainProcess");
+}
 
 TEST_CASE("fork returns 0 in the child and the child pid in the parent") {
   int pipefd[2];
@@ -265,7 +267,8 @@ TEST_CASE("co_spawn with a callback: run, join and apply complete into plain han
   outcome<coproc::completed_process> ran, failed_run;
   outcome<int> joined, applied, failed_apply;
   boost::asio::co_spawn(ctx, coproc::run({"sh", "-c", "exit 3"}), ran.handler());
-  boost::asio::co_spawn(ctx, coproc::run({"sh", "-c", "exit 3"}, {.check = true}), failed_run.handler());
+  boost::asio::co_spawn(ctx, coproc::run({"sh", "-c", "exit 3"}, {.check = true}),
+                        failed_run.handler());
   boost::asio::co_spawn(ctx, child.join(), joined.handler());
   boost::asio::co_spawn(ctx, pool.apply(triple, 14), applied.handler());
   boost::asio::co_spawn(ctx, pool.apply(throw_on, 5), failed_apply.handler());
@@ -287,8 +290,8 @@ TEST_CASE("co_spawn with a callback: run, join and apply complete into plain han
   REQUIRE(failed_run.error);
   CHECK_THROWS_AS(std::rethrow_exception(failed_run.error), coproc::called_process_error);
   REQUIRE(failed_apply.error);
-  CHECK_THROWS_WITH_AS(std::rethrow_exception(failed_apply.error), doctest::Contains("task 5 failed"),
-                       coproc::remote_error);
+  CHECK_THROWS_WITH_AS(std::rethrow_exception(failed_apply.error),
+                       doctest::Contains("task 5 failed"), coproc::remote_error);
   CHECK(pool_joined.value == 0);
 }
 
@@ -302,9 +305,10 @@ TEST_CASE("co_spawn with use_future: a thread waits while another runs the io_co
   child.start();
   std::thread loop([&] { ctx.run(); });
 
-  auto code = boost::asio::co_spawn(ctx, coproc::call({"sh", "-c", "exit 3"}), boost::asio::use_future);
-  auto failed =
-      boost::asio::co_spawn(ctx, coproc::check_call({"sh", "-c", "exit 3"}), boost::asio::use_future);
+  auto code =
+      boost::asio::co_spawn(ctx, coproc::call({"sh", "-c", "exit 3"}), boost::asio::use_future);
+  auto failed = boost::asio::co_spawn(ctx, coproc::check_call({"sh", "-c", "exit 3"}),
+                                      boost::asio::use_future);
   auto joined = boost::asio::co_spawn(
       ctx, [&] { return child.join(); }, boost::asio::use_future);
   auto applied = boost::asio::co_spawn(
@@ -331,7 +335,8 @@ TEST_CASE("co_spawn with use_future: a thread waits while another runs the io_co
   // setting it, and libstdc++'s exception_ptr count is atomic but hidden from TSan, which
   // reports the free of an exception another thread read as a race.
   CHECK_THROWS_AS(failed.get(), coproc::called_process_error);
-  CHECK_THROWS_WITH_AS(failed_apply.get(), doctest::Contains("task 6 failed"), coproc::remote_error);
+  CHECK_THROWS_WITH_AS(failed_apply.get(), doctest::Contains("task 6 failed"),
+                       coproc::remote_error);
 }
 
 TEST_CASE("co_spawn with deferred: the operation starts when invoked with a handler") {
@@ -339,8 +344,8 @@ TEST_CASE("co_spawn with deferred: the operation starts when invoked with a hand
   coproc::pool pool(ctx.get_executor(), 1);
   auto ran = boost::asio::co_spawn(ctx, coproc::run({"sh", "-c", "exit 3"}), boost::asio::deferred);
   auto applied = boost::asio::co_spawn(ctx, pool.apply(triple, 2), boost::asio::deferred);
-  auto failed =
-      boost::asio::co_spawn(ctx, coproc::check_output({"sh", "-c", "exit 3"}), boost::asio::deferred);
+  auto failed = boost::asio::co_spawn(ctx, coproc::check_output({"sh", "-c", "exit 3"}),
+                                      boost::asio::deferred);
   outcome<coproc::completed_process> ran_outcome;
   outcome<int> applied_outcome;
   outcome<std::string> failed_outcome;

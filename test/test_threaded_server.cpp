@@ -63,8 +63,8 @@ coproc::awaitable<int> pong(coproc::connection<int> end) {
   co_return 0;
 }
 
-coproc::awaitable<void> mix(int i, coproc::start_method method, coproc::pool& pool, coproc::queue<int>& queue,
-                            taken_items& taken) {
+coproc::awaitable<void> mix(int i, coproc::start_method method, coproc::pool& pool,
+                            coproc::queue<int>& queue, taken_items& taken) {
   // A process joined by two coroutines at once, each on a strand of its own.
   coproc::process child({.method = method}, exit_code_of, i);
   child.start();
@@ -85,7 +85,8 @@ coproc::awaitable<void> mix(int i, coproc::start_method method, coproc::pool& po
 
   // A command, its exit code and its output.
   auto command = co_await coproc::run(
-      {"sh", "-c", "echo \"mix $1\"; exit $(($1 % 7))", "sh", std::to_string(i)}, {.capture_output = true});
+      {"sh", "-c", "echo \"mix $1\"; exit $(($1 % 7))", "sh", std::to_string(i)},
+      {.capture_output = true});
   CHECK(command.returncode == i % 7);
   CHECK(command.out == "mix " + std::to_string(i) + "\n");
   CHECK(command.err.empty());
@@ -101,7 +102,8 @@ coproc::awaitable<void> mix(int i, coproc::start_method method, coproc::pool& po
 
 } // namespace
 
-TEST_CASE("a server on 4 threads runs 500 mixes of processes, a pool, a queue, commands and pipes") {
+TEST_CASE(
+    "a server on 4 threads runs 500 mixes of processes, a pool, a queue, commands and pipes") {
   for (auto method : threaded_methods) {
     CAPTURE(static_cast<int>(method));
     coproc_test::run_threaded([method]() -> coproc::awaitable<void> {

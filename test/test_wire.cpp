@@ -103,7 +103,8 @@ template <class T, class Check> int corrupt_each_byte(const T& value, char bad, 
 template <class T> void check_malformed(const std::string& bytes, const char* type_name) {
   try {
     (void)wire::decode<T>(bytes);
-    FAIL("decoding " << std::string(type_name) << " from " << bytes.size() << " bytes did not throw");
+    FAIL("decoding " << std::string(type_name) << " from " << bytes.size()
+                     << " bytes did not throw");
   } catch (const coproc::error& e) {
     std::string what = e.what();
     CHECK(what.find("coproc::wire: malformed") != std::string::npos);
@@ -138,7 +139,8 @@ TEST_CASE("strings round-trip including empty and embedded NULs and large ones")
 TEST_CASE("standard containers round-trip") {
   CHECK(round_trip(std::vector<int>{1, 2, 3}) == std::vector<int>{1, 2, 3});
   CHECK(round_trip(std::vector<int>{}).empty());
-  CHECK(round_trip(std::vector<std::string>{"a", "", "ccc"}) == std::vector<std::string>{"a", "", "ccc"});
+  CHECK(round_trip(std::vector<std::string>{"a", "", "ccc"}) ==
+        std::vector<std::string>{"a", "", "ccc"});
   CHECK(round_trip(std::vector<bool>{true, false, true}) == std::vector<bool>{true, false, true});
   CHECK(round_trip(std::deque<int>{4, 5}) == std::deque<int>{4, 5});
   CHECK(round_trip(std::list<std::string>{"x", "y"}) == std::list<std::string>{"x", "y"});
@@ -147,7 +149,8 @@ TEST_CASE("standard containers round-trip") {
   std::unordered_map<int, std::string> um{{1, "a"}, {2, "b"}};
   CHECK(round_trip(um) == um);
   CHECK(round_trip(std::set<int>{3, 1, 2}) == std::set<int>{1, 2, 3});
-  CHECK(round_trip(std::unordered_set<std::string>{"p", "q"}) == std::unordered_set<std::string>{"p", "q"});
+  CHECK(round_trip(std::unordered_set<std::string>{"p", "q"}) ==
+        std::unordered_set<std::string>{"p", "q"});
   CHECK(round_trip(std::array<int, 3>{7, 8, 9}) == std::array<int, 3>{7, 8, 9});
   std::array<std::string, 2> as{"left", "right"};
   CHECK(round_trip(as) == as);
@@ -241,7 +244,8 @@ TEST_CASE("a length larger than the frame is refused before allocating") {
 TEST_CASE("a bool that is neither 0 nor 1 and a bad variant index are refused") {
   check_malformed<std::vector<bool>>(wire::encode(std::vector<std::uint8_t>{2}), "vector");
   check_malformed<std::optional<int>>(std::string("\x05\x00\x00\x00\x00", 5), "optional");
-  check_malformed<std::variant<int, std::string>>(wire::encode(std::int32_t{7}) + "abcd", "variant");
+  check_malformed<std::variant<int, std::string>>(wire::encode(std::int32_t{7}) + "abcd",
+                                                  "variant");
 }
 
 TEST_CASE("a bool byte other than 0 or 1 is refused alone and in plain structs and arrays") {
@@ -319,11 +323,12 @@ TEST_CASE("enums with a fixed underlying type and structs of them keep the fast 
 }
 
 TEST_CASE("every prefix and random corruption of a frame fail cleanly") {
-  std::map<std::string, std::vector<person>> value{{"team", {{"Ada", 36, {"a", "b"}}, {"Alan", 41, {}}}},
-                                                   {"empty", {}}};
+  std::map<std::string, std::vector<person>> value{
+      {"team", {{"Ada", 36, {"a", "b"}}, {"Alan", 41, {}}}}, {"empty", {}}};
   auto bytes = wire::encode(value);
   for (std::size_t n = 0; n < bytes.size(); ++n)
-    CHECK_THROWS_AS(wire::decode<decltype(value)>(std::string_view(bytes).substr(0, n)), coproc::error);
+    CHECK_THROWS_AS(wire::decode<decltype(value)>(std::string_view(bytes).substr(0, n)),
+                    coproc::error);
   // Flipped bytes either still decode or are a coproc::error: never a crash (ASan runs this).
   std::mt19937 rng(12345);
   int refused = 0;
@@ -339,11 +344,16 @@ TEST_CASE("every prefix and random corruption of a frame fail cleanly") {
   CHECK(refused > 0);
 }
 
-TEST_CASE(
-    "random corruption of bools optionals variants and enums in structs never reaches an invalid value") {
-  using item = std::tuple<bool, std::optional<bool>, std::variant<int, bool, flagged>, nested, tagged>;
+TEST_CASE("random corruption of bools optionals variants and enums in structs never reaches an "
+          "invalid value") {
+  using item =
+      std::tuple<bool, std::optional<bool>, std::variant<int, bool, flagged>, nested, tagged>;
   std::vector<item> value{
-      {true, false, flagged{1, true}, nested{{1, 2, 3}, {4, false}, std::nullopt, 1.5f}, {color::red, 2}},
+      {true,
+       false,
+       flagged{1, true},
+       nested{{1, 2, 3}, {4, false}, std::nullopt, 1.5f},
+       {color::red, 2}},
       {false, std::nullopt, true, nested{{4, 5, 6}, {7, true}, 8, 9}, {color::green, 3}}};
   auto bytes = wire::encode(value);
   // Each decoded value is read in full: UBSan reports a load of an invalid bool.
@@ -355,7 +365,8 @@ TEST_CASE(
       std::visit(
           [](const auto& x) {
             if constexpr (std::is_same_v<std::decay_t<decltype(x)>, bool>) CHECK(bool_byte(x) <= 1);
-            if constexpr (std::is_same_v<std::decay_t<decltype(x)>, flagged>) CHECK(bool_byte(x.on) <= 1);
+            if constexpr (std::is_same_v<std::decay_t<decltype(x)>, flagged>)
+              CHECK(bool_byte(x.on) <= 1);
           },
           var);
       CHECK(bool_byte(n.f.on) <= 1);

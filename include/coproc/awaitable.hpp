@@ -13,7 +13,7 @@
 #pragma once
 
 #ifndef BOOST_ASIO_DISABLE_AWAITABLE_FRAME_RECYCLING
-#error                                                                                                       \
+#error                                                                                             \
     "coproc needs BOOST_ASIO_DISABLE_AWAITABLE_FRAME_RECYCLING defined in every translation unit: link the coproc::coproc CMake target or use pkg-config --cflags coproc"
 #endif
 

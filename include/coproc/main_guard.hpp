@@ -16,9 +16,9 @@
 // `if __name__ == "__main__":` guard plays the same part.
 //
 // A program that starts a spawn or forkserver child without having called main_guard gets
-// a std::logic_error from process::start(), the pool's constructor or forkserver_preload(). A program started
-// with a coproc environment that coproc did not make (COPROC_FRESH_IMAGE by hand) prints
-// what is wrong on stderr and exits with status 70.
+// a std::logic_error from process::start(), the pool's constructor or forkserver_preload(). A
+// program started with a coproc environment that coproc did not make (COPROC_FRESH_IMAGE by hand)
+// prints what is wrong on stderr and exits with status 70.
 #pragma once
 
 namespace coproc {

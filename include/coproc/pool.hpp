@@ -83,20 +83,25 @@ public:
   awaitable<T> get(duration timeout) { return get_until(state_, detail::deadline::after(timeout)); }
   awaitable<void> wait() { return wait_until(state_); }
   // Whether it became ready in time.
-  awaitable<bool> wait(duration timeout) { return ready_by(state_, detail::deadline::after(timeout)); }
+  awaitable<bool> wait(duration timeout) {
+    return ready_by(state_, detail::deadline::after(timeout));
+  }
   bool ready() const { return state_->ready(); }
   // std::logic_error while not ready.
   bool successful() const { return state_->successful(); }
 
 private:
   friend class pool;
-  explicit async_result(std::shared_ptr<detail::result_state<T>> state) : state_(std::move(state)) {}
+  explicit async_result(std::shared_ptr<detail::result_state<T>> state)
+      : state_(std::move(state)) {}
 
   // (Awaitables named first: g++ 12 mishandles them inside a co_await expression.)
-  static awaitable<T> get_until(std::shared_ptr<detail::result_state<T>> state, detail::deadline until) {
+  static awaitable<T> get_until(std::shared_ptr<detail::result_state<T>> state,
+                                detail::deadline until) {
     auto wait = state->wait(until);
     bool ready = co_await std::move(wait);
-    if (!ready) throw timeout_error("coproc::async_result::get: the pool task did not finish in time");
+    if (!ready)
+      throw timeout_error("coproc::async_result::get: the pool task did not finish in time");
     co_return state->result();
   }
   static awaitable<void> wait_until(std::shared_ptr<detail::result_state<T>> state) {
@@ -104,7 +109,8 @@ private:
     co_await std::move(wait);
   }
   // (The state is held by the coroutine: the wait may outlive this async_result.)
-  static awaitable<bool> ready_by(std::shared_ptr<detail::result_state<T>> state, detail::deadline until) {
+  static awaitable<bool> ready_by(std::shared_ptr<detail::result_state<T>> state,
+                                  detail::deadline until) {
     auto wait = state->wait(until);
     bool ready = co_await std::move(wait);
     co_return ready;
@@ -123,7 +129,8 @@ public:
 
 private:
   friend class pool;
-  explicit result_stream(std::shared_ptr<detail::stream_state<T>> state) : state_(std::move(state)) {}
+  explicit result_stream(std::shared_ptr<detail::stream_state<T>> state)
+      : state_(std::move(state)) {}
   static awaitable<std::optional<T>> next_of(std::shared_ptr<detail::stream_state<T>> state) {
     auto next = state->next();
     auto item = co_await std::move(next);
@@ -188,8 +195,8 @@ public:
   template <class F, class Range> auto map_async(F f, Range&& items, std::size_t chunksize = 0) {
     detail::check_pool_callable<F>();
     using T = detail::pool_item_t<Range>;
-    return submit_map<F, T>(&detail::item_trampoline<F, T>, f, detail::copy_items(std::forward<Range>(items)),
-                            chunksize);
+    return submit_map<F, T>(&detail::item_trampoline<F, T>, f,
+                            detail::copy_items(std::forward<Range>(items)), chunksize);
   }
 
   // f(args...) for every tuple of args.
@@ -207,7 +214,8 @@ public:
   template <class F, class Range> auto imap(F f, Range&& items, std::size_t chunksize = 1) {
     return submit_stream<F>(f, std::forward<Range>(items), chunksize, true);
   }
-  template <class F, class Range> auto imap_unordered(F f, Range&& items, std::size_t chunksize = 1) {
+  template <class F, class Range>
+  auto imap_unordered(F f, Range&& items, std::size_t chunksize = 1) {
     return submit_stream<F>(f, std::forward<Range>(items), chunksize, false);
   }
 
@@ -232,8 +240,8 @@ private:
                                       "results is returned); use apply_async for void tasks");
     auto state = std::make_shared<detail::map_state<R>>(items.size());
     if (chunksize == 0) chunksize = default_chunksize(items.size());
-    submit(std::make_shared<detail::items_job<T, Parts>>(fn, detail::pool_target(f), std::move(items),
-                                                         chunksize, state));
+    submit(std::make_shared<detail::items_job<T, Parts>>(fn, detail::pool_target(f),
+                                                         std::move(items), chunksize, state));
     return async_result<std::vector<R>>(std::move(state));
   }
 
@@ -247,8 +255,9 @@ private:
     auto copied = detail::copy_items(std::forward<Range>(items));
     auto state = std::make_shared<detail::stream_state<R>>(copied.size(), ordered);
     if (chunksize == 0) chunksize = 1;
-    submit(std::make_shared<detail::items_job<T>>(&detail::item_trampoline<F, T>, detail::pool_target(f),
-                                                  std::move(copied), chunksize, state));
+    submit(std::make_shared<detail::items_job<T>>(&detail::item_trampoline<F, T>,
+                                                  detail::pool_target(f), std::move(copied),
+                                                  chunksize, state));
     return result_stream<R>(std::move(state));
   }
 

@@ -68,8 +68,8 @@ template <class T> awaitable<int> as_exit_code(awaitable<T> main) {
 // runs it (a fresh_entry), the function for a function pointer, the encoded object for a
 // class with a cereal serialize, the encoded arguments and the descriptors of the queues
 // and connections among them, which the launcher hands to the child (fd_arrival).
-using fresh_entry = int (*)(std::uintptr_t function, std::string_view object, std::string_view arguments,
-                            fd_arrival& fds);
+using fresh_entry = int (*)(std::uintptr_t function, std::string_view object,
+                            std::string_view arguments, fd_arrival& fds);
 struct fresh_target {
   std::uintptr_t entry = 0;
   std::uintptr_t function = 0;
@@ -85,7 +85,8 @@ template <class F>
 concept fresh_function = std::is_pointer_v<F> && std::is_function_v<std::remove_pointer_t<F>>;
 // A captureless lambda or another empty class: rebuilt by default construction.
 template <class F>
-concept fresh_empty_object = std::is_class_v<F> && std::is_empty_v<F> && std::is_default_constructible_v<F>;
+concept fresh_empty_object =
+    std::is_class_v<F> && std::is_empty_v<F> && std::is_default_constructible_v<F>;
 // A class with its own cereal serialize: rebuilt from its encoding.
 template <class F>
 concept fresh_serialized_object =
@@ -96,15 +97,18 @@ concept fresh_serialized_object =
 // time, reported by start() (fork accepts every target).
 template <class F, class... Args> constexpr const char* fresh_refusal() {
   if constexpr (!fresh_function<F> && !fresh_empty_object<F> && !fresh_serialized_object<F>)
-    return "the target has state that a fresh image cannot rebuild (a lambda with captures, or a class "
+    return "the target has state that a fresh image cannot rebuild (a lambda with captures, or a "
+           "class "
            "without a cereal serialize and a default constructor): pass the data as arguments";
   else if constexpr ((is_reference_wrapper<Args> || ...))
-    return "a std::reference_wrapper argument (std::ref, std::cref) refers to this process's memory: "
+    return "a std::reference_wrapper argument (std::ref, std::cref) refers to this process's "
+           "memory: "
            "pass the value";
   else if constexpr (((!travelling_handle<Args> &&
                        wire::detail::problem_of<Args>() == wire::detail::problem::process_handle) ||
                       ...))
-    return "a queue or connection inside another argument cannot travel to a fresh image: pass it as an "
+    return "a queue or connection inside another argument cannot travel to a fresh image: pass it "
+           "as an "
            "argument of its own";
   else if constexpr (!((travelling_handle<Args> || wire::serializable<Args>)&&...))
     return "an argument type is not wire-serializable (coproc/wire.hpp)";
@@ -117,14 +121,16 @@ template <class F, class... Args> constexpr const char* fresh_refusal() {
 template <class F, class... Args> struct target_body;
 
 // The arguments, one after the other; a queue's or connection's descriptors go to fds.
-template <class... Args> std::string encode_arguments(const std::tuple<Args...>& args, fd_departure& fds) {
+template <class... Args>
+std::string encode_arguments(const std::tuple<Args...>& args, fd_departure& fds) {
   std::string out;
   wire::output_archive ar(out);
   std::apply([&](const Args&... arg) { (save_argument(ar, fds, arg), ...); }, args);
   return out;
 }
 
-template <class... Args> std::tuple<Args...> decode_arguments(std::string_view bytes, fd_arrival& fds) {
+template <class... Args>
+std::tuple<Args...> decode_arguments(std::string_view bytes, fd_arrival& fds) {
   wire::input_archive ar(bytes, typeid(std::tuple<Args...>));
   try {
     // A braced list: decoded in order.
@@ -177,13 +183,15 @@ template <class F, class... Args> struct target_body final : process_body {
       run_target(std::apply(f, args));
       return 0;
     } else if constexpr (is_awaitable<R>::value) {
-      static_assert(std::is_convertible_v<typename R::value_type, int>,
-                    "a coproc::process target returns void, int, awaitable<void> or awaitable<int>");
+      static_assert(
+          std::is_convertible_v<typename R::value_type, int>,
+          "a coproc::process target returns void, int, awaitable<void> or awaitable<int>");
       if constexpr (std::is_same_v<R, awaitable<int>>) return run_target(std::apply(f, args));
       else return run_target(as_exit_code(std::apply(f, args)));
     } else {
-      static_assert(std::is_convertible_v<R, int>,
-                    "a coproc::process target returns void, int, awaitable<void> or awaitable<int>");
+      static_assert(
+          std::is_convertible_v<R, int>,
+          "a coproc::process target returns void, int, awaitable<void> or awaitable<int>");
       return static_cast<int>(std::apply(f, args));
     }
   }
@@ -215,7 +223,8 @@ concept process_target = !std::is_base_of_v<process, std::remove_cvref_t<F>> &&
 // Subclasses of process that may start with spawn (COPROC_REGISTER_PROCESS): how to encode
 // one, and the fresh_entry that rebuilds it in a fresh image and runs it.
 using process_encoder = std::string (*)(const process&);
-void register_process_class(const std::type_info& type, process_encoder encode, std::uintptr_t entry);
+void register_process_class(const std::type_info& type, process_encoder encode,
+                            std::uintptr_t entry);
 // In a fresh image: p, just decoded, takes the child's identity and runs; its exit code.
 int run_rebuilt_process(process& p);
 
@@ -313,18 +322,22 @@ template <class T> std::string encode_process(const process& p) {
 }
 
 template <class T>
-int run_fresh_process_class(std::uintptr_t, std::string_view object, std::string_view, fd_arrival&) {
+int run_fresh_process_class(std::uintptr_t, std::string_view object, std::string_view,
+                            fd_arrival&) {
   T p = wire::decode<T>(object);
   return run_rebuilt_process(p);
 }
 
 template <class T> bool register_process_class() {
-  static_assert(std::is_base_of_v<process, T>, "COPROC_REGISTER_PROCESS: T must derive from coproc::process");
-  static_assert(std::is_default_constructible_v<T>,
-                "COPROC_REGISTER_PROCESS: T needs a public default constructor (a fresh image rebuilds it)");
-  static_assert(wire::detail::own_serializer<T>,
-                "COPROC_REGISTER_PROCESS: T needs a cereal serialize(Archive&) member (or save/load) for "
-                "the fields its run() uses");
+  static_assert(std::is_base_of_v<process, T>,
+                "COPROC_REGISTER_PROCESS: T must derive from coproc::process");
+  static_assert(
+      std::is_default_constructible_v<T>,
+      "COPROC_REGISTER_PROCESS: T needs a public default constructor (a fresh image rebuilds it)");
+  static_assert(
+      wire::detail::own_serializer<T>,
+      "COPROC_REGISTER_PROCESS: T needs a cereal serialize(Archive&) member (or save/load) for "
+      "the fields its run() uses");
   register_process_class(typeid(T), &encode_process<T>,
                          reinterpret_cast<std::uintptr_t>(&run_fresh_process_class<T>));
   return true;
@@ -336,10 +349,11 @@ template <class T> bool register_process_class() {
 #define COPROC_DETAIL_CONCAT2(a, b) a##b
 #define COPROC_DETAIL_CONCAT(a, b) COPROC_DETAIL_CONCAT2(a, b)
 // At global scope, once per subclass T of coproc::process (a qualified name is fine) that
-// may start with start_method::spawn or forkserver: T needs a public default constructor and a cereal
-// serialize for the state its run() uses. In the fresh image T is default-constructed,
+// may start with start_method::spawn or forkserver: T needs a public default constructor and a
+// cereal serialize for the state its run() uses. In the fresh image T is default-constructed,
 // decoded and run; it keeps the parent's name() and daemon flag. An unregistered subclass
 // is std::invalid_argument at start() with spawn or forkserver.
-#define COPROC_REGISTER_PROCESS(...)                                                                         \
-  [[maybe_unused]] static const bool COPROC_DETAIL_CONCAT(coproc_registered_process_, __COUNTER__) =         \
+#define COPROC_REGISTER_PROCESS(...)                                                               \
+  [[maybe_unused]] static const bool COPROC_DETAIL_CONCAT(coproc_registered_process_,              \
+                                                          __COUNTER__) =                           \
       ::coproc::detail::register_process_class<__VA_ARGS__>()

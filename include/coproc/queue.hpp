@@ -98,14 +98,17 @@ public:
   // std::invalid_argument if capacity_bytes is below 16 or above 2^40; std::system_error
   // if the shared memory or the eventfds cannot be made.
   explicit queue(queue_options options)
-      : ring_(std::make_shared<detail::queue_ring>(
-            options.maxsize, options.capacity_bytes == 0 ? default_queue_capacity : options.capacity_bytes)) {
+      : ring_(std::make_shared<detail::queue_ring>(options.maxsize, options.capacity_bytes == 0
+                                                                        ? default_queue_capacity
+                                                                        : options.capacity_bytes)) {
   }
 
   // Waits for room. The item is encoded before the call returns (it may be a temporary).
   // queue_closed if the queue is (or becomes) closed; std::length_error, naming both
   // sizes, if the item can never fit the capacity.
-  awaitable<void> put(const T& item) { return put_until(ring_, pack(item), detail::deadline::never()); }
+  awaitable<void> put(const T& item) {
+    return put_until(ring_, pack(item), detail::deadline::never());
+  }
   // queue_full if there is still no room after timeout.
   awaitable<void> put(const T& item, duration timeout) {
     return put_until(ring_, pack(item), detail::deadline::after(timeout));
@@ -121,7 +124,8 @@ public:
     auto s = ring_->try_put(detail::encode_item(item, detail::encode_scratch()));
     if (s == detail::queue_ring::status::closed)
       throw queue_closed("coproc::queue: put_nowait on a closed queue");
-    if (s == detail::queue_ring::status::full) throw queue_full("coproc::queue: put_nowait on a full queue");
+    if (s == detail::queue_ring::status::full)
+      throw queue_full("coproc::queue: put_nowait on a full queue");
   }
   T get_nowait() {
     std::optional<T> out;
@@ -166,11 +170,13 @@ private:
 
   static awaitable<void> put_until(ring_ptr ring, packed item, detail::deadline until) {
     std::string_view bytes;
-    if constexpr (wire::trivially_encoded<T>) bytes = {reinterpret_cast<const char*>(&item), sizeof(T)};
+    if constexpr (wire::trivially_encoded<T>)
+      bytes = {reinterpret_cast<const char*>(&item), sizeof(T)};
     else bytes = item;
     auto s = ring->try_put(bytes);
     if (s == detail::queue_ring::status::ok) co_return;
-    if (s == detail::queue_ring::status::closed) throw queue_closed("coproc::queue: put on a closed queue");
+    if (s == detail::queue_ring::status::closed)
+      throw queue_closed("coproc::queue: put on a closed queue");
     co_await ring->put(bytes, until);
   }
 

@@ -53,8 +53,9 @@ inline awaitable<void> sleep(duration d) {
 
 namespace detail {
 template <class T>
-using spawned_op = decltype(boost::asio::co_spawn(std::declval<boost::asio::any_io_executor>(),
-                                                  std::declval<awaitable<T>>(), boost::asio::deferred));
+using spawned_op =
+    decltype(boost::asio::co_spawn(std::declval<boost::asio::any_io_executor>(),
+                                   std::declval<awaitable<T>>(), boost::asio::deferred));
 
 template <class T>
 using gathered = std::tuple<std::vector<std::size_t>, std::vector<std::exception_ptr>,
@@ -67,7 +68,8 @@ template <class T> awaitable<gathered<T>> gather_all(std::vector<awaitable<T>> i
   auto ex = co_await boost::asio::this_coro::executor;
   std::vector<spawned_op<T>> ops;
   ops.reserve(items.size());
-  for (auto& item : items) ops.push_back(boost::asio::co_spawn(ex, std::move(item), boost::asio::deferred));
+  for (auto& item : items)
+    ops.push_back(boost::asio::co_spawn(ex, std::move(item), boost::asio::deferred));
   auto group = boost::asio::experimental::make_parallel_group(std::move(ops));
   if constexpr (std::is_void_v<T>) {
     auto [order, errors] = co_await completed_after_launch(

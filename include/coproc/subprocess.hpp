@@ -115,7 +115,9 @@ public:
   const std::filesystem::path& path() const noexcept { return path_; } // kind::file
   bool for_reading() const noexcept { return reading_; }               // kind::file
   file_mode mode() const noexcept { return mode_; }                    // kind::file, for writing
-  int fd() const noexcept { return fd_; } // kind::descriptor; kind::popen_pipe: 1 its stdout, 0 its stdin
+  int fd() const noexcept {
+    return fd_;
+  } // kind::descriptor; kind::popen_pipe: 1 its stdout, 0 its stdin
   popen* source() const noexcept { return popen_; } // kind::popen_pipe
 
   friend bool operator==(const redirect& r, stdio s) noexcept {
@@ -195,16 +197,17 @@ private:
 //                   thread's signal mask is inherited; handled signals become default.
 
 struct run_options {
-  std::optional<std::filesystem::path> cwd{};              // the child's working directory
-  std::optional<std::map<std::string, std::string>> env{}; // replaces the environment; nullopt inherits
-  bool shell = false;                                      // run /bin/sh -c args[0] (more args: $0, $1, ...)
+  std::optional<std::filesystem::path> cwd{}; // the child's working directory
+  std::optional<std::map<std::string, std::string>>
+      env{};                          // replaces the environment; nullopt inherits
+  bool shell = false;                 // run /bin/sh -c args[0] (more args: $0, $1, ...)
   bool start_new_session = false;     // setsid; then timeout/cancel/kill reach the whole group
   std::optional<std::string> input{}; // written to stdin, then closed
   redirect in = stdio::inherit;       // not to_stdout; stdio::pipe alone means empty input (EOF)
   bool capture_output = false;        // out and err both become stdio::pipe
   bool check = false;                 // exit != 0 → called_process_error
   redirect out = stdio::inherit, err = stdio::inherit; // pipe: captured into completed_process
-  std::optional<duration> timeout{};                   // the child is killed and reaped, then timeout_expired
+  std::optional<duration> timeout{}; // the child is killed and reaped, then timeout_expired
   std::vector<int> pass_fds{};
   std::optional<int> process_group{};
   std::optional<unsigned> umask{};

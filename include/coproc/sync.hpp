@@ -145,7 +145,8 @@ public:
 private:
   struct state;
   enum class outcome { acquired, wait, wait_for_exit, wait_for_handoff };
-  outcome attempt(std::uint64_t& ticket, std::shared_ptr<process_watch>& watch, std::int64_t& handoff_at);
+  outcome attempt(std::uint64_t& ticket, std::shared_ptr<process_watch>& watch,
+                  std::int64_t& handoff_at);
   std::uint64_t take_ticket() noexcept;
   bool holds_ticket(std::uint64_t ticket) const noexcept;
   void drop_ticket(std::uint64_t ticket) noexcept;
@@ -323,7 +324,8 @@ protected:
 class bounded_semaphore : public semaphore {
 public:
   explicit bounded_semaphore(unsigned value = 1)
-      : semaphore(std::make_shared<detail::semaphore_core>(value, value, "coproc::bounded_semaphore")) {}
+      : semaphore(
+            std::make_shared<detail::semaphore_core>(value, value, "coproc::bounded_semaphore")) {}
 };
 
 class event {
@@ -350,8 +352,10 @@ class condition {
 public:
   // With an rlock of its own.
   condition() : condition(rlock()) {}
-  explicit condition(lock l) : core_(std::make_shared<detail::condition_core>(std::move(l.core_))) {}
-  explicit condition(rlock l) : core_(std::make_shared<detail::condition_core>(std::move(l.core_))) {}
+  explicit condition(lock l)
+      : core_(std::make_shared<detail::condition_core>(std::move(l.core_))) {}
+  explicit condition(rlock l)
+      : core_(std::make_shared<detail::condition_core>(std::move(l.core_))) {}
 
   // The condition's lock.
   awaitable<void> acquire() { return lock::acquire_until(core_->lock()); }
@@ -420,15 +424,16 @@ private:
 };
 
 template <class T> class value {
-  static_assert(std::is_trivially_copyable_v<T>,
-                "coproc::value<T>: T must be trivially copyable: its bytes live in shared memory that "
-                "other processes read, where a pointer or an owned resource would mean nothing");
+  static_assert(
+      std::is_trivially_copyable_v<T>,
+      "coproc::value<T>: T must be trivially copyable: its bytes live in shared memory that "
+      "other processes read, where a pointer or an owned resource would mean nothing");
   static constexpr bool lock_free = std::atomic_ref<T>::is_always_lock_free;
 
 public:
   explicit value(T init = {})
-      : core_(std::make_shared<detail::shared_data>(sizeof(T), std::atomic_ref<T>::required_alignment,
-                                                    "coproc::value")) {
+      : core_(std::make_shared<detail::shared_data>(
+            sizeof(T), std::atomic_ref<T>::required_alignment, "coproc::value")) {
     std::memcpy(core_->data(), &init, sizeof(T));
   }
 
@@ -478,14 +483,17 @@ private:
 };
 
 template <class T> class array {
-  static_assert(std::is_trivially_copyable_v<T>,
-                "coproc::array<T>: T must be trivially copyable: its bytes live in shared memory that "
-                "other processes read, where a pointer or an owned resource would mean nothing");
+  static_assert(
+      std::is_trivially_copyable_v<T>,
+      "coproc::array<T>: T must be trivially copyable: its bytes live in shared memory that "
+      "other processes read, where a pointer or an owned resource would mean nothing");
 
 public:
   explicit array(std::size_t n, T init = {})
-      : core_(std::make_shared<detail::shared_data>(n * sizeof(T), alignof(T), "coproc::array")), size_(n) {
-    for (std::size_t i = 0; i < n; ++i) std::memcpy(static_cast<T*>(core_->data()) + i, &init, sizeof(T));
+      : core_(std::make_shared<detail::shared_data>(n * sizeof(T), alignof(T), "coproc::array")),
+        size_(n) {
+    for (std::size_t i = 0; i < n; ++i)
+      std::memcpy(static_cast<T*>(core_->data()) + i, &init, sizeof(T));
   }
   // The shared elements (the same memory in every process).
   std::span<T> view() const noexcept { return {static_cast<T*>(core_->data()), size_}; }

@@ -76,7 +76,8 @@
 
 namespace coproc::wire {
 
-class output_archive : public cereal::OutputArchive<output_archive, cereal::AllowEmptyClassElision> {
+class output_archive
+    : public cereal::OutputArchive<output_archive, cereal::AllowEmptyClassElision> {
 public:
   explicit output_archive(std::string& out) : OutputArchive(this), out_(out) {}
   void save_binary(const void* data, std::size_t size) {
@@ -133,7 +134,8 @@ concept wire_archive = wire_output_archive<A> || std::is_same_v<A, input_archive
 
 // A class with a serialize/save of its own: cereal's wrappers, the standard types, users'.
 template <class T>
-concept own_serializer = cereal::traits::detail::count_output_serializers<T, probe_archive>::value != 0;
+concept own_serializer =
+    cereal::traits::detail::count_output_serializers<T, probe_archive>::value != 0;
 
 template <class... T> struct type_list {};
 
@@ -206,11 +208,11 @@ struct not_callable {};
 template <class T, class F> decltype(auto) apply_fields(T& t, F&& f) {
   constexpr std::size_t n = count_fields<std::remove_cv_t<T>>();
   static_assert(n >= 1 && n <= max_fields);
-#define COPROC_WIRE_FIELDS(count, ...)                                                                       \
-  if constexpr (n == count) {                                                                                \
-    auto& [__VA_ARGS__] = t;                                                                                 \
-    if constexpr (requires { f(__VA_ARGS__); }) return f(__VA_ARGS__);                                       \
-    else return not_callable{};                                                                              \
+#define COPROC_WIRE_FIELDS(count, ...)                                                             \
+  if constexpr (n == count) {                                                                      \
+    auto& [__VA_ARGS__] = t;                                                                       \
+    if constexpr (requires { f(__VA_ARGS__); }) return f(__VA_ARGS__);                             \
+    else return not_callable{};                                                                    \
   } else
   COPROC_WIRE_FIELDS(1, f0)
   COPROC_WIRE_FIELDS(2, f0, f1)
@@ -229,18 +231,20 @@ template <class T, class F> decltype(auto) apply_fields(T& t, F&& f) {
   COPROC_WIRE_FIELDS(15, f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14)
   COPROC_WIRE_FIELDS(16, f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15)
   COPROC_WIRE_FIELDS(17, f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16)
-  COPROC_WIRE_FIELDS(18, f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16, f17)
-  COPROC_WIRE_FIELDS(19, f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16, f17, f18)
-  COPROC_WIRE_FIELDS(20, f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16, f17, f18,
-                     f19)
-  COPROC_WIRE_FIELDS(21, f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16, f17, f18,
-                     f19, f20)
-  COPROC_WIRE_FIELDS(22, f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16, f17, f18,
-                     f19, f20, f21)
-  COPROC_WIRE_FIELDS(23, f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16, f17, f18,
-                     f19, f20, f21, f22)
-  COPROC_WIRE_FIELDS(24, f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16, f17, f18,
-                     f19, f20, f21, f22, f23) {}
+  COPROC_WIRE_FIELDS(18, f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16,
+                     f17)
+  COPROC_WIRE_FIELDS(19, f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16,
+                     f17, f18)
+  COPROC_WIRE_FIELDS(20, f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16,
+                     f17, f18, f19)
+  COPROC_WIRE_FIELDS(21, f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16,
+                     f17, f18, f19, f20)
+  COPROC_WIRE_FIELDS(22, f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16,
+                     f17, f18, f19, f20, f21)
+  COPROC_WIRE_FIELDS(23, f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16,
+                     f17, f18, f19, f20, f21, f22)
+  COPROC_WIRE_FIELDS(24, f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16,
+                     f17, f18, f19, f20, f21, f22, f23) {}
 #undef COPROC_WIRE_FIELDS
 }
 // A bit-field binds only to a const reference (a copy).
@@ -275,12 +279,14 @@ template <class T> constexpr bool every_bit_valid() {
 }
 } // namespace detail
 
-template <class T> struct memcpy_safe : std::bool_constant<detail::every_bit_valid<std::remove_cv_t<T>>()> {};
+template <class T>
+struct memcpy_safe : std::bool_constant<detail::every_bit_valid<std::remove_cv_t<T>>()> {};
 
 // Types encoded as their bytes (a class with a serialize of its own keeps it).
 template <class T>
-concept trivially_encoded = std::is_trivially_copyable_v<T> && memcpy_safe<T>::value &&
-                            (!std::is_class_v<T> || detail::is_std_array<T> || !detail::own_serializer<T>);
+concept trivially_encoded =
+    std::is_trivially_copyable_v<T> && memcpy_safe<T>::value &&
+    (!std::is_class_v<T> || detail::is_std_array<T> || !detail::own_serializer<T>);
 
 namespace detail {
 // Plain structs without a serialize: their bytes (every bit valid), or their fields.
@@ -307,7 +313,8 @@ template <class T> constexpr problem problem_of() {
                 is_instance<U, std::basic_string_view> || is_span<U>)
     return problem::pointer;
   else if constexpr (process_argument_only<U>) return problem::process_handle;
-  else if constexpr (std::is_enum_v<U>) return fixed_enum<U> ? problem::none : problem::unfixed_enum;
+  else if constexpr (std::is_enum_v<U>)
+    return fixed_enum<U> ? problem::none : problem::unfixed_enum;
   else if constexpr (std::is_arithmetic_v<U>) return problem::none;
   else if constexpr (std::is_array_v<U>) return problem_of<std::remove_extent_t<U>>();
   else if constexpr (is_std_holder<U>) return problem_of<typename U::value_type>();
@@ -330,22 +337,25 @@ template <class T> constexpr bool check_crossing() {
                 "coproc::wire: pointers, references and views (std::string_view, std::span), and "
                 "containers or structs holding them, cannot cross processes: they are addresses in "
                 "this process's memory. Send the values (std::string, std::vector).");
-  static_assert(p != problem::process_handle,
-                "coproc::wire: a coproc::queue or coproc::connection cannot be encoded: it can only "
-                "travel to a child as an argument of coproc::process, which takes its descriptors "
-                "along (as Python's queues are shared only through inheritance). It cannot be put "
-                "in a queue, sent on a connection or passed to a pool task.");
-  static_assert(p != problem::unfixed_enum,
-                "coproc::wire: an enum without a fixed underlying type cannot cross processes: only "
-                "its enumerators' range is valid, which its bytes cannot be checked against. Give "
-                "it one (enum e : int { ... }) or make it an enum class.");
-  static_assert(p != problem::unchecked_class,
-                "coproc::wire: a trivially copyable class that is not a plain struct (an aggregate "
-                "without a base class, with at most 24 fields, none const, a reference or an empty "
-                "struct) cannot be checked field by field, so its bytes could hold an invalid "
-                "bool, enum or a pointer. Give it a cereal serialize(Archive&) member, or, if every "
-                "bit pattern of it is a valid value, specialize coproc::wire::memcpy_safe<T> as "
-                "std::true_type.");
+  static_assert(
+      p != problem::process_handle,
+      "coproc::wire: a coproc::queue or coproc::connection cannot be encoded: it can only "
+      "travel to a child as an argument of coproc::process, which takes its descriptors "
+      "along (as Python's queues are shared only through inheritance). It cannot be put "
+      "in a queue, sent on a connection or passed to a pool task.");
+  static_assert(
+      p != problem::unfixed_enum,
+      "coproc::wire: an enum without a fixed underlying type cannot cross processes: only "
+      "its enumerators' range is valid, which its bytes cannot be checked against. Give "
+      "it one (enum e : int { ... }) or make it an enum class.");
+  static_assert(
+      p != problem::unchecked_class,
+      "coproc::wire: a trivially copyable class that is not a plain struct (an aggregate "
+      "without a base class, with at most 24 fields, none const, a reference or an empty "
+      "struct) cannot be checked field by field, so its bytes could hold an invalid "
+      "bool, enum or a pointer. Give it a cereal serialize(Archive&) member, or, if every "
+      "bit pattern of it is a valid value, specialize coproc::wire::memcpy_safe<T> as "
+      "std::true_type.");
   static_assert(p != problem::no_serializer,
                 "coproc::wire: the type is not trivially copyable and has no cereal "
                 "serialize(Archive&) member (nor save/load): cereal cannot encode it.");
@@ -429,26 +439,30 @@ void CEREAL_LOAD_FUNCTION_NAME(coproc::wire::input_archive& ar, T& t) {
 // The archive is a deduced parameter checked first, so probing raw_class with the probe
 // archive never asks about raw_class itself (g++ checks constraints before conversions).
 template <class Archive, class T>
-  requires std::is_same_v<Archive, coproc::wire::output_archive> && coproc::wire::detail::raw_class<T>
+  requires std::is_same_v<Archive, coproc::wire::output_archive> &&
+           coproc::wire::detail::raw_class<T>
 void CEREAL_SAVE_FUNCTION_NAME(Archive& ar, const T& t) {
   ar.save_binary(std::addressof(t), sizeof(t));
 }
 
 template <class Archive, class T>
-  requires std::is_same_v<Archive, coproc::wire::input_archive> && coproc::wire::detail::raw_class<T>
+  requires std::is_same_v<Archive, coproc::wire::input_archive> &&
+           coproc::wire::detail::raw_class<T>
 void CEREAL_LOAD_FUNCTION_NAME(Archive& ar, T& t) {
   ar.load_binary(std::addressof(t), sizeof(t));
 }
 
 // Plain structs with a field that not every byte fits: field by field, each checked.
 template <class Archive, class T>
-  requires std::is_same_v<Archive, coproc::wire::output_archive> && coproc::wire::detail::fieldwise_class<T>
+  requires std::is_same_v<Archive, coproc::wire::output_archive> &&
+           coproc::wire::detail::fieldwise_class<T>
 void CEREAL_SAVE_FUNCTION_NAME(Archive& ar, const T& t) {
   coproc::wire::detail::apply_fields(t, [&](const auto&... fields) { ar(fields...); });
 }
 
 template <class Archive, class T>
-  requires std::is_same_v<Archive, coproc::wire::input_archive> && coproc::wire::detail::fieldwise_class<T>
+  requires std::is_same_v<Archive, coproc::wire::input_archive> &&
+           coproc::wire::detail::fieldwise_class<T>
 void CEREAL_LOAD_FUNCTION_NAME(Archive& ar, T& t) {
   coproc::wire::detail::apply_fields(t, [&](auto&... fields) { ar(fields...); });
 }
@@ -482,7 +496,8 @@ void CEREAL_SAVE_FUNCTION_NAME(Archive& ar, const BinaryData<T>& bd) {
 }
 
 // cereal reads arrays of arithmetic types, bool included, as one block: check the bools.
-template <class T> void CEREAL_LOAD_FUNCTION_NAME(coproc::wire::input_archive& ar, BinaryData<T>& bd) {
+template <class T>
+void CEREAL_LOAD_FUNCTION_NAME(coproc::wire::input_archive& ar, BinaryData<T>& bd) {
   if constexpr (std::is_same_v<std::remove_cv_t<std::remove_pointer_t<T>>, bool>)
     ar.load_bools(bd.data, static_cast<std::size_t>(bd.size));
   else ar.load_binary(bd.data, static_cast<std::size_t>(bd.size));

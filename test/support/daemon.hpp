@@ -77,7 +77,8 @@ bool daemon_dies_with_killed_parent(Start start_daemon, std::chrono::millisecond
 
 // start returns {the plain child's pid, its fork server's pid}: after the parent's SIGKILL
 // the server exits within limit, and the child still runs after that (then it is killed).
-template <class Start> bool plain_child_outlives_killed_parent(Start start, std::chrono::milliseconds limit) {
+template <class Start>
+bool plain_child_outlives_killed_parent(Start start, std::chrono::milliseconds limit) {
   return after_parent_killed(start, [&](std::array<int, 2> pids) {
            if (pids[1] <= 0) return 0;
            int server = reap_adopted(pids[1], limit);

@@ -17,7 +17,8 @@ using clock_type = std::chrono::steady_clock;
 // Memory shared with children, for what a killed child cannot report itself.
 template <class T> struct shared_array {
   explicit shared_array(std::size_t n) : size(n) {
-    void* p = ::mmap(nullptr, n * sizeof(T), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    void* p =
+        ::mmap(nullptr, n * sizeof(T), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     REQUIRE(p != MAP_FAILED);
     data = static_cast<T*>(p);
   }

@@ -111,7 +111,8 @@ std::vector<std::pair<int, std::string>> open_fds() {
   return out;
 }
 
-bool has_fd(const std::vector<std::pair<int, std::string>>& fds, const std::pair<int, std::string>& fd) {
+bool has_fd(const std::vector<std::pair<int, std::string>>& fds,
+            const std::pair<int, std::string>& fd) {
   return std::find(fds.begin(), fds.end(), fd) != fds.end();
 }
 
@@ -153,9 +154,11 @@ struct leak_check : doctest::IReporter {
     for (int pid : zombies) std::fprintf(stderr, "  zombie pid %d\n", pid);
     for (int pid : live) std::fprintf(stderr, "  live child pid %d\n", pid);
     for (auto& fd : now)
-      if (!has_fd(fds_, fd)) std::fprintf(stderr, "  fd %d opened: %s\n", fd.first, fd.second.c_str());
+      if (!has_fd(fds_, fd))
+        std::fprintf(stderr, "  fd %d opened: %s\n", fd.first, fd.second.c_str());
     for (auto& fd : fds_)
-      if (!has_fd(now, fd)) std::fprintf(stderr, "  fd %d closed: %s\n", fd.first, fd.second.c_str());
+      if (!has_fd(now, fd))
+        std::fprintf(stderr, "  fd %d closed: %s\n", fd.first, fd.second.c_str());
   }
 
   void report_query(const doctest::QueryData&) override {}

@@ -35,7 +35,8 @@ int main() {
   }
   try {
     boost::asio::io_context ctx;
-    coproc::pool pool(ctx.get_executor(), {.processes = 1, .method = coproc::start_method::forkserver});
+    coproc::pool pool(ctx.get_executor(),
+                      {.processes = 1, .method = coproc::start_method::forkserver});
     std::puts("served pool made");
   } catch (const std::logic_error& e) {
     std::printf("served pool: %s\n", e.what());

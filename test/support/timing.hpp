@@ -35,7 +35,8 @@ template <class E, class A> coproc::awaitable<E> failure_of(A op) {
 
 // Milliseconds since `since`.
 inline std::chrono::milliseconds::rep elapsed_ms(std::chrono::steady_clock::time_point since) {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - since)
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() -
+                                                               since)
       .count();
 }
 

@@ -81,7 +81,8 @@ private:
   std::optional<int> poll_locked();
   // nullopt at the deadline (a timer of the awaiting executor, none for never).
   boost::asio::awaitable<std::optional<int>> wait_until(deadline until);
-  boost::asio::awaitable<std::optional<int>> wait_sigchld(std::optional<boost::asio::steady_timer>& timer);
+  boost::asio::awaitable<std::optional<int>>
+  wait_sigchld(std::optional<boost::asio::steady_timer>& timer);
 
   int pid_;
   unsigned owner_;

@@ -136,7 +136,8 @@ public:
   void fail_all(std::exception_ptr error);
 
 private:
-  bool may_take(const scheduled_worker& w, const pool_job& job, std::size_t n, std::int64_t now) const;
+  bool may_take(const scheduled_worker& w, const pool_job& job, std::size_t n,
+                std::int64_t now) const;
   std::pair<const pool_job*, std::size_t> peek_chunk() const;
   pool_chunk take_chunk();
   void sent(scheduled_worker& w, pool_chunk c);
@@ -148,10 +149,10 @@ private:
 
   const unsigned maxtasks_;
   std::deque<std::shared_ptr<pool_job>> queue_; // submitted, not all sent
-  std::deque<pool_chunk> retry_;                // taken back, or sent to a worker lost before starting them
+  std::deque<pool_chunk> retry_; // taken back, or sent to a worker lost before starting them
   std::vector<scheduled_worker*> workers_;
   std::unordered_map<std::intptr_t, double> cost_; // measured ns per item, by trampoline
-  unsigned failed_starts_ = 0;                     // workers in a row that ended before they started
+  unsigned failed_starts_ = 0; // workers in a row that ended before they started
 };
 
 template <class Send>
@@ -207,7 +208,8 @@ inline bool pool_scheduler::may_take(const scheduled_worker& w, const pool_job& 
   if (w.held.empty()) return true;
   auto cost = cost_.find(job.trampoline);
   if (cost == cost_.end() || w.held.size() >= max_held_chunks) return false;
-  return double(now - w.last_progress) + double(w.held_items + n) * cost->second <= double(queued_work_ns);
+  return double(now - w.last_progress) + double(w.held_items + n) * cost->second <=
+         double(queued_work_ns);
 }
 
 inline std::pair<const pool_job*, std::size_t> pool_scheduler::peek_chunk() const {

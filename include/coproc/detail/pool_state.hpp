@@ -65,7 +65,8 @@ private:
   struct waiter; // (lib/waiter_list.cpp: its timer keeps steady_timer out of this header)
   class cancel_waiter;
 
-  void park_handler(deadline until, boost::asio::any_io_executor ex, boost::asio::cancellation_slot slot,
+  void park_handler(deadline until, boost::asio::any_io_executor ex,
+                    boost::asio::cancellation_slot slot,
                     boost::asio::any_completion_handler<void(boost::system::error_code)> handler);
   static void complete(const std::shared_ptr<waiter>& w, bool cancel);
 
@@ -78,7 +79,8 @@ private:
 // (No co_return inside a lock's scope, and the initiation is named first: g++ 12
 // mishandles both in coroutines.)
 template <class Ready>
-awaitable<bool> wait_for_condition(std::mutex& mutex, waiter_list& waiters, Ready ready, deadline until) {
+awaitable<bool> wait_for_condition(std::mutex& mutex, waiter_list& waiters, Ready ready,
+                                   deadline until) {
   auto settled = [&] { return ready() || until.passed(); }; // with the mutex held
   auto park = [&](auto handler) {
     std::unique_lock lock(mutex);
@@ -92,9 +94,9 @@ awaitable<bool> wait_for_condition(std::mutex& mutex, waiter_list& waiters, Read
       std::lock_guard lock(mutex);
       if (settled()) break;
     }
-    auto parked =
-        boost::asio::async_initiate<const boost::asio::use_awaitable_t<>&, void(boost::system::error_code)>(
-            park, boost::asio::use_awaitable);
+    auto parked = boost::asio::async_initiate<const boost::asio::use_awaitable_t<>&,
+                                              void(boost::system::error_code)>(
+        park, boost::asio::use_awaitable);
     co_await std::move(parked);
   }
   bool is_ready;
@@ -175,7 +177,8 @@ public:
   }
   bool successful() const {
     std::lock_guard lock(mutex_);
-    if (!done_) throw std::logic_error("coproc::async_result::successful(): the result is not ready");
+    if (!done_)
+      throw std::logic_error("coproc::async_result::successful(): the result is not ready");
     return !error_;
   }
   // Once ready: the value (copied: get() may be awaited more than once) or the error.

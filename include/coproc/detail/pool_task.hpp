@@ -52,7 +52,8 @@ template <class Fn> std::intptr_t pool_image_offset(Fn* fn) noexcept {
 }
 
 template <class F>
-concept pool_function_pointer = std::is_pointer_v<F> && std::is_function_v<std::remove_pointer_t<F>>;
+concept pool_function_pointer =
+    std::is_pointer_v<F> && std::is_function_v<std::remove_pointer_t<F>>;
 
 template <class F>
 concept pool_stateless_object =
@@ -73,7 +74,8 @@ template <class F> std::intptr_t pool_target(F f) noexcept {
 }
 
 template <class F> F pool_callable(std::intptr_t target) noexcept {
-  if constexpr (pool_function_pointer<F>) return reinterpret_cast<F>(target + pool_anchor_address());
+  if constexpr (pool_function_pointer<F>)
+    return reinterpret_cast<F>(target + pool_anchor_address());
   else return (void)target, F{};
 }
 
@@ -125,7 +127,8 @@ template <class T> T decode_part(std::string_view& in) {
 // A tuple-like value (std::tuple, std::pair, std::array) decoded from its parts.
 template <class Tuple> Tuple decode_parts(std::string_view in) {
   Tuple t{};
-  std::apply([&](auto&... e) { ((e = decode_part<std::remove_cvref_t<decltype(e)>>(in)), ...); }, t);
+  std::apply([&](auto&... e) { ((e = decode_part<std::remove_cvref_t<decltype(e)>>(in)), ...); },
+             t);
   if (!in.empty()) throw error("coproc::pool: trailing bytes in task data");
   return t;
 }

@@ -26,7 +26,8 @@ public:
   virtual std::optional<int> poll() = 0;
   virtual boost::asio::awaitable<int> wait() = 0;
   // nullopt when the deadline passes first; the child is left alone.
-  virtual boost::asio::awaitable<std::optional<int>> wait(std::chrono::steady_clock::duration timeout) = 0;
+  virtual boost::asio::awaitable<std::optional<int>>
+  wait(std::chrono::steady_clock::duration timeout) = 0;
   // Sends sig unless the child is known to have exited; false if it was.
   virtual bool signal(int sig) = 0;
 };
@@ -38,7 +39,8 @@ public:
   int pid() const noexcept override { return child_.pid(); }
   std::optional<int> poll() override { return child_.poll(); }
   boost::asio::awaitable<int> wait() override { return child_.wait(); }
-  boost::asio::awaitable<std::optional<int>> wait(std::chrono::steady_clock::duration timeout) override {
+  boost::asio::awaitable<std::optional<int>>
+  wait(std::chrono::steady_clock::duration timeout) override {
     return child_.wait(timeout);
   }
   bool signal(int sig) override { return child_.signal(sig); }

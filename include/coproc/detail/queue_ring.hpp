@@ -85,7 +85,9 @@ public:
   std::size_t maxsize() const noexcept { return maxsize_; }
   std::size_t capacity_bytes() const noexcept { return capacity_; }
   // The ring space one item of this many bytes takes.
-  static std::size_t record_size(std::size_t bytes) noexcept { return 8 + ((bytes + 7) & ~std::size_t{7}); }
+  static std::size_t record_size(std::size_t bytes) noexcept {
+    return 8 + ((bytes + 7) & ~std::size_t{7});
+  }
 
   // Test hook: this process raises SIGKILL right after its next commit (a put's or a
   // get's), before it wakes the other side's sleepers, as a process killed at that
@@ -99,7 +101,8 @@ public:
 
 private:
   // Adopts the descriptors of a ring made elsewhere; map_size_ is checked against the memfd.
-  queue_ring(std::size_t maxsize, std::size_t capacity_bytes, int memfd, int getters_fd, int putters_fd);
+  queue_ring(std::size_t maxsize, std::size_t capacity_bytes, int memfd, int getters_fd,
+             int putters_fd);
   void map();
   void release() noexcept;
   struct control;

@@ -68,10 +68,13 @@ private:
 
 // What queue and connection befriend: their encoding as a process argument.
 struct travel_access {
-  template <class H> static void save(wire::output_archive& ar, fd_departure& fds, const H& handle) {
+  template <class H>
+  static void save(wire::output_archive& ar, fd_departure& fds, const H& handle) {
     handle.travel(ar, fds);
   }
-  template <class H> static H load(wire::input_archive& ar, fd_arrival& fds) { return H::arrive(ar, fds); }
+  template <class H> static H load(wire::input_archive& ar, fd_arrival& fds) {
+    return H::arrive(ar, fds);
+  }
 };
 
 template <class T>
