@@ -15,6 +15,7 @@
 
 #include "support/checks.hpp"
 #include "support/daemon.hpp"
+#include "support/fresh_image.hpp"
 
 #include <fcntl.h>
 #include <sys/wait.h>
@@ -37,6 +38,7 @@
 
 using namespace std::chrono_literals;
 using coproc_test::run;
+using namespace coproc_test::fresh_image;
 
 namespace {
 
@@ -63,74 +65,6 @@ struct preload_before_the_cases : doctest::IReporter {
 };
 
 int exit_with(int code) { return code; }
-void forever() {
-  for (;;) ::pause();
-}
-
-int has_name(std::string expected) { return coproc::this_process::name() == expected ? 0 : 1; }
-
-// Writes "pid ppid" to path (whole, by a rename), then waits to be signalled.
-void report_then_wait(std::string path) {
-  {
-    std::ofstream out(path + ".tmp");
-    out << ::getpid() << ' ' << ::getppid() << '\n';
-  }
-  std::filesystem::rename(path + ".tmp", path);
-  forever();
-}
-
-// The numbers in the file once it exists; empty if it does not appear within 20 s.
-std::vector<long> wait_for_report(const std::string& path) {
-  auto deadline = std::chrono::steady_clock::now() + 20s;
-  while (std::chrono::steady_clock::now() < deadline) {
-    std::ifstream in(path);
-    std::vector<long> numbers;
-    for (long n; in >> n;) numbers.push_back(n);
-    if (!numbers.empty()) return numbers;
-    std::this_thread::sleep_for(5ms);
-  }
-  return {};
-}
-
-class temp_dir {
-public:
-  temp_dir() {
-    std::string pattern =
-        (std::filesystem::temp_directory_path() / "coproc-forkserver-XXXXXX").string();
-    REQUIRE(::mkdtemp(pattern.data()) != nullptr);
-    path_ = pattern;
-  }
-  ~temp_dir() { std::filesystem::remove_all(path_); }
-  std::string file(const char* name) const { return (path_ / name).string(); }
-
-private:
-  std::filesystem::path path_;
-};
-
-int join(coproc::process& p) { return run(p.join()); }
-
-// Runs f with descriptor fd redirected into a pipe; returns what was written to it.
-std::string capture(int fd, const std::function<void()>& f) {
-  int p[2];
-  REQUIRE(::pipe2(p, O_CLOEXEC) == 0);
-  std::cout.flush();
-  std::fflush(nullptr);
-  int saved = ::dup(fd);
-  ::dup2(p[1], fd);
-  ::close(p[1]);
-  f();
-  std::cout.flush();
-  std::fflush(nullptr);
-  ::dup2(saved, fd);
-  ::close(saved);
-  std::string out;
-  char buf[4096];
-  ssize_t n;
-  while ((n = ::read(p[0], buf, sizeof buf)) > 0) out.append(buf, n);
-  ::close(p[0]);
-  return out;
-}
-
 // The parent pid and state of a process, from /proc/<pid>/stat; {0, 0} if it is gone.
 std::pair<int, char> parent_and_state(int pid) {
   std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");

@@ -8,6 +8,7 @@
 
 #include "support/checks.hpp"
 #include "support/daemon.hpp"
+#include "support/fresh_image.hpp"
 
 #include <fcntl.h>
 #include <sys/wait.h>
@@ -26,6 +27,7 @@
 
 using namespace std::chrono_literals;
 using coproc_test::run;
+using namespace coproc_test::fresh_image;
 
 extern char** environ;
 
@@ -34,9 +36,6 @@ namespace {
 constexpr auto spawn = coproc::start_method::spawn;
 
 int exit_with(int code) { return code; }
-void forever() {
-  for (;;) ::pause();
-}
 
 int g_parent_state = 0; // set at run time by the parent: a fresh image never sees it
 int parent_state() { return g_parent_state; }
@@ -48,70 +47,6 @@ struct constructed {
 };
 constructed g_constructed;
 int read_static() { return g_constructed.value; }
-
-int has_name(std::string expected) { return coproc::this_process::name() == expected ? 0 : 1; }
-
-// Writes "pid ppid" to path (whole, by a rename), then waits to be signalled.
-void report_then_wait(std::string path) {
-  {
-    std::ofstream out(path + ".tmp");
-    out << ::getpid() << ' ' << ::getppid() << '\n';
-  }
-  std::filesystem::rename(path + ".tmp", path);
-  forever();
-}
-
-// The numbers in the file once it exists; empty if it does not appear within 20 s.
-std::vector<long> wait_for_report(const std::string& path) {
-  auto deadline = std::chrono::steady_clock::now() + 20s;
-  while (std::chrono::steady_clock::now() < deadline) {
-    std::ifstream in(path);
-    std::vector<long> numbers;
-    for (long n; in >> n;) numbers.push_back(n);
-    if (!numbers.empty()) return numbers;
-    std::this_thread::sleep_for(5ms);
-  }
-  return {};
-}
-
-class temp_dir {
-public:
-  temp_dir() {
-    std::string pattern =
-        (std::filesystem::temp_directory_path() / "coproc-main-guard-XXXXXX").string();
-    REQUIRE(::mkdtemp(pattern.data()) != nullptr);
-    path_ = pattern;
-  }
-  ~temp_dir() { std::filesystem::remove_all(path_); }
-  std::string file(const char* name) const { return (path_ / name).string(); }
-
-private:
-  std::filesystem::path path_;
-};
-
-int join(coproc::process& p) { return run(p.join()); }
-
-// Runs f with descriptor fd redirected into a pipe; returns what was written to it.
-std::string capture(int fd, const std::function<void()>& f) {
-  int p[2];
-  REQUIRE(::pipe2(p, O_CLOEXEC) == 0);
-  std::cout.flush();
-  std::fflush(nullptr);
-  int saved = ::dup(fd);
-  ::dup2(p[1], fd);
-  ::close(p[1]);
-  f();
-  std::cout.flush();
-  std::fflush(nullptr);
-  ::dup2(saved, fd);
-  ::close(saved);
-  std::string out;
-  char buf[4096];
-  ssize_t n;
-  while ((n = ::read(p[0], buf, sizeof buf)) > 0) out.append(buf, n);
-  ::close(p[0]);
-  return out;
-}
 
 std::string self_exe() { return std::filesystem::read_symlink("/proc/self/exe").string(); }
 
