@@ -18,7 +18,10 @@
 // forkserver has spawn's rules, and the child is forked by this process's fork server (a
 // small fresh image), so it costs the fork of a small process; its getppid() is the
 // server's pid. Everything else — names, exit codes, signals, daemons, stdio — is the same
-// with all three.
+// with all three, with one difference: a forkserver child gets only its 0-2 and its
+// arguments' descriptors from this process at start(); its environment, working directory,
+// umask and limits are the server's, fixed when the server started (start_method.hpp).
+// forkserver needs pidfds (Linux 5.3); without them start() throws std::system_error.
 #pragma once
 
 #include <coproc/awaitable.hpp>

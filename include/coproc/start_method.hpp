@@ -21,8 +21,28 @@
 // costs the fork of a small single-threaded process, whatever this process's size or
 // threads. One server per requesting process, which a forked child of it does not use (it
 // starts its own); the server exits when its requester is gone, and SIGKILLs the
-// requester's daemon children then. A forkserver child's getppid() is the server's pid.
-// Needs pidfds (Linux 5.3): the requester signals and watches each child through one.
+// requester's daemon children then (its plain children run on, as a forked plain child
+// outlives its parent). A forkserver child's getppid() is the server's pid.
+// (API.md speaks of the server's "last requester": with one server per process, that is
+// the one process that started it; a forked child sharing it would interleave its
+// requests with its parent's on the one socket.)
+//
+// What a forkserver child gets from the requester, and what from the server: at each
+// start() only descriptors 0-2 (those open then) and the descriptors of queue and
+// connection arguments travel, with the target. Everything else a fork copies is the
+// server's, fixed when the server started: the environment (a setenv or putenv after
+// that is not seen; spawn children get environ as it is at start()), the working
+// directory, the umask, resource limits, the user and groups, the signal dispositions of
+// a fresh image. Call forkserver_preload() after setting those up, or use spawn for a
+// child that must see later changes.
+//
+// Needs pidfds (pidfd_open, Linux 5.3): the server sends a pidfd of each child, through
+// which the requester signals it and waits for it, so a pid the server reaped and the
+// kernel reused is never touched. Where pidfd_open is missing (an older kernel, a
+// seccomp filter that refuses it), start() throws std::system_error (ENOSYS or EPERM)
+// naming the process and the server's pid ("could not fork the child"): the server
+// SIGKILLs the child it forked at once and reaps it, so the target may have begun but is
+// never left running. fork and spawn do not need pidfds (they fall back to SIGCHLD).
 #pragma once
 
 namespace coproc {
