@@ -1,5 +1,7 @@
-// start_method::forkserver (coproc/start_method.hpp): everything a process or a pool
-// worker does with spawn, forked by a fork server.
+// start_method::forkserver (coproc/start_method.hpp): what only the fork server does —
+// plain and daemon children after a SIGKILLed requester, a dying server, threads, many
+// children, the pool. What a forkserver child does as a spawn child does is in
+// test_fresh_children.cpp.
 //
 // The fork server is this test program's child for the whole run, so it starts before the
 // first case (forkserver_preload, in a listener): the runner's leak check counts the
@@ -16,6 +18,7 @@
 #include "support/checks.hpp"
 #include "support/daemon.hpp"
 #include "support/fresh_image.hpp"
+#include "support/proc.hpp"
 
 #include <fcntl.h>
 #include <sys/wait.h>
@@ -29,7 +32,6 @@
 #include <functional>
 #include <iostream>
 #include <set>
-#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <system_error>
@@ -44,37 +46,11 @@ namespace {
 
 constexpr auto served = coproc::start_method::forkserver;
 
-struct preload_before_the_cases : doctest::IReporter {
-  explicit preload_before_the_cases(const doctest::ContextOptions&) {}
-  void test_run_start() override {
-    coproc::forkserver_preload();
-    // Not a start: the default may still be set.
-    coproc::set_start_method(coproc::get_start_method());
-  }
-  void report_query(const doctest::QueryData&) override {}
-  void test_run_end(const doctest::TestRunStats&) override {}
-  void test_case_start(const doctest::TestCaseData&) override {}
-  void test_case_reenter(const doctest::TestCaseData&) override {}
-  void test_case_end(const doctest::CurrentTestCaseStats&) override {}
-  void test_case_exception(const doctest::TestCaseException&) override {}
-  void subcase_start(const doctest::SubcaseSignature&) override {}
-  void subcase_end() override {}
-  void log_assert(const doctest::AssertData&) override {}
-  void log_message(const doctest::MessageData&) override {}
-  void test_case_skipped(const doctest::TestCaseData&) override {}
-};
-
 int exit_with(int code) { return code; }
 // The parent pid and state of a process, from /proc/<pid>/stat; {0, 0} if it is gone.
 std::pair<int, char> parent_and_state(int pid) {
-  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-  std::string line;
-  if (!std::getline(stat, line)) return {0, 0};
-  std::istringstream rest(line.substr(line.rfind(')') + 1));
-  char state = 0;
-  int ppid = 0;
-  rest >> state >> ppid;
-  return {ppid, state};
+  auto stat = coproc_test::read_proc_stat(pid);
+  return stat ? std::pair{stat->ppid, stat->state} : std::pair{0, '\0'};
 }
 
 bool gone_within(int pid, std::chrono::milliseconds limit) {
@@ -126,169 +102,7 @@ template <class E> coproc::awaitable<E> failure_of(coproc::awaitable<int> op) {
 
 } // namespace
 
-DOCTEST_REGISTER_LISTENER("preload_before_the_cases", 2, preload_before_the_cases);
-
-TEST_CASE("forkserver: exit codes 0, 7, 1, -2, -9 and -15, by exit, by signal, by "
-          "terminate/kill/interrupt") {
-  coproc::process zero({.method = served}, [] {});
-  coproc::process seven({.method = served}, exit_with, 7);
-  coproc::process thrown({.method = served}, []() -> int { throw std::runtime_error("boom"); });
-  coproc::process interrupted({.method = served}, forever);
-  coproc::process termed({.method = served}, forever);
-  coproc::process killed({.method = served}, forever);
-  coproc::process by_signal({.method = served}, die_by_signal, SIGTERM);
-  for (auto* p : {&zero, &seven, &interrupted, &termed, &killed, &by_signal}) p->start();
-  auto err = capture(2, [&] {
-    thrown.start();
-    CHECK(join(thrown) == 1);
-  });
-  CHECK(err.find("Process " + thrown.name() + ":\nstd::runtime_error: boom\n") !=
-        std::string::npos);
-  CHECK(join(zero) == 0);
-  CHECK(join(seven) == 7);
-  CHECK(join(by_signal) == -SIGTERM);
-  interrupted.interrupt();
-  termed.terminate();
-  killed.kill();
-  CHECK(join(interrupted) == -SIGINT);
-  CHECK(join(termed) == -SIGTERM);
-  CHECK(join(killed) == -SIGKILL);
-  CHECK(termed.exitcode() == -SIGTERM);
-  CHECK(join(termed) == -SIGTERM); // again, once reaped
-}
-
-TEST_CASE("forkserver: pid, getppid is the server's, is_alive, exitcode and join with a timeout "
-          "both ways") {
-  temp_dir dir;
-  coproc::process p({.method = served}, report_then_wait, dir.file("pid"));
-  coproc::process q({.method = served}, report_then_wait, dir.file("pid2"));
-  CHECK(p.pid() == 0);
-  CHECK_FALSE(p.is_alive());
-  p.start();
-  q.start();
-  auto report = wait_for_report(dir.file("pid"));
-  auto other = wait_for_report(dir.file("pid2"));
-  REQUIRE(report.size() == 2);
-  REQUIRE(other.size() == 2);
-  CHECK(report[0] == p.pid());
-  CHECK(other[0] == q.pid());
-  // Both children of one server, which is this process's child.
-  int server = static_cast<int>(report[1]);
-  CHECK(server != ::getpid());
-  CHECK(other[1] == server);
-  CHECK(parent_and_state(server).first == ::getpid());
-  CHECK(coproc_test::live_children() == std::vector<int>{server});
-  CHECK(p.is_alive());
-  CHECK_FALSE(p.exitcode());
-  auto start = std::chrono::steady_clock::now();
-  CHECK_FALSE(run(p.join(50ms)));
-  CHECK(std::chrono::steady_clock::now() - start >= 50ms);
-  CHECK(p.is_alive()); // left alone
-  p.terminate();
-  q.kill();
-  CHECK(run(p.join(20s)) == -SIGTERM);
-  CHECK(run(q.join(20s)) == -SIGKILL);
-  CHECK_FALSE(p.is_alive());
-  CHECK(p.exitcode() == -SIGTERM);
-  p.kill(); // no-ops once exited
-  p.interrupt();
-  p.terminate();
-
-  coproc::process quick({.method = served}, exit_with, 3);
-  quick.start();
-  CHECK(run(quick.join(20s)) == 3);
-  auto deadline = std::chrono::steady_clock::now() + 20s;
-  coproc::process polled({.method = served}, exit_with, 4);
-  polled.start();
-  while (polled.is_alive() && std::chrono::steady_clock::now() < deadline)
-    std::this_thread::sleep_for(1ms);
-  CHECK(polled.exitcode() == 4);
-  CHECK(join(polled) == 4);
-}
-
-TEST_CASE("forkserver: names, and the child knows its own") {
-  coproc::process own({.method = served}, [] {
-    auto name = coproc::this_process::name();
-    return name.rfind("Process-", 0) == 0 ? 0 : 1;
-  });
-  own.start();
-  CHECK(join(own) == 0);
-  coproc::process named({.name = "worker", .method = served}, has_name, std::string("worker"));
-  named.start();
-  CHECK(join(named) == 0);
-  coproc::process renamed({.method = served}, has_name, std::string("renamed"));
-  renamed.name("renamed");
-  renamed.start();
-  CHECK(join(renamed) == 0);
-  // A forkserver child may use forkserver too: its own server, its child named after it.
-  coproc::process outer({.method = served}, [] {
-    coproc::process inner({.method = coproc::start_method::forkserver}, has_name,
-                          coproc::this_process::name() + ":1");
-    inner.start();
-    return coproc::block_on(inner.join());
-  });
-  outer.start();
-  CHECK(join(outer) == 0);
-}
-
-TEST_CASE("forkserver: the child's stdio is the requester's 0-2 at start()") {
-  auto out = capture(1, [] {
-    coproc::process p({.method = served}, [] {
-      std::cout << "to stdout" << std::endl;
-      std::printf("buffered\n"); // flushed at exit
-    });
-    p.start();
-    CHECK(join(p) == 0);
-  });
-  CHECK(out == "to stdout\nbuffered\n");
-  // Started while 1 was a file: whenever it writes, the output goes to that file.
-  temp_dir dir;
-  int file = ::open(dir.file("out").c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
-  REQUIRE(file >= 0);
-  coproc::process later({.method = served}, [] { std::printf("to the file\n"); });
-  std::cout.flush();
-  int saved = ::dup(1);
-  ::dup2(file, 1);
-  later.start();
-  ::dup2(saved, 1);
-  ::close(saved);
-  ::close(file);
-  CHECK(join(later) == 0);
-  std::ifstream in(dir.file("out"));
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  CHECK(text == "to the file\n");
-}
-
-TEST_CASE("forkserver refuses what cannot travel, as spawn does, naming the process") {
-  int local = 1;
-  auto refused = [](coproc::process& p, const char* why) {
-    std::string who = "process '" + p.name() + "'";
-    CHECK_THROWS_WITH_AS(p.start(), doctest::Contains(who.c_str()), std::invalid_argument);
-    CHECK_THROWS_WITH_AS(p.start(), doctest::Contains(why), std::invalid_argument);
-    CHECK_THROWS_WITH_AS(p.start(), doctest::Contains("start_method::forkserver"),
-                         std::invalid_argument);
-    CHECK(p.pid() == 0);
-  };
-  coproc::process capturing({.name = "capturing", .method = served}, [local] { return local; });
-  refused(capturing, "lambda with captures");
-  coproc::process by_ref(
-      {.name = "by_ref", .method = served}, [](int& v) { return v; }, std::ref(local));
-  refused(by_ref, "std::reference_wrapper");
-}
-
-TEST_CASE("forkserver: a daemon child dies with its requester even by SIGKILL") {
-  temp_dir dir;
-  CHECK(coproc_test::daemon_dies_with_killed_parent(
-      [&] {
-        // Never destroyed: the handle's destructor would SIGTERM the daemon first.
-        auto* d = new coproc::process({.daemon = true, .method = served}, report_then_wait,
-                                      dir.file("pid"));
-        d->start();
-        auto ids = wait_for_report(dir.file("pid")); // its PDEATHSIG is set by now
-        return ids.empty() ? 0 : static_cast<int>(ids[0]);
-      },
-      std::chrono::seconds(20)));
-}
+DOCTEST_REGISTER_LISTENER("preload_fork_server", 2, preload_fork_server);
 
 TEST_CASE("forkserver: a plain child outlives its requester, whose server exits when it is gone") {
   temp_dir dir;

@@ -1,5 +1,7 @@
-// The fresh-image entry (coproc/main_guard.hpp) and what a process started with
-// start_method::spawn does: everything a forked one does, from a fresh image.
+// The fresh-image entry (coproc/main_guard.hpp) and what only a process started with
+// start_method::spawn does: its targets, arguments and statics, classes and subclasses,
+// shared libcoproc. What spawn and forkserver children both do (every behaviour a forked
+// one has) is in test_fresh_children.cpp.
 #include <coproc/main_guard.hpp>
 #include <coproc/process.hpp>
 #include <coproc/subprocess.hpp>
@@ -35,8 +37,6 @@ namespace {
 
 constexpr auto spawn = coproc::start_method::spawn;
 
-int exit_with(int code) { return code; }
-
 int g_parent_state = 0; // set at run time by the parent: a fresh image never sees it
 int parent_state() { return g_parent_state; }
 
@@ -61,10 +61,6 @@ std::map<std::string, std::string> environment_with(const std::string& name,
   env[name] = value;
   return env;
 }
-
-struct not_serializable {
-  int* where = nullptr;
-};
 
 // A function object with state and a serialize: it travels as its encoding.
 struct scaled {
@@ -113,31 +109,6 @@ private:
 } // namespace app
 
 COPROC_REGISTER_PROCESS(app::greeter);
-
-TEST_CASE("spawn: exit codes 0, 7, 1, -2, -9 and -15 as with fork") {
-  coproc::process zero({.method = spawn}, [] {});
-  coproc::process seven({.method = spawn}, exit_with, 7);
-  coproc::process thrown({.method = spawn}, []() -> int { throw std::runtime_error("boom"); });
-  coproc::process interrupted({.method = spawn}, forever);
-  coproc::process termed({.method = spawn}, forever);
-  coproc::process killed({.method = spawn}, forever);
-  for (auto* p : {&zero, &seven, &interrupted, &termed, &killed}) p->start();
-  auto err = capture(2, [&] {
-    thrown.start();
-    CHECK(join(thrown) == 1);
-  });
-  CHECK(err.find("Process " + thrown.name() + ":\nstd::runtime_error: boom\n") !=
-        std::string::npos);
-  CHECK(join(zero) == 0);
-  CHECK(join(seven) == 7);
-  interrupted.interrupt();
-  termed.terminate();
-  killed.kill();
-  CHECK(join(interrupted) == -SIGINT);
-  CHECK(join(termed) == -SIGTERM);
-  CHECK(join(killed) == -SIGKILL);
-  CHECK(termed.exitcode() == -SIGTERM);
-}
 
 TEST_CASE("spawn: targets may return int, awaitable<void> or awaitable<int>") {
   coproc::process i({.method = spawn}, [] { return 3; });
@@ -196,104 +167,6 @@ TEST_CASE("spawn: the child is a fresh image with the program's statics construc
   ::close(fds[1]);
 }
 
-TEST_CASE("spawn: names, and the child knows its own") {
-  coproc::process unnamed({.method = spawn}, has_name, std::string());
-  unnamed.start();
-  CHECK(join(unnamed) == 1);
-  coproc::process own({.method = spawn}, [] {
-    auto name = coproc::this_process::name();
-    return name.rfind("Process-", 0) == 0 ? 0 : 1;
-  });
-  own.start();
-  CHECK(join(own) == 0);
-  coproc::process named({.name = "worker", .method = spawn}, has_name, std::string("worker"));
-  named.start();
-  CHECK(join(named) == 0);
-  coproc::process renamed({.method = spawn}, has_name, std::string("renamed"));
-  renamed.name("renamed");
-  renamed.start();
-  CHECK(join(renamed) == 0);
-  // A fresh image may spawn too; its child is named after it, as in Python.
-  coproc::process outer({.method = spawn}, [] {
-    coproc::process inner({.method = coproc::start_method::spawn}, has_name,
-                          coproc::this_process::name() + ":1");
-    inner.start();
-    return coproc::block_on(inner.join());
-  });
-  outer.start();
-  CHECK(join(outer) == 0);
-}
-
-TEST_CASE("spawn: pid, is_alive, exitcode and join with a timeout both ways") {
-  temp_dir dir;
-  coproc::process p({.method = spawn}, report_then_wait, dir.file("pid"));
-  CHECK(p.pid() == 0);
-  CHECK_FALSE(p.is_alive());
-  p.start();
-  auto report = wait_for_report(dir.file("pid"));
-  REQUIRE(report.size() == 2);
-  CHECK(report[0] == p.pid());
-  CHECK(report[1] == ::getpid());
-  CHECK(p.is_alive());
-  CHECK_FALSE(p.exitcode());
-  auto start = std::chrono::steady_clock::now();
-  CHECK_FALSE(run(p.join(50ms)));
-  CHECK(std::chrono::steady_clock::now() - start >= 50ms);
-  CHECK(p.is_alive()); // left alone
-  p.terminate();
-  CHECK(run(p.join(20s)) == -SIGTERM);
-  CHECK_FALSE(p.is_alive());
-  CHECK(p.exitcode() == -SIGTERM);
-  p.kill(); // no-op once exited
-  p.interrupt();
-
-  coproc::process quick({.method = spawn}, exit_with, 3);
-  quick.start();
-  CHECK(run(quick.join(20s)) == 3);
-  auto deadline = std::chrono::steady_clock::now() + 20s;
-  coproc::process polled({.method = spawn}, exit_with, 4);
-  polled.start();
-  while (polled.is_alive() && std::chrono::steady_clock::now() < deadline)
-    std::this_thread::sleep_for(1ms);
-  CHECK(polled.exitcode() == 4);
-  CHECK(coproc_test::zombie_children().empty());
-}
-
-TEST_CASE("spawn: the child writes to the parent's stdout and stderr") {
-  auto out = capture(1, [] {
-    coproc::process p({.method = spawn}, [] {
-      std::cout << "to stdout" << std::endl;
-      std::printf("buffered\n"); // flushed at exit
-    });
-    p.start();
-    CHECK(join(p) == 0);
-  });
-  CHECK(out == "to stdout\nbuffered\n");
-}
-
-TEST_CASE("spawn refuses what cannot travel, naming the process, and fork still takes it") {
-  int local = 1;
-  auto refused = [](coproc::process& p, const char* why) {
-    std::string who = "process '" + p.name() + "'";
-    CHECK_THROWS_WITH_AS(p.start(), doctest::Contains(who.c_str()), std::invalid_argument);
-    CHECK_THROWS_WITH_AS(p.start(), doctest::Contains(why), std::invalid_argument);
-    CHECK(p.pid() == 0);
-  };
-  coproc::process capturing({.name = "capturing", .method = spawn}, [local] { return local; });
-  refused(capturing, "lambda with captures");
-  coproc::process by_ref(
-      {.name = "by_ref", .method = spawn}, [](int& v) { return v; }, std::ref(local));
-  refused(by_ref, "std::reference_wrapper");
-  coproc::process opaque(
-      {.name = "opaque", .method = spawn}, [](not_serializable) {}, not_serializable{});
-  refused(opaque, "wire-serializable");
-  coproc::process forked(
-      {.method = coproc::start_method::fork}, [local](not_serializable) { return local; },
-      not_serializable{});
-  forked.start();
-  CHECK(join(forked) == 1);
-}
-
 TEST_CASE("spawn: a class with a serialize is a target, a class without one is refused") {
   coproc::process p({.method = spawn}, scaled{3}, 5);
   p.start();
@@ -320,20 +193,6 @@ TEST_CASE(
   CHECK_THROWS_WITH_AS(u.start(), doctest::Contains("COPROC_REGISTER_PROCESS"),
                        std::invalid_argument);
   CHECK_THROWS_WITH_AS(u.start(), doctest::Contains("process 'plain'"), std::invalid_argument);
-}
-
-TEST_CASE("spawn: a daemon child dies with its parent even by SIGKILL") {
-  temp_dir dir;
-  CHECK(coproc_test::daemon_dies_with_killed_parent(
-      [&] {
-        // Never destroyed: the handle's destructor would SIGTERM the daemon first.
-        auto* d = new coproc::process({.daemon = true, .method = coproc::start_method::spawn},
-                                      report_then_wait, dir.file("pid"));
-        d->start();
-        auto ids = wait_for_report(dir.file("pid")); // its PDEATHSIG is set by now
-        return ids.empty() ? 0 : static_cast<int>(ids[0]);
-      },
-      std::chrono::seconds(20)));
 }
 
 TEST_CASE("a program without main_guard gets a logic_error naming the missing line") {

@@ -5,6 +5,7 @@
 #include <doctest/doctest.h>
 
 #include "support/checks.hpp"
+#include "support/proc.hpp"
 #include "support/timing.hpp"
 
 #include <boost/asio/experimental/awaitable_operators.hpp>
@@ -16,7 +17,6 @@
 
 #include <filesystem>
 #include <fstream>
-#include <sstream>
 #include <system_error>
 #include <thread>
 
@@ -67,16 +67,10 @@ template <class Error, class Awaitable> Error thrown_by(Awaitable op) {
   throw std::logic_error("unreachable");
 }
 
-// Field 5 of /proc/<pid>/stat: the process group.
+// The process group; 0 once the process is gone.
 int pgid_of(int pid) {
-  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-  std::string line;
-  std::getline(stat, line);
-  std::istringstream rest(line.substr(line.rfind(')') + 2));
-  std::string state;
-  int ppid = 0, pgrp = 0;
-  rest >> state >> ppid >> pgrp;
-  return pgrp;
+  auto stat = coproc_test::read_proc_stat(pid);
+  return stat ? stat->pgrp : 0;
 }
 
 // No child of this process is left, alive or a zombie (the reaper may lag a moment).

@@ -2,6 +2,7 @@
 
 #include <doctest/doctest.h>
 
+#include "support/capture.hpp"
 #include "support/checks.hpp"
 #include "support/daemon.hpp"
 #include "support/timing.hpp"
@@ -29,6 +30,7 @@
 #include <fstream>
 
 using namespace std::chrono_literals;
+using coproc_test::capture;
 using coproc_test::run;
 using coproc_test::sleep_for;
 
@@ -62,26 +64,6 @@ public:
 private:
   int fd_[2];
 };
-
-// Runs f with descriptor fd redirected into a pipe; returns what was written to it.
-std::string capture(int fd, const std::function<void()>& f) {
-  int p[2];
-  REQUIRE(::pipe(p) == 0);
-  std::cout.flush();
-  std::fflush(nullptr);
-  int saved = ::dup(fd);
-  ::dup2(p[1], fd);
-  ::close(p[1]);
-  f();
-  ::dup2(saved, fd);
-  ::close(saved);
-  std::string out;
-  char buf[4096];
-  ssize_t n;
-  while ((n = ::read(p[0], buf, sizeof buf)) > 0) out.append(buf, n);
-  ::close(p[0]);
-  return out;
-}
 
 int join(coproc::process& p) { return run(p.join()); }
 

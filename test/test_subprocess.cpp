@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 
 #include "support/checks.hpp"
+#include "support/proc.hpp"
 #include "support/timing.hpp"
 
 #include <boost/asio/as_tuple.hpp>
@@ -56,11 +57,8 @@ struct temp_dir {
 
 // Whether pid has ended: gone, or a zombie waiting for its (new) parent.
 bool dead(int pid) {
-  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-  std::string line;
-  if (!std::getline(stat, line)) return true;
-  auto close = line.rfind(')');
-  return close != std::string::npos && line.size() > close + 2 && line[close + 2] == 'Z';
+  auto stat = coproc_test::read_proc_stat(pid);
+  return !stat || stat->state == 'Z';
 }
 
 bool dies_within(int pid, std::chrono::milliseconds limit) {
@@ -970,16 +968,10 @@ TEST_CASE("pass_fds keeps exactly those descriptors under their numbers") {
 }
 
 namespace {
-// Field 5 of /proc/<pid>/stat: the process group.
+// The process group; 0 once the process is gone.
 int pgid_of(int pid) {
-  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-  std::string line;
-  std::getline(stat, line);
-  std::istringstream rest(line.substr(line.rfind(')') + 2));
-  std::string state;
-  int ppid = 0, pgrp = 0;
-  rest >> state >> ppid >> pgrp;
-  return pgrp;
+  auto stat = coproc_test::read_proc_stat(pid);
+  return stat ? stat->pgrp : 0;
 }
 } // namespace
 

@@ -1,12 +1,15 @@
-// Targets and helpers the fresh-image tests share (test_main_guard.cpp for spawn,
-// test_forkserver.cpp): plain functions, so a fresh image finds them by their offset.
+// Targets and helpers the fresh-image tests share (test_fresh_children.cpp for both
+// methods, test_main_guard.cpp for spawn, test_forkserver.cpp): plain functions, so a
+// fresh image finds them by their offset.
 #pragma once
 
 #include <coproc/process.hpp>
+#include <coproc/start_method.hpp>
 #include <coproc/this_process.hpp>
 
 #include <doctest/doctest.h>
 
+#include "capture.hpp"
 #include "checks.hpp"
 
 #include <fcntl.h>
@@ -72,26 +75,29 @@ private:
 
 inline int join(coproc::process& p) { return run(p.join()); }
 
-// Runs f with descriptor fd redirected into a pipe; returns what was written to it.
-inline std::string capture(int fd, const std::function<void()>& f) {
-  int p[2];
-  REQUIRE(::pipe2(p, O_CLOEXEC) == 0);
-  std::cout.flush();
-  std::fflush(nullptr);
-  int saved = ::dup(fd);
-  ::dup2(p[1], fd);
-  ::close(p[1]);
-  f();
-  std::cout.flush();
-  std::fflush(nullptr);
-  ::dup2(saved, fd);
-  ::close(saved);
-  std::string out;
-  char buf[4096];
-  ssize_t n;
-  while ((n = ::read(p[0], buf, sizeof buf)) > 0) out.append(buf, n);
-  ::close(p[0]);
-  return out;
-}
+using coproc_test::capture;
+
+// A listener that starts the fork server before the first case (register it with
+// DOCTEST_REGISTER_LISTENER): the server is then the test program's child for the whole
+// run, not a child a case leaves behind.
+struct preload_fork_server : doctest::IReporter {
+  explicit preload_fork_server(const doctest::ContextOptions&) {}
+  void test_run_start() override {
+    coproc::forkserver_preload();
+    // Not a start: the default may still be set.
+    coproc::set_start_method(coproc::get_start_method());
+  }
+  void report_query(const doctest::QueryData&) override {}
+  void test_run_end(const doctest::TestRunStats&) override {}
+  void test_case_start(const doctest::TestCaseData&) override {}
+  void test_case_reenter(const doctest::TestCaseData&) override {}
+  void test_case_end(const doctest::CurrentTestCaseStats&) override {}
+  void test_case_exception(const doctest::TestCaseException&) override {}
+  void subcase_start(const doctest::SubcaseSignature&) override {}
+  void subcase_end() override {}
+  void log_assert(const doctest::AssertData&) override {}
+  void log_message(const doctest::MessageData&) override {}
+  void test_case_skipped(const doctest::TestCaseData&) override {}
+};
 
 } // namespace coproc_test::fresh_image
