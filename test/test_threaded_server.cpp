@@ -25,8 +25,9 @@ using namespace std::chrono_literals;
 
 namespace {
 
-// The start methods a threaded program may use; forkserver joins this list once it exists.
-constexpr std::array threaded_methods{coproc::start_method::spawn};
+// The start methods a threaded program may use.
+constexpr std::array threaded_methods{coproc::start_method::spawn,
+                                      coproc::start_method::forkserver};
 
 constexpr int mixes = 500;
 constexpr int wave = 16; // mixes at once: enough to overlap everything, not to overload 2 cores
