@@ -82,12 +82,19 @@ struct method_case {
   double (*raw)(int n);
 };
 
+// The raw fork of a small process, whatever this one's size: what a fork server costs at
+// best. Measured before the ballast is made.
+double small_fork_us = 0;
+double raw_fork_small(int) { return small_fork_us; }
+
 double raw_spawn_self(int n) { return raw_posix_spawn(n, "/proc/self/exe", exit_at_once); }
 double raw_spawn_true(int n) { return raw_posix_spawn(n, "/bin/true", nullptr); }
 
-// forkserver joins this list once it exists.
+// forkserver is compared with the raw fork of a small process (the fork server is one).
 const std::array methods{
     method_case{coproc::start_method::fork, "fork", 300, 40, 100, "raw fork+waitpid", raw_fork},
+    method_case{coproc::start_method::forkserver, "forkserver", 300, 300, 30,
+                "raw fork+waitpid, parent small", raw_fork_small},
     method_case{coproc::start_method::spawn, "spawn", 100, 100, 10,
                 "raw posix_spawn(/proc/self/exe)+waitpid", raw_spawn_self},
 };
@@ -135,6 +142,8 @@ int main(int argc, char** argv) {
 
   std::printf("start+join of a no-op child, sequential, per start method, median of %d rounds\n",
               rounds);
+  coproc::forkserver_preload(); // not a child's cost (Python's starts in a first round)
+  small_fork_us = bench::median_of(rounds, [] { return raw_fork(300); });
   for (int mib : {0, 1024}) {
     std::vector<char> ballast(static_cast<std::size_t>(mib) << 20);
     std::memset(ballast.data(), 1, ballast.size()); // every page resident

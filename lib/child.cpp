@@ -496,7 +496,9 @@ boost::asio::awaitable<std::optional<int>> child::wait_until(deadline until) {
   std::optional<int> code;
   {
     std::lock_guard lock(mutex_);
-    code = poll_locked();
+    // The code if it is known; the look at the child is the loop's below (one waitid per
+    // wait saved: a child just started has hardly ever exited yet).
+    code = code_;
     // Each waiter watches its own duplicate, so several coroutines on several io_contexts
     // (or threads of one) can wait for one child.
     if (!code && is_pidfd(ref_))

@@ -78,7 +78,7 @@ void process::start() {
     detail::note_started();
     return;
   }
-  int parent = ::getpid();
+  int parent = daemon_ ? ::getpid() : 0; // only a daemon needs it: a syscall saved per start
   std::string what = "coproc: fork failed starting process '" + name_ + "'";
   // The child starts with every signal blocked until its dispositions are reset: a
   // signal sent at once (a destroyed daemon's SIGTERM) must not run the parent's handler.
