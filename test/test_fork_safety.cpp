@@ -9,6 +9,7 @@
 #include <doctest/doctest.h>
 
 #include "support/checks.hpp"
+#include "support/preload_fork_server.hpp"
 
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -128,6 +129,8 @@ outcome start_children(coproc::start_method method, int n, int at_once, coproc::
 }
 
 } // namespace
+
+DOCTEST_REGISTER_LISTENER("preload_fork_server", 2, coproc_test::preload_fork_server);
 
 TEST_CASE("children started with spawn or forkserver while 4 threads hammer a mutex and malloc all "
           "exit 0") {

@@ -102,7 +102,7 @@ template <class E> coproc::awaitable<E> failure_of(coproc::awaitable<int> op) {
 
 } // namespace
 
-DOCTEST_REGISTER_LISTENER("preload_fork_server", 2, preload_fork_server);
+DOCTEST_REGISTER_LISTENER("preload_fork_server", 2, coproc_test::preload_fork_server);
 
 TEST_CASE("forkserver: a plain child outlives its requester, whose server exits when it is gone") {
   temp_dir dir;

@@ -57,7 +57,7 @@ struct not_serializable {
 
 } // namespace
 
-DOCTEST_REGISTER_LISTENER("preload_fork_server", 2, preload_fork_server);
+DOCTEST_REGISTER_LISTENER("preload_fork_server", 2, coproc_test::preload_fork_server);
 TYPE_TO_STRING(spawned);
 TYPE_TO_STRING(served);
 

@@ -7,6 +7,7 @@
 #include <doctest/doctest.h>
 
 #include "support/checks.hpp"
+#include "support/preload_fork_server.hpp"
 #include "support/threads.hpp"
 #include "support/timing.hpp"
 
@@ -102,6 +103,8 @@ coproc::awaitable<void> mix(int i, coproc::start_method method, coproc::pool& po
 }
 
 } // namespace
+
+DOCTEST_REGISTER_LISTENER("preload_fork_server", 2, coproc_test::preload_fork_server);
 
 TEST_CASE(
     "a server on 4 threads runs 500 mixes of processes, a pool, a queue, commands and pipes") {
