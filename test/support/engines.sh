@@ -181,6 +181,8 @@ start_netns() {
     ip link set "cpr-h$i" up
     ip -n "$ns" addr add "10.213.$i.2/30" dev "cpr-v$i"
     ip -n "$ns" link set "cpr-v$i" up
+    # Every test address is reachable from every namespace through the root one.
+    ip -n "$ns" route add 10.213.0.0/16 via "10.213.$i.1"
     i=$((i + 1))
   done
   wait_until 10 netns_ping || die "the namespaces do not reach 10.213.N.1"

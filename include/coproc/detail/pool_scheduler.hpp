@@ -65,6 +65,8 @@ struct scheduled_worker {
   bool retiring = false;          // maxtasksperchild chunks were sent
   bool gone = false;
   bool started = false;           // its initializer returned
+  bool stealable = true;          // false: claims arrive as messages (a remote worker), so
+                                  //   the parent cannot take unstarted items back
   std::int64_t last_progress = 0; // when it last answered, or got work while idle
 
   bool accepting() const { return !gone && !shut && !retiring; }
