@@ -134,8 +134,7 @@ std::string this_program() {
 } // namespace
 
 sha256_digest remote_proof_of(std::string_view secret, std::string_view label,
-                              const unsigned char (&first)[16],
-                              const unsigned char (&second)[16]) {
+                              const unsigned char (&first)[16], const unsigned char (&second)[16]) {
   std::string message(label);
   message.append(reinterpret_cast<const char*>(first), 16);
   message.append(reinterpret_cast<const char*>(second), 16);
@@ -394,8 +393,8 @@ awaitable<void> remote_core::handshake(std::shared_ptr<remote_core> self, tcp::s
   --self->handshakes_;
   if (!why.empty() || self->terminated_ || self->failed_) {
     if (!why.empty())
-      std::cerr << "coproc::pool: refused a remote worker connection from " << peer << ": "
-                << why << std::endl;
+      std::cerr << "coproc::pool: refused a remote worker connection from " << peer << ": " << why
+                << std::endl;
     socket.close(ec);
     self->settle_locked();
     co_return;
@@ -426,7 +425,6 @@ awaitable<void> remote_core::handshake(std::shared_ptr<remote_core> self, tcp::s
   auto reader = read_loop(self, w);
   co_await std::move(reader);
 }
-
 
 awaitable<void> remote_core::read_loop(std::shared_ptr<remote_core> self,
                                        std::shared_ptr<worker> w) {
@@ -639,9 +637,8 @@ void remote_core::arm_tick_locked() {
 }
 
 void remote_core::tick_locked() {
-  auto limit =
-      remote_missed_heartbeats *
-      std::chrono::duration_cast<std::chrono::nanoseconds>(remote_.heartbeat).count();
+  auto limit = remote_missed_heartbeats *
+               std::chrono::duration_cast<std::chrono::nanoseconds>(remote_.heartbeat).count();
   auto now = now_ns();
   for (auto& w : workers_)
     if (w->lost_why.empty() && now - w->last_heard > limit) {
@@ -665,18 +662,17 @@ void remote_core::worker_gone_locked(worker& w, const std::string& why) {
   w.socket.set_option(asio::socket_base::linger(true, 0), ec);
   w.socket.close(ec);
   if (!terminated_ && !failed_) {
-    std::string text = "coproc::pool: remote worker " + w.name + " (pid " +
-                       std::to_string(w.pid) + " on " + w.host + ", " + w.peer +
+    std::string text = "coproc::pool: remote worker " + w.name + " (pid " + std::to_string(w.pid) +
+                       " on " + w.host + ", " + w.peer +
                        ") was lost while running the task: " + why;
-    bool start_failed = scheduler_.lost(w, std::make_exception_ptr(worker_lost(
-                                               remote_lost_exitcode, w.pid, std::move(text))));
+    bool start_failed = scheduler_.lost(
+        w, std::make_exception_ptr(worker_lost(remote_lost_exitcode, w.pid, std::move(text))));
     if (start_failed)
-      fail_pool_locked(std::make_exception_ptr(
-          error("coproc::pool: " + std::to_string(max_failed_starts) +
-                " remote workers in a row ended before taking tasks" +
-                (w.start_error.empty() ? std::string()
-                                       : ", the last because its initializer threw " +
-                                             w.start_error))));
+      fail_pool_locked(std::make_exception_ptr(error(
+          "coproc::pool: " + std::to_string(max_failed_starts) +
+          " remote workers in a row ended before taking tasks" +
+          (w.start_error.empty() ? std::string()
+                                 : ", the last because its initializer threw " + w.start_error))));
   } else {
     scheduler_.forget(w);
   }
@@ -798,8 +794,7 @@ awaitable<void> remote_core::join(std::shared_ptr<remote_core> self) {
   }
   auto* core = self.get();
   auto gone = wait_for_condition(
-      core->mutex_, core->join_waiters_, [core] { return core->done_locked(); },
-      deadline::never());
+      core->mutex_, core->join_waiters_, [core] { return core->done_locked(); }, deadline::never());
   co_await std::move(gone);
   std::lock_guard lock(self->mutex_);
   boost::system::error_code ec;

@@ -81,8 +81,7 @@ public:
   // Listens, then runs the launcher. std::invalid_argument for options that cannot work
   // (no launcher, a listen address that does not parse, an initializer that cannot
   // travel), std::system_error if the listening socket or the launcher cannot start.
-  static std::shared_ptr<remote_core> start(boost::asio::any_io_executor ex,
-                                            pool_options options);
+  static std::shared_ptr<remote_core> start(boost::asio::any_io_executor ex, pool_options options);
   remote_core(boost::asio::any_io_executor ex, pool_options options);
 
   void submit(std::shared_ptr<pool_job> job);
@@ -122,8 +121,7 @@ private:
   void start_launch_locked();
   std::vector<std::string> launch_args(std::uint32_t run) const;
   bool is_ssh() const;
-  static awaitable<void> watch_launch(std::shared_ptr<remote_core> self,
-                                      std::shared_ptr<launch> l);
+  static awaitable<void> watch_launch(std::shared_ptr<remote_core> self, std::shared_ptr<launch> l);
   static awaitable<void> accept_loop(std::shared_ptr<remote_core> self);
   static awaitable<void> handshake(std::shared_ptr<remote_core> self,
                                    boost::asio::ip::tcp::socket socket);

@@ -50,8 +50,7 @@ void wait_ready(int fd, short events, const char* doing) {
   int n;
   do n = ::poll(&p, 1, handshake_timeout_ms);
   while (n < 0 && errno == EINTR);
-  if (n == 0)
-    refuse(std::string("timed out ") + doing + " the pool at " + address_text);
+  if (n == 0) refuse(std::string("timed out ") + doing + " the pool at " + address_text);
   if (n < 0) refuse(std::string("poll: ") + std::strerror(errno));
 }
 
@@ -63,8 +62,8 @@ void read_exact(int fd, void* buf, std::size_t n, const char* what) {
     ssize_t got = ::recv(fd, p + done, n - done, MSG_DONTWAIT);
     if (got < 0 && (errno == EINTR || errno == EAGAIN)) continue;
     if (got == 0)
-      refuse(std::string("the pool at ") + address_text + " closed the connection before " +
-             what + " (refused: a wrong COPROC_REMOTE_SECRET?)");
+      refuse(std::string("the pool at ") + address_text + " closed the connection before " + what +
+             " (refused: a wrong COPROC_REMOTE_SECRET?)");
     if (got < 0) refuse(std::string("reading ") + what + ": " + std::strerror(errno));
     done += static_cast<std::size_t>(got);
   }
@@ -135,12 +134,12 @@ std::string read_secret() {
     line += c;
     if (line.size() > 4096) break;
   }
-  if (line.empty())
-    refuse(std::string(remote_secret_env) + " is not set and stdin gave no secret");
+  if (line.empty()) refuse(std::string(remote_secret_env) + " is not set and stdin gave no secret");
   return line;
 }
 
-void heartbeats(int fd, std::mutex& write_lock, std::chrono::nanoseconds interval, bool watch_stdin) {
+void heartbeats(int fd, std::mutex& write_lock, std::chrono::nanoseconds interval,
+                bool watch_stdin) {
   std::string beat;
   encode_record(beat, record_kind::heartbeat);
   int ms = std::max<int>(1, static_cast<int>(interval.count() / 1'000'000));

@@ -262,8 +262,8 @@ private:
 };
 
 [[noreturn]] void run_initializer_then_work(const std::function<void()>& initializer, int fd,
-                                            worker_page* page, unsigned maxtasks,
-                                            bool same_object, std::mutex* write_lock = nullptr) {
+                                            worker_page* page, unsigned maxtasks, bool same_object,
+                                            std::mutex* write_lock = nullptr) {
   std::string out;
   auto failed = [&](const std::string& type, const std::string& message) {
     print_process_error(process_name(), type + ": " + message + " (in the pool initializer)");

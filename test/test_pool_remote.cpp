@@ -221,15 +221,15 @@ TEST_CASE("remote: mpirun starts the workers (-x forwards the address and secret
   CHECK(no_workers_left());
 }
 
-TEST_CASE("remote: a launcher that exits early fails the tasks, naming it and quoting stderr") {
+TEST_CASE("remote: a launcher that exits early fails the tasks naming it and quoting stderr") {
   run([]() -> coproc::awaitable<void> {
     auto start = std::chrono::steady_clock::now();
     coproc::pool pool(co_await boost::asio::this_coro::executor,
                       remote({"sh", "-c", "echo no nodes for you >&2; exit 3", "launcher"}));
     auto op = pool.apply(square, 2);
-    CHECK_THROWS_WITH_AS(co_await std::move(op),
-                         doctest::Contains("exited with status 3, its stderr: \"no nodes for you\""),
-                         coproc::error);
+    CHECK_THROWS_WITH_AS(
+        co_await std::move(op),
+        doctest::Contains("exited with status 3, its stderr: \"no nodes for you\""), coproc::error);
     CHECK(std::chrono::steady_clock::now() - start < 10s); // not connect_timeout
     auto again = pool.apply(square, 2);
     CHECK_THROWS_WITH_AS(co_await std::move(again), doctest::Contains("sh -c"), coproc::error);
@@ -238,7 +238,7 @@ TEST_CASE("remote: a launcher that exits early fails the tasks, naming it and qu
   }());
 }
 
-TEST_CASE("remote: no worker within connect_timeout fails the tasks, naming the launcher") {
+TEST_CASE("remote: no worker within connect_timeout fails the tasks naming the launcher") {
   run([]() -> coproc::awaitable<void> {
     auto o = remote({"sh", "-c", "echo waiting >&2; exec sleep 30", "launcher"});
     o.remote->connect_timeout = 500ms;
@@ -295,7 +295,8 @@ TEST_CASE("remote: a worker started by hand with a wrong secret or address exits
 namespace {
 std::string temp_file(const char* name) {
   static std::string dir = [] {
-    std::string pattern = (std::filesystem::temp_directory_path() / "coproc-remote-XXXXXX").string();
+    std::string pattern =
+        (std::filesystem::temp_directory_path() / "coproc-remote-XXXXXX").string();
     REQUIRE(::mkdtemp(pattern.data()) != nullptr);
     return pattern;
   }();
@@ -332,7 +333,7 @@ void lose_a_busy_worker(coproc::pool_options o, int sig, const char* why) {
 }
 } // namespace
 
-TEST_CASE("remote: a SIGKILLed srun worker fails exactly its started task; the pool goes on") {
+TEST_CASE("remote: a SIGKILLed srun worker fails exactly its started task and the pool goes on") {
   engines::get();
   lose_a_busy_worker(remote({"srun", "--ntasks=2"}, 2), SIGKILL, "was lost while running");
 }
@@ -342,7 +343,7 @@ TEST_CASE("remote: a SIGSTOPped worker misses its heartbeats and is lost") {
   lose_a_busy_worker(remote({"srun", "--ntasks=2"}, 2), SIGSTOP, "no heartbeat for");
 }
 
-TEST_CASE("remote: ssh per_worker, a lost worker is relaunched") {
+TEST_CASE("remote: ssh per_worker relaunches a lost worker") {
   auto& e = engines::get();
   run([&]() -> coproc::awaitable<void> {
     auto o = remote({"ssh", "-p", e.ssh_port, "-i", e.ssh_key, "-o", "StrictHostKeyChecking=no",
@@ -369,13 +370,13 @@ TEST_CASE("remote: ssh per_worker, a lost worker is relaunched") {
   CHECK(no_workers_left());
 }
 
-TEST_CASE("remote: workers in their own network namespaces; a link taken down mid-task") {
+TEST_CASE("remote: workers in their own network namespaces and a link taken down mid-task") {
   engines::get();
   run([&]() -> coproc::awaitable<void> {
     coproc::pool_options o;
     o.remote = coproc::remote_workers{
-        .launcher = {"sh", "-c",
-                     "ip netns exec cpr-a \"$@\" & ip netns exec cpr-b \"$@\" & wait", "sh"},
+        .launcher = {"sh", "-c", "ip netns exec cpr-a \"$@\" & ip netns exec cpr-b \"$@\" & wait",
+                     "sh"},
         .processes = 2,
         .listen = "10.213.1.1:0",
         .heartbeat = 200ms,

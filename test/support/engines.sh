@@ -192,8 +192,9 @@ netns_ping() {
   local i=1 ns
   for ns in "${namespaces[@]}"; do
     # (No ping here: a refused TCP connection shows the address answers.)
-    ip netns exec "$ns" timeout 1 bash -c "exec 3<>/dev/tcp/10.213.$i.1/9" 2>&1 |
-      grep -q refused || return 1
+    local said
+    said=$(ip netns exec "$ns" timeout 1 bash -c "exec 3<>/dev/tcp/10.213.$i.1/9" 2>&1)
+    [[ $said == *refused* ]] || return 1
     i=$((i + 1))
   done
 }
