@@ -13,6 +13,7 @@
 #                             (root's authorized key only for this sshd). Prints SSH_KEY=...
 #   engines.sh start          all three
 #   engines.sh stop           everything above, and the state directory
+#   engines.sh stop-slurm|stop-netns|stop-sshd   one of them
 #   engines.sh env            the variables the tests read (SLURM_CONF, SSH_KEY, SSH_PORT)
 #
 # State: $COPROC_ENGINES_DIR (default /tmp/coproc-engines). Ports: slurmctld 16817,
@@ -276,6 +277,9 @@ case "${1:-}" in
     mkdir -p "$state"
     start_slurm && start_netns && start_sshd
     ;;
+  stop-slurm) stop_slurm ;;
+  stop-netns) stop_netns ;;
+  stop-sshd) stop_sshd ;;
   stop | cleanup)
     stop_slurm
     stop_netns
@@ -286,5 +290,5 @@ case "${1:-}" in
     slurm_env
     ssh_env
     ;;
-  *) die "usage: engines.sh start|start-slurm|start-netns|start-sshd|stop|env" ;;
+  *) die "usage: engines.sh start|start-slurm|start-netns|start-sshd|stop|stop-slurm|stop-netns|stop-sshd|env" ;;
 esac
