@@ -73,8 +73,8 @@ struct pool_options {
   // costs the fork of a small process. nullopt: get_start_method() when the pool is made.
   std::optional<start_method> method{};
   // Set: the workers run on other hosts, started by a launcher (coproc/remote_workers.hpp);
-  // processes, maxtasksperchild and method are then unused, and the initializer must be a
-  // plain function, as with spawn.
+  // processes and method are then unused (remote_workers::processes says how many), and
+  // the initializer must be a plain function, as with spawn.
   std::optional<remote_workers> remote{};
 };
 
