@@ -19,6 +19,9 @@ worker_lost::worker_lost(int exitcode, int pid)
             " while running the task"),
       exitcode_(exitcode), pid_(pid) {}
 
+worker_lost::worker_lost(int exitcode, int pid, std::string what)
+    : error(what), exitcode_(exitcode), pid_(pid) {}
+
 pool_closed::pool_closed() : error("the pool was terminated before the task finished") {}
 queue_empty::queue_empty() : error("queue is empty") {}
 queue_full::queue_full() : error("queue is full") {}

@@ -8,6 +8,7 @@
 #include <coproc/wire.hpp>
 
 #include "os.hpp"
+#include "pool_remote.hpp"
 #include "start_method.hpp"
 
 #include <elf.h>
@@ -149,6 +150,7 @@ int checked(int rc, const std::string& who, const char* what) {
 void main_guard(int, char**) {
   guard_ran.store(true);
   if (const char* value = std::getenv(image_env)) enter_fresh_image(value);
+  if (std::getenv(detail::remote_address_env)) detail::run_remote_worker();
 }
 
 namespace detail {

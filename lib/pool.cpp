@@ -5,6 +5,7 @@
 #include <coproc/this_process.hpp>
 
 #include "pool_core.hpp"
+#include "pool_remote.hpp"
 #include "start_method.hpp"
 
 #include <algorithm>
@@ -20,8 +21,9 @@ pool_options resolved(pool_options options) {
 }
 } // namespace
 
-pool::pool(boost::asio::any_io_executor ex, pool_options options)
-    : core_(detail::pool_core::start(std::move(ex), resolved(std::move(options)))) {
+pool::pool(boost::asio::any_io_executor ex, pool_options options) {
+  if (options.remote) remote_ = detail::remote_core::start(std::move(ex), std::move(options));
+  else core_ = detail::pool_core::start(std::move(ex), resolved(std::move(options)));
   detail::note_started();
 }
 
@@ -30,20 +32,27 @@ pool::pool(boost::asio::any_io_executor ex, unsigned processes)
 
 pool::~pool() {
   if (core_) core_->terminate();
+  if (remote_) remote_->terminate();
 }
 
-void pool::submit(std::shared_ptr<detail::pool_job> job) { core_->submit(std::move(job)); }
+void pool::submit(std::shared_ptr<detail::pool_job> job) {
+  if (remote_) return remote_->submit(std::move(job));
+  core_->submit(std::move(job));
+}
 
 std::size_t pool::default_chunksize(std::size_t n) const {
-  std::size_t groups = 4 * core_->size();
+  std::size_t groups = 4 * (remote_ ? remote_->expected_workers() : core_->size());
   return std::max<std::size_t>(1, (n + groups - 1) / groups);
 }
 
-void pool::close() { core_->close(); }
-void pool::terminate() { core_->terminate(); }
+void pool::close() { remote_ ? remote_->close() : core_->close(); }
+void pool::terminate() { remote_ ? remote_->terminate() : core_->terminate(); }
 
-awaitable<void> pool::join() { return detail::pool_core::join(core_); }
+awaitable<void> pool::join() {
+  if (remote_) return detail::remote_core::join(remote_);
+  return detail::pool_core::join(core_);
+}
 
-std::size_t pool::size() const { return core_->size(); }
+std::size_t pool::size() const { return remote_ ? remote_->size() : core_->size(); }
 
 } // namespace coproc

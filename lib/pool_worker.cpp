@@ -22,6 +22,7 @@
 #include <csignal>
 #include <iostream>
 #include <limits>
+#include <mutex>
 #include <system_error>
 #include <unordered_set>
 #include <tuple>
@@ -37,7 +38,9 @@ std::int64_t now_ns() {
       .count();
 }
 
-void write_all(int fd, std::string& out) {
+void write_all(int fd, std::string& out, std::mutex* lock = nullptr) {
+  std::unique_lock<std::mutex> held;
+  if (lock) held = std::unique_lock(*lock);
   std::size_t done = 0;
   while (done < out.size()) {
     ssize_t n = ::send(fd, out.data() + done, out.size() - done, MSG_NOSIGNAL);
@@ -112,8 +115,11 @@ struct frame_release {
 // The task loop of a started worker.
 class worker_loop {
 public:
-  worker_loop(int fd, worker_page* page, unsigned maxtasks, bool same_object)
-      : fd_(fd), page_(page), maxtasks_(maxtasks), code_(same_object) {}
+  // write_lock: another thread writes on fd too (a remote worker's heartbeats); then the
+  // worker also announces each frame's claims by a record before running it.
+  worker_loop(int fd, worker_page* page, unsigned maxtasks, bool same_object,
+              std::mutex* write_lock)
+      : fd_(fd), page_(page), maxtasks_(maxtasks), code_(same_object), write_lock_(write_lock) {}
 
   [[noreturn]] void run() {
     for (;;) {
@@ -149,6 +155,7 @@ private:
       record_timing();
       timed_.trampoline = h.trampoline;
     }
+    if (write_lock_) announce_claims(h.count);
     auto t0 = now_ns();
     std::uint64_t ran = run_items(frame);
     auto t1 = now_ns();
@@ -194,6 +201,16 @@ private:
     return ran;
   }
 
+  // A remote pool shares no page with this worker: it learns of the claims from a record,
+  // which leaves before the first item runs (so a lost worker fails exactly its started
+  // items). Nobody else claims on the page then, so the whole frame is claimed.
+  void announce_claims(std::uint64_t count) {
+    std::uint64_t last = seq_ + count;
+    encode_record(out_, record_kind::claimed,
+                  std::string_view(reinterpret_cast<const char*>(&last), sizeof last));
+    flush();
+  }
+
   bool complete_frame_follows() const {
     std::string_view in = in_.data();
     if (in.size() < sizeof(task_frame_header)) return false;
@@ -211,7 +228,7 @@ private:
   void flush() {
     record_timing();
     flush_stdio(); // what the tasks printed comes before their results
-    write_all(fd_, out_);
+    write_all(fd_, out_, write_lock_);
     last_flush_ = now_ns();
   }
 
@@ -241,18 +258,19 @@ private:
   unsigned tasks_ = 0;
   std::int64_t last_flush_ = now_ns();
   timing_record timed_{0, 0, 0};
+  std::mutex* const write_lock_;
 };
 
 [[noreturn]] void run_initializer_then_work(const std::function<void()>& initializer, int fd,
-                                            worker_page* page, unsigned maxtasks,
-                                            bool same_object) {
+                                            worker_page* page, unsigned maxtasks, bool same_object,
+                                            std::mutex* write_lock = nullptr) {
   std::string out;
   auto failed = [&](const std::string& type, const std::string& message) {
     print_process_error(process_name(), type + ": " + message + " (in the pool initializer)");
     std::string parts;
     encode_parts(parts, type, message);
     encode_record(out, record_kind::start_failed, parts);
-    write_all(fd, out);
+    write_all(fd, out, write_lock);
     worker_exit(1);
   };
   if (initializer) {
@@ -265,8 +283,8 @@ private:
     }
   }
   encode_record(out, record_kind::started);
-  write_all(fd, out);
-  worker_loop(fd, page, maxtasks, same_object).run();
+  write_all(fd, out, write_lock);
+  worker_loop(fd, page, maxtasks, same_object, write_lock).run();
 }
 
 } // namespace
@@ -317,6 +335,18 @@ void run_spawned_worker(std::string_view body, int fd, int memfd) {
   die_with_parent(parent);
   enter_child(std::move(id));
   run_initializer_then_work(initializer, fd, page, maxtasksperchild, false);
+}
+
+void run_remote_work(int fd, std::intptr_t initializer_offset, unsigned maxtasksperchild,
+                     std::mutex& write_lock) {
+  static worker_page page; // this worker's own: the pool learns of claims by records
+  std::function<void()> initializer;
+  if (initializer_offset != 0) {
+    if (!callable_offset(initializer_offset, true))
+      protocol_error(&page, "an initializer offset outside libcoproc's image");
+    initializer = reinterpret_cast<void (*)()>(initializer_offset + pool_anchor_address());
+  }
+  run_initializer_then_work(initializer, fd, &page, maxtasksperchild, true, &write_lock);
 }
 
 std::shared_ptr<process_child> start_worker_image(start_method method, int fd, int memfd,

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 
 namespace coproc::detail {
 
@@ -20,6 +21,12 @@ namespace coproc::detail {
 [[noreturn]] void run_forked_worker(int parent, int fd, worker_page* page, identity id,
                                     const std::function<void()>& initializer,
                                     unsigned maxtasksperchild);
+
+// A remote worker (lib/pool_remote_worker.cpp), connected and accepted on fd: runs the
+// initializer (an offset from the anchor, 0 for none), then tasks, announcing its claims
+// by records; every write holds write_lock (its heartbeat thread writes on fd too).
+[[noreturn]] void run_remote_work(int fd, std::intptr_t initializer_offset,
+                                  unsigned maxtasksperchild, std::mutex& write_lock);
 
 // start_method::spawn or forkserver: starts a fresh image of this executable (or has the
 // fork server fork one) as worker `id` on its end of the socket and the memfd of the

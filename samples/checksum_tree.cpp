@@ -1,7 +1,11 @@
 // A script a user would run by hand: checksum every file under a directory with a
 // process pool while a few shell commands run concurrently, with a live progress line.
 //
-//   checksum_tree [DIR]     (default /usr/include/boost/asio)
+//   checksum_tree [--workers-on 'LAUNCHER'] [DIR]     (default /usr/include/boost/asio)
+//
+// --workers-on runs the pool's workers on other hosts, started by LAUNCHER (split at
+// spaces), e.g. --workers-on 'srun --ntasks=4' inside a Slurm allocation, or
+// 'mpirun -np 4': each host runs this same program (coproc/remote_workers.hpp).
 //
 // On a terminal the progress line (done/total, rate, ETA) is redrawn in place; when
 // stdout is not a terminal, plain lines are printed at each quarter instead. Ctrl-C
@@ -18,6 +22,9 @@
 #include <unistd.h>
 
 #include <cinttypes>
+#include <cstring>
+#include <optional>
+#include <sstream>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -123,13 +130,22 @@ net::awaitable<void> work(coproc::pool& pool, fs::path root, progress& p) {
   co_await coproc::gather(std::move(jobs));
 }
 
-net::awaitable<int> main_task(fs::path root) {
+net::awaitable<int> main_task(fs::path root, std::optional<std::string> workers_on) {
   using namespace net::experimental::awaitable_operators;
   auto ex = co_await net::this_coro::executor;
   net::signal_set signals(ex, SIGINT, SIGTERM);
-  coproc::pool pool(ex);
+  coproc::pool_options options;
+  if (workers_on) {
+    std::istringstream words(*workers_on);
+    coproc::remote_workers remote;
+    for (std::string w; words >> w;) remote.launcher.push_back(w);
+    options.remote = std::move(remote);
+  }
+  coproc::pool pool(ex, std::move(options));
   progress p;
-  std::printf("checksumming %s with %zu workers\n", root.c_str(), pool.size());
+  if (workers_on)
+    std::printf("checksumming %s with remote workers (%s)\n", root.c_str(), workers_on->c_str());
+  else std::printf("checksumming %s with %zu workers\n", root.c_str(), pool.size());
   std::fflush(stdout);
 
   // Whichever ends first: the work, or a signal. A signal cancels the work, which kills
@@ -158,10 +174,20 @@ net::awaitable<int> main_task(fs::path root) {
 } // namespace
 
 int main(int argc, char** argv) {
-  fs::path root = argc > 1 ? argv[1] : "/usr/include/boost/asio";
-  if (argc > 2 || !fs::is_directory(root)) {
-    std::fprintf(stderr, "usage: checksum_tree [DIR]  (%s is not a directory)\n", root.c_str());
+  coproc::main_guard(argc, argv); // a remote worker becomes one here
+  std::optional<std::string> workers_on;
+  int first = 1;
+  if (argc > 2 && std::strcmp(argv[1], "--workers-on") == 0) {
+    workers_on = argv[2];
+    first = 3;
+  }
+  fs::path root = argc > first ? argv[first] : "/usr/include/boost/asio";
+  if (argc > first + 1 || !fs::is_directory(root) || (workers_on && workers_on->empty())) {
+    std::fprintf(stderr,
+                 "usage: checksum_tree [--workers-on 'LAUNCHER'] [DIR]  (%s is not a "
+                 "directory)\n",
+                 root.c_str());
     return 2;
   }
-  return coproc::block_on(main_task(root));
+  return coproc::block_on(main_task(root, workers_on));
 }

@@ -251,6 +251,39 @@ TEST_CASE("checksum script: every file counted with plain progress lines when no
   CHECK(out.find("\r") == std::string::npos);
 }
 
+// On the single-host Slurm cluster of test/support/engines.sh (started here if it is not
+// running, and then stopped again).
+TEST_CASE("checksum script: --workers-on 'srun --ntasks=4' runs the pool on Slurm tasks") {
+  std::string engines = std::string(COPROC_SOURCE_DIR) + "/test/support/engines.sh";
+  bool running = std::filesystem::exists("/tmp/coproc-engines/slurm/slurmd.pid");
+  REQUIRE(std::system((engines + " start-slurm >/dev/null").c_str()) == 0);
+  ::setenv("SLURM_CONF", "/tmp/coproc-engines/slurm/slurm.conf", 1);
+  auto dir = std::filesystem::temp_directory_path() / ("coproc-tree-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir / "sub");
+  for (int i = 0; i < 40; ++i)
+    std::ofstream(dir / (i % 2 ? "sub" : ".") / ("f" + std::to_string(i)))
+        << std::string(1000 + i, 'x');
+  auto outputs = [&](std::vector<std::string> args) {
+    return coproc::block_on([&]() -> net::awaitable<std::string> {
+      coproc::popen p(co_await net::this_coro::executor, args, {.out = coproc::stdio::pipe});
+      auto r = co_await p.communicate();
+      CHECK(co_await p.wait() == 0);
+      co_return r.first;
+    }());
+  };
+  auto remote = outputs({COPROC_CHECKSUM_TREE, "--workers-on", "srun --ntasks=4", dir.string()});
+  auto local = outputs({COPROC_CHECKSUM_TREE, dir.string()});
+  std::filesystem::remove_all(dir);
+  if (!running) (void)std::system((engines + " stop >/dev/null 2>&1").c_str());
+  CHECK(remote.find("with remote workers (srun --ntasks=4)") != std::string::npos);
+  auto summary = [](const std::string& out) {
+    auto at = out.find("\n40 files, ");
+    return at == std::string::npos ? std::string() : out.substr(at, out.find('\n', at + 1) - at);
+  };
+  CHECK(!summary(remote).empty());
+  CHECK(summary(remote) == summary(local)); // the same tree checksum
+}
+
 TEST_CASE("checksum script: SIGINT kills and reaps its workers and commands and reports partial "
           "results") {
   coproc::block_on([]() -> net::awaitable<void> {

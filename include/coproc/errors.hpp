@@ -39,6 +39,8 @@ private:
 class worker_lost : public error {
 public:
   worker_lost(int exitcode, int pid);
+  // what: the whole message (a remote worker's: its host, address and why it was lost).
+  worker_lost(int exitcode, int pid, std::string what);
   int exitcode() const noexcept { return exitcode_; }
   int pid() const noexcept { return pid_; }
 

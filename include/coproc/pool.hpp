@@ -36,6 +36,7 @@
 #include <coproc/awaitable.hpp>
 #include <coproc/detail/pool_state.hpp>
 #include <coproc/detail/pool_task.hpp>
+#include <coproc/remote_workers.hpp>
 #include <coproc/start_method.hpp>
 
 #include <boost/asio/any_io_executor.hpp>
@@ -71,6 +72,10 @@ struct pool_options {
   // forked by this process's fork server (coproc/start_method.hpp), so a worker's start
   // costs the fork of a small process. nullopt: get_start_method() when the pool is made.
   std::optional<start_method> method{};
+  // Set: the workers run on other hosts, started by a launcher (coproc/remote_workers.hpp);
+  // processes and method are then unused (remote_workers::processes says how many), and
+  // the initializer must be a plain function, as with spawn.
+  std::optional<remote_workers> remote{};
 };
 
 // multiprocessing.pool.AsyncResult.
@@ -141,7 +146,8 @@ private:
 };
 
 namespace detail {
-class pool_core; // lib/pool_core.hpp
+class pool_core;   // lib/pool_core.hpp
+class remote_core; // lib/pool_remote.hpp
 
 template <class Range> using pool_item_t = std::ranges::range_value_t<Range>;
 
@@ -262,6 +268,7 @@ private:
   }
 
   std::shared_ptr<detail::pool_core> core_;
+  std::shared_ptr<detail::remote_core> remote_; // instead of core_ with options.remote
 };
 
 } // namespace coproc

@@ -41,6 +41,9 @@ enum class record_kind : std::uint32_t {
   timing = 2,       // a timing_record
   started = 3,      // the initializer returned: the worker takes tasks (no bytes)
   start_failed = 4, // the initializer threw: parts (type name, message); the worker exits
+  // Remote workers only (lib/pool_remote.cpp), which share no worker_page with the pool:
+  claimed = 5,   // u64: the last item number the worker claimed, sent before it runs them
+  heartbeat = 6, // no bytes: the worker lives (sent every heartbeat interval, busy or not)
 };
 struct record_header {
   std::uint64_t length;

@@ -65,6 +65,8 @@ struct scheduled_worker {
   bool retiring = false;          // maxtasksperchild chunks were sent
   bool gone = false;
   bool started = false;           // its initializer returned
+  bool stealable = true;          // false: claims arrive as messages (a remote worker), so
+                                  //   the parent cannot take unstarted items back
   std::int64_t last_progress = 0; // when it last answered, or got work while idle
 
   bool accepting() const { return !gone && !shut && !retiring; }
@@ -206,6 +208,10 @@ inline bool pool_scheduler::may_take(const scheduled_worker& w, const pool_job& 
                                      std::int64_t now) const {
   if (!w.accepting()) return false;
   if (w.held.empty()) return true;
+  // Nothing queued behind work of unknown cost on a worker it cannot be taken back from.
+  if (!w.stealable)
+    for (const auto& c : w.held)
+      if (!cost_.count(c.job->trampoline)) return false;
   auto cost = cost_.find(job.trampoline);
   if (cost == cost_.end() || w.held.size() >= max_held_chunks) return false;
   return double(now - w.last_progress) + double(w.held_items + n) * cost->second <=

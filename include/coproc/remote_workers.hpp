@@ -1,0 +1,60 @@
+// coproc/remote_workers.hpp — a pool's workers on other hosts (pool_options::remote).
+//
+//   coproc::pool pool(ex, {.remote = coproc::remote_workers{.launcher = {"srun", "--ntasks=8"}}});
+//
+// The pool listens on TCP and runs `launcher... worker_command...`, which starts this
+// program on the hosts the launcher manages (srun inside an allocation, mpirun, ssh). A
+// worker finds the pool's address in COPROC_REMOTE_ADDRESS (host:port, IPv6 in brackets)
+// and a one-time secret in COPROC_REMOTE_SECRET: srun forwards the environment, for
+// mpirun the pool adds `-x` for both, and for ssh (launcher[0]'s basename is ssh) the
+// address goes on the remote command line and the secret through the worker's stdin, never
+// on a command line. The worker enters through coproc::main_guard, connects back, and both
+// sides prove they hold the secret by HMAC-SHA-256 over each other's nonces (the secret
+// never crosses the wire); a peer that cannot is closed, logged on stderr with its address,
+// and gets no task; a worker refused so exits with status 1 and says why on stderr.
+//
+// Tasks, results, errors, chunking and imap are as with local workers; the functions must
+// be in the executable's image as with start_method::spawn (link coproc statically), and
+// every host runs the same executable at the same path. A remote worker claims a chunk
+// by a message before it runs it, so when a worker is lost (its connection closes, or no
+// heartbeat for 3 heartbeat intervals: a dead process, host or link, a stopped process)
+// exactly the chunks it had started fail with worker_lost (exitcode() 255: the status is
+// not known here), and the chunks it had not started go to the other workers; unstarted
+// work is not taken back from a slow remote worker while it lives. The pool goes on with
+// the workers it has, and with per_worker relaunches one.
+//
+// The constructor does not wait: tasks queue until workers connect, and size() is the
+// number connected now. If none connects within connect_timeout, or the launcher exits
+// before one did, unfinished and later tasks fail with a coproc::error naming the launcher
+// command, its exit status and quoting its stderr (which is also copied to this process's
+// stderr). close()/terminate() end every worker (a worker exits when its connection
+// closes, even mid-task) and the launcher: join() returns once the launcher has exited
+// (SIGTERM once the workers are gone, SIGKILL 2 s later).
+#pragma once
+
+#include <coproc/awaitable.hpp>
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+namespace coproc {
+
+struct remote_workers {
+  std::vector<std::string> launcher{}; // e.g. {"srun", "--ntasks=8"}, {"mpirun", "-np", "8"},
+                                       //      {"ssh", "hostB"}
+  bool per_worker = false;             // true: one worker per run of the launcher (ssh),
+                                       //   run once per worker, lost workers relaunched;
+                                       //   false: one run starts them all (srun, mpirun)
+  unsigned processes = 0;              // workers expected (0: what the launcher starts;
+                                       //   with per_worker, 1); for default chunk sizes
+  std::string listen = "0.0.0.0:0";    // where workers connect back (TCP)
+  std::string advertise{};             // the address workers dial; "" → the listen address
+                                       //   if it is not a wildcard, else this host's
+                                       //   name's address
+  duration heartbeat = std::chrono::seconds(1);
+  duration connect_timeout = std::chrono::seconds(30);
+  std::vector<std::string> worker_command{}; // default: this program's path, no arguments
+};
+
+} // namespace coproc

@@ -1,0 +1,818 @@
+// The parent's side of a pool with remote workers (lib/pool_remote.hpp): it listens, runs
+// the launcher, checks each connection's proof of the secret, then serves tasks to it as
+// pool_core serves a local worker, with the same scheduler and frames. A worker's
+// claims arrive as records, and its heartbeats too: one silent for
+// remote_missed_heartbeats intervals is dropped (its connection reset) and lost.
+#include "pool_remote.hpp"
+
+#include "fresh_image.hpp"
+#include "pool_protocol.hpp"
+
+#include <coproc/errors.hpp>
+#include <coproc/wire.hpp>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/read.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+
+#include <netdb.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <csignal>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <iostream>
+#include <map>
+#include <sstream>
+#include <stdexcept>
+#include <system_error>
+
+extern char** environ;
+
+namespace coproc::detail {
+
+namespace {
+
+namespace asio = boost::asio;
+using tcp = asio::ip::tcp;
+
+std::int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// At most this much of a launcher's stderr is quoted in errors.
+constexpr std::size_t quoted_stderr_bytes = 4096;
+
+// "host:port" or "[v6]:port".
+tcp::endpoint parse_endpoint(const std::string& text, const char* what) {
+  auto bad = [&] {
+    return std::invalid_argument(std::string("coproc::pool: remote ") + what + " '" + text +
+                                 "' is not host:port with a numeric host (IPv6 in brackets)");
+  };
+  auto colon = text.rfind(':');
+  if (colon == std::string::npos) throw bad();
+  std::string host = text.substr(0, colon), port = text.substr(colon + 1);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']')
+    host = host.substr(1, host.size() - 2);
+  boost::system::error_code ec;
+  auto address = asio::ip::make_address(host, ec);
+  char* end = nullptr;
+  long number = std::strtol(port.c_str(), &end, 10);
+  if (ec || port.empty() || *end != '\0' || number < 0 || number > 65535) throw bad();
+  return {address, static_cast<unsigned short>(number)};
+}
+
+std::string format_endpoint(const asio::ip::address& a, unsigned short port) {
+  return a.is_v6() ? "[" + a.to_string() + "]:" + std::to_string(port)
+                   : a.to_string() + ":" + std::to_string(port);
+}
+
+// The address of this host's name, for workers to dial a wildcard listener.
+asio::ip::address host_address(bool v6) {
+  char name[256] = {};
+  if (::gethostname(name, sizeof name - 1) == 0) {
+    addrinfo hints{};
+    hints.ai_family = v6 ? AF_INET6 : AF_INET;
+    hints.ai_socktype = SOCK_STREAM;
+    addrinfo* found = nullptr;
+    if (::getaddrinfo(name, nullptr, &hints, &found) == 0) {
+      asio::ip::address out;
+      for (auto* a = found; a; a = a->ai_next) {
+        if (a->ai_family == AF_INET)
+          out = asio::ip::make_address_v4(
+              ntohl(reinterpret_cast<sockaddr_in*>(a->ai_addr)->sin_addr.s_addr));
+        else continue;
+        if (!out.is_loopback()) break;
+      }
+      ::freeaddrinfo(found);
+      if (!out.is_unspecified()) return out;
+    }
+  }
+  return asio::ip::make_address(v6 ? "::1" : "127.0.0.1");
+}
+
+std::string secret_hex() {
+  unsigned char bytes[32];
+  random_bytes(bytes, sizeof bytes);
+  static const char digits[] = "0123456789abcdef";
+  std::string out;
+  for (unsigned char c : bytes) {
+    out += digits[c >> 4];
+    out += digits[c & 15];
+  }
+  return out;
+}
+
+std::string basename_of(const std::string& path) {
+  return std::filesystem::path(path).filename().string();
+}
+
+// A word for a POSIX shell (ssh runs the remote command through the user's shell).
+std::string shell_word(const std::string& s) {
+  std::string out = "'";
+  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+std::string this_program() {
+  std::error_code ec;
+  auto path = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (ec) return program_invocation_name;
+  return path.string();
+}
+
+} // namespace
+
+sha256_digest remote_proof_of(std::string_view secret, std::string_view label,
+                              const unsigned char (&first)[16], const unsigned char (&second)[16]) {
+  std::string message(label);
+  message.append(reinterpret_cast<const char*>(first), 16);
+  message.append(reinterpret_cast<const char*>(second), 16);
+  return hmac_sha256(secret, message);
+}
+
+void random_bytes(unsigned char* out, std::size_t n) {
+  std::size_t done = 0;
+  while (done < n) {
+    ssize_t got = ::getrandom(out + done, n - done, 0);
+    if (got < 0 && errno == EINTR) continue;
+    if (got < 0) throw std::system_error(errno, std::generic_category(), "coproc: getrandom");
+    done += static_cast<std::size_t>(got);
+  }
+}
+
+// ---- starting --------------------------------------------------------------------------
+
+std::shared_ptr<remote_core> remote_core::start(asio::any_io_executor ex, pool_options options) {
+  auto core = std::make_shared<remote_core>(std::move(ex), std::move(options));
+  std::lock_guard lock(core->mutex_);
+  try {
+    core->listen_locked();
+    unsigned runs = core->remote_.per_worker ? std::max(1u, core->remote_.processes) : 1;
+    for (unsigned i = 0; i < runs; ++i) core->start_launch_locked();
+  } catch (...) {
+    core->terminate_locked();
+    throw;
+  }
+  asio::co_spawn(core->ex_, accept_loop(core), asio::detached);
+  core->connect_timer_.expires_after(core->remote_.connect_timeout);
+  core->connect_timer_.async_wait([self = core](boost::system::error_code ec) {
+    if (ec) return;
+    std::lock_guard lock(self->mutex_);
+    if (self->ever_connected_ > 0 || self->terminated_ || self->failed_) return;
+    auto seconds = std::chrono::duration<double>(self->remote_.connect_timeout).count();
+    std::ostringstream why;
+    why << "coproc::pool: no remote worker connected within " << seconds << " s; "
+        << self->launcher_report_locked();
+    self->fail_pool_locked(std::make_exception_ptr(error(why.str())));
+  });
+  core->arm_tick_locked();
+  return core;
+}
+
+remote_core::remote_core(asio::any_io_executor ex, pool_options options)
+    : ex_(std::move(ex)), options_(std::move(options)), remote_(*options_.remote), scheduler_(0) {
+  if (remote_.launcher.empty())
+    throw std::invalid_argument("coproc::pool: remote_workers::launcher is empty");
+  if (remote_.heartbeat <= duration::zero())
+    throw std::invalid_argument("coproc::pool: remote_workers::heartbeat must be positive");
+  require_main_guard("coproc::pool with remote workers");
+  if (options_.initializer) {
+    void (*fn)() = nullptr;
+    if (auto* plain = options_.initializer.target<void (*)()>()) fn = *plain;
+    else if (auto* declared = options_.initializer.target<void (*)() noexcept>()) fn = *declared;
+    if (!fn || !callable_offset(pool_image_offset(fn), true))
+      throw std::invalid_argument(
+          "coproc::pool: with remote workers the initializer must be a plain function in "
+          "the same image as libcoproc (a remote worker is a fresh image of this program)");
+    initializer_offset_ = pool_image_offset(fn);
+  }
+  secret_ = secret_hex();
+}
+
+void remote_core::listen_locked() {
+  auto endpoint = parse_endpoint(remote_.listen, "listen address");
+  acceptor_.open(endpoint.protocol());
+  acceptor_.set_option(tcp::acceptor::reuse_address(true));
+  boost::system::error_code ec;
+  acceptor_.bind(endpoint, ec);
+  if (ec)
+    throw std::system_error(ec.value(), std::generic_category(),
+                            "coproc::pool: cannot listen on " + remote_.listen);
+  acceptor_.listen();
+  auto bound = acceptor_.local_endpoint();
+  if (!remote_.advertise.empty()) {
+    address_ = remote_.advertise;
+    if (address_.rfind(':') == std::string::npos || address_.back() == ']')
+      address_ = address_ + ":" + std::to_string(bound.port());
+  } else {
+    auto a = bound.address();
+    if (a.is_unspecified()) a = host_address(a.is_v6());
+    address_ = format_endpoint(a, bound.port());
+  }
+}
+
+bool remote_core::is_ssh() const { return basename_of(remote_.launcher[0]) == "ssh"; }
+
+std::vector<std::string> remote_core::launch_args(std::uint32_t run) const {
+  std::vector<std::string> worker = remote_.worker_command;
+  if (worker.empty()) worker.push_back(this_program());
+  std::vector<std::string> args = remote_.launcher;
+  std::string launcher = basename_of(args[0]);
+  if (is_ssh()) {
+    // The remote shell parses the command: each word quoted. The address and run are no
+    // secret; the secret follows on stdin.
+    args.push_back("env");
+    args.push_back(std::string(remote_address_env) + "=" + address_);
+    args.push_back(std::string(remote_run_env) + "=" + std::to_string(run));
+    for (auto& word : worker) args.push_back(shell_word(word));
+    return args;
+  }
+  if (launcher == "mpirun" || launcher == "mpiexec" || launcher == "orterun") {
+    std::vector<std::string> forward{"-x", remote_address_env, "-x", remote_secret_env,
+                                     "-x", remote_run_env};
+    args.insert(args.begin() + 1, forward.begin(), forward.end());
+  }
+  args.insert(args.end(), worker.begin(), worker.end());
+  return args;
+}
+
+void remote_core::start_launch_locked() {
+  auto l = std::make_shared<launch>();
+  l->run = next_run_++;
+  popen_options po;
+  po.err = stdio::pipe;
+  po.in = is_ssh() ? redirect(stdio::pipe) : redirect(stdio::devnull);
+  po.kill_on_destroy = true;
+  std::map<std::string, std::string> env;
+  for (char** v = environ; *v; ++v) {
+    std::string_view entry(*v);
+    auto eq = entry.find('=');
+    if (eq == std::string_view::npos) continue;
+    env.emplace(std::string(entry.substr(0, eq)), std::string(entry.substr(eq + 1)));
+  }
+  env[remote_address_env] = address_;
+  env[remote_run_env] = std::to_string(l->run);
+  if (!is_ssh()) env[remote_secret_env] = secret_;
+  else env.erase(remote_secret_env);
+  po.env = std::move(env);
+  l->proc = std::make_unique<popen>(ex_, launch_args(l->run), std::move(po));
+  if (is_ssh()) {
+    // A few bytes: the pipe holds them; the pipe stays open (EOF tells the worker that
+    // its ssh is gone).
+    std::string line = secret_ + "\n";
+    boost::system::error_code ec;
+    asio::write(l->proc->stdin_pipe(), asio::buffer(line), ec);
+  }
+  launches_.push_back(l);
+  asio::co_spawn(ex_, watch_launch(shared_from_this(), l), asio::detached);
+}
+
+// Copies the launcher's stderr to ours (the workers' messages come through it), keeps the
+// first bytes for errors, then reaps it. A launcher that ends before any worker connected
+// fails the pool at once.
+awaitable<void> remote_core::watch_launch(std::shared_ptr<remote_core> self,
+                                          std::shared_ptr<launch> l) {
+  char buf[4096];
+  for (;;) {
+    boost::system::error_code ec;
+    auto read = l->proc->stderr_pipe().async_read_some(
+        asio::buffer(buf), asio::redirect_error(asio::use_awaitable, ec));
+    std::size_t n = co_await std::move(read);
+    if (ec || n == 0) break;
+    std::cerr.write(buf, static_cast<std::streamsize>(n));
+    std::cerr.flush();
+    std::lock_guard lock(self->mutex_);
+    if (l->err.size() < quoted_stderr_bytes)
+      l->err.append(buf, std::min(n, quoted_stderr_bytes - l->err.size()));
+  }
+  auto wait = l->proc->wait();
+  int code = co_await std::move(wait);
+  std::lock_guard lock(self->mutex_);
+  l->exited = true;
+  l->code = code;
+  if (!self->terminated_ && !self->failed_ && self->ever_connected_ == 0 &&
+      self->handshakes_ == 0 && self->workers_.empty()) {
+    bool others = std::any_of(self->launches_.begin(), self->launches_.end(),
+                              [](const auto& x) { return !x->exited; });
+    if (!others)
+      self->fail_pool_locked(std::make_exception_ptr(
+          error("coproc::pool: the launcher exited before any remote worker connected; " +
+                self->launcher_report_locked())));
+  }
+  self->last_launch_ = l;
+  std::erase(self->launches_, l);
+  self->settle_locked();
+}
+
+std::string remote_core::launcher_report_locked() const {
+  std::string out = "launcher '" + format_command(launch_args(0)) + "'";
+  const launch* last = last_launch_.get();
+  for (auto& l : launches_) last = l.get();
+  if (!last) return out;
+  out += last->exited ? " " + describe_exitcode(last->code) : std::string(" still runs");
+  if (last->err.empty()) return out + ", nothing on its stderr";
+  std::string err = last->err;
+  while (!err.empty() && err.back() == '\n') err.pop_back();
+  return out + ", its stderr: \"" + err + "\"";
+}
+
+// ---- connections -----------------------------------------------------------------------
+
+awaitable<void> remote_core::accept_loop(std::shared_ptr<remote_core> self) {
+  for (;;) {
+    boost::system::error_code ec;
+    auto accept = self->acceptor_.async_accept(asio::redirect_error(asio::use_awaitable, ec));
+    tcp::socket socket = co_await std::move(accept);
+    if (ec) {
+      if (ec == asio::error::operation_aborted || !self->acceptor_.is_open()) co_return;
+      continue; // EMFILE and the like: the next one may do
+    }
+    {
+      std::lock_guard lock(self->mutex_);
+      if (self->terminated_ || self->failed_) continue; // closed by its destructor
+      ++self->handshakes_;
+    }
+    asio::co_spawn(self->ex_, handshake(self, std::move(socket)), asio::detached);
+  }
+}
+
+awaitable<void> remote_core::handshake(std::shared_ptr<remote_core> self, tcp::socket socket) {
+  boost::system::error_code ec;
+  std::string peer = "?";
+  {
+    auto ep = socket.remote_endpoint(ec);
+    if (!ec) peer = format_endpoint(ep.address(), ep.port());
+  }
+  // A peer that says nothing is dropped after this long.
+  asio::steady_timer limit(self->ex_);
+  limit.expires_after(std::max<duration>(std::chrono::seconds(5), 5 * self->remote_.heartbeat));
+  limit.async_wait([&socket](boost::system::error_code e) {
+    if (!e) {
+      boost::system::error_code ignored;
+      socket.cancel(ignored);
+    }
+  });
+  std::string why;
+  remote_hello hello{};
+  remote_challenge challenge{};
+  remote_proof answer{};
+  auto token = asio::redirect_error(asio::use_awaitable, ec);
+  auto read_hello = asio::async_read(socket, asio::buffer(&hello, sizeof hello), token);
+  co_await std::move(read_hello);
+  if (ec) why = "no greeting (" + ec.message() + ")";
+  else if (std::memcmp(hello.magic, remote_magic, sizeof remote_magic) != 0)
+    why = "it does not speak coproc's remote protocol";
+  if (why.empty()) {
+    std::memcpy(challenge.magic, remote_magic, sizeof remote_magic);
+    random_bytes(challenge.nonce, sizeof challenge.nonce);
+    challenge.proof = remote_proof_of(self->secret_, "coproc pool", hello.nonce, challenge.nonce);
+    auto send = asio::async_write(socket, asio::buffer(&challenge, sizeof challenge), token);
+    co_await std::move(send);
+    if (!ec) {
+      auto read_answer = asio::async_read(socket, asio::buffer(&answer, sizeof answer), token);
+      co_await std::move(read_answer);
+    }
+    if (ec) why = "no proof of the secret (" + ec.message() + ")";
+    else if (!equal_digests(answer.proof, remote_proof_of(self->secret_, "coproc worker",
+                                                          challenge.nonce, hello.nonce)))
+      why = "a wrong proof of the secret";
+  }
+  limit.cancel();
+  std::unique_lock lock(self->mutex_);
+  --self->handshakes_;
+  if (!why.empty() || self->terminated_ || self->failed_) {
+    if (!why.empty())
+      std::cerr << "coproc::pool: refused a remote worker connection from " << peer << ": " << why
+                << std::endl;
+    socket.close(ec);
+    self->settle_locked();
+    co_return;
+  }
+  auto w = std::make_shared<worker>(self->ex_);
+  w->socket = std::move(socket);
+  w->socket.set_option(tcp::no_delay(true), ec);
+  w->peer = peer;
+  w->pid = static_cast<int>(hello.pid);
+  w->run = hello.run;
+  w->host.assign(hello.host, strnlen(hello.host, sizeof hello.host));
+  w->name = next_child_identity("RemotePoolWorker").name;
+  w->last_heard = now_ns();
+  std::string welcome = wire::encode(remote_welcome{
+      w->name, self->options_.maxtasksperchild, self->initializer_offset_,
+      std::chrono::duration_cast<std::chrono::nanoseconds>(self->remote_.heartbeat).count(),
+      pool_image_offset(&run_remote_worker)});
+  std::uint64_t length = welcome.size();
+  w->out.append(reinterpret_cast<const char*>(&length), sizeof length);
+  w->out += welcome;
+  self->workers_.push_back(w);
+  self->scheduler_.add(*w);
+  ++self->ever_connected_;
+  self->most_connected_ = std::max(self->most_connected_, self->workers_.size());
+  self->connect_timer_.cancel();
+  self->dispatch_locked();
+  lock.unlock();
+  auto reader = read_loop(self, w);
+  co_await std::move(reader);
+}
+
+awaitable<void> remote_core::read_loop(std::shared_ptr<remote_core> self,
+                                       std::shared_ptr<worker> w) {
+  byte_buffer in;
+  std::string why;
+  for (;;) {
+    std::size_t want = bytes_wanted<record_header>(in.data());
+    std::span<char> room;
+    try {
+      room = in.room(want).first(want);
+    } catch (const std::bad_alloc&) {
+      why = "no memory for its answer";
+      break;
+    }
+    boost::system::error_code ec;
+    auto start_read = [&](auto handler) {
+      std::lock_guard lock(self->mutex_);
+      w->socket.async_read_some(asio::buffer(room.data(), room.size()), std::move(handler));
+    };
+    auto token = asio::redirect_error(asio::use_awaitable, ec);
+    auto read = asio::async_initiate<decltype(token), void(boost::system::error_code, std::size_t)>(
+        start_read, token);
+    std::size_t n = co_await std::move(read);
+    if (ec || n == 0) {
+      why = ec && ec != asio::error::eof ? "its connection failed (" + ec.message() + ")"
+                                         : std::string("its connection closed");
+      break;
+    }
+    in.commit(n);
+    std::lock_guard lock(self->mutex_);
+    w->last_heard = now_ns();
+    if (!self->take_results_locked(*w, in)) {
+      why = "it sent a record that does not add up";
+      break;
+    }
+    self->dispatch_locked();
+    in.trim();
+  }
+  std::lock_guard lock(self->mutex_);
+  self->worker_gone_locked(*w, w->lost_why.empty() ? why : w->lost_why);
+}
+
+bool remote_core::take_results_locked(worker& w, byte_buffer& in) {
+  bool answered = false;
+  try {
+    while (auto record = parse_record(in.data())) {
+      switch (record->kind) {
+      case record_kind::heartbeat:
+        if (!record->bytes.empty()) return false;
+        break;
+      case record_kind::claimed: {
+        if (record->bytes.size() != sizeof(std::uint64_t)) return false;
+        auto seq = load<std::uint64_t>(record->bytes.data());
+        if (seq > w.sent_seq || seq < w.claimed_counter.load()) return false;
+        w.claimed_counter.store(seq);
+        break;
+      }
+      case record_kind::timing:
+        scheduler_.measured(parse_timing(record->bytes));
+        break;
+      case record_kind::started:
+        if (!record->bytes.empty() || w.started) return false;
+        scheduler_.started(w);
+        break;
+      case record_kind::start_failed:
+        try {
+          auto [type, message] = decode_parts<std::pair<std::string, std::string>>(record->bytes);
+          w.start_error = type + ": " + message;
+        } catch (...) {
+          return false;
+        }
+        break;
+      case record_kind::value:
+      case record_kind::error:
+        if (w.held.empty()) return false;
+        deliver_locked(w, record->kind == record_kind::error, record->bytes);
+        answered = true;
+        break;
+      default:
+        return false;
+      }
+      in.consume(record->size);
+    }
+  } catch (const pool_protocol_violation&) {
+    return false;
+  }
+  if (answered) scheduler_.progressed(w, now_ns());
+  return true;
+}
+
+void remote_core::deliver_locked(worker& w, bool failed, std::string_view bytes) {
+  auto answer = scheduler_.answered(w);
+  if (!failed) return answer.sink->deliver(answer.index, bytes);
+  std::exception_ptr e;
+  try {
+    auto [type, message] = decode_parts<std::pair<std::string, std::string>>(bytes);
+    e = std::make_exception_ptr(remote_error(std::move(type), std::move(message), w.pid));
+  } catch (...) {
+    e = std::current_exception();
+  }
+  answer.sink->fail(answer.index, e);
+}
+
+// ---- tasks -----------------------------------------------------------------------------
+
+void remote_core::submit(std::shared_ptr<pool_job> job) {
+  std::lock_guard lock(mutex_);
+  if (closed_)
+    throw std::logic_error(std::string("coproc::pool: cannot submit a task to a ") +
+                           (terminated_ ? "terminated" : "closed") + " pool");
+  check_same_image_locked(*job);
+  if (failed_) {
+    for (std::size_t i = 0; i < job->count; ++i) job->sink->fail(i, failed_);
+    return;
+  }
+  if (job->count == 0) return;
+  if (scheduler_.submit(std::move(job))) {
+    dispatch_locked();
+    if (!scheduler_.has_work()) return;
+  }
+  schedule_dispatch_locked();
+}
+
+void remote_core::check_same_image_locked(const pool_job& job) {
+  for (std::intptr_t offset : {job.trampoline, job.target}) {
+    if (offset == 0 || checked_offsets_.count(offset)) continue;
+    if (!callable_offset(offset, true))
+      throw std::invalid_argument(
+          "coproc::pool: with remote workers the task must be in the same image as libcoproc "
+          "(link coproc statically)");
+    checked_offsets_.insert(offset);
+  }
+}
+
+void remote_core::schedule_dispatch_locked() {
+  if (dispatch_posted_) return;
+  dispatch_posted_ = true;
+  asio::post(ex_, [self = shared_from_this()] {
+    std::lock_guard lock(self->mutex_);
+    self->dispatch_posted_ = false;
+    self->dispatch_locked();
+  });
+}
+
+void remote_core::dispatch_locked() {
+  if (terminated_ || failed_) return;
+  auto result = scheduler_.dispatch(now_ns(), [this](scheduled_worker& w, const pool_chunk& c) {
+    return encode_chunk(static_cast<worker&>(w), c);
+  });
+  if (result.more) schedule_dispatch_locked();
+  bool all_claimed = scheduler_.all_claimed();
+  for (auto& w : workers_) {
+    if (w->gone || w->write_pending) continue;
+    if (!w->out.empty()) start_write(w);
+    else if (closed_ && !scheduler_.has_work() && all_claimed && !w->shut) {
+      w->shut = true;
+      boost::system::error_code ec;
+      w->socket.shutdown(asio::socket_base::shutdown_send, ec);
+    }
+  }
+  if (closed_ && !scheduler_.has_work() && workers_.empty()) kill_launches_later_locked();
+}
+
+bool remote_core::encode_chunk(worker& w, const pool_chunk& c) {
+  try {
+    encode_frame(w.out, c.job->trampoline, c.job->target, c.n,
+                 [&](std::size_t i, std::string& out) { c.job->encode_item(c.first + i, out); });
+  } catch (...) {
+    for (std::size_t i = 0; i < c.n; ++i) c.job->sink->fail(c.first + i, std::current_exception());
+    return false;
+  }
+  return true;
+}
+
+void remote_core::start_write(const std::shared_ptr<worker>& w) {
+  w->writing.swap(w->out);
+  release_if_large(w->out);
+  ssize_t sent;
+  do
+    sent = ::send(w->socket.native_handle(), w->writing.data(), w->writing.size(),
+                  MSG_DONTWAIT | MSG_NOSIGNAL);
+  while (sent < 0 && errno == EINTR);
+  if (sent < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
+    sent = static_cast<ssize_t>(w->writing.size()); // the link failed: its reader sees it
+  std::size_t done = sent > 0 ? static_cast<std::size_t>(sent) : 0;
+  if (done == w->writing.size()) return release_if_large(w->writing);
+  w->write_pending = true;
+  asio::async_write(w->socket, asio::buffer(w->writing.data() + done, w->writing.size() - done),
+                    [self = shared_from_this(), w](boost::system::error_code ec, std::size_t) {
+                      std::lock_guard lock(self->mutex_);
+                      w->write_pending = false;
+                      release_if_large(w->writing);
+                      if (!ec) self->dispatch_locked();
+                    });
+}
+
+// ---- heartbeats, losses ----------------------------------------------------------------
+
+void remote_core::arm_tick_locked() {
+  if (tick_armed_ || terminated_) return;
+  tick_armed_ = true;
+  tick_timer_.expires_after(remote_.heartbeat);
+  tick_timer_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
+    std::lock_guard lock(self->mutex_);
+    self->tick_armed_ = false;
+    if (ec || self->terminated_) return;
+    self->tick_locked();
+    if (!self->done_locked()) self->arm_tick_locked();
+  });
+}
+
+void remote_core::tick_locked() {
+  auto limit = remote_missed_heartbeats *
+               std::chrono::duration_cast<std::chrono::nanoseconds>(remote_.heartbeat).count();
+  auto now = now_ns();
+  for (auto& w : workers_)
+    if (w->lost_why.empty() && now - w->last_heard > limit) {
+      std::ostringstream why;
+      why << "no heartbeat for " << double(now - w->last_heard) / 1e9 << " s";
+      drop_locked(*w, why.str());
+    }
+}
+
+// Resets the connection (a live worker exits when it learns); its reader ends it.
+void remote_core::drop_locked(worker& w, std::string why) noexcept {
+  if (w.lost_why.empty()) w.lost_why = std::move(why);
+  boost::system::error_code ec;
+  w.socket.set_option(asio::socket_base::linger(true, 0), ec);
+  w.socket.close(ec);
+}
+
+void remote_core::worker_gone_locked(worker& w, const std::string& why) {
+  std::erase_if(workers_, [&](const auto& p) { return p.get() == &w; });
+  boost::system::error_code ec;
+  w.socket.set_option(asio::socket_base::linger(true, 0), ec);
+  w.socket.close(ec);
+  if (!terminated_ && !failed_) {
+    std::string text = "coproc::pool: remote worker " + w.name + " (pid " + std::to_string(w.pid) +
+                       " on " + w.host + ", " + w.peer +
+                       ") was lost while running the task: " + why;
+    bool start_failed = scheduler_.lost(
+        w, std::make_exception_ptr(worker_lost(remote_lost_exitcode, w.pid, std::move(text))));
+    if (start_failed)
+      fail_pool_locked(std::make_exception_ptr(error(
+          "coproc::pool: " + std::to_string(max_failed_starts) +
+          " remote workers in a row ended before taking tasks" +
+          (w.start_error.empty() ? std::string()
+                                 : ", the last because its initializer threw " + w.start_error))));
+  } else {
+    scheduler_.forget(w);
+  }
+  if (remote_.per_worker && !terminated_ && !failed_ && w.start_error.empty() &&
+      (!closed_ || scheduler_.has_work())) {
+    // Its run ends with it; another run starts a replacement.
+    for (auto& l : launches_)
+      if (l->run == w.run && !l->exited) l->proc->send_signal(SIGTERM);
+    try {
+      start_launch_locked();
+    } catch (const std::exception& e) {
+      if (workers_.empty()) scheduler_.fail_all(std::make_exception_ptr(e));
+    }
+  }
+  dispatch_locked();
+  settle_locked();
+}
+
+// ---- the end ---------------------------------------------------------------------------
+
+void remote_core::close() {
+  std::lock_guard lock(mutex_);
+  if (closed_) return;
+  closed_ = true;
+  dispatch_locked();
+}
+
+void remote_core::terminate() noexcept {
+  std::lock_guard lock(mutex_);
+  terminate_locked();
+}
+
+void remote_core::terminate_locked() noexcept {
+  if (terminated_) return;
+  terminated_ = closed_ = true;
+  for (auto& w : workers_) drop_locked(*w, "the pool was terminated");
+  try {
+    scheduler_.fail_all(std::make_exception_ptr(pool_closed()));
+  } catch (...) {
+  }
+  end_launches_locked();
+}
+
+void remote_core::fail_pool_locked(std::exception_ptr e) noexcept {
+  failed_ = e;
+  for (auto& w : workers_) drop_locked(*w, "the pool failed");
+  try {
+    scheduler_.fail_all(e);
+  } catch (...) {
+  }
+  end_launches_locked();
+}
+
+// SIGTERM to every launcher now (srun and mpirun pass it to their tasks, ssh closes its
+// session), SIGKILL to those still running 2 s later; no more connections.
+void remote_core::end_launches_locked() noexcept {
+  boost::system::error_code ec;
+  acceptor_.close(ec);
+  connect_timer_.cancel();
+  tick_timer_.cancel();
+  if (launches_ending_) return;
+  launches_ending_ = true;
+  if (launches_.empty()) return;
+  for (auto& l : launches_)
+    if (!l->exited) l->proc->send_signal(SIGTERM);
+  kill_timer_.expires_after(std::chrono::seconds(2));
+  kill_timer_.async_wait([self = shared_from_this()](boost::system::error_code e) {
+    if (e) return;
+    std::lock_guard lock(self->mutex_);
+    for (auto& l : self->launches_)
+      if (!l->exited) l->proc->send_signal(SIGKILL);
+  });
+}
+
+// After close() with every worker gone: a launcher still running after a grace is ended.
+void remote_core::kill_launches_later_locked() {
+  if (launches_ending_ || launches_.empty()) {
+    boost::system::error_code ec;
+    acceptor_.close(ec);
+    return;
+  }
+  launches_ending_ = true;
+  kill_timer_.expires_after(std::chrono::seconds(5));
+  kill_timer_.async_wait([self = shared_from_this()](boost::system::error_code e) {
+    if (e) return;
+    std::lock_guard lock(self->mutex_);
+    self->launches_ending_ = false;
+    self->end_launches_locked();
+  });
+}
+
+// Nothing left that could answer: joiners wake, timers and the listener stop (so an
+// io_context that ran only this pool ends), and if the pool was not closed, its
+// unfinished and later tasks fail: no worker remains and none can start.
+void remote_core::settle_locked() {
+  if (!done_locked()) return;
+  boost::system::error_code ec;
+  acceptor_.close(ec);
+  tick_timer_.cancel();
+  connect_timer_.cancel();
+  kill_timer_.cancel();
+  if (!closed_ && !failed_)
+    fail_pool_locked(std::make_exception_ptr(
+        error("coproc::pool: every remote worker was lost and the launcher ended; " +
+              launcher_report_locked())));
+  join_waiters_.notify_all();
+}
+
+bool remote_core::done_locked() const {
+  return workers_.empty() && launches_.empty() && handshakes_ == 0;
+}
+
+awaitable<void> remote_core::join(std::shared_ptr<remote_core> self) {
+  {
+    std::lock_guard lock(self->mutex_);
+    if (!self->closed_)
+      throw std::logic_error("coproc::pool::join: call close() or terminate() first");
+    self->dispatch_locked();
+  }
+  auto* core = self.get();
+  auto gone = wait_for_condition(
+      core->mutex_, core->join_waiters_, [core] { return core->done_locked(); }, deadline::never());
+  co_await std::move(gone);
+  std::lock_guard lock(self->mutex_);
+  boost::system::error_code ec;
+  self->acceptor_.close(ec);
+  self->kill_timer_.cancel();
+  self->tick_timer_.cancel();
+  self->connect_timer_.cancel();
+}
+
+std::size_t remote_core::size() const {
+  std::lock_guard lock(mutex_);
+  return workers_.size();
+}
+
+std::size_t remote_core::expected_workers() const {
+  std::lock_guard lock(mutex_);
+  if (remote_.processes > 0) return remote_.processes;
+  return std::max<std::size_t>(1, most_connected_);
+}
+
+} // namespace coproc::detail
