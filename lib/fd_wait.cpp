@@ -3,6 +3,7 @@
 
 #include <boost/asio/execution/context.hpp>
 #include <boost/asio/deferred.hpp>
+#include <boost/asio/detail/reactor.hpp>
 #include <boost/asio/experimental/parallel_group.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/strand.hpp>
@@ -103,6 +104,13 @@ public:
   static boost::asio::execution_context::id id;
 
   explicit fd_wait_service(boost::asio::execution_context& ctx) : service(ctx), owner_(::getpid()) {
+    // The reactor first, so that it is shut down after this service (services shut down
+    // newest first): a forget_fd on another thread releases a descriptor (which posts its
+    // aborted wait, then frees the reactor's state for it) while holding the registry's
+    // lock, and this service's shutdown takes that lock. Without this order, the aborted
+    // wait could end the io_context's last work and the reactor's shutdown free the same
+    // state at once (a double free, seen under ASan).
+    (void)boost::asio::use_service<boost::asio::detail::reactor>(ctx);
     std::lock_guard lock(services().mutex);
     services().services.push_back(this);
   }
@@ -113,11 +121,14 @@ public:
   // then dropped on two threads, is ordered by a fence that TSan does not see).
   std::shared_ptr<fd_entry> get(const boost::asio::any_io_executor& ex, int fd) {
     std::lock_guard lock(mutex_);
-    auto& slot = descriptors_[fd];
-    if (!slot) slot = std::make_shared<fd_entry>(without_strand(ex), fd);
-    return slot;
+    auto it = descriptors_.find(fd);
+    if (it != descriptors_.end()) return it->second;
+    auto made = std::make_shared<fd_entry>(without_strand(ex), fd); // may throw: a closed fd
+    descriptors_.emplace(fd, made);
+    return made;
   }
 
+  // Under the registry's lock (forget_fd).
   void forget(int fd) noexcept {
     if (owner_ != ::getpid()) return; // the parent's io_context, inherited by fork
     std::shared_ptr<fd_entry> e;
@@ -166,7 +177,14 @@ awaitable<bool> wait_fd(int fd, deadline until, boost::asio::posix::descriptor_b
   auto state = co_await asio::this_coro::cancellation_state;
   auto ex = co_await asio::this_coro::executor;
   auto& ctx = asio::query(ex, asio::execution::context);
-  auto e = asio::use_service<fd_wait_service>(ctx).get(ex, fd);
+  std::shared_ptr<fd_entry> e;
+  try {
+    // A descriptor closed by another thread (-1, or not open any more): a spurious
+    // wake-up, and the caller finds it closed.
+    if (fd >= 0) e = asio::use_service<fd_wait_service>(ctx).get(ex, fd);
+  } catch (const boost::system::system_error&) {
+  }
+  if (!e) co_return true;
   bool ready = false;
   if (until.is_never()) {
     boost::system::error_code ec; // aborted: told apart below

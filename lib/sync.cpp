@@ -12,6 +12,7 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <boost/system/system_error.hpp>
 
 #include <pthread.h>
 
@@ -226,13 +227,27 @@ awaitable<bool> condition_core::wait(std::shared_ptr<condition_core> self, deadl
   mine->phase.store(free_slot, std::memory_order_release);
   // A wait ends with the lock held, also when it is cancelled (the caller's scope still
   // releases it): so the re-acquire runs in a coroutine of its own that the cancellation
-  // does not reach.
-  auto op =
-      boost::asio::co_spawn(ex, lock_core::acquire(self->lock_, deadline::never()),
-                            boost::asio::bind_cancellation_slot(boost::asio::cancellation_slot(),
-                                                                boost::asio::use_awaitable));
-  (void)co_await std::move(op);
+  // does not reach, awaited with the cancelled state's throw on co_await switched off.
+  namespace asio = boost::asio;
+  const bool throws = co_await asio::this_coro::throw_if_cancelled();
+  co_await asio::this_coro::throw_if_cancelled(false);
+  std::exception_ptr failed;
+  try {
+    auto op = asio::co_spawn(
+        ex, lock_core::acquire(self->lock_, deadline::never()),
+        asio::bind_cancellation_slot(asio::cancellation_slot(), asio::use_awaitable));
+    (void)co_await std::move(op);
+  } catch (...) {
+    failed = std::current_exception(); // an OS failure: the lock is not held
+  }
+  co_await asio::this_coro::throw_if_cancelled(throws);
+  if (failed) std::rethrow_exception(failed);
   self->lock_->restore(levels);
+  // A cancellation that came while it re-acquired ends the wait too, lock held.
+  if (!cancelled &&
+      (co_await asio::this_coro::cancellation_state).cancelled() != asio::cancellation_type::none)
+    cancelled =
+        std::make_exception_ptr(boost::system::system_error(asio::error::operation_aborted));
   if (cancelled) {
     // A notification this waiter took and will not act on goes to the next waiter.
     if (was_notified) self->notify_waiters(1);
