@@ -233,10 +233,12 @@ awaitable<bool> condition_core::wait(std::shared_ptr<condition_core> self, deadl
   co_await asio::this_coro::throw_if_cancelled(false);
   std::exception_ptr failed;
   try {
-    auto op = asio::co_spawn(
-        ex, lock_core::acquire(self->lock_, deadline::never()),
-        asio::bind_cancellation_slot(asio::cancellation_slot(), asio::use_awaitable));
-    (void)co_await std::move(op);
+    if (!self->lock_->try_acquire()) {
+      auto op = asio::co_spawn(
+          ex, lock_core::acquire(self->lock_, deadline::never()),
+          asio::bind_cancellation_slot(asio::cancellation_slot(), asio::use_awaitable));
+      (void)co_await std::move(op);
+    }
   } catch (...) {
     failed = std::current_exception(); // an OS failure: the lock is not held
   }

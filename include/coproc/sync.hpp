@@ -335,6 +335,7 @@ private:
     return lock(detail::lock_core::arrive(ar, fds));
   }
   static awaitable<void> acquire_until(std::shared_ptr<detail::lock_core> core) {
+    if (core->try_acquire()) co_return; // uncontended: no second coroutine frame
     auto op = detail::lock_core::acquire(std::move(core), detail::deadline::never());
     co_await std::move(op);
   }
@@ -363,6 +364,7 @@ private:
     return rlock(detail::lock_core::arrive(ar, fds));
   }
   static awaitable<void> acquire_until(std::shared_ptr<detail::lock_core> core) {
+    if (core->try_acquire()) co_return; // uncontended: no second coroutine frame
     auto op = detail::lock_core::acquire(std::move(core), detail::deadline::never());
     co_await std::move(op);
   }
@@ -391,6 +393,7 @@ protected:
     return semaphore(detail::semaphore_core::arrive(ar, fds));
   }
   static awaitable<void> acquire_until(std::shared_ptr<detail::semaphore_core> core) {
+    if (core->try_acquire()) co_return;
     auto op = detail::semaphore_core::acquire(std::move(core), detail::deadline::never());
     co_await std::move(op);
   }
@@ -433,6 +436,7 @@ private:
     return event(detail::event_core::arrive(ar, fds));
   }
   static awaitable<void> wait_until(std::shared_ptr<detail::event_core> core) {
+    if (core->is_set()) co_return;
     auto op = detail::event_core::wait(std::move(core), detail::deadline::never());
     co_await std::move(op);
   }

@@ -117,6 +117,7 @@ private:
   template <class Attempt> awaitable<void> retry(side s, deadline until, Attempt attempt);
   // Whether an attempt went through; queue_closed if the queue is closed.
   static bool done(side s, status result);
+  std::uint64_t progress(side s) const noexcept;
   void recover(side s) noexcept;
   void wake(side s) noexcept;
   void committed(side woken) noexcept;
