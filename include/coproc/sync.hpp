@@ -10,12 +10,11 @@
 //
 // Every object is a cheap copyable handle to state in shared memory: one memfd mapping
 // and one eventfd per object (detail/shared_block.hpp, lib/sync_block.hpp), made by the
-// constructor and
-// inherited by every process forked afterwards, and passed to spawn and forkserver children
-// as process arguments (their descriptors travel with the child, coproc/detail/travel.hpp;
-// a handle inside another argument does not). Pass handles by value to process targets;
-// coroutines of one process may share a handle. They are not pool task arguments (no
-// wire encoding: a compile-time error, as for queues).
+// constructor, inherited by every process forked afterwards, and passed to spawn and
+// forkserver children as process arguments (their descriptors travel with the child,
+// coproc/detail/travel.hpp; a handle inside another argument does not). Pass handles by
+// value to process targets; coroutines of one process may share a handle. They are not
+// pool task arguments (no wire encoding: a compile-time error, as for queues).
 //
 // Waiting never blocks a thread: a waiter sleeps on the object's eventfd in the awaiting
 // coroutine's io_context, and whoever changes the object wakes the sleepers of every

@@ -16,12 +16,14 @@
 // from the journal. Nothing is ever torn or duplicated and no lock stays held.
 //
 // Sleepers wait on an eventfd per direction, registered with the awaiting coroutine's
-// io_context. A waiter counts itself in and clears the direction's `wake_pending` flag
-// before it looks again; the other side, after a commit and still under its lock, writes
-// the eventfd only when someone waits and no wake-up is already on its way, so a busy
-// queue makes no syscalls and a burst makes one. The eventfds count tokens
-// (EFD_SEMAPHORE): one per sleeper, each woken sleeper takes one, so sleepers of every
-// process are woken and none keeps waking up on a readable eventfd. A waiter whose
+// io_context. Before it counts itself in, a waiter watches the other side's position for
+// about a microsecond (only when this process may run on more than one CPU): a producer
+// and a consumer at about the same pace then rarely sleep and wake each other. A waiter counts
+// itself in and clears the direction's `wake_pending` flag before it looks again; the other side,
+// after a commit and still under its lock, writes the eventfd only when someone waits and no
+// wake-up is already on its way, so a busy queue makes no syscalls and a burst makes one. The
+// eventfds count tokens (EFD_SEMAPHORE): one per sleeper, each woken sleeper takes one, so sleepers
+// of every process are woken and none keeps waking up on a readable eventfd. A waiter whose
 // coroutine is cancelled takes no token and tries nothing more: a cancelled put or get
 // has no effect, and the token written for it stays for the other sleepers (one spare
 // wake-up, never a missed one).
