@@ -44,10 +44,14 @@ pipe_end::~pipe_end() { close(); }
 
 void pipe_end::close() noexcept {
   std::lock_guard lock(send_mutex_); // the background flusher may be writing
-  if (fd_ < 0) return;
-  forget_fd(fd_);
-  ::close(fd_);
-  fd_ = -1;
+  const int fd = fd_.exchange(-1);
+  if (fd < 0) return;
+  forget_fd(fd);
+  ::close(fd);
+  // A wait on another thread that read the descriptor before the exchange may have
+  // registered it again between the two calls: a registration of a closed file, which the
+  // next file with that number would inherit and never be woken through.
+  forget_fd(fd);
   backlogged_ = false; // a cancelled send's rest goes no further
   backlog_.clear();
 }
@@ -90,6 +94,7 @@ bool pipe_end::write(outgoing& out) {
       int err = errno;
       if (err == EINTR) continue;
       if (err == EAGAIN || err == EWOULDBLOCK) return false;
+      if (err == EBADF) check_open("send"); // closed by another thread meanwhile
       const bool gone = err == EPIPE || err == ECONNRESET || err == ECONNREFUSED || err == ENOTCONN;
       throw_errno(err, "coproc::connection::send " + pid_text() +
                            (gone ? ": the other end is closed" : ""));
@@ -208,6 +213,7 @@ pipe_end::got pipe_end::read_record(std::uint64_t& word, std::size_t& n, std::si
     // records still queued here.
     if (err == EINTR || err == ECONNRESET) continue;
     if (err == EAGAIN || err == EWOULDBLOCK) return got::nothing;
+    if (err == EBADF) check_open("recv"); // closed by another thread meanwhile
     throw_errno(err, "coproc::connection::recv " + pid_text());
   }
 }

@@ -7,11 +7,8 @@
 #include "os.hpp"
 
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
-#include <sys/eventfd.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -52,95 +49,58 @@ void init_robust_mutex(pthread_mutex_t* m) {
 } // namespace
 
 namespace {
-void check_capacity(std::size_t capacity, std::size_t asked) {
+// The ring's bytes for capacity_bytes asked: rounded up to 8, within [16, 2^40].
+std::size_t checked_capacity(std::size_t asked) {
+  const std::size_t capacity = (asked + 7) & ~std::size_t{7};
   if (capacity < 16 || capacity > (std::size_t{1} << 40))
     throw std::invalid_argument("coproc::queue: capacity_bytes " + std::to_string(asked) +
                                 " is outside [16, 2^40]");
+  return capacity;
+}
+// A capacity that came with a fresh image's argument is one checked_capacity made.
+std::size_t arrived_capacity(std::uint64_t capacity) {
+  if (capacity % 8 != 0 || capacity < 16 || capacity > (std::uint64_t{1} << 40))
+    throw coproc::error("coproc::queue: a queue of " + std::to_string(capacity) +
+                        " bytes arrived with this child");
+  return static_cast<std::size_t>(capacity);
 }
 } // namespace
 
+std::size_t queue_ring::block_size(std::size_t capacity) noexcept {
+  return sizeof(control) + capacity;
+}
+
 queue_ring::queue_ring(std::size_t maxsize, std::size_t capacity_bytes)
-    : maxsize_(maxsize), capacity_((capacity_bytes + 7) & ~std::size_t{7}) {
-  check_capacity(capacity_, capacity_bytes);
-  map_size_ = sizeof(control) + capacity_;
-  try {
-    // A memfd rather than an anonymous mapping: its descriptor can travel to a fresh image.
-    memfd_ = ::memfd_create("coproc-queue", MFD_CLOEXEC);
-    if (memfd_ < 0) throw_errno(errno, "coproc::queue: memfd_create");
-    if (::ftruncate(memfd_, static_cast<off_t>(map_size_)) != 0)
-      throw_errno(errno, "coproc::queue: sizing its shared memory to " + std::to_string(map_size_) +
-                             " bytes");
-    map();
-    control_ = new (control_) control{};
-    init_robust_mutex(&control_->put_lock);
-    init_robust_mutex(&control_->get_lock);
-    for (int& fd : event_fd_) {
-      fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC | EFD_SEMAPHORE);
-      if (fd < 0) throw_errno(errno, "coproc::queue: eventfd");
-    }
-  } catch (...) {
-    release();
-    throw;
-  }
+    : maxsize_(maxsize), capacity_(checked_capacity(capacity_bytes)),
+      block_(block_size(capacity_), 2, "coproc::queue"), control_(new(block_.base()) control{}),
+      data_(static_cast<unsigned char*>(block_.base()) + sizeof(control)) {
+  init_robust_mutex(&control_->put_lock);
+  init_robust_mutex(&control_->get_lock);
 }
 
-queue_ring::queue_ring(std::size_t maxsize, std::size_t capacity_bytes, int memfd, int getters_fd,
-                       int putters_fd)
-    : maxsize_(maxsize), capacity_(capacity_bytes), memfd_(memfd),
-      event_fd_{getters_fd, putters_fd} {
-  try {
-    check_capacity(capacity_, capacity_bytes);
-    map_size_ = sizeof(control) + capacity_;
-    struct stat st;
-    if (capacity_ % 8 != 0 || ::fstat(memfd_, &st) != 0 ||
-        static_cast<std::size_t>(st.st_size) != map_size_)
-      throw coproc::error(
-          "coproc::queue: the shared memory that arrived with this child is not a queue of " +
-          std::to_string(capacity_) + " bytes");
-    map();
-  } catch (...) {
-    release();
-    throw;
-  }
-}
+queue_ring::queue_ring(const shared_block::description& d, fd_arrival& fds, std::size_t maxsize,
+                       std::size_t capacity_bytes)
+    : maxsize_(maxsize), capacity_(arrived_capacity(capacity_bytes)),
+      block_(d, fds, block_size(capacity_), 2, "coproc::queue"),
+      control_(static_cast<control*>(block_.base())),
+      data_(static_cast<unsigned char*>(block_.base()) + sizeof(control)) {}
 
-void queue_ring::map() {
-  void* p = ::mmap(nullptr, map_size_, PROT_READ | PROT_WRITE, MAP_SHARED, memfd_, 0);
-  if (p == MAP_FAILED)
-    throw_errno(errno, "coproc::queue: mmap of " + std::to_string(map_size_) + " bytes");
-  control_ = static_cast<control*>(p);
-  data_ = static_cast<unsigned char*>(p) + sizeof(control);
-}
-
-queue_ring::~queue_ring() { release(); }
-
-void queue_ring::release() noexcept {
-  for (int fd : event_fd_) {
-    if (fd < 0) continue;
-    forget_fd(fd);
-    ::close(fd);
-  }
-  // The mutexes stay: other processes may still use the mapping.
-  if (control_) ::munmap(control_, map_size_);
-  if (memfd_ >= 0) ::close(memfd_);
-}
+queue_ring::~queue_ring() = default;
 
 void queue_ring::travel(wire::output_archive& ar, fd_departure& fds) const {
-  const std::uint32_t memfd = fds.add(memfd_), getters_fd = fds.add(event_fd_[getters]),
-                      putters_fd = fds.add(event_fd_[putters]);
+  block_.travel(ar, fds);
   const std::uint64_t maxsize = maxsize_, capacity = capacity_;
-  ar(memfd, getters_fd, putters_fd, maxsize, capacity);
+  ar(maxsize, capacity);
 }
 
 std::shared_ptr<queue_ring> queue_ring::arrive(wire::input_archive& ar, fd_arrival& fds) {
-  std::uint32_t memfd = 0, getters_fd = 0, putters_fd = 0;
+  const auto d = shared_block::read(ar);
   std::uint64_t maxsize = 0, capacity = 0;
-  ar(memfd, getters_fd, putters_fd, maxsize, capacity);
+  ar(maxsize, capacity);
   // A queue passed twice arrives once: both handles share the ring, as a fork child's do.
-  return fds.object<queue_ring>(memfd, [&] {
-    return std::shared_ptr<queue_ring>(
-        new queue_ring(static_cast<std::size_t>(maxsize), static_cast<std::size_t>(capacity),
-                       fds.fd(memfd), fds.fd(getters_fd), fds.fd(putters_fd)));
+  return fds.object<queue_ring>(d.memfd, [&] {
+    return std::make_shared<queue_ring>(d, fds, static_cast<std::size_t>(maxsize),
+                                        static_cast<std::size_t>(capacity));
   });
 }
 
@@ -185,7 +145,8 @@ void queue_ring::recover(side s) noexcept {
       c.get_count.store(c.get_journal_count, std::memory_order_relaxed);
   }
   const side other = s == putters ? getters : putters;
-  signal(other, std::max<std::uint64_t>(1, c.waiters[other].load(std::memory_order_relaxed)));
+  block_.signal(other,
+                std::max<std::uint64_t>(1, c.waiters[other].load(std::memory_order_relaxed)));
 }
 
 queue_ring::status queue_ring::try_put(std::string_view bytes) {
@@ -275,20 +236,8 @@ queue_ring::status queue_ring::try_get(consumer f, void* context) {
   return status::ok;
 }
 
-// The eventfds count wake tokens (EFD_SEMAPHORE): a wake-up adds one per counted
-// sleeper and each sleeper that wakes takes one, so sleepers in other processes still
-// find theirs. Tokens left by sleepers that timed out or died cost a spurious wake-up
-// each, then the count is back to zero and a wait sleeps again (Asio re-checks an fd's
-// readiness when a wait starts, so an eventfd that stayed readable would never sleep).
-void queue_ring::signal(side s, std::uint64_t tokens) noexcept {
-  (void)!::write(event_fd_[s], &tokens, sizeof tokens);
-}
-
-void queue_ring::take_token(side s) noexcept {
-  std::uint64_t token;
-  (void)!::read(event_fd_[s], &token, sizeof token); // EAGAIN: another sleeper took it
-}
-
+// Tokens left by sleepers that timed out or died cost a spurious wake-up each, then the
+// count is back to zero and a wait sleeps again.
 void queue_ring::wake(side s) noexcept {
   auto& c = *control_;
   // Pairs with the waiter's count-in before it looks again: either it sees our commit or
@@ -297,7 +246,7 @@ void queue_ring::wake(side s) noexcept {
   const std::uint32_t sleepers = c.waiters[s].load(std::memory_order_relaxed);
   if (sleepers == 0) return;
   if (c.wake_pending[s].exchange(1, std::memory_order_seq_cst) != 0) return;
-  signal(s, sleepers);
+  block_.signal(s, sleepers);
 }
 
 namespace {
@@ -316,8 +265,8 @@ void queue_ring::committed(side woken) noexcept {
 
 void queue_ring::wake_all() noexcept {
   // After close() nobody sleeps again: plenty of tokens for every current sleeper.
-  signal(getters, std::uint64_t{1} << 32);
-  signal(putters, std::uint64_t{1} << 32);
+  block_.signal(getters, std::uint64_t{1} << 32);
+  block_.signal(putters, std::uint64_t{1} << 32);
 }
 
 namespace {
@@ -344,6 +293,33 @@ deadline recheck_at(deadline until) {
 }
 } // namespace
 
+namespace {
+// Whether looking a moment before sleeping can pay: only when another CPU may be running
+// the other side (pinned to one CPU, it cannot commit while this one looks). Not inlined
+// into a coroutine: clang may keep a thread_local's address across a suspension.
+[[gnu::noinline]] bool may_spin() noexcept {
+  thread_local const int cpus = [] {
+    cpu_set_t set;
+    return ::sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 1;
+  }();
+  return cpus > 1;
+}
+
+inline void cpu_relax() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
+// About a microsecond of looks at one shared cache line, without the lock.
+constexpr int spin_looks = 256;
+} // namespace
+
+// The other side's position: what a waiter of side s waits for to move.
+std::uint64_t queue_ring::progress(side s) const noexcept {
+  return (s == getters ? control_->tail : control_->head).load(std::memory_order_acquire);
+}
+
 bool queue_ring::done(side s, status result) {
   if (result == status::ok) return true;
   if (result == status::closed)
@@ -359,10 +335,17 @@ template <class Attempt>
 awaitable<void> queue_ring::retry(side s, deadline until, Attempt attempt) {
   for (;;) {
     if (done(s, attempt())) co_return;
+    if (may_spin()) {
+      // The other side is usually about to commit: a few looks save a sleep, its wake-up
+      // (an eventfd write on the other side) and a trip through the io_context.
+      const auto seen = progress(s);
+      for (int i = 0; i < spin_looks && progress(s) == seen && !closed(); ++i) cpu_relax();
+      if (done(s, attempt())) co_return;
+    }
     waiter_scope scope(control_->waiters[s], control_->wake_pending[s]);
     if (done(s, attempt())) co_return;
-    if (co_await wait_readable(event_fd_[s], recheck_at(until))) {
-      take_token(s);
+    if (co_await wait_readable(block_.event_fd(s), recheck_at(until))) {
+      block_.take_token(s);
       continue;
     }
     if (!until.passed()) continue;     // a re-check
@@ -380,14 +363,30 @@ awaitable<void> queue_ring::get(consumer f, void* context, deadline until) {
   return retry(getters, until, [this, f, context] { return try_get(f, context); });
 }
 
-void queue_ring::close() {
+void queue_ring::shutdown(bool immediate) {
   {
     // Under put_lock, so no put commits after it: a consumer that sees `closed` and then
     // an empty ring knows the queue is drained.
     side_lock held(*this, putters);
     control_->closed.store(1, std::memory_order_release);
   }
+  if (immediate) discard();
   wake_all();
+}
+
+// Consumes every item as one get would, with the same commit (a process killed half-way
+// leaves the old head or the new one, and the next getter finishes the count). The
+// queue is closed already, so the tail read here is the last one.
+void queue_ring::discard() {
+  auto& c = *control_;
+  side_lock held(*this, getters);
+  const std::uint64_t tail = c.tail.load(std::memory_order_seq_cst);
+  const std::uint64_t count = c.put_count.load(std::memory_order_seq_cst);
+  c.get_journal_head = tail;
+  c.get_journal_count = count;
+  c.head.store(tail, std::memory_order_release); // the commit
+  c.get_count.store(count, std::memory_order_release);
+  known_tail_ = tail;
 }
 
 bool queue_ring::closed() const noexcept {

@@ -2,11 +2,22 @@
 #include <coproc/errors.hpp>
 #include <coproc/sync.hpp>
 
+#include <coproc/detail/travel.hpp>
+#include <coproc/wire.hpp>
+
 #include "sync_block.hpp"
+
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/cancellation_signal.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/system/system_error.hpp>
 
 #include <pthread.h>
 
 #include <algorithm>
+#include <exception>
 #include <limits>
 #include <stdexcept>
 #include <string>
@@ -28,6 +39,26 @@ semaphore_core::semaphore_core(unsigned value, unsigned bound, const char* what)
     : block_(std::make_shared<sync_block>(sizeof(std::atomic<std::uint32_t>),
                                           alignof(std::atomic<std::uint32_t>), what)),
       value_(new(block_->state()) std::atomic<std::uint32_t>(value)), bound_(bound) {}
+
+semaphore_core::semaphore_core(std::shared_ptr<sync_block> block, unsigned bound)
+    : block_(std::move(block)), value_(static_cast<std::atomic<std::uint32_t>*>(block_->state())),
+      bound_(bound) {}
+
+void semaphore_core::travel(wire::output_archive& ar, fd_departure& fds) const {
+  const std::uint32_t bound = bound_;
+  ar(bound);
+  block_->travel(ar, fds);
+}
+
+std::shared_ptr<semaphore_core> semaphore_core::arrive(wire::input_archive& ar, fd_arrival& fds) {
+  std::uint32_t bound = 0;
+  ar(bound);
+  std::uint32_t key = 0;
+  auto block = sync_block::arrive(ar, fds, sizeof(std::atomic<std::uint32_t>),
+                                  bound ? "coproc::bounded_semaphore" : "coproc::semaphore", key);
+  return fds.object<semaphore_core>(
+      key, [&] { return std::make_shared<semaphore_core>(std::move(block), bound); });
+}
 
 bool semaphore_core::try_acquire() noexcept {
   auto v = value_->load(std::memory_order_seq_cst);
@@ -68,6 +99,21 @@ event_core::event_core()
     : block_(std::make_shared<sync_block>(sizeof(std::atomic<std::uint32_t>),
                                           alignof(std::atomic<std::uint32_t>), "coproc::event")),
       flag_(new(block_->state()) std::atomic<std::uint32_t>(0)) {}
+
+event_core::event_core(std::shared_ptr<sync_block> block)
+    : block_(std::move(block)), flag_(static_cast<std::atomic<std::uint32_t>*>(block_->state())) {}
+
+void event_core::travel(wire::output_archive& ar, fd_departure& fds) const {
+  block_->travel(ar, fds);
+}
+
+std::shared_ptr<event_core> event_core::arrive(wire::input_archive& ar, fd_arrival& fds) {
+  std::uint32_t key = 0;
+  auto block =
+      sync_block::arrive(ar, fds, sizeof(std::atomic<std::uint32_t>), "coproc::event", key);
+  return fds.object<event_core>(key,
+                                [&] { return std::make_shared<event_core>(std::move(block)); });
+}
 
 void event_core::set() noexcept {
   flag_->store(1, std::memory_order_seq_cst);
@@ -112,6 +158,22 @@ condition_core::condition_core(std::shared_ptr<lock_core> lock)
       block_(std::make_shared<sync_block>(sizeof(state), alignof(state), "coproc::condition")),
       s_(new(block_->state()) state{}) {}
 
+condition_core::condition_core(std::shared_ptr<lock_core> lock, std::shared_ptr<sync_block> block)
+    : lock_(std::move(lock)), block_(std::move(block)), s_(static_cast<state*>(block_->state())) {}
+
+void condition_core::travel(wire::output_archive& ar, fd_departure& fds) const {
+  lock_->travel(ar, fds);
+  block_->travel(ar, fds);
+}
+
+std::shared_ptr<condition_core> condition_core::arrive(wire::input_archive& ar, fd_arrival& fds) {
+  auto lock = lock_core::arrive(ar, fds);
+  std::uint32_t key = 0;
+  auto block = sync_block::arrive(ar, fds, sizeof(state), "coproc::condition", key);
+  return fds.object<condition_core>(
+      key, [&] { return std::make_shared<condition_core>(std::move(lock), std::move(block)); });
+}
+
 void condition_core::check_held(const char* what) const {
   if (!lock_->held_here())
     throw std::logic_error(std::string("coproc::condition: ") + what +
@@ -137,8 +199,10 @@ awaitable<bool> condition_core::wait(std::shared_ptr<condition_core> self, deadl
                      std::memory_order_relaxed);
   mine->who.store(self_identity(), std::memory_order_relaxed);
   mine->phase.store(waiting, std::memory_order_seq_cst);
+  auto ex = co_await boost::asio::this_coro::executor;
   const unsigned levels = self->lock_->release_all("coproc::condition: wait");
   bool was_notified = false;
+  std::exception_ptr cancelled; // (no co_await in a handler)
   {
     sync_block::sleeper counted(*self->block_);
     try {
@@ -152,9 +216,7 @@ awaitable<bool> condition_core::wait(std::shared_ptr<condition_core> self, deadl
         (void)co_await std::move(op);
       }
     } catch (...) {
-      mine->phase.store(free_slot,
-                        std::memory_order_release); // withdrawn (a notification it had is lost)
-      throw;
+      cancelled = std::current_exception();
     }
   }
   // Withdraw, unless a notify came just now: then it counts.
@@ -163,14 +225,45 @@ awaitable<bool> condition_core::wait(std::shared_ptr<condition_core> self, deadl
       !mine->phase.compare_exchange_strong(expected, free_slot, std::memory_order_acq_rel))
     was_notified = true;
   mine->phase.store(free_slot, std::memory_order_release);
-  auto op = lock_core::acquire(self->lock_, deadline::never());
-  (void)co_await std::move(op);
+  // A wait ends with the lock held, also when it is cancelled (the caller's scope still
+  // releases it): so the re-acquire runs in a coroutine of its own that the cancellation
+  // does not reach, awaited with the cancelled state's throw on co_await switched off.
+  namespace asio = boost::asio;
+  const bool throws = co_await asio::this_coro::throw_if_cancelled();
+  co_await asio::this_coro::throw_if_cancelled(false);
+  std::exception_ptr failed;
+  try {
+    if (!self->lock_->try_acquire()) {
+      auto op = asio::co_spawn(
+          ex, lock_core::acquire(self->lock_, deadline::never()),
+          asio::bind_cancellation_slot(asio::cancellation_slot(), asio::use_awaitable));
+      (void)co_await std::move(op);
+    }
+  } catch (...) {
+    failed = std::current_exception(); // an OS failure: the lock is not held
+  }
+  co_await asio::this_coro::throw_if_cancelled(throws);
+  if (failed) std::rethrow_exception(failed);
   self->lock_->restore(levels);
+  // A cancellation that came while it re-acquired ends the wait too, lock held.
+  if (!cancelled &&
+      (co_await asio::this_coro::cancellation_state).cancelled() != asio::cancellation_type::none)
+    cancelled =
+        std::make_exception_ptr(boost::system::system_error(asio::error::operation_aborted));
+  if (cancelled) {
+    // A notification this waiter took and will not act on goes to the next waiter.
+    if (was_notified) self->notify_waiters(1);
+    std::rethrow_exception(cancelled);
+  }
   co_return was_notified;
 }
 
 void condition_core::notify(unsigned n) {
   check_held(n == ~0u ? "notify_all" : "notify");
+  notify_waiters(n);
+}
+
+void condition_core::notify_waiters(unsigned n) {
   const auto me = self_identity();
   bool any = false;
   while (n > 0) {
@@ -219,6 +312,26 @@ barrier_core::barrier_core(unsigned parties) : parties_(parties) {
                                         alignof(state), barrier_what);
   s_ = static_cast<state*>(block_->state()); // zeroed shared memory: a valid empty state
   init_robust_mutex(&s_->mutex, barrier_what);
+}
+
+barrier_core::barrier_core(std::shared_ptr<sync_block> block, unsigned parties)
+    : parties_(parties), block_(std::move(block)), s_(static_cast<state*>(block_->state())) {}
+
+void barrier_core::travel(wire::output_archive& ar, fd_departure& fds) const {
+  const std::uint32_t parties = parties_;
+  ar(parties);
+  block_->travel(ar, fds);
+}
+
+std::shared_ptr<barrier_core> barrier_core::arrive(wire::input_archive& ar, fd_arrival& fds) {
+  std::uint32_t parties = 0;
+  ar(parties);
+  if (parties == 0) throw coproc::error("coproc::barrier: a barrier of 0 parties arrived");
+  std::uint32_t key = 0;
+  auto block = sync_block::arrive(ar, fds, sizeof(state) + parties * sizeof(std::uint64_t),
+                                  barrier_what, key);
+  return fds.object<barrier_core>(
+      key, [&] { return std::make_shared<barrier_core>(std::move(block), parties); });
 }
 
 std::uint64_t* barrier_core::arrived() const noexcept {
@@ -367,16 +480,56 @@ unsigned barrier_core::n_waiting() const {
 
 // ---- value and array storage
 
-shared_data::shared_data(std::size_t bytes, std::size_t align, const char* what) {
-  align = std::max<std::size_t>(align, alignof(std::uint64_t));
-  const std::size_t mutex_at = round_up(lock_core::state_size(), alignof(pthread_mutex_t));
-  const std::size_t data_at = round_up(mutex_at + sizeof(pthread_mutex_t), align);
-  block_ = std::make_shared<sync_block>(data_at + bytes, align, what);
+std::size_t shared_data::mutex_at() noexcept {
+  return round_up(lock_core::state_size(), alignof(pthread_mutex_t));
+}
+
+std::size_t shared_data::data_at(std::size_t align) noexcept {
+  return round_up(mutex_at() + sizeof(pthread_mutex_t), align);
+}
+
+shared_data::shared_data(std::size_t bytes, std::size_t align, const char* what)
+    : bytes_(bytes), align_(std::max<std::size_t>(align, alignof(std::uint64_t))) {
+  block_ = std::make_shared<sync_block>(data_at(align_) + bytes, align_, what);
   auto* base = static_cast<unsigned char*>(block_->state());
-  mutex_ = base + mutex_at;
-  data_ = base + data_at;
+  mutex_ = base + mutex_at();
+  data_ = base + data_at(align_);
   init_robust_mutex(static_cast<pthread_mutex_t*>(mutex_), what);
   lock_ = std::make_shared<lock_core>(block_, base, false);
+}
+
+shared_data::shared_data(std::shared_ptr<sync_block> block, std::shared_ptr<lock_core> lock,
+                         std::size_t bytes, std::size_t align)
+    : block_(std::move(block)), bytes_(bytes), align_(align), lock_(std::move(lock)) {
+  auto* base = static_cast<unsigned char*>(block_->state());
+  mutex_ = base + mutex_at();
+  data_ = base + data_at(align_);
+}
+
+void shared_data::travel(wire::output_archive& ar, fd_departure& fds) const {
+  const std::uint64_t bytes = bytes_, align = align_;
+  ar(bytes, align);
+  block_->travel(ar, fds);
+}
+
+std::shared_ptr<shared_data> shared_data::arrive(wire::input_archive& ar, fd_arrival& fds,
+                                                 std::size_t bytes, std::size_t align,
+                                                 const char* what) {
+  std::uint64_t sent_bytes = 0, sent_align = 0;
+  ar(sent_bytes, sent_align);
+  align = std::max<std::size_t>(align, alignof(std::uint64_t));
+  if (sent_bytes != bytes || sent_align != align)
+    throw coproc::error(std::string(what) + ": the storage that arrived with this child holds " +
+                        std::to_string(sent_bytes) + " bytes aligned to " +
+                        std::to_string(sent_align) + ", not " + std::to_string(bytes) +
+                        " aligned to " + std::to_string(align));
+  std::uint32_t key = 0;
+  auto block = sync_block::arrive(ar, fds, data_at(align) + bytes, what, key);
+  auto lock = fds.object<lock_core>(
+      key, [&] { return std::make_shared<lock_core>(lock_core::adopt_t{}, block, false); });
+  return fds.object<shared_data>(key, [&] {
+    return std::make_shared<shared_data>(std::move(block), std::move(lock), bytes, align);
+  });
 }
 
 void shared_data::lock_data() const {

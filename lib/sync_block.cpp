@@ -2,6 +2,9 @@
 
 #include <coproc/detail/fd_wait.hpp>
 #include <coproc/detail/launch_guard.hpp>
+#include <coproc/detail/travel.hpp>
+#include <coproc/errors.hpp>
+#include <coproc/wire.hpp>
 
 #include "os.hpp"
 
@@ -16,11 +19,10 @@
 
 #include <fcntl.h>
 #include <poll.h>
-#include <sys/eventfd.h>
-#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -169,35 +171,50 @@ struct sync_block::header {
 static_assert(sizeof(std::atomic<std::uint64_t>) == 8 &&
               std::atomic<std::uint64_t>::is_always_lock_free);
 
-sync_block::sync_block(std::size_t bytes, std::size_t align, const char* what) : what_(what) {
+std::size_t sync_block::state_offset_for(std::size_t align) noexcept {
   if (align < alignof(header)) align = alignof(header);
-  const std::size_t state_offset = (sizeof(header) + align - 1) / align * align;
-  map_size_ = state_offset + bytes;
-  memfd_ = ::memfd_create("coproc-sync", MFD_CLOEXEC);
-  if (memfd_ < 0) throw_errno(errno, std::string(what) + ": memfd_create");
-  auto fail = [&](const char* call) {
-    int err = errno;
-    if (event_fd_ >= 0) ::close(event_fd_);
-    ::close(memfd_);
-    throw_errno(err, std::string(what) + ": " + call);
-  };
-  if (::ftruncate(memfd_, static_cast<off_t>(map_size_)) != 0) fail("ftruncate");
-  void* p = ::mmap(nullptr, map_size_, PROT_READ | PROT_WRITE, MAP_SHARED, memfd_, 0);
-  if (p == MAP_FAILED) fail("mmap");
-  event_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC | EFD_SEMAPHORE);
-  if (event_fd_ < 0) {
-    ::munmap(p, map_size_);
-    fail("eventfd");
-  }
-  header_ = new (p) header{}; // the memfd is zeroed: this only begins the objects' lifetimes
-  state_ = static_cast<unsigned char*>(p) + state_offset;
+  return (sizeof(header) + align - 1) / align * align;
 }
 
-sync_block::~sync_block() {
-  forget_fd(event_fd_);
-  ::close(event_fd_);
-  ::munmap(header_, map_size_);
-  ::close(memfd_);
+sync_block::sync_block(std::size_t bytes, std::size_t align, const char* what)
+    : state_offset_(state_offset_for(align)), block_(state_offset_ + bytes, 1, what),
+      // The memfd is zeroed: this only begins the objects' lifetimes.
+      header_(new(block_.base()) header{}),
+      state_(static_cast<unsigned char*>(block_.base()) + state_offset_) {}
+
+sync_block::sync_block(const shared_block::description& d, fd_arrival& fds,
+                       std::uint64_t state_offset, std::size_t bytes, const char* what)
+    : state_offset_(static_cast<std::size_t>(state_offset)), block_(d, fds, 0, 1, what),
+      header_(static_cast<header*>(block_.base())),
+      state_(static_cast<unsigned char*>(block_.base()) + state_offset_) {
+  if (state_offset < sizeof(header) || state_offset > block_.size() ||
+      block_.size() - state_offset < bytes)
+    throw coproc::error(std::string(what) + ": the shared memory that arrived with this child (" +
+                        std::to_string(block_.size()) + " bytes, state at " +
+                        std::to_string(state_offset) + ") is not one of its kind");
+}
+
+void sync_block::travel(wire::output_archive& ar, fd_departure& fds) const {
+  block_.travel(ar, fds);
+  const std::uint64_t offset = state_offset_;
+  ar(offset);
+}
+
+std::shared_ptr<sync_block> sync_block::arrive(wire::input_archive& ar, fd_arrival& fds,
+                                               std::size_t bytes, const char* what,
+                                               std::uint32_t& key) {
+  const auto d = shared_block::read(ar);
+  std::uint64_t offset = 0;
+  ar(offset);
+  key = d.memfd;
+  auto block = fds.object<sync_block>(
+      key, [&] { return std::make_shared<sync_block>(d, fds, offset, bytes, what); });
+  // Made by an earlier argument on the same block (a value, then its lock): still large
+  // enough for this one.
+  if (block->block_.size() - block->state_offset_ < bytes)
+    throw coproc::error(std::string(what) + ": the shared memory that arrived with this child " +
+                        "is too small for it");
+  return block;
 }
 
 int sync_block::claim_slot(std::uint64_t me) noexcept {
@@ -251,7 +268,7 @@ std::uint32_t sync_block::waiters() const noexcept {
 void sync_block::wake() noexcept {
   std::atomic_thread_fence(std::memory_order_seq_cst);
   std::uint64_t tokens = header_->waiters.load(std::memory_order_relaxed);
-  if (tokens != 0) (void)!::write(event_fd_, &tokens, sizeof tokens);
+  if (tokens != 0) block_.signal(0, tokens);
 }
 
 awaitable<bool> sync_block::sleep(deadline until, std::chrono::milliseconds recheck,
@@ -260,13 +277,13 @@ awaitable<bool> sync_block::sleep(deadline until, std::chrono::milliseconds rech
   const deadline wake_at = sooner(until, recheck);
   bool woken = false, token = false;
   if (!watch || watch->fd() < 0) {
-    auto wait = wait_readable(event_fd_, wake_at);
+    auto wait = wait_readable(block_.event_fd(0), wake_at);
     token = woken = co_await std::move(wait);
   } else {
     auto state = co_await asio::this_coro::cancellation_state;
     auto ex = co_await asio::this_coro::executor;
     auto group = asio::experimental::make_parallel_group(
-        asio::co_spawn(ex, wait_readable(event_fd_, wake_at), asio::deferred),
+        asio::co_spawn(ex, wait_readable(block_.event_fd(0), wake_at), asio::deferred),
         asio::co_spawn(ex, wait_readable(watch->fd(), wake_at), asio::deferred));
     auto [order, token_error, token_ready, exit_error, exited] = co_await completed_after_launch(
         group.async_wait(asio::experimental::wait_for_one(), asio::deferred), asio::use_awaitable);
@@ -279,10 +296,7 @@ awaitable<bool> sync_block::sleep(deadline until, std::chrono::milliseconds rech
   co_return woken;
 }
 
-void sync_block::take_token() noexcept {
-  std::uint64_t one;
-  (void)!::read(event_fd_, &one, sizeof one); // EAGAIN: another sleeper took it
-}
+void sync_block::take_token() noexcept { block_.take_token(0); }
 
 awaitable<void> sync_block::nap(deadline until) {
   namespace asio = boost::asio;

@@ -1,9 +1,11 @@
 // lib/sync_block.hpp — what every synchronization object of coproc/sync.hpp stands on
 // (private: not installed). Its home is lib/sync_block.cpp.
 //
-// A sync_block is one memfd, mapped MAP_SHARED, and one eventfd: all the state of one
-// lock, semaphore, event, condition, barrier, value or array lives in that mapping, so the
-// two descriptors are all another process needs (today: a forked child inherits both).
+// A sync_block is a shared_block (coproc/detail/shared_block.hpp: one memfd, mapped
+// MAP_SHARED, and here one eventfd): all the state of one lock, semaphore, event,
+// condition, barrier, value or array lives in that mapping, so the two descriptors are all
+// another process needs (a forked child inherits both, a fresh image gets them as a
+// process argument).
 //
 // Processes are named by an identity, (start time << 22) | pid: a pid alone may be reused
 // by a stranger once its process is gone; its start time (in clock ticks since boot, from
@@ -22,6 +24,7 @@
 
 #include <coproc/awaitable.hpp>
 #include <coproc/detail/deadline.hpp>
+#include <coproc/detail/shared_block.hpp>
 
 #include <pthread.h>
 
@@ -33,7 +36,15 @@
 #include <mutex>
 #include <string>
 
+namespace coproc::wire {
+class output_archive;
+class input_archive;
+} // namespace coproc::wire
+
 namespace coproc::detail {
+
+class fd_departure;
+class fd_arrival;
 
 // This process's identity (cached; a forked child computes its own).
 std::uint64_t self_identity() noexcept;
@@ -69,12 +80,20 @@ public:
   // A block of `bytes` of zeroed shared state (after the block's own header); `what`
   // names the object in messages ("coproc::lock").
   sync_block(std::size_t bytes, std::size_t align, const char* what);
-  ~sync_block();
   sync_block(const sync_block&) = delete;
   sync_block& operator=(const sync_block&) = delete;
 
   void* state() const noexcept { return state_; }
-  const char* what() const noexcept { return what_; }
+  const char* what() const noexcept { return block_.what(); }
+
+  // As a process argument (detail/travel.hpp). arrive rebuilds the block once per child
+  // (a value and its lock share one) on the descriptors that came; coproc::error unless
+  // they are a block of `what`'s kind with at least `bytes` of state.
+  void travel(wire::output_archive& ar, fd_departure& fds) const;
+  // `key` names the block in the arrival (its memfd's index), for the objects on it.
+  static std::shared_ptr<sync_block> arrive(wire::input_archive& ar, fd_arrival& fds,
+                                            std::size_t bytes, const char* what,
+                                            std::uint32_t& key);
 
   // Counts one sleeper of this process in, for its lifetime.
   class sleeper {
@@ -105,16 +124,19 @@ public:
   // Takes back the sleeper counts of processes that died counted in.
   void reclaim_dead_waiters() noexcept;
 
+  // Adopts a block that arrived (arrive).
+  sync_block(const shared_block::description& d, fd_arrival& fds, std::uint64_t state_offset,
+             std::size_t bytes, const char* what);
+
 private:
   struct header;
   int claim_slot(std::uint64_t me) noexcept;
+  static std::size_t state_offset_for(std::size_t align) noexcept;
 
-  header* header_ = nullptr;
-  void* state_ = nullptr;
-  std::size_t map_size_ = 0;
-  int memfd_ = -1;
-  int event_fd_ = -1;
-  const char* what_;
+  std::size_t state_offset_;
+  shared_block block_;
+  header* header_;
+  void* state_;
   std::mutex slots_mutex_; // this process's coroutines share its slot
 };
 

@@ -1,6 +1,9 @@
 // detail::lock_core (coproc/sync.hpp): the lock word, hand-offs, holder death.
 #include <coproc/sync.hpp>
 
+#include <coproc/detail/travel.hpp>
+#include <coproc/wire.hpp>
+
 #include "sync_block.hpp"
 
 #include <algorithm>
@@ -49,7 +52,25 @@ lock_core::lock_core(bool recursive)
 lock_core::lock_core(std::shared_ptr<sync_block> block, void* at, bool recursive)
     : block_(std::move(block)), s_(new(at) state{}), recursive_(recursive) {}
 
+lock_core::lock_core(adopt_t, std::shared_ptr<sync_block> block, bool recursive)
+    : block_(std::move(block)), s_(static_cast<state*>(block_->state())), recursive_(recursive) {}
+
 lock_core::~lock_core() = default;
+
+void lock_core::travel(wire::output_archive& ar, fd_departure& fds) const {
+  ar(recursive_);
+  block_->travel(ar, fds);
+}
+
+std::shared_ptr<lock_core> lock_core::arrive(wire::input_archive& ar, fd_arrival& fds) {
+  bool recursive = false;
+  ar(recursive);
+  std::uint32_t key = 0;
+  auto block = sync_block::arrive(ar, fds, sizeof(state), name_of(recursive), key);
+  // A lock passed twice, or a value's lock passed beside the value: one core here too.
+  return fds.object<lock_core>(
+      key, [&] { return std::make_shared<lock_core>(adopt_t{}, std::move(block), recursive); });
+}
 
 bool lock_core::take(std::uint64_t from, bool abandoned) {
   const auto me = self_identity();

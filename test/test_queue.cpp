@@ -322,6 +322,118 @@ TEST_CASE("close wakes a getter and a putter waiting in other processes") {
   }());
 }
 
+TEST_CASE("shutdown without immediate is close: gets drain the items then fail") {
+  coproc::queue<int> q;
+  run([&]() -> coproc::awaitable<void> {
+    co_await q.put(1);
+    co_await q.put(2);
+    q.shutdown();
+    CHECK(q.closed());
+    CHECK_THROWS_AS(co_await q.put(3), coproc::queue_closed);
+    CHECK_THROWS_AS(q.put_nowait(3), coproc::queue_closed);
+    CHECK(q.qsize() == 2);
+    CHECK(co_await q.get() == 1);
+    CHECK(co_await q.get(1s) == 2);
+    CHECK_THROWS_AS(co_await q.get(), coproc::queue_closed);
+    CHECK_THROWS_AS(co_await q.get(1s), coproc::queue_closed);
+  }());
+}
+
+TEST_CASE("shutdown immediate drops every item: gets fail at once and puts fail") {
+  coproc::queue<std::string> q(coproc::queue_options{.capacity_bytes = 256});
+  run([&]() -> coproc::awaitable<void> {
+    for (int i = 0; i < 5; ++i) co_await q.put(std::string(20, 'x'));
+    CHECK(q.full() == false);
+    q.shutdown(true);
+    CHECK(q.closed());
+    CHECK(q.qsize() == 0);
+    CHECK(q.empty());
+    CHECK_THROWS_AS(q.get_nowait(), coproc::queue_closed);
+    CHECK_THROWS_AS(co_await q.get(), coproc::queue_closed);
+    CHECK_THROWS_AS(co_await q.put("y"), coproc::queue_closed);
+    q.shutdown(true); // again: nothing changes
+    q.shutdown();
+    CHECK_THROWS_AS(q.get_nowait(), coproc::queue_closed);
+  }());
+}
+
+TEST_CASE("shutdown immediate drops the items for a child that forks before it too") {
+  coproc::queue<int> q, done;
+  for (int i = 0; i < 10; ++i) q.put_nowait(i);
+  coproc::process child(
+      [](coproc::queue<int> q, coproc::queue<int> done) -> coproc::awaitable<int> {
+        co_await done.get(); // the parent has shut q down
+        try {
+          co_await q.get();
+        } catch (const coproc::queue_closed&) {
+          co_return q.qsize() == 0 ? 42 : 2;
+        }
+        co_return 1;
+      },
+      q, done);
+  child.start();
+  q.shutdown(true);
+  done.put_nowait(0);
+  CHECK(run(child.join()) == 42);
+}
+
+TEST_CASE("shutdown immediate wakes waiting getters and putters of this and other processes") {
+  coproc::queue<int> empty_q, full_q(1);
+  full_q.put_nowait(0);
+  shared_array<std::atomic<int>> waiting(2); // [0] the getter, [1] the putter
+  auto getter = [](coproc::queue<int> q, std::atomic<int>* waiting) -> coproc::awaitable<int> {
+    try {
+      waiting->store(1);
+      co_await q.get();
+    } catch (const coproc::queue_closed&) {
+      co_return 42;
+    }
+    co_return 1;
+  };
+  auto putter = [](coproc::queue<int> q, std::atomic<int>* waiting) -> coproc::awaitable<int> {
+    try {
+      waiting->store(1);
+      co_await q.put(1);
+    } catch (const coproc::queue_closed&) {
+      co_return 43;
+    }
+    co_return 1;
+  };
+  coproc::process g(getter, empty_q, waiting.data), p(putter, full_q, waiting.data + 1);
+  g.start();
+  p.start();
+  run([&]() -> coproc::awaitable<void> {
+    using namespace boost::asio::experimental::awaitable_operators;
+    REQUIRE(co_await until_waiting(g.pid(), waiting.data));
+    REQUIRE(co_await until_waiting(p.pid(), waiting.data + 1));
+    // A getter and a putter of this process wait too.
+    int started = 0, failed = 0;
+    auto local_get = [&]() -> coproc::awaitable<void> {
+      ++started;
+      CHECK_THROWS_AS(co_await empty_q.get(), coproc::queue_closed);
+      ++failed;
+    };
+    auto local_put = [&]() -> coproc::awaitable<void> {
+      ++started;
+      CHECK_THROWS_AS(co_await full_q.put(2), coproc::queue_closed);
+      ++failed;
+    };
+    auto shut = [&]() -> coproc::awaitable<void> {
+      // One thread: once both have started, both are asleep in their waits.
+      while (started < 2) co_await coproc::sleep(1ms);
+      const auto start = clock_type::now();
+      empty_q.shutdown(true);
+      full_q.shutdown(true);
+      CHECK(co_await g.join() == 42);
+      CHECK(co_await p.join() == 43);
+      CHECK(clock_type::now() - start < 2s);
+    };
+    co_await (local_get() && local_put() && shut());
+    CHECK(failed == 2);
+    CHECK_THROWS_AS(full_q.get_nowait(), coproc::queue_closed); // the item was dropped
+  }());
+}
+
 TEST_CASE("an item larger than the capacity is a length_error naming both sizes") {
   coproc::queue<std::string> q(coproc::queue_options{.capacity_bytes = 1000});
   std::string big(2000, 'x');

@@ -231,8 +231,8 @@ TEST_CASE(
       std::vector<coproc::queue<int>>{q});
   CHECK_THROWS_WITH_AS(
       nested.start(),
-      doctest::Contains("process 'nested': cannot start with start_method::spawn: a queue or "
-                        "connection inside another argument"),
+      doctest::Contains("process 'nested': cannot start with start_method::spawn: a queue, "
+                        "connection or synchronization object inside another argument"),
       std::invalid_argument);
   auto [a, b] = coproc::pipe<int>();
   a.close();

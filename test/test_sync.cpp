@@ -6,7 +6,11 @@
 
 #include <doctest/doctest.h>
 
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/cancellation_signal.hpp>
+#include <boost/asio/co_spawn.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/this_coro.hpp>
 
 #include "support/checks.hpp"
 #include "support/ipc.hpp"
@@ -764,6 +768,100 @@ TEST_CASE(
     c.release();
     CHECK(co_await procs[1].join() == 0);
     CHECK(co_await procs[2].join() == 0);
+  }());
+}
+
+namespace {
+// Runs op on this coroutine's executor, cancellable through `signal`; counts it done.
+void spawn_cancellable(const boost::asio::any_io_executor& ex, coproc::awaitable<void> op,
+                       boost::asio::cancellation_signal& signal, int& done,
+                       std::exception_ptr& error) {
+  boost::asio::co_spawn(
+      ex, std::move(op),
+      boost::asio::bind_cancellation_slot(signal.slot(), [&](std::exception_ptr e) {
+        error = e;
+        ++done;
+      }));
+}
+} // namespace
+
+TEST_CASE("a cancelled condition wait passes a notification it had on to the next waiter") {
+  namespace asio = boost::asio;
+  coproc::lock l;
+  coproc::condition c(l);
+  run([&]() -> coproc::awaitable<void> {
+    auto ex = co_await asio::this_coro::executor;
+    int waiting = 0, done = 0;
+    bool a_aborted = false, b_notified = false;
+    std::exception_ptr a_error, b_error;
+    asio::cancellation_signal cancel_a, cancel_b;
+    auto a = [&]() -> coproc::awaitable<void> {
+      co_await c.acquire();
+      ++waiting;
+      try {
+        co_await c.wait();
+      } catch (const boost::system::system_error& e) {
+        a_aborted = e.code() == asio::error::operation_aborted;
+      }
+      c.release(); // logic_error unless the cancelled wait re-acquired it
+    };
+    auto b = [&]() -> coproc::awaitable<void> {
+      co_await c.acquire();
+      ++waiting;
+      b_notified = co_await c.wait(5s);
+      c.release();
+    };
+    spawn_cancellable(ex, a(), cancel_a, done, a_error);
+    CHECK(co_await until([&] { return waiting == 1; })); // a waits first: notify picks it
+    spawn_cancellable(ex, b(), cancel_b, done, b_error);
+    CHECK(co_await until([&] { return waiting == 2; }));
+    co_await c.acquire();
+    c.notify(1);
+    cancel_a.emit(asio::cancellation_type::terminal); // a had the notification
+    c.release();
+    CHECK(co_await until([&] { return done == 2; }));
+    CHECK(!a_error);
+    CHECK(!b_error);
+    CHECK(a_aborted);
+    CHECK(b_notified);
+    CHECK(l.try_acquire()); // free again
+    l.release();
+  }());
+}
+
+TEST_CASE("a cancelled condition wait throws only once it holds the lock again") {
+  namespace asio = boost::asio;
+  coproc::lock l;
+  coproc::condition c(l);
+  run([&]() -> coproc::awaitable<void> {
+    auto ex = co_await asio::this_coro::executor;
+    int waiting = 0, done = 0;
+    bool held_elsewhere = false, aborted_after_release = false;
+    std::exception_ptr error;
+    asio::cancellation_signal cancel;
+    auto a = [&]() -> coproc::awaitable<void> {
+      co_await c.acquire();
+      ++waiting;
+      try {
+        co_await c.wait();
+      } catch (const boost::system::system_error& e) {
+        aborted_after_release = !held_elsewhere && e.code() == asio::error::operation_aborted;
+      }
+      c.release();
+    };
+    spawn_cancellable(ex, a(), cancel, done, error);
+    CHECK(co_await until([&] { return waiting == 1; }));
+    co_await c.acquire();
+    held_elsewhere = true;
+    cancel.emit(asio::cancellation_type::terminal);
+    // The cancelled waiter would run now if it did not wait for the lock.
+    co_await coproc::sleep(30ms);
+    CHECK(done == 0);
+    held_elsewhere = false;
+    c.release();
+    CHECK(co_await until([&] { return done == 1; }));
+    CHECK(!error);
+    CHECK(aborted_after_release);
   }());
 }
 

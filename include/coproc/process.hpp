@@ -110,9 +110,8 @@ template <class F, class... Args> constexpr const char* fresh_refusal() {
   else if constexpr (((!travelling_handle<Args> &&
                        wire::detail::problem_of<Args>() == wire::detail::problem::process_handle) ||
                       ...))
-    return "a queue or connection inside another argument cannot travel to a fresh image: pass it "
-           "as an "
-           "argument of its own";
+    return "a queue, connection or synchronization object inside another argument cannot travel "
+           "to a fresh image: pass it as an argument of its own";
   else if constexpr (!((travelling_handle<Args> || wire::serializable<Args>)&&...))
     return "an argument type is not wire-serializable (coproc/wire.hpp)";
   else if constexpr (!((travelling_handle<Args> || wire::trivially_encoded<Args> ||

@@ -145,9 +145,13 @@ public:
   std::size_t maxsize() const noexcept { return ring_->maxsize(); }
   std::size_t capacity_bytes() const noexcept { return ring_->capacity_bytes(); }
 
-  // For every process: puts fail with queue_closed from now on, waiting puts too; gets
-  // drain what is left, then fail with queue_closed. Irreversible.
-  void close() { ring_->close(); }
+  // Python 3.13's Queue.shutdown, for every process: puts fail with queue_closed from now
+  // on, waiting puts too; gets drain what is left, then fail with queue_closed.
+  // immediate: the items left are dropped as well, so every get fails at once, waiting
+  // gets in every process too. Irreversible.
+  void shutdown(bool immediate = false) { ring_->shutdown(immediate); }
+  // shutdown(false).
+  void close() { ring_->shutdown(false); }
   bool closed() const noexcept { return ring_->closed(); }
 
 private:

@@ -9,11 +9,12 @@
 //   }, l);
 //
 // Every object is a cheap copyable handle to state in shared memory: one memfd mapping
-// and one eventfd per object (detail: lib/sync_block.hpp), made by the constructor and
-// inherited by every process forked afterwards. Pass handles by value to process targets;
-// coroutines of one process may share a handle. They are not pool task arguments (no
-// wire encoding: a compile-time error, as for queues) and do not travel to spawn children
-// yet.
+// and one eventfd per object (detail/shared_block.hpp, lib/sync_block.hpp), made by the
+// constructor, inherited by every process forked afterwards, and passed to spawn and
+// forkserver children as process arguments (their descriptors travel with the child,
+// coproc/detail/travel.hpp; a handle inside another argument does not). Pass handles by
+// value to process targets; coroutines of one process may share a handle. They are not
+// pool task arguments (no wire encoding: a compile-time error, as for queues).
 //
 // Waiting never blocks a thread: a waiter sleeps on the object's eventfd in the awaiting
 // coroutine's io_context, and whoever changes the object wakes the sleepers of every
@@ -74,7 +75,9 @@
 // timed wait returns false at the deadline (after re-acquiring). Waiters are served in the
 // order they began to wait; notify(n) wakes up to n of them, skipping waiters whose process
 // has died. At most 256 waiters at once per condition (std::length_error beyond). A
-// cancelled wait throws operation_aborted without the lock re-acquired.
+// cancelled wait re-acquires the lock (that part cannot be cancelled: it may take as long as
+// the holder keeps it), then throws operation_aborted; a notification that had reached it
+// goes to the next waiter, so none is lost.
 //
 // ## barrier
 //
@@ -98,6 +101,7 @@
 
 #include <coproc/awaitable.hpp>
 #include <coproc/detail/deadline.hpp>
+#include <coproc/detail/travel.hpp>
 
 #include <atomic>
 #include <cstddef>
@@ -115,18 +119,44 @@ namespace coproc {
 
 class lock;
 class rlock;
+class semaphore;
+class bounded_semaphore;
+class event;
 class condition;
+class barrier;
+template <class T> class value;
+template <class T> class array;
+
+// Process arguments only: they travel with a spawn or forkserver child (their descriptors
+// go with it), and they are not wire-serializable, so no queue, message or pool task
+// carries one.
+namespace wire::detail {
+template <> inline constexpr bool process_argument_only<lock> = true;
+template <> inline constexpr bool process_argument_only<rlock> = true;
+template <> inline constexpr bool process_argument_only<semaphore> = true;
+template <> inline constexpr bool process_argument_only<bounded_semaphore> = true;
+template <> inline constexpr bool process_argument_only<event> = true;
+template <> inline constexpr bool process_argument_only<condition> = true;
+template <> inline constexpr bool process_argument_only<barrier> = true;
+template <class T> inline constexpr bool process_argument_only<value<T>> = true;
+template <class T> inline constexpr bool process_argument_only<array<T>> = true;
+} // namespace wire::detail
 
 namespace detail {
 
 class sync_block;
 class process_watch;
+class fd_departure;
+class fd_arrival;
 
 class lock_core {
 public:
   // A lock in a block of its own, or at `state` inside `block` (a value's lock).
   explicit lock_core(bool recursive);
   lock_core(std::shared_ptr<sync_block> block, void* state, bool recursive);
+  // On the state of a lock that arrived in its block (no initialization).
+  struct adopt_t {};
+  lock_core(adopt_t, std::shared_ptr<sync_block> block, bool recursive);
   ~lock_core();
   lock_core(const lock_core&) = delete;
   lock_core& operator=(const lock_core&) = delete;
@@ -141,6 +171,11 @@ public:
   unsigned release_all(const char* who);
   // Sets the count of a lock just acquired.
   void restore(unsigned count) noexcept;
+  bool recursive() const noexcept { return recursive_; }
+
+  // As a process argument (detail/travel.hpp); one core per block and child.
+  void travel(wire::output_archive& ar, fd_departure& fds) const;
+  static std::shared_ptr<lock_core> arrive(wire::input_archive& ar, fd_arrival& fds);
 
 private:
   struct state;
@@ -173,6 +208,9 @@ public:
   bool try_acquire() noexcept;
   void release();
   unsigned value() const noexcept;
+  void travel(wire::output_archive& ar, fd_departure& fds) const;
+  static std::shared_ptr<semaphore_core> arrive(wire::input_archive& ar, fd_arrival& fds);
+  semaphore_core(std::shared_ptr<sync_block> block, unsigned bound);
 
 private:
   std::shared_ptr<sync_block> block_;
@@ -187,6 +225,9 @@ public:
   void set() noexcept;
   void clear() noexcept;
   bool is_set() const noexcept;
+  void travel(wire::output_archive& ar, fd_departure& fds) const;
+  static std::shared_ptr<event_core> arrive(wire::input_archive& ar, fd_arrival& fds);
+  explicit event_core(std::shared_ptr<sync_block> block);
 
 private:
   std::shared_ptr<sync_block> block_;
@@ -199,10 +240,14 @@ public:
   static awaitable<bool> wait(std::shared_ptr<condition_core> self, deadline until);
   void notify(unsigned n);
   const std::shared_ptr<lock_core>& lock() const noexcept { return lock_; }
+  void travel(wire::output_archive& ar, fd_departure& fds) const;
+  static std::shared_ptr<condition_core> arrive(wire::input_archive& ar, fd_arrival& fds);
+  condition_core(std::shared_ptr<lock_core> lock, std::shared_ptr<sync_block> block);
 
 private:
   struct state;
   void check_held(const char* what) const;
+  void notify_waiters(unsigned n);
   std::shared_ptr<lock_core> lock_;
   std::shared_ptr<sync_block> block_;
   state* s_;
@@ -217,6 +262,9 @@ public:
   bool broken() const;
   unsigned parties() const noexcept { return parties_; }
   unsigned n_waiting() const;
+  void travel(wire::output_archive& ar, fd_departure& fds) const;
+  static std::shared_ptr<barrier_core> arrive(wire::input_archive& ar, fd_arrival& fds);
+  barrier_core(std::shared_ptr<sync_block> block, unsigned parties);
 
 private:
   struct state;
@@ -235,14 +283,26 @@ class shared_data {
 public:
   shared_data(std::size_t bytes, std::size_t align, const char* what);
   void* data() const noexcept { return data_; }
+  // As a process argument: coproc::error in the child unless it is storage of `bytes`
+  // aligned to `align`, as the child's type expects.
+  void travel(wire::output_archive& ar, fd_departure& fds) const;
+  static std::shared_ptr<shared_data> arrive(wire::input_archive& ar, fd_arrival& fds,
+                                             std::size_t bytes, std::size_t align,
+                                             const char* what);
+  shared_data(std::shared_ptr<sync_block> block, std::shared_ptr<lock_core> lock, std::size_t bytes,
+              std::size_t align);
   const std::shared_ptr<lock_core>& lock() const noexcept { return lock_; }
   void lock_data() const;
   void unlock_data() const noexcept;
 
 private:
+  // Where the mutex and the data lie in the block's state.
+  static std::size_t mutex_at() noexcept;
+  static std::size_t data_at(std::size_t align) noexcept;
   std::shared_ptr<sync_block> block_;
   void* mutex_;
   void* data_;
+  std::size_t bytes_, align_;
   std::shared_ptr<lock_core> lock_;
 };
 
@@ -268,7 +328,13 @@ private:
   template <class T> friend class value;
   template <class T> friend class array;
   explicit lock(std::shared_ptr<detail::lock_core> core) : core_(std::move(core)) {}
+  friend struct detail::travel_access;
+  void travel(wire::output_archive& ar, detail::fd_departure& fds) const { core_->travel(ar, fds); }
+  static lock arrive(wire::input_archive& ar, detail::fd_arrival& fds) {
+    return lock(detail::lock_core::arrive(ar, fds));
+  }
   static awaitable<void> acquire_until(std::shared_ptr<detail::lock_core> core) {
+    if (core->try_acquire()) co_return; // uncontended: no second coroutine frame
     auto op = detail::lock_core::acquire(std::move(core), detail::deadline::never());
     co_await std::move(op);
   }
@@ -290,7 +356,14 @@ public:
 
 private:
   friend class condition;
+  explicit rlock(std::shared_ptr<detail::lock_core> core) : core_(std::move(core)) {}
+  friend struct detail::travel_access;
+  void travel(wire::output_archive& ar, detail::fd_departure& fds) const { core_->travel(ar, fds); }
+  static rlock arrive(wire::input_archive& ar, detail::fd_arrival& fds) {
+    return rlock(detail::lock_core::arrive(ar, fds));
+  }
   static awaitable<void> acquire_until(std::shared_ptr<detail::lock_core> core) {
+    if (core->try_acquire()) co_return; // uncontended: no second coroutine frame
     auto op = detail::lock_core::acquire(std::move(core), detail::deadline::never());
     co_await std::move(op);
   }
@@ -313,7 +386,13 @@ public:
 
 protected:
   explicit semaphore(std::shared_ptr<detail::semaphore_core> core) : core_(std::move(core)) {}
+  friend struct detail::travel_access;
+  void travel(wire::output_archive& ar, detail::fd_departure& fds) const { core_->travel(ar, fds); }
+  static semaphore arrive(wire::input_archive& ar, detail::fd_arrival& fds) {
+    return semaphore(detail::semaphore_core::arrive(ar, fds));
+  }
   static awaitable<void> acquire_until(std::shared_ptr<detail::semaphore_core> core) {
+    if (core->try_acquire()) co_return;
     auto op = detail::semaphore_core::acquire(std::move(core), detail::deadline::never());
     co_await std::move(op);
   }
@@ -326,6 +405,14 @@ public:
   explicit bounded_semaphore(unsigned value = 1)
       : semaphore(
             std::make_shared<detail::semaphore_core>(value, value, "coproc::bounded_semaphore")) {}
+
+private:
+  friend struct detail::travel_access;
+  explicit bounded_semaphore(std::shared_ptr<detail::semaphore_core> core)
+      : semaphore(std::move(core)) {}
+  static bounded_semaphore arrive(wire::input_archive& ar, detail::fd_arrival& fds) {
+    return bounded_semaphore(detail::semaphore_core::arrive(ar, fds));
+  }
 };
 
 class event {
@@ -341,7 +428,14 @@ public:
   }
 
 private:
+  explicit event(std::shared_ptr<detail::event_core> core) : core_(std::move(core)) {}
+  friend struct detail::travel_access;
+  void travel(wire::output_archive& ar, detail::fd_departure& fds) const { core_->travel(ar, fds); }
+  static event arrive(wire::input_archive& ar, detail::fd_arrival& fds) {
+    return event(detail::event_core::arrive(ar, fds));
+  }
   static awaitable<void> wait_until(std::shared_ptr<detail::event_core> core) {
+    if (core->is_set()) co_return;
     auto op = detail::event_core::wait(std::move(core), detail::deadline::never());
     co_await std::move(op);
   }
@@ -382,6 +476,12 @@ public:
   void notify_all() { core_->notify(~0u); }
 
 private:
+  explicit condition(std::shared_ptr<detail::condition_core> core) : core_(std::move(core)) {}
+  friend struct detail::travel_access;
+  void travel(wire::output_archive& ar, detail::fd_departure& fds) const { core_->travel(ar, fds); }
+  static condition arrive(wire::input_archive& ar, detail::fd_arrival& fds) {
+    return condition(detail::condition_core::arrive(ar, fds));
+  }
   static awaitable<void> wait_until(std::shared_ptr<detail::condition_core> core) {
     auto op = detail::condition_core::wait(std::move(core), detail::deadline::never());
     co_await std::move(op);
@@ -420,6 +520,12 @@ public:
   unsigned n_waiting() const { return core_->n_waiting(); }
 
 private:
+  explicit barrier(std::shared_ptr<detail::barrier_core> core) : core_(std::move(core)) {}
+  friend struct detail::travel_access;
+  void travel(wire::output_archive& ar, detail::fd_departure& fds) const { core_->travel(ar, fds); }
+  static barrier arrive(wire::input_archive& ar, detail::fd_arrival& fds) {
+    return barrier(detail::barrier_core::arrive(ar, fds));
+  }
   std::shared_ptr<detail::barrier_core> core_;
 };
 
@@ -478,6 +584,13 @@ public:
   coproc::lock get_lock() const { return coproc::lock(core_->lock()); }
 
 private:
+  explicit value(std::shared_ptr<detail::shared_data> core) : core_(std::move(core)) {}
+  friend struct detail::travel_access;
+  void travel(wire::output_archive& ar, detail::fd_departure& fds) const { core_->travel(ar, fds); }
+  static value arrive(wire::input_archive& ar, detail::fd_arrival& fds) {
+    return value(detail::shared_data::arrive(
+        ar, fds, sizeof(T), std::atomic_ref<T>::required_alignment, "coproc::value"));
+  }
   T* ptr() const noexcept { return static_cast<T*>(core_->data()); }
   std::shared_ptr<detail::shared_data> core_;
 };
@@ -501,6 +614,23 @@ public:
   coproc::lock get_lock() const { return coproc::lock(core_->lock()); }
 
 private:
+  array(std::shared_ptr<detail::shared_data> core, std::size_t n)
+      : core_(std::move(core)), size_(n) {}
+  friend struct detail::travel_access;
+  void travel(wire::output_archive& ar, detail::fd_departure& fds) const {
+    const std::uint64_t n = size_;
+    ar(n);
+    core_->travel(ar, fds);
+  }
+  static array arrive(wire::input_archive& ar, detail::fd_arrival& fds) {
+    std::uint64_t n = 0;
+    ar(n);
+    if (n > SIZE_MAX / sizeof(T)) throw coproc::error("coproc::array: a malformed argument");
+    const auto count = static_cast<std::size_t>(n);
+    auto core =
+        detail::shared_data::arrive(ar, fds, count * sizeof(T), alignof(T), "coproc::array");
+    return array(std::move(core), count);
+  }
   std::shared_ptr<detail::shared_data> core_;
   std::size_t size_;
 };

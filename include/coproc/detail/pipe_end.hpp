@@ -6,6 +6,7 @@
 
 #include <boost/asio/any_io_executor.hpp>
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -85,7 +86,9 @@ private:
   bool take(std::uint64_t word, std::size_t n);
   void check_open(const char* what) const;
 
-  int fd_;
+  // Atomic: close() may run on another thread than a waiting send or recv, which then
+  // finds it -1 (std::logic_error) rather than a closed or reused descriptor's error.
+  std::atomic<int> fd_;
   bool can_send_, can_recv_;
   // Receiving: in_[0, got_) holds the first bytes of a message of length_ bytes.
   std::string in_;

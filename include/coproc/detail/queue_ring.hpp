@@ -1,10 +1,9 @@
 // coproc/detail/queue_ring.hpp — the shared-memory ring behind coproc::queue.
 //
-// The ring is one MAP_SHARED mapping of a memfd made by the process that creates the
-// queue and inherited by every process forked afterwards; a fresh image gets the memfd
-// and the eventfds as a process argument (detail/travel.hpp) and maps the same memory
-// (at another address: nothing in it is a pointer). A control block, then `capacity` bytes
-// of records ([u64 length][payload, padded to 8]; a record may wrap around the end).
+// The ring is a shared_block (detail/shared_block.hpp: a memfd mapped MAP_SHARED and two
+// eventfds) made by the process that creates the queue, inherited by every process forked
+// afterwards and passed to fresh images as a process argument. A control block, then `capacity`
+// bytes of records ([u64 length][payload, padded to 8]; a record may wrap around the end).
 // Positions are monotonic byte counters, so head == tail means empty.
 //
 // Two robust, process-shared mutexes split the work: producers serialize on put_lock and
@@ -17,12 +16,14 @@
 // from the journal. Nothing is ever torn or duplicated and no lock stays held.
 //
 // Sleepers wait on an eventfd per direction, registered with the awaiting coroutine's
-// io_context. A waiter counts itself in and clears the direction's `wake_pending` flag
-// before it looks again; the other side, after a commit and still under its lock, writes
-// the eventfd only when someone waits and no wake-up is already on its way, so a busy
-// queue makes no syscalls and a burst makes one. The eventfds count tokens
-// (EFD_SEMAPHORE): one per sleeper, each woken sleeper takes one, so sleepers of every
-// process are woken and none keeps waking up on a readable eventfd. A waiter whose
+// io_context. Before it counts itself in, a waiter watches the other side's position for
+// about a microsecond (only when this process may run on more than one CPU): a producer
+// and a consumer at about the same pace then rarely sleep and wake each other. A waiter counts
+// itself in and clears the direction's `wake_pending` flag before it looks again; the other side,
+// after a commit and still under its lock, writes the eventfd only when someone waits and no
+// wake-up is already on its way, so a busy queue makes no syscalls and a burst makes one. The
+// eventfds count tokens (EFD_SEMAPHORE): one per sleeper, each woken sleeper takes one, so sleepers
+// of every process are woken and none keeps waking up on a readable eventfd. A waiter whose
 // coroutine is cancelled takes no token and tries nothing more: a cancelled put or get
 // has no effect, and the token written for it stays for the other sleepers (one spare
 // wake-up, never a missed one).
@@ -38,6 +39,7 @@
 
 #include <coproc/awaitable.hpp>
 #include <coproc/detail/deadline.hpp>
+#include <coproc/detail/shared_block.hpp>
 
 #include <atomic>
 #include <chrono>
@@ -78,7 +80,8 @@ public:
   awaitable<void> put(std::string_view bytes, deadline until);
   awaitable<void> get(consumer f, void* context, deadline until);
 
-  void close();
+  // Closes it for every process; immediate: the items left are dropped too.
+  void shutdown(bool immediate);
   bool closed() const noexcept;
   std::size_t qsize() const noexcept;
   bool full() const noexcept;
@@ -99,13 +102,13 @@ public:
   void travel(wire::output_archive& ar, fd_departure& fds) const;
   static std::shared_ptr<queue_ring> arrive(wire::input_archive& ar, fd_arrival& fds);
 
+  // Adopts the block of a ring made elsewhere (arrive).
+  queue_ring(const shared_block::description& d, fd_arrival& fds, std::size_t maxsize,
+             std::size_t capacity_bytes);
+
 private:
-  // Adopts the descriptors of a ring made elsewhere; map_size_ is checked against the memfd.
-  queue_ring(std::size_t maxsize, std::size_t capacity_bytes, int memfd, int getters_fd,
-             int putters_fd);
-  void map();
-  void release() noexcept;
   struct control;
+  static std::size_t block_size(std::size_t capacity) noexcept;
   enum side { getters = 0, putters = 1 };
   class side_lock;
   void lock(side s);
@@ -116,20 +119,18 @@ private:
   template <class Attempt> awaitable<void> retry(side s, deadline until, Attempt attempt);
   // Whether an attempt went through; queue_closed if the queue is closed.
   static bool done(side s, status result);
+  std::uint64_t progress(side s) const noexcept;
   void recover(side s) noexcept;
-  void signal(side s, std::uint64_t tokens) noexcept;
-  void take_token(side s) noexcept;
   void wake(side s) noexcept;
   void committed(side woken) noexcept;
   void wake_all() noexcept;
+  void discard();
 
-  control* control_ = nullptr;
-  unsigned char* data_ = nullptr;
-  std::size_t map_size_ = 0;
   std::size_t maxsize_;
   std::size_t capacity_;
-  int memfd_ = -1;             // the mapping's
-  int event_fd_[2] = {-1, -1}; // [getters]: not empty, [putters]: not full
+  shared_block block_; // eventfd [getters]: not empty, [putters]: not full
+  control* control_;
+  unsigned char* data_;
   // Lower bounds of the other side's position, so a busy side rarely reads the other's
   // cache line. Only touched under this side's lock.
   std::uint64_t known_head_ = 0, known_tail_ = 0;

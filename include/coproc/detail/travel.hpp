@@ -1,5 +1,6 @@
 // coproc/detail/travel.hpp — handles whose descriptors travel with a process's arguments
-// to a fresh image (start_method::spawn, forkserver): queue and connection.
+// to a fresh image (start_method::spawn, forkserver): queue, connection and the objects of
+// coproc/sync.hpp.
 //
 // A fork child inherits a handle's descriptors and memory. A fresh image inherits
 // nothing, so a handle among the arguments of a process is encoded as indices into the
@@ -10,7 +11,7 @@
 // socket. The same descriptor added twice travels once, and in the child both handles
 // share one rebuilt object, as a fork child's copies do.
 //
-// Only a process argument travels so: a queue or connection is not wire-serializable
+// Only a process argument travels so: such a handle is not wire-serializable
 // (wire::detail::process_argument_only), so putting one in a queue, a message or a pool
 // task does not compile.
 #pragma once
@@ -24,6 +25,8 @@
 #include <memory>
 #include <new>
 #include <string>
+#include <typeindex>
+#include <typeinfo>
 #include <utility>
 #include <vector>
 
@@ -53,9 +56,10 @@ public:
   // Descriptor `index`, set close-on-exec as the parent's was; coproc::error if no such
   // descriptor arrived.
   int fd(std::uint32_t index) const;
-  // The object rebuilt on descriptor `index` (its first), made by make() on first use.
+  // The T rebuilt on descriptor `index` (its first), made by make() on first use: objects
+  // of several types may stand on one descriptor (a value's storage and its lock).
   template <class T, class Make> std::shared_ptr<T> object(std::uint32_t index, Make make) {
-    auto& slot = objects_[index];
+    auto& slot = objects_[{index, std::type_index(typeid(T))}];
     if (!slot) slot = make();
     return std::static_pointer_cast<T>(slot);
   }
@@ -63,7 +67,7 @@ public:
 private:
   int first_;
   std::uint32_t count_;
-  std::map<std::uint32_t, std::shared_ptr<void>> objects_;
+  std::map<std::pair<std::uint32_t, std::type_index>, std::shared_ptr<void>> objects_;
 };
 
 // What queue and connection befriend: their encoding as a process argument.
