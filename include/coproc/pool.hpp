@@ -10,9 +10,27 @@
 // and talk to it over one socket each; many small tasks and results travel batched, and
 // the parent's io_context only ever does short steps, so it stays responsive while the
 // pool is saturated. Work queued behind a slow task is taken back for an idle worker.
-// A task is a function pointer or a captureless lambda / empty function object plus
-// arguments; arguments and results cross in the wire format (coproc/wire.hpp), the
-// callable as an offset in the executable's image, never as a pointer into this heap.
+// A task is a callable plus arguments; arguments and results cross in the wire format
+// (coproc/wire.hpp), of any size (64-bit lengths: a 1 GiB argument and result round trip;
+// through the worker's socket, so about 1 to 2 GB/s, and memory for the value and its
+// encoding on each side). The callable is a function pointer or a captureless lambda /
+// empty function object (it crosses as an offset in the executable's image, never as a
+// pointer into this heap), a function object with a cereal serialize (default
+// constructible and copyable: its state is encoded once per submission and travels with
+// every task), or coproc::partial(f, bound...) of one (coproc/partial.hpp: the bound
+// arguments travel the same way). A lambda with captures is a compile-time error that
+// says why: its state cannot travel.
+//
+// A callable returning awaitable<R> is a coroutine task: the caller gets R, and a worker
+// runs up to pool_options::concurrency of them at once on its own io_context (a task may
+// await timers, sockets, coproc::run). A worker is sent that many at most; answers leave
+// in item order, so a long one holds back the answers of the shorter ones started after
+// it in the same worker.
+//
+// imap / imap_unordered take their range by value. With pool_options::buffersize they
+// pull it lazily (any input range, an endless one too), with at most buffersize results
+// pulled and not yet taken; destroying the stream's last handle stops the pulling and
+// withdraws its items not yet sent to a worker.
 //
 // A task that throws fails with remote_error. A worker that dies (signal, _exit, OOM)
 // fails exactly the tasks it had started and not answered with worker_lost, tasks it
