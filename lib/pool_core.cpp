@@ -34,6 +34,8 @@ std::int64_t now_ns() {
       .count();
 }
 
+constexpr int large_socket_buffer = 4 << 20;
+
 const char* fresh_method_name(start_method method) {
   return method == start_method::spawn ? "start_method::spawn" : "start_method::forkserver";
 }
@@ -202,6 +204,11 @@ pool_core::link pool_core::make_link() const {
     throw std::system_error(errno, std::generic_category(),
                             "coproc::pool: socketpair for a worker");
   link l{sv[0], sv[1]};
+  // Large arguments and results cross in fewer round trips with larger socket buffers
+  // (the kernel caps them at net.core.wmem_max / rmem_max; it allocates only what is used).
+  for (int fd : sv)
+    for (int opt : {SO_SNDBUF, SO_RCVBUF})
+      ::setsockopt(fd, SOL_SOCKET, opt, &large_socket_buffer, sizeof large_socket_buffer);
   if (spawning()) {
     l.memfd = ::memfd_create("coproc-pool-worker", MFD_CLOEXEC);
     if (l.memfd >= 0 && ::ftruncate(l.memfd, worker_page_size) != 0) {

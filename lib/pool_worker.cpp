@@ -184,7 +184,7 @@ private:
     collect();
     if (!out_.empty()) flush();
     if (!closing_ && !read_armed_) {
-      if (!socket_) socket_.emplace(io(), ::dup(fd_));
+      if (!socket_) socket_.emplace(io(), ::fcntl(fd_, F_DUPFD_CLOEXEC, 0)); // not for children
       read_armed_ = true;
       socket_->async_wait(boost::asio::posix::descriptor_base::wait_read,
                           [this](boost::system::error_code) {

@@ -440,3 +440,22 @@ TEST_CASE("a large argument and result round trip intact") {
     CHECK(back == big);
   }());
 }
+
+TEST_CASE("map over many large items is intact and takes memory for about one copy in flight") {
+  coproc_test::run([]() -> coproc::awaitable<void> {
+    coproc::pool pool(co_await boost::asio::this_coro::executor, 2);
+    std::vector<std::string> items;
+    for (int i = 0; i < 32; ++i)
+      items.emplace_back(std::size_t(1) << 20, static_cast<char>('a' + i % 26));
+    long before = resident_kib();
+    for (int round = 0; round < 3; ++round) {
+      auto back = co_await pool.map(echo, items);
+      CHECK(back == items);
+    }
+    // 32 MiB there and back: the items, their encodings and the results, not one more
+    // copy for every time a slow worker's unstarted items were taken back.
+    long growth = resident_kib() - before;
+    MESSAGE("RSS growth: " << growth << " KiB");
+    CHECK(growth < 512 * 1024);
+  }());
+}

@@ -11,11 +11,13 @@
 // the parent's io_context only ever does short steps, so it stays responsive while the
 // pool is saturated. Work queued behind a slow task is taken back for an idle worker.
 // A task is a callable plus arguments; arguments and results cross in the wire format
-// (coproc/wire.hpp), of any size (64-bit lengths: a 1 GiB argument and result round trip;
-// through the worker's socket, so about 1 to 2 GB/s, and memory for the value and its
-// encoding on each side). The callable is a function pointer or a captureless lambda /
-// empty function object (it crosses as an offset in the executable's image, never as a
-// pointer into this heap), a function object with a cereal serialize (default
+// (coproc/wire.hpp), of any size: lengths are 64 bits, and a frame or record is refused
+// only above 64 TiB (a protocol error); below that the cap is memory, the value and its
+// encoding on each side (no memory for one fails that task with std::bad_alloc, or its
+// worker with worker_lost). They cross through the worker's socket (4 MiB buffers where
+// net.core.wmem_max allows), not yet through shared memory. The callable is a function pointer or a
+// captureless lambda / empty function object (it crosses as an offset in the executable's image,
+// never as a pointer into this heap), a function object with a cereal serialize (default
 // constructible and copyable: its state is encoded once per submission and travels with
 // every task), or coproc::partial(f, bound...) of one (coproc/partial.hpp: the bound
 // arguments travel the same way). A lambda with captures is a compile-time error that
