@@ -17,11 +17,14 @@ namespace {
 pool_options resolved(pool_options options) {
   options.method = detail::resolve_start_method(options.method);
   if (options.processes == 0) options.processes = cpu_count();
+  if (options.concurrency == 0)
+    throw std::invalid_argument("coproc::pool: pool_options::concurrency must be at least 1");
   return options;
 }
 } // namespace
 
-pool::pool(boost::asio::any_io_executor ex, pool_options options) {
+pool::pool(boost::asio::any_io_executor ex, pool_options options)
+    : buffersize_(options.buffersize) {
   if (options.remote) remote_ = detail::remote_core::start(std::move(ex), std::move(options));
   else core_ = detail::pool_core::start(std::move(ex), resolved(std::move(options)));
   detail::note_started();
@@ -47,6 +50,16 @@ std::size_t pool::default_chunksize(std::size_t n) const {
 
 void pool::close() { remote_ ? remote_->close() : core_->close(); }
 void pool::terminate() { remote_ ? remote_->terminate() : core_->terminate(); }
+namespace detail {
+stream_port::stream_port(std::shared_ptr<pool_core> core) : core_(std::move(core)) {
+  core_->stream_opened();
+}
+stream_port::~stream_port() { done(); }
+void stream_port::submit(std::shared_ptr<pool_job> job) { core_->submit(std::move(job), true); }
+void stream_port::done() noexcept {
+  if (auto core = std::move(core_)) core->stream_closed();
+}
+} // namespace detail
 
 awaitable<void> pool::join() {
   if (remote_) return detail::remote_core::join(remote_);

@@ -34,30 +34,30 @@ std::int64_t now_ns() {
       .count();
 }
 
+constexpr int large_socket_buffer = 4 << 20;
+
 const char* fresh_method_name(start_method method) {
   return method == start_method::spawn ? "start_method::spawn" : "start_method::forkserver";
 }
 
-// start_method::spawn, forkserver: the initializer as an offset a fresh image can call, 0
-// for none.
-std::intptr_t spawn_initializer_offset(const std::function<void()>& initializer,
-                                       start_method method) {
-  if (!initializer) return 0;
+// start_method::spawn, forkserver: the initializer as a fresh image rebuilds it (no
+// trampoline for none).
+pool_initializer::travel_form spawn_initializer(const pool_initializer& initializer,
+                                                start_method method) {
+  if (!initializer) return {};
   std::string with = std::string("coproc::pool: with ") + fresh_method_name(method);
-  void (*fn)() = nullptr;
-  if (auto* plain = initializer.target<void (*)()>()) fn = *plain;
-  else if (auto* declared = initializer.target<void (*)() noexcept>()) fn = *declared;
-  if (!fn)
+  if (!initializer.travel())
     throw std::invalid_argument(
-        with + " the initializer must be a plain function (a fresh worker image has "
-               "no copy of a lambda's or object's state)");
-  auto offset = pool_image_offset(fn);
+        with + " the initializer must be a plain function or a coproc::partial of one (a "
+               "fresh worker image has no copy of a lambda's captures or a std::function)");
+  const auto& form = *initializer.travel();
   // Only code in libcoproc's own image is at the same offset in a fresh image.
-  if (!callable_offset(offset, true))
-    throw std::invalid_argument(
-        with + " the initializer must be in the same image as libcoproc (link coproc "
-               "statically), or use start_method::fork");
-  return offset;
+  for (std::intptr_t offset : {form.trampoline, form.target})
+    if (offset != 0 && !callable_offset(offset, true))
+      throw std::invalid_argument(
+          with + " the initializer must be in the same image as libcoproc (link coproc "
+                 "statically), or use start_method::fork");
+  return form;
 }
 
 } // namespace
@@ -75,16 +75,31 @@ std::shared_ptr<pool_core> pool_core::start(boost::asio::any_io_executor ex, poo
 }
 
 pool_core::pool_core(boost::asio::any_io_executor ex, pool_options options)
-    : ex_(std::move(ex)), options_(std::move(options)), scheduler_(options_.maxtasksperchild) {
+    : ex_(std::move(ex)), options_(std::move(options)),
+      scheduler_(options_.maxtasksperchild, options_.concurrency) {
   if (spawning()) {
     require_main_guard("coproc::pool");
-    initializer_offset_ = spawn_initializer_offset(options_.initializer, *options_.method);
+    initializer_ = spawn_initializer(options_.initializer, *options_.method);
   }
 }
 
-void pool_core::submit(std::shared_ptr<pool_job> job) {
+void pool_core::stream_opened() {
   std::lock_guard lock(mutex_);
   if (closed_)
+    throw std::logic_error(std::string("coproc::pool: cannot submit a task to a ") +
+                           (terminated_ ? "terminated" : "closed") + " pool");
+  ++open_streams_;
+}
+
+void pool_core::stream_closed() noexcept {
+  std::lock_guard lock(mutex_);
+  --open_streams_;
+  if (closed_) dispatch_locked(); // the workers may be done now
+}
+
+void pool_core::submit(std::shared_ptr<pool_job> job, bool from_stream) {
+  std::lock_guard lock(mutex_);
+  if (closed_ && (terminated_ || !from_stream))
     throw std::logic_error(std::string("coproc::pool: cannot submit a task to a ") +
                            (terminated_ ? "terminated" : "closed") + " pool");
   if (spawning()) check_same_image_locked(*job);
@@ -189,6 +204,11 @@ pool_core::link pool_core::make_link() const {
     throw std::system_error(errno, std::generic_category(),
                             "coproc::pool: socketpair for a worker");
   link l{sv[0], sv[1]};
+  // Large arguments and results cross in fewer round trips with larger socket buffers
+  // (the kernel caps them at net.core.wmem_max / rmem_max; it allocates only what is used).
+  for (int fd : sv)
+    for (int opt : {SO_SNDBUF, SO_RCVBUF})
+      ::setsockopt(fd, SOL_SOCKET, opt, &large_socket_buffer, sizeof large_socket_buffer);
   if (spawning()) {
     l.memfd = ::memfd_create("coproc-pool-worker", MFD_CLOEXEC);
     if (l.memfd >= 0 && ::ftruncate(l.memfd, worker_page_size) != 0) {
@@ -217,14 +237,14 @@ std::shared_ptr<process_child> pool_core::start_worker(link& l) {
   auto id = next_child_identity(prefix);
   if (spawning())
     return start_worker_image(*options_.method, l.worker_fd, l.memfd, options_.maxtasksperchild,
-                              initializer_offset_, id);
+                              options_.concurrency, initializer_, id);
   int parent = ::getpid();
   int pid = fork_flushed("coproc::pool: fork() of a worker failed");
   if (pid == 0) {
     ::close(l.parent_fd);
     for (auto& other : workers_) ::close(other->socket.native_handle());
-    run_forked_worker(parent, l.worker_fd, l.page, std::move(id), options_.initializer,
-                      options_.maxtasksperchild);
+    run_forked_worker(parent, l.worker_fd, l.page, std::move(id), options_.initializer.function(),
+                      options_.maxtasksperchild, options_.concurrency);
   }
   return std::make_shared<direct_child>(pid);
 }
@@ -323,7 +343,7 @@ awaitable<void> pool_core::replace_after(std::shared_ptr<pool_core> self, bool s
 
 bool pool_core::needs_worker_locked() const {
   return !terminated_ && !failed_ && workers_.size() < options_.processes &&
-         (!closed_ || scheduler_.has_work());
+         (!closed_ || scheduler_.has_work() || open_streams_ != 0);
 }
 
 // Consumes the complete records at the front of `in`. False on a record that does not
@@ -402,7 +422,7 @@ void pool_core::dispatch_locked() {
   for (auto& w : workers_) {
     if (w->gone || w->write_pending) continue;
     if (!w->out.empty()) start_write(w);
-    else if (closed_ && !scheduler_.has_work() && all_claimed && !w->shut) {
+    else if (closed_ && !scheduler_.has_work() && all_claimed && open_streams_ == 0 && !w->shut) {
       // Everything is sent: the worker drains its socket, answers and exits.
       w->shut = true;
       boost::system::error_code ec;

@@ -33,8 +33,13 @@ public:
 
   pool_core(boost::asio::any_io_executor ex, pool_options options);
 
-  // std::logic_error once the pool is closed or terminated.
-  void submit(std::shared_ptr<pool_job> job);
+  // std::logic_error once the pool is closed or terminated; for a lazy stream's items
+  // (from_stream) only once it is terminated.
+  void submit(std::shared_ptr<pool_job> job, bool from_stream = false);
+  // A lazy stream that may still submit items: close() does not end the workers while
+  // one is open. stream_opened is std::logic_error once the pool is closed.
+  void stream_opened();
+  void stream_closed() noexcept;
   void close();
   void terminate() noexcept;
   // (The coroutine holds the core: the wait may outlive the pool object.)
@@ -89,13 +94,14 @@ private:
   std::mutex mutex_;
   boost::asio::any_io_executor ex_;
   const pool_options options_;
-  std::intptr_t initializer_offset_ = 0; // spawn: the initializer's offset from the anchor
+  pool_initializer::travel_form initializer_; // spawn: the initializer as a fresh image rebuilds it
   pool_scheduler scheduler_;
   std::vector<std::shared_ptr<worker>> workers_;
   std::unordered_set<std::intptr_t>
-      checked_offsets_;       // spawn: code known to be in the anchor's image
-  std::size_t live_ = 0;      // worker processes not reaped yet
-  std::exception_ptr failed_; // why every task fails (fail_pool_locked)
+      checked_offsets_;          // spawn: code known to be in the anchor's image
+  std::size_t live_ = 0;         // worker processes not reaped yet
+  std::size_t open_streams_ = 0; // lazy streams that may still submit
+  std::exception_ptr failed_;    // why every task fails (fail_pool_locked)
   waiter_list join_waiters_;
   boost::asio::steady_timer rebalance_timer_{ex_};
   bool closed_ = false, terminated_ = false, dispatch_posted_ = false, rebalance_armed_ = false;

@@ -3,7 +3,9 @@
 // A frame that does not add up, or names no code, makes the worker exit with
 // pool_protocol_error_exit without calling anything. The worker counts toward
 // maxtasksperchild the frames of which it ran an item: a chunk the parent took back whole
-// is not a task.
+// is not a task. Coroutine tasks run on the worker's own io_context, up to
+// pool_options::concurrency at once; answers still leave in item order (the parent
+// matches them by order), so while one is running, later answers wait in line for it.
 #include "pool_worker.hpp"
 
 #include "forkserver.hpp"
@@ -11,6 +13,13 @@
 #include "os.hpp"
 
 #include <coproc/errors.hpp>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+
+#include <poll.h>
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -20,9 +29,12 @@
 
 #include <cerrno>
 #include <csignal>
+#include <deque>
 #include <iostream>
 #include <limits>
+#include <memory>
 #include <mutex>
+#include <optional>
 #include <system_error>
 #include <unordered_set>
 #include <tuple>
@@ -51,22 +63,17 @@ void write_all(int fd, std::string& out, std::mutex* lock = nullptr) {
   release_if_large(out);
 }
 
-// Runs one item: appends its record to out.
-void run_item(pool_trampoline fn, std::intptr_t target, const pool_input& in, std::string& out) {
-  std::size_t at = begin_record(out);
-  record_kind kind = record_kind::value;
+// The record begun at `at` becomes the error record of the exception being handled.
+record_kind encode_current_error(std::string& out, std::size_t at) {
+  out.resize(at + sizeof(record_header));
   try {
-    fn(target, in, out);
+    throw;
   } catch (const std::exception& e) {
-    out.resize(at + sizeof(record_header));
     encode_parts(out, exception_type_name(e), std::string(e.what()));
-    kind = record_kind::error;
   } catch (...) {
-    out.resize(at + sizeof(record_header));
     encode_parts(out, std::string("unknown exception"), std::string());
-    kind = record_kind::error;
   }
-  end_record(out, at, kind);
+  return record_kind::error;
 }
 
 [[noreturn]] void worker_exit(int code) {
@@ -113,26 +120,134 @@ struct frame_release {
 };
 
 // The task loop of a started worker.
-class worker_loop {
+class worker_loop final : public pool_coroutine_host {
 public:
   // write_lock: another thread writes on fd too (a remote worker's heartbeats); then the
   // worker also announces each frame's claims by a record before running it.
-  worker_loop(int fd, worker_page* page, unsigned maxtasks, bool same_object,
+  worker_loop(int fd, worker_page* page, unsigned maxtasks, unsigned concurrency, bool same_object,
               std::mutex* write_lock)
-      : fd_(fd), page_(page), maxtasks_(maxtasks), code_(same_object), write_lock_(write_lock) {}
+      : fd_(fd), page_(page), maxtasks_(maxtasks), concurrency_(std::max(concurrency, 1u)),
+        code_(same_object), write_lock_(write_lock) {}
 
   [[noreturn]] void run() {
     for (;;) {
       while (auto frame = next_frame()) run_frame(*frame);
-      if (!out_.empty()) flush(); // answers never wait behind a blocking read
-      if (!read_more()) {         // close(): everything was sent; terminate() kills instead
+      if (running_ > 0) {
+        await_progress();
+        continue;
+      }
+      collect();
+      if (!out_.empty()) flush();          // answers never wait behind a blocking read
+      if (closing_ || !read_more(false)) { // close(): everything was sent; terminate() kills
         flush();
         worker_exit(0);
       }
     }
   }
 
+  // ---- pool_coroutine_host ----
+  std::string& begin_answer() override {
+    auto& slot = *pending_.emplace_back(std::make_unique<answer_slot>());
+    begin_record(slot.record);
+    begun_ = &slot;
+    return slot.record;
+  }
+  void start(awaitable<void> task) override {
+    answer_slot* slot = begun_;
+    begun_ = nullptr;
+    ++running_;
+    ++starts_;
+    boost::asio::co_spawn(io(), run_coroutine(slot, std::move(task)), boost::asio::detached);
+  }
+
 private:
+  // An answer that waits for a coroutine task ahead of it, or is one.
+  struct answer_slot {
+    std::string record;
+    bool done = false;
+  };
+
+  awaitable<void> run_coroutine(answer_slot* slot, awaitable<void> task) {
+    record_kind kind = record_kind::value;
+    try {
+      co_await std::move(task);
+    } catch (...) {
+      kind = encode_current_error(slot->record, 0);
+    }
+    end_record(slot->record, 0, kind);
+    slot->done = true;
+    --running_;
+  }
+
+  boost::asio::io_context& io() {
+    if (!io_) io_.emplace(1);
+    if (io_->stopped()) io_->restart();
+    return *io_;
+  }
+
+  // Runs one step of the coroutine tasks, or reads what the parent sent meanwhile.
+  void await_progress() {
+    collect();
+    if (!out_.empty()) flush();
+    if (!closing_ && !read_armed_) {
+      if (!socket_) socket_.emplace(io(), ::fcntl(fd_, F_DUPFD_CLOEXEC, 0)); // not for children
+      read_armed_ = true;
+      socket_->async_wait(boost::asio::posix::descriptor_base::wait_read,
+                          [this](boost::system::error_code) {
+                            read_armed_ = false;
+                            readable_ = true;
+                          });
+    }
+    io().run_one();
+    if (readable_) {
+      readable_ = false;
+      if (!read_more(true)) closing_ = true; // finish the running tasks, then exit
+    }
+  }
+
+  // Ends every running coroutine task (before the worker exits).
+  void drain() {
+    while (running_ > 0) io().run_one();
+    collect();
+  }
+
+  // Answers that are done, in item order, go out.
+  void collect() {
+    while (!pending_.empty() && pending_.front()->done) {
+      out_.append(pending_.front()->record);
+      pending_.pop_front();
+    }
+  }
+
+  // Runs one item: its record goes to out_, or in line behind a coroutine task's.
+  void run_item(pool_trampoline fn, std::intptr_t target, pool_input& in) {
+    while (running_ >= concurrency_) { // a slot frees when a running task ends
+      io().run_one();
+      collect();
+      if (!out_.empty()) flush();
+    }
+    answer_slot* queued =
+        pending_.empty() ? nullptr : pending_.emplace_back(std::make_unique<answer_slot>()).get();
+    std::string& out = queued ? queued->record : out_;
+    in.host = this;
+    std::uint64_t starts = starts_;
+    std::size_t at = begin_record(out);
+    record_kind kind = record_kind::value;
+    try {
+      fn(target, in, out);
+    } catch (...) {
+      kind = encode_current_error(out, at);
+    }
+    if (begun_) { // a coroutine task that could not start: its error is in `out`
+      begun_->record.clear();
+      begun_->done = true;
+      begun_ = nullptr;
+    }
+    if (starts_ != starts) out.resize(at); // a coroutine task started: its own slot answers
+    else end_record(out, at, kind);
+    if (queued) queued->done = true;
+  }
+
   // The complete frame at the front of the input, checked whole before any item runs.
   std::optional<frame_view> next_frame() {
     std::optional<frame_view> frame;
@@ -163,9 +278,11 @@ private:
     timed_.items += ran;
     timed_.nanoseconds += static_cast<std::uint64_t>(t1 - t0);
     if (maxtasks_ != 0 && ++tasks_ >= maxtasks_) {
+      drain();
       flush();
       worker_exit(0);
     }
+    collect();
     if (out_.size() >= answer_flush_bytes || t1 - last_flush_ >= answer_flush_interval.count() ||
         !complete_frame_follows())
       flush();
@@ -190,7 +307,7 @@ private:
       std::uint64_t expected = seq_++;
       // Fails when the parent took this item back: skip it without an answer.
       if (page_->claimed.compare_exchange_strong(expected, seq_)) {
-        run_item(fn, static_cast<std::intptr_t>(h.target), input, out_);
+        run_item(fn, static_cast<std::intptr_t>(h.target), input);
         ++ran;
       }
     }
@@ -232,26 +349,42 @@ private:
     last_flush_ = now_ns();
   }
 
-  // False once the parent closed its end.
-  bool read_more() {
+  // False once the parent closed its end. Without `wait` it takes only what is there.
+  bool read_more(bool nowait) {
     std::span<char> room;
     try {
       room = in_.room(bytes_wanted<task_frame_header>(in_.data()));
     } catch (const std::bad_alloc&) {
       protocol_error(page_, "no memory for a frame");
     }
-    ssize_t n;
-    do n = ::read(fd_, room.data(), room.size());
-    while (n < 0 && errno == EINTR);
-    if (n <= 0) return false;
-    in_.commit(static_cast<std::size_t>(n));
-    return true;
+    for (;;) {
+      ssize_t n = ::recv(fd_, room.data(), room.size(), nowait ? MSG_DONTWAIT : 0);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        if (nowait) return true;
+        pollfd p{fd_, POLLIN, 0};
+        ::poll(&p, 1, -1);
+        continue;
+      }
+      if (n <= 0) return false;
+      in_.commit(static_cast<std::size_t>(n));
+      return true;
+    }
   }
 
   const int fd_;
   worker_page* const page_;
-  const unsigned maxtasks_;
+  const unsigned maxtasks_, concurrency_;
   code_checker code_;
+  // Coroutine tasks: their io_context (made at the first), the socket watched while they
+  // run, the answers waiting in item order.
+  std::optional<boost::asio::io_context> io_;
+  std::optional<boost::asio::posix::stream_descriptor> socket_;
+  std::deque<std::unique_ptr<answer_slot>> pending_;
+  answer_slot* begun_ = nullptr; // begin_answer() was called, start() not yet
+  unsigned running_ = 0;
+  std::uint64_t starts_ = 0;
+  bool read_armed_ = false, readable_ = false, closing_ = false;
   byte_buffer in_;
   std::string out_;
   std::uint64_t seq_ = 0; // the number of the last item received
@@ -262,7 +395,8 @@ private:
 };
 
 [[noreturn]] void run_initializer_then_work(const std::function<void()>& initializer, int fd,
-                                            worker_page* page, unsigned maxtasks, bool same_object,
+                                            worker_page* page, unsigned maxtasks,
+                                            unsigned concurrency, bool same_object,
                                             std::mutex* write_lock = nullptr) {
   std::string out;
   auto failed = [&](const std::string& type, const std::string& message) {
@@ -284,7 +418,7 @@ private:
   }
   encode_record(out, record_kind::started);
   write_all(fd, out, write_lock);
-  worker_loop(fd, page, maxtasks, same_object, write_lock).run();
+  worker_loop(fd, page, maxtasks, concurrency, same_object, write_lock).run();
 }
 
 } // namespace
@@ -295,11 +429,12 @@ private:
 // tables, so the start cost does not grow with the parent's memory), or a child the fork
 // server forks, which starts the same way; it becomes a worker in main_guard
 // (lib/fresh_image.cpp), once the program's statics are constructed. Its
-// body: maxtasksperchild and the initializer's offset from the anchor (0 for none); its
-// descriptors: the socket and the memfd of the shared page.
+// body: maxtasksperchild, concurrency and the initializer (its trampoline's and target's
+// offsets from the anchor, the trampoline 0 for none, and its state); its descriptors: the
+// socket and the memfd of the shared page.
 
 namespace {
-using spawned_worker_body = std::tuple<unsigned, std::int64_t>;
+using spawned_worker_body = std::tuple<unsigned, unsigned, std::int64_t, std::int64_t, std::string>;
 } // namespace
 
 void run_spawned_worker(std::string_view body, int fd, int memfd) {
@@ -310,7 +445,7 @@ void run_spawned_worker(std::string_view body, int fd, int memfd) {
     std::cerr << "coproc::pool worker " << ::getpid() << ": " << e.what() << std::endl;
     ::_exit(pool_protocol_error_exit);
   }
-  auto [maxtasks, init] = parts;
+  auto& [maxtasks, concurrency, init, init_target, init_state] = parts;
   void* mem = ::mmap(nullptr, worker_page_size, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
   if (mem == MAP_FAILED) ::_exit(71);
   ::close(memfd);
@@ -318,23 +453,29 @@ void run_spawned_worker(std::string_view body, int fd, int memfd) {
   std::function<void()> initializer;
   if (init != 0) {
     // Checked by the parent too; a forged payload must not choose what this calls.
-    if (!callable_offset(static_cast<std::intptr_t>(init), true))
+    if (!callable_offset(static_cast<std::intptr_t>(init), true) ||
+        (init_target != 0 && !callable_offset(static_cast<std::intptr_t>(init_target), true)))
       protocol_error(static_cast<worker_page*>(mem),
                      "an initializer offset outside libcoproc's image");
-    initializer =
-        reinterpret_cast<void (*)()>(static_cast<std::intptr_t>(init) + pool_anchor_address());
+    auto fn =
+        reinterpret_cast<pool_trampoline>(static_cast<std::intptr_t>(init) + pool_anchor_address());
+    initializer = [fn, target = static_cast<std::intptr_t>(init_target), &state = init_state] {
+      std::string ignored; // what it returns
+      fn(target, pool_input{state}, ignored);
+    };
   }
-  run_initializer_then_work(initializer, fd, static_cast<worker_page*>(mem), maxtasks, true);
+  run_initializer_then_work(initializer, fd, static_cast<worker_page*>(mem), maxtasks, concurrency,
+                            true);
 }
 
 [[noreturn]] void run_forked_worker(int parent, int fd, worker_page* page, identity id,
                                     const std::function<void()>& initializer,
-                                    unsigned maxtasksperchild) {
+                                    unsigned maxtasksperchild, unsigned concurrency) {
   reset_signals();
   // Workers are daemonic, as in Python: they die with the parent, even by SIGKILL.
   die_with_parent(parent);
   enter_child(std::move(id));
-  run_initializer_then_work(initializer, fd, page, maxtasksperchild, false);
+  run_initializer_then_work(initializer, fd, page, maxtasksperchild, concurrency, false);
 }
 
 void run_remote_work(int fd, std::intptr_t initializer_offset, unsigned maxtasksperchild,
@@ -346,15 +487,17 @@ void run_remote_work(int fd, std::intptr_t initializer_offset, unsigned maxtasks
       protocol_error(&page, "an initializer offset outside libcoproc's image");
     initializer = reinterpret_cast<void (*)()>(initializer_offset + pool_anchor_address());
   }
-  run_initializer_then_work(initializer, fd, &page, maxtasksperchild, true, &write_lock);
+  run_initializer_then_work(initializer, fd, &page, maxtasksperchild, 1, true, &write_lock);
 }
 
 std::shared_ptr<process_child> start_worker_image(start_method method, int fd, int memfd,
-                                                  unsigned maxtasksperchild,
-                                                  std::intptr_t initializer_offset,
+                                                  unsigned maxtasksperchild, unsigned concurrency,
+                                                  const pool_initializer::travel_form& initializer,
                                                   const identity& id) {
-  fresh_image_spec spec{image_kind::pool_worker, id, true,
-                        wire::encode(spawned_worker_body{maxtasksperchild, initializer_offset})};
+  fresh_image_spec spec{
+      image_kind::pool_worker, id, true,
+      wire::encode(spawned_worker_body{maxtasksperchild, concurrency, initializer.trampoline,
+                                       initializer.target, initializer.state})};
   int fds[] = {fd, memfd};
   std::string who = "coproc::pool: worker " + id.name;
   if (method == start_method::forkserver) return start_served_child(spec, fds, who);

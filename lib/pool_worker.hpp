@@ -20,7 +20,7 @@ namespace coproc::detail {
 // the shared page (runs the initializer, then tasks until the parent closes the link).
 [[noreturn]] void run_forked_worker(int parent, int fd, worker_page* page, identity id,
                                     const std::function<void()>& initializer,
-                                    unsigned maxtasksperchild);
+                                    unsigned maxtasksperchild, unsigned concurrency);
 
 // A remote worker (lib/pool_remote_worker.cpp), connected and accepted on fd: runs the
 // initializer (an offset from the anchor, 0 for none), then tasks, announcing its claims
@@ -30,11 +30,11 @@ namespace coproc::detail {
 
 // start_method::spawn or forkserver: starts a fresh image of this executable (or has the
 // fork server fork one) as worker `id` on its end of the socket and the memfd of the
-// shared page; the initializer is an offset from the anchor (0 for none). std::system_error
-// if it cannot start.
+// shared page; the initializer as the image rebuilds it (no trampoline for none).
+// std::system_error if it cannot start.
 std::shared_ptr<process_child> start_worker_image(start_method method, int fd, int memfd,
-                                                  unsigned maxtasksperchild,
-                                                  std::intptr_t initializer_offset,
+                                                  unsigned maxtasksperchild, unsigned concurrency,
+                                                  const pool_initializer::travel_form& initializer,
                                                   const identity& id);
 
 } // namespace coproc::detail

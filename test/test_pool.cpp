@@ -499,11 +499,13 @@ TEST_CASE("tasks travel as image offsets and stateful callables are refused") {
   using coproc::detail::pool_target;
   auto offset = pool_target(&square);
   CHECK(offset != reinterpret_cast<std::intptr_t>(&square));
-  CHECK(static_cast<bool>(pool_callable<int (*)(int)>(offset) == &square));
+  std::string_view no_state;
+  CHECK(static_cast<bool>(pool_callable<int (*)(int)>(offset, no_state) == &square));
   CHECK(pool_target(doubler{}) == 0);
   int captured = 1;
   auto capturing = [captured](int x) { return x + captured; };
   static_assert(!coproc::detail::pool_stateless_object<decltype(capturing)>);
+  static_assert(!coproc::detail::pool_travels<decltype(capturing)>());
   static_assert(!coproc::detail::pool_function_pointer<std::function<int(int)>>);
   static_assert(coproc::detail::pool_stateless_object<decltype([](int x) { return x; })>);
   CHECK(capturing(1) == 2);

@@ -38,8 +38,8 @@ struct recording_sink : pool_sink {
 struct fake_job final : pool_job {
   fake_job(pool_trampoline fn, std::size_t count, std::size_t chunksize,
            std::shared_ptr<pool_sink> sink)
-      : pool_job(fn, 0, count, chunksize, std::move(sink)) {}
-  void encode_item(std::size_t i, std::string& out) const override { out += std::to_string(i); }
+      : pool_job(fn, {}, count, chunksize, std::move(sink)) {}
+  void encode_args(std::size_t i, std::string& out) const override { out += std::to_string(i); }
 };
 
 // One worker as the scheduler sees it, and its side of the shared page.

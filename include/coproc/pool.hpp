@@ -10,9 +10,29 @@
 // and talk to it over one socket each; many small tasks and results travel batched, and
 // the parent's io_context only ever does short steps, so it stays responsive while the
 // pool is saturated. Work queued behind a slow task is taken back for an idle worker.
-// A task is a function pointer or a captureless lambda / empty function object plus
-// arguments; arguments and results cross in the wire format (coproc/wire.hpp), the
-// callable as an offset in the executable's image, never as a pointer into this heap.
+// A task is a callable plus arguments; arguments and results cross in the wire format
+// (coproc/wire.hpp), of any size: lengths are 64 bits, and a frame or record is refused
+// only above 64 TiB (a protocol error); below that the cap is memory, the value and its
+// encoding on each side (no memory for one fails that task with std::bad_alloc, or its
+// worker with worker_lost). They cross through the worker's socket (4 MiB buffers where
+// net.core.wmem_max allows), not yet through shared memory. The callable is a function pointer or a
+// captureless lambda / empty function object (it crosses as an offset in the executable's image,
+// never as a pointer into this heap), a function object with a cereal serialize (default
+// constructible and copyable: its state is encoded once per submission and travels with
+// every task), or coproc::partial(f, bound...) of one (coproc/partial.hpp: the bound
+// arguments travel the same way). A lambda with captures is a compile-time error that
+// says why: its state cannot travel.
+//
+// A callable returning awaitable<R> is a coroutine task: the caller gets R, and a worker
+// runs up to pool_options::concurrency of them at once on its own io_context (a task may
+// await timers, sockets, coproc::run). A worker is sent that many at most; answers leave
+// in item order, so a long one holds back the answers of the shorter ones started after
+// it in the same worker.
+//
+// imap / imap_unordered take their range by value. With pool_options::buffersize they
+// pull it lazily (any input range, an endless one too), with at most buffersize results
+// pulled and not yet taken; destroying the stream's last handle stops the pulling and
+// withdraws its items not yet sent to a worker.
 //
 // A task that throws fails with remote_error. A worker that dies (signal, _exit, OOM)
 // fails exactly the tasks it had started and not answered with worker_lost, tasks it
@@ -44,7 +64,9 @@
 #include <cstddef>
 #include <functional>
 #include <iterator>
+#include <exception>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <ranges>
 #include <stdexcept>
@@ -57,11 +79,13 @@
 namespace coproc {
 
 struct pool_options {
-  unsigned processes = 0;              // 0 → cpu_count()
-  std::function<void()> initializer{}; // run once in every worker, replacements too
-  unsigned maxtasksperchild = 0;       // 0 → unlimited; else a worker is replaced after N tasks
-                                       // (one apply, or one chunk of a map, is one task;
-                                       // a chunk above 16384 items counts as several)
+  unsigned processes = 0; // 0 → cpu_count()
+  // Run once in every worker, replacements too: any callable with fork; with spawn and
+  // forkserver one that can travel to a fresh image (below).
+  detail::pool_initializer initializer{};
+  unsigned maxtasksperchild = 0; // 0 → unlimited; else a worker is replaced after N tasks
+                                 // (one apply, or one chunk of a map, is one task;
+                                 // a chunk above 16384 items counts as several)
   // fork: workers are copies of this process now (Python's fork). spawn: fresh images of
   // this executable (posix_spawn of /proc/self/exe, named SpawnPoolWorker-N): start cost
   // does not grow with this process's memory, workers see the program's initial globals,
@@ -76,6 +100,12 @@ struct pool_options {
   // processes and method are then unused (remote_workers::processes says how many), and
   // the initializer must be a plain function, as with spawn.
   std::optional<remote_workers> remote{};
+  // Coroutine tasks (F returns awaitable<R>) one worker runs at once on its io_context.
+  unsigned concurrency = 1;
+  // imap / imap_unordered: results pulled and not yet taken by next() at most; the input
+  // is then pulled lazily (0: a sized input is copied at the call, an unsized one is
+  // std::invalid_argument).
+  std::size_t buffersize = 0;
 };
 
 // multiprocessing.pool.AsyncResult.
@@ -130,19 +160,43 @@ public:
   // The next result (in item order for imap, as they finish for imap_unordered);
   // nullopt after the last. An item that failed throws its error here, and the next
   // call goes on with the following item.
-  awaitable<std::optional<T>> next() { return next_of(state_); }
+  awaitable<std::optional<T>> next() { return next_of(state_, feeder_, owner_); }
 
 private:
   friend class pool;
-  explicit result_stream(std::shared_ptr<detail::stream_state<T>> state)
-      : state_(std::move(state)) {}
-  static awaitable<std::optional<T>> next_of(std::shared_ptr<detail::stream_state<T>> state) {
+  explicit result_stream(std::shared_ptr<detail::stream_state<T>> state,
+                         std::shared_ptr<detail::stream_feeder> feeder = nullptr)
+      : state_(std::move(state)), feeder_(std::move(feeder)) {
+    // The last copy of this stream (or a next() still waiting) stops a lazy input.
+    if (feeder_)
+      owner_ = std::shared_ptr<void>(nullptr, [feeder = feeder_](void*) { feeder->stop(); });
+  }
+  // (The coroutine holds the state and, for a lazy input, the feeder and the ownership:
+  // the wait may outlive this handle.)
+  static awaitable<std::optional<T>> next_of(std::shared_ptr<detail::stream_state<T>> state,
+                                             std::shared_ptr<detail::stream_feeder> feeder,
+                                             std::shared_ptr<void> owner) {
     auto next = state->next();
-    auto item = co_await std::move(next);
+    if (!feeder) {
+      auto item = co_await std::move(next);
+      co_return item;
+    }
+    std::optional<T> item;
+    std::exception_ptr error;
+    try {
+      item = co_await std::move(next);
+    } catch (...) {
+      error = std::current_exception();
+    }
+    feeder->refill(); // a result was taken (or the wait abandoned): room for more
+    (void)owner;
+    if (error) std::rethrow_exception(error);
     co_return item;
   }
 
   std::shared_ptr<detail::stream_state<T>> state_;
+  std::shared_ptr<detail::stream_feeder> feeder_;
+  std::shared_ptr<void> owner_;
 };
 
 namespace detail {
@@ -157,6 +211,112 @@ template <class Range> auto copy_items(Range&& items) {
   for (auto&& item : items) out.push_back(item);
   return out;
 }
+
+// A lazy stream's hold on its pool (lib/pool.cpp): while it may still pull items, close()
+// lets the workers go on, and its items may be submitted after close().
+class stream_port {
+public:
+  // std::logic_error if the pool is closed or terminated.
+  explicit stream_port(std::shared_ptr<pool_core> core);
+  stream_port(stream_port&&) = default;
+  ~stream_port();
+  // std::logic_error once the pool is terminated.
+  void submit(std::shared_ptr<pool_job> job);
+  // The stream pulls nothing more (also at destruction).
+  void done() noexcept;
+
+private:
+  std::shared_ptr<pool_core> core_;
+};
+
+// Pulls items of `range` as results are taken: at most `buffersize` in flight (pulled,
+// not yet handed to a reader), submitted a chunk at a time.
+template <class Range, class R> class range_feeder final : public stream_feeder {
+public:
+  using item_type = std::ranges::range_value_t<Range>;
+
+  range_feeder(pool_trampoline fn, pool_callable_info callable, Range range, std::size_t chunksize,
+               std::size_t buffersize, std::shared_ptr<stream_state<R>> stream, stream_port port)
+      : fn_(fn), callable_(std::move(callable)), step_(std::min(chunksize, buffersize)),
+        chunksize_(chunksize), buffersize_(buffersize), stream_(std::move(stream)),
+        port_(std::move(port)), range_(std::move(range)), it_(std::ranges::begin(range_)) {}
+
+  // The first fill, at the call: what submit throws (a closed pool, a spawn task outside
+  // libcoproc's image) reaches the caller.
+  void start() {
+    std::lock_guard lock(mutex_);
+    fill(true);
+  }
+  void refill() override {
+    std::lock_guard lock(mutex_);
+    fill(false);
+  }
+  void stop() noexcept override {
+    std::lock_guard lock(mutex_);
+    stream_->abandon();
+    if (!done_) {
+      done_ = true;
+      port_.done();
+    }
+  }
+
+private:
+  // Caller holds mutex_.
+  void fill(bool first) {
+    if (done_) return;
+    std::size_t handed = stream_->handed();
+    while (!done_ && pulled_ - handed + step_ <= buffersize_) {
+      std::vector<item_type> items;
+      items.reserve(step_);
+      std::exception_ptr range_error;
+      try {
+        for (; items.size() < step_ && it_ != std::ranges::end(range_); ++it_)
+          items.push_back(*it_);
+      } catch (...) {
+        range_error = std::current_exception();
+      }
+      std::size_t base = pulled_;
+      pulled_ += items.size();
+      if (!items.empty()) {
+        try {
+          port_.submit(std::make_shared<stream_chunk_job<item_type, R>>(
+              fn_, callable_, std::move(items), chunksize_, stream_, base));
+        } catch (...) {
+          if (first) {
+            done_ = true;
+            port_.done();
+            throw;
+          }
+          // The pool was terminated meanwhile: these items fail as unfinished ones do.
+          for (std::size_t i = base; i < pulled_; ++i)
+            stream_->fail(i, std::make_exception_ptr(pool_closed()));
+          return finish();
+        }
+      }
+      if (range_error) {
+        stream_->fail(pulled_++, range_error); // the input's own error ends the stream
+        return finish();
+      }
+      if (it_ == std::ranges::end(range_)) return finish();
+    }
+  }
+  void finish() {
+    stream_->set_total(pulled_);
+    done_ = true;
+    port_.done();
+  }
+
+  std::mutex mutex_;
+  const pool_trampoline fn_;
+  const pool_callable_info callable_;
+  const std::size_t step_, chunksize_, buffersize_;
+  const std::shared_ptr<stream_state<R>> stream_;
+  stream_port port_;
+  Range range_;
+  std::ranges::iterator_t<Range> it_;
+  std::size_t pulled_ = 0;
+  bool done_ = false;
+};
 } // namespace detail
 
 class pool {
@@ -181,14 +341,16 @@ public:
     detail::check_pool_callable<F>();
     static_assert(std::is_invocable_v<F&, A&...>,
                   "coproc::pool::apply: f cannot be called with these arguments");
-    using R = std::invoke_result_t<F&, A&...>;
+    using Raw = std::invoke_result_t<F&, A&...>;
+    using R = detail::task_value_t<Raw>;
     auto state = std::make_shared<detail::result_state<R>>();
     // The arguments are kept as they are and encoded straight into the frame when sent:
     // a large argument is held once, plus its encoding while it is being written.
     std::vector<std::tuple<A...>> item;
     item.emplace_back(std::move(args)...);
     submit(std::make_shared<detail::items_job<std::tuple<A...>, true>>(
-        &detail::apply_trampoline<F, A...>, detail::pool_target(f), std::move(item), 1, state));
+        &detail::apply_trampoline<F, A...>, detail::callable_info<F, Raw>(f), std::move(item), 1,
+        state));
     return async_result<R>(std::move(state));
   }
 
@@ -209,20 +371,27 @@ public:
   template <class F, class Range> auto starmap(F f, Range&& tuples, std::size_t chunksize = 0) {
     using T = detail::pool_item_t<Range>;
     detail::check_pool_callable<F>();
-    using R = decltype(std::apply(std::declval<F&>(), std::declval<T&>()));
-    static_assert(!std::is_void_v<R>, "coproc::pool::starmap: f must return a value (a vector of "
-                                      "results is returned); use apply_async for void tasks");
-    return submit_map<F, T, R, true>(&detail::star_trampoline<F, T>, f,
-                                     detail::copy_items(std::forward<Range>(tuples)), chunksize)
+    using Raw = decltype(std::apply(std::declval<F&>(), std::declval<T&>()));
+    static_assert(!std::is_void_v<detail::task_value_t<Raw>>,
+                  "coproc::pool::starmap: f must return a value (a vector of "
+                  "results is returned); use apply_async for void tasks");
+    return submit_map<F, T, Raw, true>(&detail::star_trampoline<F, T>, f,
+                                       detail::copy_items(std::forward<Range>(tuples)), chunksize)
         .get();
   }
 
-  template <class F, class Range> auto imap(F f, Range&& items, std::size_t chunksize = 1) {
-    return submit_stream<F>(f, std::forward<Range>(items), chunksize, true);
+  // Results as a stream, in item order. The range is taken by value. With
+  // pool_options::buffersize > 0 its items are pulled lazily, any input range (an endless
+  // one too: std::views::iota(0)), at most buffersize in flight; destroying the last
+  // handle of the stream withdraws its unsent items and pulls no more, and until then
+  // close() lets the stream finish. Without buffersize a sized range is copied at the
+  // call and an unsized one is std::invalid_argument.
+  template <class F, class Range> auto imap(F f, Range items, std::size_t chunksize = 1) {
+    return submit_stream<F>(f, std::move(items), chunksize, true);
   }
-  template <class F, class Range>
-  auto imap_unordered(F f, Range&& items, std::size_t chunksize = 1) {
-    return submit_stream<F>(f, std::forward<Range>(items), chunksize, false);
+  // As imap, results as they finish.
+  template <class F, class Range> auto imap_unordered(F f, Range items, std::size_t chunksize = 1) {
+    return submit_stream<F>(f, std::move(items), chunksize, false);
   }
 
   // No new tasks; queued ones still run, then the workers exit.
@@ -238,35 +407,58 @@ private:
   void submit(std::shared_ptr<detail::pool_job> job);
   std::size_t default_chunksize(std::size_t n) const;
 
-  template <class F, class T, class R = std::invoke_result_t<F&, T&>, bool Parts = false>
-  async_result<std::vector<R>> submit_map(detail::pool_trampoline fn, F f, std::vector<T> items,
-                                          std::size_t chunksize) {
+  template <class F, class T, class Raw = std::invoke_result_t<F&, T&>, bool Parts = false>
+  auto submit_map(detail::pool_trampoline fn, F f, std::vector<T> items, std::size_t chunksize) {
     detail::check_pool_callable<F>();
+    using R = detail::task_value_t<Raw>;
     static_assert(!std::is_void_v<R>, "coproc::pool::map: f must return a value (a vector of "
                                       "results is returned); use apply_async for void tasks");
     auto state = std::make_shared<detail::map_state<R>>(items.size());
     if (chunksize == 0) chunksize = default_chunksize(items.size());
-    submit(std::make_shared<detail::items_job<T, Parts>>(fn, detail::pool_target(f),
+    submit(std::make_shared<detail::items_job<T, Parts>>(fn, detail::callable_info<F, Raw>(f),
                                                          std::move(items), chunksize, state));
     return async_result<std::vector<R>>(std::move(state));
   }
 
   template <class F, class Range>
-  auto submit_stream(F f, Range&& items, std::size_t chunksize, bool ordered) {
+  auto submit_stream(F f, Range items, std::size_t chunksize, bool ordered) {
     detail::check_pool_callable<F>();
+    static_assert(std::ranges::input_range<Range>, "coproc::pool::imap: items must be a range");
     using T = detail::pool_item_t<Range>;
-    using R = std::invoke_result_t<F&, T&>;
+    using Raw = std::invoke_result_t<F&, T&>;
+    using R = detail::task_value_t<Raw>;
     static_assert(!std::is_void_v<R>, "coproc::pool::imap: f must return a value (a stream of "
                                       "results is returned); use apply_async for void tasks");
-    auto copied = detail::copy_items(std::forward<Range>(items));
-    auto state = std::make_shared<detail::stream_state<R>>(copied.size(), ordered);
     if (chunksize == 0) chunksize = 1;
-    submit(std::make_shared<detail::items_job<T>>(&detail::item_trampoline<F, T>,
-                                                  detail::pool_target(f), std::move(copied),
-                                                  chunksize, state));
-    return result_stream<R>(std::move(state));
+    auto fn = &detail::item_trampoline<F, T>;
+    if (buffersize_ == 0) {
+      if constexpr (std::ranges::sized_range<Range>) {
+        auto copied = detail::copy_items(std::move(items));
+        auto state = std::make_shared<detail::stream_state<R>>(copied.size(), ordered);
+        submit(std::make_shared<detail::items_job<T>>(fn, detail::callable_info<F, Raw>(f),
+                                                      std::move(copied), chunksize, state));
+        return result_stream<R>(std::move(state));
+      } else {
+        throw std::invalid_argument(
+            "coproc::pool::imap: an unsized input range (such as std::views::iota(0)) needs "
+            "pool_options::buffersize > 0, or the pool would have to copy it whole first");
+      }
+    }
+    if (!core_)
+      throw std::invalid_argument("coproc::pool::imap: a lazy input (buffersize > 0) is not "
+                                  "available with remote workers yet; leave buffersize 0");
+    std::optional<std::size_t> total;
+    if constexpr (std::ranges::sized_range<Range>)
+      total = static_cast<std::size_t>(std::ranges::size(items));
+    auto state = std::make_shared<detail::stream_state<R>>(total, ordered);
+    auto feeder = std::make_shared<detail::range_feeder<Range, R>>(
+        fn, detail::callable_info<F, Raw>(f), std::move(items), chunksize, buffersize_, state,
+        detail::stream_port(core_));
+    feeder->start();
+    return result_stream<R>(std::move(state), std::move(feeder));
   }
 
+  std::size_t buffersize_ = 0;
   std::shared_ptr<detail::pool_core> core_;
   std::shared_ptr<detail::remote_core> remote_; // instead of core_ with options.remote
 };

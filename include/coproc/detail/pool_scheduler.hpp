@@ -9,7 +9,8 @@
 //
 // How many items a worker may hold is adaptive: about 2 ms of work by the measured cost
 // of the task's function, and one chunk at a time while that cost is unknown (so slow
-// tasks spread over the workers as Python's shared queue spreads them). When a worker is
+// tasks spread over the workers as Python's shared queue spreads them); of coroutine
+// tasks, as many items as it runs at once (pool_options::concurrency). When a worker is
 // idle with nothing left to send, the unstarted items of a worker that has not answered
 // for 2 ms go back to the front of the queue. A worker that dies fails exactly the items
 // it had claimed and not answered; the rest go to other workers first. A chunk taken back
@@ -79,8 +80,10 @@ struct scheduled_worker {
 
 class pool_scheduler {
 public:
-  // 0: unlimited.
-  explicit pool_scheduler(unsigned maxtasksperchild) : maxtasks_(maxtasksperchild) {}
+  // maxtasksperchild 0: unlimited. concurrency: the coroutine task items a worker may
+  // hold at once (it runs them all at once).
+  explicit pool_scheduler(unsigned maxtasksperchild, unsigned concurrency = 1)
+      : maxtasks_(maxtasksperchild), concurrency_(std::max(concurrency, 1u)) {}
 
   // Workers take part in the order added; a worker is removed only through lost().
   void add(scheduled_worker& w) { workers_.push_back(&w); }
@@ -150,6 +153,7 @@ private:
   void remove(scheduled_worker& w);
 
   const unsigned maxtasks_;
+  const std::size_t concurrency_;
   std::deque<std::shared_ptr<pool_job>> queue_; // submitted, not all sent
   std::deque<pool_chunk> retry_; // taken back, or sent to a worker lost before starting them
   std::vector<scheduled_worker*> workers_;
@@ -208,6 +212,8 @@ inline bool pool_scheduler::may_take(const scheduled_worker& w, const pool_job& 
                                      std::int64_t now) const {
   if (!w.accepting()) return false;
   if (w.held.empty()) return true;
+  // Coroutine tasks wait rather than compute: a worker takes as many as it runs at once.
+  if (job.coroutine) return w.held_items + n <= concurrency_;
   // Nothing queued behind work of unknown cost on a worker it cannot be taken back from.
   if (!w.stealable)
     for (const auto& c : w.held)

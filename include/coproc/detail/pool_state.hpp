@@ -115,36 +115,59 @@ public:
   virtual void fail(std::size_t index, std::exception_ptr error) = 0;
 };
 
+// What travels with every item of a submission besides its arguments.
+struct pool_callable_info {
+  std::intptr_t target = 0;
+  std::string state{}; // the callable's state (pool_state), put before every item
+  bool coroutine = false;
+};
+template <class F, class R> pool_callable_info callable_info(const F& f) {
+  return {pool_target(f), pool_state(f), is_coroutine_task<R>};
+}
+
 // One submission: `count` items, sent in chunks of `chunksize` items.
 class pool_job {
 public:
-  pool_job(pool_trampoline fn, std::intptr_t target, std::size_t count, std::size_t chunksize,
-           std::shared_ptr<pool_sink> sink)
-      : trampoline(pool_image_offset(fn)), target(target), count(count),
-        chunksize(std::max<std::size_t>(chunksize, 1)), sink(std::move(sink)) {}
+  pool_job(pool_trampoline fn, pool_callable_info callable, std::size_t count,
+           std::size_t chunksize, std::shared_ptr<pool_sink> sink)
+      : trampoline(pool_image_offset(fn)), target(callable.target), count(count),
+        chunksize(std::max<std::size_t>(chunksize, 1)), coroutine(callable.coroutine),
+        sink(std::move(sink)), state_(std::move(callable.state)) {}
   virtual ~pool_job() = default;
-  // Appends the encoded argument(s) of item i.
-  virtual void encode_item(std::size_t i, std::string& out) const = 0;
+  // Appends the callable's state and the encoded argument(s) of item i.
+  void encode_item(std::size_t i, std::string& out) const {
+    out.append(state_);
+    encode_args(i, out);
+  }
 
   const std::intptr_t trampoline, target;
   const std::size_t count, chunksize;
+  const bool coroutine; // its items are coroutine tasks (pool_options::concurrency)
   const std::shared_ptr<pool_sink> sink;
   std::size_t next = 0; // first item not yet sent (the core's)
+
+protected:
+  virtual void encode_args(std::size_t i, std::string& out) const = 0;
+
+private:
+  const std::string state_;
 };
 
 // map / imap / starmap: the items, copied at submission and encoded as they are sent
 // (a starmap tuple as its parts).
 template <class T, bool Parts = false> class items_job final : public pool_job {
 public:
-  items_job(pool_trampoline fn, std::intptr_t target, std::vector<T> items, std::size_t chunksize,
-            std::shared_ptr<pool_sink> sink)
-      : pool_job(fn, target, items.size(), chunksize, std::move(sink)), items_(std::move(items)) {}
-  void encode_item(std::size_t i, std::string& out) const override {
+  items_job(pool_trampoline fn, pool_callable_info callable, std::vector<T> items,
+            std::size_t chunksize, std::shared_ptr<pool_sink> sink)
+      : pool_job(fn, std::move(callable), items.size(), chunksize, std::move(sink)),
+        items_(std::move(items)) {}
+
+private:
+  void encode_args(std::size_t i, std::string& out) const override {
     if constexpr (Parts) encode_tuple_parts(out, items_[i]);
     else wire::encode_into(out, items_[i]);
   }
 
-private:
   std::vector<T> items_;
 };
 
@@ -245,9 +268,8 @@ private:
 // imap / imap_unordered: results handed out as they may be.
 template <class R> class stream_state final : public pool_sink {
 public:
-  stream_state(std::size_t n, bool ordered) : ordered_(ordered), total_(n) {
-    if (ordered) slots_.resize(n);
-  }
+  // n: the number of items; nullopt while unknown (a lazy input, until set_total).
+  stream_state(std::optional<std::size_t> n, bool ordered) : ordered_(ordered), total_(n) {}
   void deliver(std::size_t index, std::string_view bytes) override {
     try {
       put(index, wire::decode<R>(bytes));
@@ -278,36 +300,114 @@ public:
     co_return std::move(std::get<0>(*item));
   }
 
+  // A lazy input ended after n items.
+  void set_total(std::size_t n) {
+    std::lock_guard lock(mutex_);
+    total_ = n;
+    waiters_.notify_all();
+  }
+  // Items handed to readers so far.
+  std::size_t handed() const {
+    std::lock_guard lock(mutex_);
+    return handed_;
+  }
+  // No reader is left: results that still arrive are dropped.
+  void abandon() {
+    std::lock_guard lock(mutex_);
+    abandoned_ = true;
+    window_.clear();
+    arrived_.clear();
+  }
+  bool abandoned() const {
+    std::lock_guard lock(mutex_);
+    return abandoned_;
+  }
+
 private:
   void put(std::size_t index, std::variant<R, std::exception_ptr> item) {
     std::lock_guard lock(mutex_);
-    if (ordered_) slots_[index] = std::move(item);
-    else arrived_.push_back(std::move(item));
+    if (abandoned_) return;
+    if (ordered_) {
+      // The window starts at the next item to hand out: it holds what arrived early.
+      std::size_t at = index - handed_;
+      if (window_.size() <= at) window_.resize(at + 1);
+      window_[at] = std::move(item);
+    } else {
+      arrived_.push_back(std::move(item));
+    }
     waiters_.notify_all();
   }
-  bool exhausted() const { return handed_ == total_; }
+  bool exhausted() const { return total_ && handed_ == *total_; }
   bool available() const {
     if (exhausted()) return false;
-    return ordered_ ? slots_[handed_].has_value() : !arrived_.empty();
+    return ordered_ ? !window_.empty() && window_.front().has_value() : !arrived_.empty();
   }
   // Caller holds the mutex; available().
   std::variant<R, std::exception_ptr> take() {
     std::variant<R, std::exception_ptr> item =
-        ordered_ ? std::move(*slots_[handed_]) : std::move(arrived_.front());
-    if (ordered_) slots_[handed_].reset();
+        ordered_ ? std::move(*window_.front()) : std::move(arrived_.front());
+    if (ordered_) window_.pop_front();
     else arrived_.pop_front();
     // Readers still waiting for an item learn that none is left.
     if (++handed_ == total_) waiters_.notify_all();
     return item;
   }
 
-  std::mutex mutex_;
+  mutable std::mutex mutex_;
   waiter_list waiters_;
   const bool ordered_;
-  const std::size_t total_;
+  std::optional<std::size_t> total_;
   std::size_t handed_ = 0;
-  std::vector<std::optional<std::variant<R, std::exception_ptr>>> slots_;
-  std::deque<std::variant<R, std::exception_ptr>> arrived_;
+  bool abandoned_ = false;
+  std::deque<std::optional<std::variant<R, std::exception_ptr>>> window_; // ordered
+  std::deque<std::variant<R, std::exception_ptr>> arrived_;               // unordered
+};
+
+// Where a lazy imap's items come from: pulled as readers take results, so that at most
+// pool_options::buffersize items are in flight.
+class stream_feeder {
+public:
+  virtual ~stream_feeder() = default;
+  // A reader took a result (or gave up waiting): pull and submit what fits now.
+  virtual void refill() = 0;
+  // The last result_stream handle is gone: pull nothing more, withdraw what is unsent.
+  virtual void stop() noexcept = 0;
+};
+
+// The items of one refill of a lazy imap: indices from `base` in the stream. Once the
+// stream is abandoned, items not sent yet fail instead of being sent (withdrawn).
+template <class T, class R> class stream_chunk_job final : public pool_job {
+public:
+  stream_chunk_job(pool_trampoline fn, pool_callable_info callable, std::vector<T> items,
+                   std::size_t chunksize, std::shared_ptr<stream_state<R>> stream, std::size_t base)
+      : pool_job(fn, std::move(callable), items.size(), chunksize,
+                 std::make_shared<offset_sink>(stream, base)),
+        stream_(std::move(stream)), items_(std::move(items)) {}
+
+private:
+  class offset_sink final : public pool_sink {
+  public:
+    offset_sink(std::shared_ptr<pool_sink> to, std::size_t base)
+        : to_(std::move(to)), base_(base) {}
+    void deliver(std::size_t index, std::string_view bytes) override {
+      to_->deliver(base_ + index, bytes);
+    }
+    void fail(std::size_t index, std::exception_ptr error) override {
+      to_->fail(base_ + index, error);
+    }
+
+  private:
+    std::shared_ptr<pool_sink> to_;
+    std::size_t base_;
+  };
+
+  void encode_args(std::size_t i, std::string& out) const override {
+    if (stream_->abandoned()) throw pool_closed();
+    wire::encode_into(out, items_[i]);
+  }
+
+  std::shared_ptr<stream_state<R>> stream_;
+  std::vector<T> items_;
 };
 
 } // namespace coproc::detail
