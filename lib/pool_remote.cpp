@@ -189,8 +189,8 @@ remote_core::remote_core(asio::any_io_executor ex, pool_options options)
   require_main_guard("coproc::pool with remote workers");
   if (options_.initializer) {
     void (*fn)() = nullptr;
-    if (auto* plain = options_.initializer.target<void (*)()>()) fn = *plain;
-    else if (auto* declared = options_.initializer.target<void (*)() noexcept>()) fn = *declared;
+    if (auto* plain = options_.initializer.function().target<void (*)()>()) fn = *plain;
+    else if (auto* declared = options_.initializer.function().target<void (*)() noexcept>()) fn = *declared;
     if (!fn || !callable_offset(pool_image_offset(fn), true))
       throw std::invalid_argument(
           "coproc::pool: with remote workers the initializer must be a plain function in "
