@@ -108,8 +108,10 @@ public:
       if (ec) co_return; // the acceptor was closed: shutting down
       auto conn = std::make_shared<connection>(std::move(socket));
       {
-        // Listed before it runs, so a shutdown after this accept sees it.
+        // Listed before it runs, so a shutdown after this accept sees it; one accepted as
+        // the shutdown began is closed unserved (the shutdown would not wait for it).
         std::lock_guard lock(mutex_);
+        if (stopping_) co_return;
         connections_.insert(conn);
       }
       net::co_spawn(conn->stream.get_executor(), session(conn), net::detached);
