@@ -32,7 +32,11 @@ pool::~pool() {
   if (core_) core_->terminate();
 }
 
-void pool::submit(std::shared_ptr<detail::pool_job> job) { core_->submit(std::move(job)); }
+void pool::submit(std::shared_ptr<detail::pool_job> job, const task_options& options,
+                  const std::type_info& callable) {
+  job->callable_type = &callable;
+  core_->submit(std::move(job), options.timeout);
+}
 
 std::size_t pool::default_chunksize(std::size_t n) const {
   std::size_t groups = 4 * core_->size();

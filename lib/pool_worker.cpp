@@ -66,6 +66,11 @@ void run_item(pool_trampoline fn, std::intptr_t target, const pool_input& in, st
   end_record(out, at, kind);
 }
 
+// The pool kills a worker with its whole group on a timeout or a cancellation, so what
+// the task started (a grandchild, a pipeline) goes too. (Not a session: a worker keeps
+// the parent's controlling terminal, so a task may still open /dev/tty.)
+void lead_process_group() { ::setpgid(0, 0); }
+
 [[noreturn]] void worker_exit(int code) {
   flush_stdio();
   ::_exit(code);
@@ -145,6 +150,8 @@ private:
 
   void run_frame(const frame_view& frame) {
     const auto& h = frame.header;
+    // A kill at a timeout loses no answer of an earlier frame either.
+    if ((h.flags & frame_timed) != 0 && !out_.empty()) flush();
     if (h.trampoline != timed_.trampoline) {
       record_timing();
       timed_.trampoline = h.trampoline;
@@ -172,6 +179,7 @@ private:
     frame_release whole{&in_, frame.size};
     const char* p = frame.items;
     std::uint64_t ran = 0;
+    bool timed = (h.flags & frame_timed) != 0;
     for (std::uint64_t i = 0; i < h.count; ++i) {
       auto n = static_cast<std::size_t>(load<std::uint64_t>(p));
       pool_input input{std::string_view(p + sizeof(std::uint64_t), n)};
@@ -183,8 +191,11 @@ private:
       std::uint64_t expected = seq_++;
       // Fails when the parent took this item back: skip it without an answer.
       if (page_->claimed.compare_exchange_strong(expected, seq_)) {
+        if (timed) page_->running_since.store(now_ns(), std::memory_order_relaxed);
+        page_->running.store(seq_, std::memory_order_release);
         run_item(fn, static_cast<std::intptr_t>(h.target), input, out_);
         ++ran;
+        if (timed) flush();
       }
     }
     if (!whole.done) {
@@ -293,6 +304,7 @@ void run_spawned_worker(std::string_view body, int fd, int memfd) {
     ::_exit(pool_protocol_error_exit);
   }
   auto [maxtasks, init] = parts;
+  lead_process_group();
   void* mem = ::mmap(nullptr, worker_page_size, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
   if (mem == MAP_FAILED) ::_exit(71);
   ::close(memfd);
@@ -313,6 +325,7 @@ void run_spawned_worker(std::string_view body, int fd, int memfd) {
                                     const std::function<void()>& initializer,
                                     unsigned maxtasksperchild) {
   reset_signals();
+  lead_process_group();
   // Workers are daemonic, as in Python: they die with the parent, even by SIGKILL.
   die_with_parent(parent);
   enter_child(std::move(id));
