@@ -21,6 +21,16 @@ worker_lost::worker_lost(int exitcode, int pid)
 
 worker_lost::worker_lost(int exitcode, int pid, std::string what)
     : error(what), exitcode_(exitcode), pid_(pid) {}
+namespace {
+std::string duration_text(std::chrono::steady_clock::duration d); // (below)
+} // namespace
+
+task_timeout::task_timeout(const std::string& function, std::chrono::steady_clock::duration timeout,
+                           int pid)
+    : timeout_error("pool task " + function + " did not finish within its timeout of " +
+                    duration_text(timeout) + "; its worker pid " + std::to_string(pid) +
+                    " was killed with its process group"),
+      timeout_(timeout), pid_(pid) {}
 
 pool_closed::pool_closed() : error("the pool was terminated before the task finished") {}
 queue_empty::queue_empty() : error("queue is empty") {}
@@ -47,6 +57,13 @@ std::string seconds_text(std::chrono::steady_clock::duration d) {
     text += "." + frac;
   }
   return text;
+}
+// Seconds for whole-millisecond durations, else microseconds: a timeout of 0.5 ms is
+// not "0 seconds".
+std::string duration_text(std::chrono::steady_clock::duration d) {
+  auto us = std::chrono::duration_cast<std::chrono::microseconds>(d).count();
+  if (us % 1000 != 0) return std::to_string(us) + " microseconds";
+  return seconds_text(d) + " s";
 }
 } // namespace
 

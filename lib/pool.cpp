@@ -38,9 +38,16 @@ pool::~pool() {
   if (remote_) remote_->terminate();
 }
 
-void pool::submit(std::shared_ptr<detail::pool_job> job) {
-  if (remote_) return remote_->submit(std::move(job));
-  core_->submit(std::move(job));
+void pool::submit(std::shared_ptr<detail::pool_job> job, const task_options& options,
+                  const std::type_info& callable) {
+  job->callable_type = &callable;
+  if (remote_) {
+    if (options.timeout)
+      throw std::invalid_argument("coproc::pool: task timeouts are not available with remote "
+                                  "workers yet");
+    return remote_->submit(std::move(job));
+  }
+  core_->submit(std::move(job), options.timeout);
 }
 
 std::size_t pool::default_chunksize(std::size_t n) const {
@@ -51,11 +58,16 @@ std::size_t pool::default_chunksize(std::size_t n) const {
 void pool::close() { remote_ ? remote_->close() : core_->close(); }
 void pool::terminate() { remote_ ? remote_->terminate() : core_->terminate(); }
 namespace detail {
-stream_port::stream_port(std::shared_ptr<pool_core> core) : core_(std::move(core)) {
+stream_port::stream_port(std::shared_ptr<pool_core> core, std::optional<duration> timeout,
+                         const std::type_info& callable)
+    : core_(std::move(core)), timeout_(timeout), callable_(&callable) {
   core_->stream_opened();
 }
 stream_port::~stream_port() { done(); }
-void stream_port::submit(std::shared_ptr<pool_job> job) { core_->submit(std::move(job), true); }
+void stream_port::submit(std::shared_ptr<pool_job> job) {
+  job->callable_type = callable_;
+  core_->submit(std::move(job), timeout_, true);
+}
 void stream_port::done() noexcept {
   if (auto core = std::move(core_)) core->stream_closed();
 }

@@ -15,12 +15,15 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 
+#include <cxxabi.h>
+#include <dlfcn.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <csignal>
+#include <cstdlib>
 #include <stdexcept>
 #include <system_error>
 
@@ -77,6 +80,9 @@ std::shared_ptr<pool_core> pool_core::start(boost::asio::any_io_executor ex, poo
 pool_core::pool_core(boost::asio::any_io_executor ex, pool_options options)
     : ex_(std::move(ex)), options_(std::move(options)),
       scheduler_(options_.maxtasksperchild, options_.concurrency) {
+  if (options_.task_timeout && *options_.task_timeout <= duration::zero())
+    throw std::invalid_argument("coproc::pool: pool_options::task_timeout must be positive, not " +
+                                std::to_string(options_.task_timeout->count()) + " ns");
   if (spawning()) {
     require_main_guard("coproc::pool");
     initializer_ = spawn_initializer(options_.initializer, *options_.method);
@@ -97,7 +103,16 @@ void pool_core::stream_closed() noexcept {
   if (closed_) dispatch_locked(); // the workers may be done now
 }
 
-void pool_core::submit(std::shared_ptr<pool_job> job, bool from_stream) {
+void pool_core::submit(std::shared_ptr<pool_job> job, std::optional<duration> timeout,
+                       bool from_stream) {
+  if (timeout && *timeout <= duration::zero())
+    throw std::invalid_argument("coproc::pool: a task timeout must be positive, not " +
+                                std::to_string(timeout->count()) + " ns");
+  if (!timeout) timeout = options_.task_timeout;
+  if (timeout)
+    job->timeout_ns = std::max<std::int64_t>(
+        1, std::chrono::duration_cast<std::chrono::nanoseconds>(*timeout).count());
+  job->sink->canceller = shared_from_this();
   std::lock_guard lock(mutex_);
   if (closed_ && (terminated_ || !from_stream))
     throw std::logic_error(std::string("coproc::pool: cannot submit a task to a ") +
@@ -405,8 +420,13 @@ void pool_core::deliver_locked(worker& w, bool failed, std::string_view bytes) {
 
 void pool_core::dispatch_locked() {
   if (terminated_ || failed_) return;
-  auto result = scheduler_.dispatch(now_ns(), [this](scheduled_worker& w, const pool_chunk& c) {
-    return encode_chunk(static_cast<worker&>(w), c);
+  std::int64_t now = now_ns();
+  auto result = scheduler_.dispatch(now, [&](scheduled_worker& sw, const pool_chunk& c) {
+    auto& w = static_cast<worker&>(sw);
+    if (!encode_chunk(w, c)) return false;
+    // The item cannot have started before now: its timeout is due at the earliest then.
+    if (c.job->timeout_ns != 0) arm_timeout_locked(w, now + c.job->timeout_ns);
+    return true;
   });
   if (result.more) schedule_dispatch_locked();
   if (result.look_again > 0 && !rebalance_armed_) {
@@ -434,6 +454,7 @@ void pool_core::dispatch_locked() {
 bool pool_core::encode_chunk(worker& w, const pool_chunk& c) {
   try {
     encode_frame(w.out, c.job->trampoline, c.job->target, c.n,
+                 c.job->timeout_ns != 0 ? frame_timed : 0,
                  [&](std::size_t i, std::string& out) { c.job->encode_item(c.first + i, out); });
   } catch (...) {
     for (std::size_t i = 0; i < c.n; ++i) c.job->sink->fail(c.first + i, std::current_exception());
@@ -468,11 +489,105 @@ void pool_core::start_write(const std::shared_ptr<worker>& w) {
       });
 }
 
+// ---- timeouts and cancellation ------------------------------------------------------------
+
+// One timer per worker, armed for the soonest moment one of its timed items may expire;
+// when it fires, the worker's page says which item runs and since when. An item that
+// ended early leaves the timer armed (nothing is done per answer); it then finds nothing
+// due and rearms for what is still held, if anything.
+void pool_core::arm_timeout_locked(worker& w, std::int64_t due) {
+  if (w.timer_due != 0 && w.timer_due <= due) return;
+  if (!w.timeout_timer) w.timeout_timer = std::make_unique<boost::asio::steady_timer>(ex_);
+  w.timer_due = due;
+  w.timeout_timer->expires_at(std::chrono::steady_clock::time_point(std::chrono::nanoseconds(due)));
+  w.timeout_timer->async_wait(
+      [self = shared_from_this(), w = w.shared_from_this()](boost::system::error_code ec) {
+        if (ec) return; // rearmed sooner, or the worker is gone
+        std::lock_guard lock(self->mutex_);
+        w->timer_due = 0;
+        self->check_timeouts_locked(*w);
+      });
+}
+
+namespace {
+
+// What a timeout's message calls the task: the function's symbol where the dynamic symbol
+// table has it, else the callable's type.
+std::string task_name(const pool_job& job) {
+  if (job.target != 0) {
+    Dl_info info{};
+    auto* fn = reinterpret_cast<void*>(job.target + pool_anchor_address());
+    if (::dladdr(fn, &info) != 0 && info.dli_sname) {
+      int status = 0;
+      std::unique_ptr<char, void (*)(void*)> name(
+          abi::__cxa_demangle(info.dli_sname, nullptr, nullptr, &status), std::free);
+      return status == 0 && name ? name.get() : info.dli_sname;
+    }
+  }
+  if (!job.callable_type) return "(unknown function)";
+  int status = 0;
+  std::unique_ptr<char, void (*)(void*)> type(
+      abi::__cxa_demangle(job.callable_type->name(), nullptr, nullptr, &status), std::free);
+  return std::string("of type ") + (status == 0 && type ? type.get() : job.callable_type->name());
+}
+
+} // namespace
+
+void pool_core::check_timeouts_locked(worker& w) {
+  if (w.gone || w.killed || terminated_ || failed_) return;
+  std::uint64_t running = w.page->running.load(std::memory_order_acquire);
+  std::int64_t since = w.page->running_since.load(std::memory_order_relaxed);
+  auto check = scheduler_.check_timeouts(w, now_ns(), running, since);
+  if (check.expired) {
+    auto timeout =
+        std::chrono::duration_cast<duration>(std::chrono::nanoseconds(check.job->timeout_ns));
+    kill_locked(
+        w, check.seq,
+        std::make_exception_ptr(task_timeout(task_name(*check.job), timeout, w.proc->pid())));
+  } else if (check.due != 0) {
+    arm_timeout_locked(w, check.due);
+  }
+}
+
+bool pool_core::cancel(pool_sink& sink) {
+  std::lock_guard lock(mutex_);
+  if (!sink.abort()) return false;
+  if (terminated_ || failed_) return true;
+  for (auto* w : scheduler_.withdraw(sink)) kill_locked(static_cast<worker&>(*w), 0, nullptr);
+  schedule_dispatch_locked(); // the other workers' items taken back go out again
+  return true;
+}
+
+void pool_core::kill_locked(worker& w, std::uint64_t seq, std::exception_ptr error) noexcept {
+  if (w.killed || w.gone) return;
+  scheduler_.steal(w); // it claims nothing more: the unstarted items are not lost with it
+  w.killed = true;
+  w.killed_seq = seq;
+  w.kill_error = std::move(error);
+  if (w.timeout_timer) w.timeout_timer->cancel();
+  w.timer_due = 0;
+  kill_group(w);
+  // Its reader sees the socket close, reaps it, fails what it ran and starts a replacement.
+  schedule_dispatch_locked();
+}
+
+// The worker leads its process group (lib/pool_worker.cpp), so what its tasks started
+// goes with it. Until it has made the group (just after its start), only it is signalled.
+void pool_core::kill_group(worker& w) noexcept {
+  if (::killpg(w.proc->pid(), SIGKILL) == 0) return;
+  try {
+    w.proc->signal(SIGKILL);
+  } catch (...) {
+  }
+}
+
 // ---- a worker's end --------------------------------------------------------------------
 
 // Returns whether a replacement should start.
 bool pool_core::worker_gone_locked(worker& w, int code) {
   std::erase_if(workers_, [&](const auto& p) { return p.get() == &w; });
+  if (w.timeout_timer) w.timeout_timer->cancel();
+  w.timer_due = 0;
   boost::system::error_code ec;
   w.socket.close(ec);
   if (!terminated_ && !failed_) {
@@ -495,10 +610,9 @@ bool pool_core::worker_gone_locked(worker& w, int code) {
 void pool_core::kill_workers_locked() noexcept {
   rebalance_timer_.cancel();
   for (auto& w : workers_) {
-    try {
-      w->proc->signal(SIGKILL);
-    } catch (...) {
-    }
+    kill_group(*w);
+    if (w->timeout_timer) w->timeout_timer->cancel();
+    w->timer_due = 0;
     boost::system::error_code ec;
     w->socket.close(ec); // the reader wakes, reaps the worker and lets it go
   }

@@ -18,13 +18,14 @@
 #include <exception>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <unordered_set>
 #include <vector>
 
 namespace coproc::detail {
 
-class pool_core : public std::enable_shared_from_this<pool_core> {
+class pool_core final : public std::enable_shared_from_this<pool_core>, public pool_canceller {
 public:
   // Starts options.processes workers (resolved: not 0). std::invalid_argument for a
   // spawn initializer that a fresh image cannot call, std::system_error if a worker
@@ -34,8 +35,11 @@ public:
   pool_core(boost::asio::any_io_executor ex, pool_options options);
 
   // std::logic_error once the pool is closed or terminated; for a lazy stream's items
-  // (from_stream) only once it is terminated.
-  void submit(std::shared_ptr<pool_job> job, bool from_stream = false);
+  // (from_stream) only once it is terminated. std::invalid_argument for a timeout of zero
+  // or less. nullopt: the pool's task_timeout.
+  void submit(std::shared_ptr<pool_job> job, std::optional<duration> timeout,
+              bool from_stream = false);
+  bool cancel(pool_sink& sink) override;
   // A lazy stream that may still submit items: close() does not end the workers while
   // one is open. stream_opened is std::logic_error once the pool is closed.
   void stream_opened();
@@ -47,7 +51,7 @@ public:
   std::size_t size() const noexcept { return options_.processes; }
 
 private:
-  struct worker : scheduled_worker {
+  struct worker : scheduled_worker, std::enable_shared_from_this<worker> {
     explicit worker(const boost::asio::any_io_executor& ex, worker_page* page)
         : scheduled_worker(&page->claimed), socket(ex), page(page) {}
     boost::asio::local::stream_protocol::socket socket;
@@ -55,6 +59,9 @@ private:
     worker_page* page;
     std::string out, writing; // frames to send, frames being sent
     std::string start_error;  // what its initializer threw
+    // Made when it is first sent a timed chunk; armed while timer_due != 0.
+    std::unique_ptr<boost::asio::steady_timer> timeout_timer;
+    std::int64_t timer_due = 0;
   };
   // A worker's end of its link, before the worker starts on it.
   struct link {
@@ -85,6 +92,13 @@ private:
   bool encode_chunk(worker& w, const pool_chunk& c);
   void start_write(const std::shared_ptr<worker>& w);
 
+  void arm_timeout_locked(worker& w, std::int64_t due);
+  void check_timeouts_locked(worker& w);
+  // Kills w with its process group for item `seq`, which then fails with `error` (null:
+  // worker_lost); its unstarted items go back to the queue first.
+  void kill_locked(worker& w, std::uint64_t seq, std::exception_ptr error) noexcept;
+
+  static void kill_group(worker& w) noexcept;
   bool worker_gone_locked(worker& w, int code);
   void kill_workers_locked() noexcept;
   void terminate_locked() noexcept;

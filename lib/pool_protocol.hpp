@@ -48,10 +48,11 @@ inline void release_if_large(std::string& s) {
 }
 
 // Appends one frame: `count` items, item(i, out) appending the argument bytes of the
-// i-th. On an exception from item() nothing of the frame stays in `out`.
+// i-th; `flags` as in task_frame_header. On an exception from item() nothing of the frame stays in
+// `out`.
 template <class EncodeItem>
 void encode_frame(std::string& out, std::int64_t trampoline, std::int64_t target, std::size_t count,
-                  EncodeItem&& item) {
+                  std::uint64_t flags, EncodeItem&& item) {
   std::size_t at = out.size();
   try {
     out.append(sizeof(task_frame_header), '\0');
@@ -66,7 +67,7 @@ void encode_frame(std::string& out, std::int64_t trampoline, std::int64_t target
     out.resize(at);
     throw;
   }
-  task_frame_header header{out.size() - at - sizeof header, trampoline, target, count};
+  task_frame_header header{out.size() - at - sizeof header, trampoline, target, count, flags};
   std::memcpy(out.data() + at, &header, sizeof header);
 }
 

@@ -55,6 +55,49 @@ bool pool_scheduler::steal(scheduled_worker& w) {
   return true;
 }
 
+std::vector<scheduled_worker*> pool_scheduler::withdraw(const pool_sink& sink) {
+  auto of_sink = [&](const auto& p) { return p->sink.get() == &sink; };
+  std::erase_if(queue_, of_sink);
+  std::vector<scheduled_worker*> running;
+  for (scheduled_worker* w : workers_) {
+    if (w->killed || std::none_of(w->held.begin(), w->held.end(),
+                                  [&](const pool_chunk& c) { return of_sink(c.job); }))
+      continue;
+    steal(*w);
+    // Everything left is claimed: the last item is the one the worker runs (or has just
+    // finished). An earlier item of the sink has finished and its answer is on its way.
+    if (!w->held.empty() && of_sink(w->held.back().job)) running.push_back(w);
+  }
+  std::erase_if(retry_, [&](const pool_chunk& c) { return of_sink(c.job); });
+  return running;
+}
+
+pool_scheduler::timeout_check pool_scheduler::check_timeouts(const scheduled_worker& w,
+                                                             std::int64_t now,
+                                                             std::uint64_t running,
+                                                             std::int64_t running_since) const {
+  timeout_check check;
+  auto consider = [&](std::int64_t due) {
+    if (check.due == 0 || due < check.due) check.due = due;
+  };
+  for (const auto& c : w.held) {
+    std::int64_t timeout = c.job->timeout_ns;
+    if (timeout == 0) continue;
+    std::uint64_t first = c.seq + (&c == &w.held.front() ? w.front_answered : 0);
+    std::uint64_t last = c.seq + c.n - 1;
+    if (running >= first && running <= last) {
+      std::int64_t due = running_since + timeout;
+      if (due <= now) return {true, 0, running, c.job.get()};
+      consider(due);
+      if (running < last) consider(now + timeout);
+    } else if (running < first) {
+      consider(now + timeout); // not started: it cannot expire sooner
+    }
+    // (running > last: all finished, the answers are on their way.)
+  }
+  return check;
+}
+
 std::pair<bool, std::int64_t> pool_scheduler::rebalance(std::int64_t now) {
   bool idle = std::any_of(workers_.begin(), workers_.end(),
                           [](const auto* w) { return w->accepting() && w->held.empty(); });
@@ -82,7 +125,8 @@ bool pool_scheduler::lost(scheduled_worker& w, std::exception_ptr error) {
     std::size_t skip = &c == &w.held.front() ? w.front_answered : 0;
     for (std::size_t i = skip; i < c.n; ++i) {
       if (c.seq + i <= claimed) {
-        c.job->sink->fail(c.first + i, error);
+        bool killed_for = w.killed && c.seq + i == w.killed_seq && w.kill_error;
+        c.job->sink->fail(c.first + i, killed_for ? w.kill_error : error);
       } else {
         never_started.push_back({c.job, c.first + i, c.n - i});
         break;

@@ -76,6 +76,11 @@ record_kind encode_current_error(std::string& out, std::size_t at) {
   return record_kind::error;
 }
 
+// The pool kills a worker with its whole group on a timeout or a cancellation, so what
+// the task started (a grandchild, a pipeline) goes too. (Not a session: a worker keeps
+// the parent's controlling terminal, so a task may still open /dev/tty.)
+void lead_process_group() { ::setpgid(0, 0); }
+
 [[noreturn]] void worker_exit(int code) {
   flush_stdio();
   ::_exit(code);
@@ -266,6 +271,8 @@ private:
 
   void run_frame(const frame_view& frame) {
     const auto& h = frame.header;
+    // A kill at a timeout loses no answer of an earlier frame either.
+    if ((h.flags & frame_timed) != 0 && !out_.empty()) flush();
     if (h.trampoline != timed_.trampoline) {
       record_timing();
       timed_.trampoline = h.trampoline;
@@ -296,6 +303,7 @@ private:
     frame_release whole{&in_, frame.size};
     const char* p = frame.items;
     std::uint64_t ran = 0;
+    bool timed = (h.flags & frame_timed) != 0;
     for (std::uint64_t i = 0; i < h.count; ++i) {
       auto n = static_cast<std::size_t>(load<std::uint64_t>(p));
       pool_input input{std::string_view(p + sizeof(std::uint64_t), n)};
@@ -307,8 +315,11 @@ private:
       std::uint64_t expected = seq_++;
       // Fails when the parent took this item back: skip it without an answer.
       if (page_->claimed.compare_exchange_strong(expected, seq_)) {
+        if (timed) page_->running_since.store(now_ns(), std::memory_order_relaxed);
+        page_->running.store(seq_, std::memory_order_release);
         run_item(fn, static_cast<std::intptr_t>(h.target), input);
         ++ran;
+        if (timed) flush();
       }
     }
     if (!whole.done) {
@@ -446,6 +457,7 @@ void run_spawned_worker(std::string_view body, int fd, int memfd) {
     ::_exit(pool_protocol_error_exit);
   }
   auto& [maxtasks, concurrency, init, init_target, init_state] = parts;
+  lead_process_group();
   void* mem = ::mmap(nullptr, worker_page_size, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
   if (mem == MAP_FAILED) ::_exit(71);
   ::close(memfd);
@@ -472,6 +484,7 @@ void run_spawned_worker(std::string_view body, int fd, int memfd) {
                                     const std::function<void()>& initializer,
                                     unsigned maxtasksperchild, unsigned concurrency) {
   reset_signals();
+  lead_process_group();
   // Workers are daemonic, as in Python: they die with the parent, even by SIGKILL.
   die_with_parent(parent);
   enter_child(std::move(id));

@@ -48,6 +48,19 @@ private:
   int exitcode_, pid_;
 };
 
+// A pool task was still running at its timeout (coproc/pool.hpp, task_options): its worker
+// was killed with its process group. what() names the function where known and the timeout.
+class task_timeout : public timeout_error {
+public:
+  task_timeout(const std::string& function, std::chrono::steady_clock::duration timeout, int pid);
+  std::chrono::steady_clock::duration timeout() const noexcept { return timeout_; }
+  int pid() const noexcept { return pid_; }
+
+private:
+  std::chrono::steady_clock::duration timeout_;
+  int pid_;
+};
+
 class pool_closed : public error {
 public:
   pool_closed();

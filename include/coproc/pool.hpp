@@ -42,11 +42,28 @@
 // coproc::error naming the initializer's error and the exit code. terminate() kills the
 // workers with SIGKILL.
 //
-// Every await of the pool (apply, map, get, wait, next, join) honours Asio cancellation,
-// e.g. `co_await (pool.apply(f, x) || timer)`: the await ends at once with
-// boost::system::system_error (operation_aborted), as use_awaitable reports it. Only
-// that wait is abandoned: the task goes on in its worker, a later get() of the same
-// result still returns it, and a cancelled next() takes no item.
+// Timeouts (task_options, pool_options::task_timeout): the clock of an apply starts when
+// its task starts in a worker, that of a map/imap/starmap item when that item starts (the
+// items of a chunk run one after another in one worker, each with its own clock). A task
+// still running at its timeout fails with task_timeout; its worker is killed with its
+// whole process group (every worker leads its own; a task that calls setsid or setpgid
+// escapes), a replacement starts, the worker's unstarted items go to the other workers,
+// and every other task is unaffected (in a timed chunk each item's answer leaves the
+// worker as soon as it is ready, so none that finished is lost). The cost without a
+// timeout is nil; with one, a timer per worker and a clock read per item.
+//
+// Cancellation: async_result::cancel() withdraws a task that has not started and stops a
+// running one as a timeout does; the result then fails with operation_aborted. For a
+// map_async result every unfinished item is withdrawn or stopped. A running item whose
+// answer was already on its way when cancel() came is not killed (the worker has moved
+// on); its answer is ignored.
+//
+// Every await of the pool (apply, map, starmap, get, wait, next, join) honours Asio
+// cancellation, e.g. `co_await (pool.apply(f, x) || timer)`: the await ends at once with
+// boost::system::system_error (operation_aborted), as use_awaitable reports it. apply, map
+// and starmap own their task, so terminal cancellation cancels it too, as cancel() does.
+// For get, wait and next only that wait is abandoned: the task goes on in its worker, a
+// later get() of the same result still returns it, and a cancelled next() takes no item.
 //
 // A pool may be used from any thread, also when its io_context runs on several threads
 // (test/test_threaded_server.cpp); in a threaded program, start its workers with
@@ -60,6 +77,8 @@
 #include <coproc/start_method.hpp>
 
 #include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/error.hpp>
+#include <boost/system/system_error.hpp>
 
 #include <cstddef>
 #include <functional>
@@ -73,6 +92,7 @@
 #include <string>
 #include <tuple>
 #include <type_traits>
+#include <typeinfo>
 #include <utility>
 #include <vector>
 
@@ -106,7 +126,29 @@ struct pool_options {
   // is then pulled lazily (0: a sized input is copied at the call, an unsized one is
   // std::invalid_argument).
   std::size_t buffersize = 0;
+  // The timeout of every task that sets none (task_options); nullopt: none. Zero or
+  // negative: std::invalid_argument at construction.
+  std::optional<duration> task_timeout{};
 };
+
+// Per submission: for apply_async/apply the task, for map/imap/starmap each item.
+struct task_options {
+  // From the task's start in a worker; nullopt: pool_options::task_timeout. Zero or
+  // negative: std::invalid_argument at the call.
+  std::optional<duration> timeout{};
+};
+
+template <class T> class async_result;
+template <class T> class result_stream;
+// Each result as it finishes, with its index in `results` (concurrent.futures.as_completed).
+// A result that is ready already comes at once; the stream ends after the last.
+template <class T>
+result_stream<std::pair<std::size_t, async_result<T>>>
+as_completed(std::vector<async_result<T>> results);
+
+namespace detail {
+template <class T> constexpr bool pool_decoded<std::pair<std::size_t, async_result<T>>> = false;
+} // namespace detail
 
 // multiprocessing.pool.AsyncResult.
 template <class T> class async_result {
@@ -124,9 +166,17 @@ public:
   bool ready() const { return state_->ready(); }
   // std::logic_error while not ready.
   bool successful() const { return state_->successful(); }
+  // Withdraws the task if it has not started, stops it if it runs (its worker is killed
+  // with its process group and replaced); for a map_async result, every unfinished item.
+  // Then ready() is true, successful() false, and get() throws system_error
+  // (operation_aborted). True unless it had finished already (a second call: false).
+  bool cancel() { return state_->cancel(); }
 
 private:
   friend class pool;
+  template <class U>
+  friend result_stream<std::pair<std::size_t, async_result<U>>>
+  as_completed(std::vector<async_result<U>> results);
   explicit async_result(std::shared_ptr<detail::result_state<T>> state)
       : state_(std::move(state)) {}
 
@@ -164,6 +214,9 @@ public:
 
 private:
   friend class pool;
+  template <class U>
+  friend result_stream<std::pair<std::size_t, async_result<U>>>
+  as_completed(std::vector<async_result<U>> results);
   explicit result_stream(std::shared_ptr<detail::stream_state<T>> state,
                          std::shared_ptr<detail::stream_feeder> feeder = nullptr)
       : state_(std::move(state)), feeder_(std::move(feeder)) {
@@ -217,7 +270,8 @@ template <class Range> auto copy_items(Range&& items) {
 class stream_port {
 public:
   // std::logic_error if the pool is closed or terminated.
-  explicit stream_port(std::shared_ptr<pool_core> core);
+  stream_port(std::shared_ptr<pool_core> core, std::optional<duration> timeout,
+              const std::type_info& callable);
   stream_port(stream_port&&) = default;
   ~stream_port();
   // std::logic_error once the pool is terminated.
@@ -227,6 +281,8 @@ public:
 
 private:
   std::shared_ptr<pool_core> core_;
+  std::optional<duration> timeout_;
+  const std::type_info* callable_;
 };
 
 // Pulls items of `range` as results are taken: at most `buffersize` in flight (pulled,
@@ -332,12 +388,22 @@ public:
   // terminate(): unfinished results and streams fail with pool_closed.
   ~pool();
 
-  // Result of f(args...), computed in a worker.
-  template <class F, class... A> auto apply(F f, A... args) {
-    return apply_async(f, std::move(args)...).get();
+  // Result of f(args...), computed in a worker. Cancelling the await cancels the task.
+  template <class F, class... A>
+    requires(!std::is_same_v<F, task_options>)
+  auto apply(F f, A... args) {
+    return apply(task_options{}, f, std::move(args)...);
+  }
+  template <class F, class... A> auto apply(task_options options, F f, A... args) {
+    return owned(apply_async(std::move(options), f, std::move(args)...));
   }
 
-  template <class F, class... A> auto apply_async(F f, A... args) {
+  template <class F, class... A>
+    requires(!std::is_same_v<F, task_options>)
+  auto apply_async(F f, A... args) {
+    return apply_async(task_options{}, f, std::move(args)...);
+  }
+  template <class F, class... A> auto apply_async(task_options options, F f, A... args) {
     detail::check_pool_callable<F>();
     static_assert(std::is_invocable_v<F&, A&...>,
                   "coproc::pool::apply: f cannot be called with these arguments");
@@ -349,35 +415,55 @@ public:
     std::vector<std::tuple<A...>> item;
     item.emplace_back(std::move(args)...);
     submit(std::make_shared<detail::items_job<std::tuple<A...>, true>>(
-        &detail::apply_trampoline<F, A...>, detail::callable_info<F, Raw>(f), std::move(item), 1,
-        state));
+               &detail::apply_trampoline<F, A...>, detail::callable_info<F, Raw>(f),
+               std::move(item), 1, state),
+           options, typeid(F));
     return async_result<R>(std::move(state));
   }
 
   // f(item) for every item, results in item order. chunksize 0 picks one as Python
   // does: ceil(len / (4 * processes)). The first failing item's error (in item order)
-  // is rethrown once every item has ended.
-  template <class F, class Range> auto map(F f, Range&& items, std::size_t chunksize = 0) {
-    return map_async(f, std::forward<Range>(items), chunksize).get();
+  // is rethrown once every item has ended. Cancelling the await of map or starmap
+  // cancels every unfinished item.
+  template <class F, class Range>
+    requires(!std::is_same_v<F, task_options>)
+  auto map(F f, Range&& items, std::size_t chunksize = 0) {
+    return map(task_options{}, f, std::forward<Range>(items), chunksize);
   }
-  template <class F, class Range> auto map_async(F f, Range&& items, std::size_t chunksize = 0) {
+  template <class F, class Range>
+  auto map(task_options options, F f, Range&& items, std::size_t chunksize = 0) {
+    return owned(map_async(std::move(options), f, std::forward<Range>(items), chunksize));
+  }
+  template <class F, class Range>
+    requires(!std::is_same_v<F, task_options>)
+  auto map_async(F f, Range&& items, std::size_t chunksize = 0) {
+    return map_async(task_options{}, f, std::forward<Range>(items), chunksize);
+  }
+  template <class F, class Range>
+  auto map_async(task_options options, F f, Range&& items, std::size_t chunksize = 0) {
     detail::check_pool_callable<F>();
     using T = detail::pool_item_t<Range>;
     return submit_map<F, T>(&detail::item_trampoline<F, T>, f,
-                            detail::copy_items(std::forward<Range>(items)), chunksize);
+                            detail::copy_items(std::forward<Range>(items)), chunksize, options);
   }
 
   // f(args...) for every tuple of args.
-  template <class F, class Range> auto starmap(F f, Range&& tuples, std::size_t chunksize = 0) {
+  template <class F, class Range>
+    requires(!std::is_same_v<F, task_options>)
+  auto starmap(F f, Range&& tuples, std::size_t chunksize = 0) {
+    return starmap(task_options{}, f, std::forward<Range>(tuples), chunksize);
+  }
+  template <class F, class Range>
+  auto starmap(task_options options, F f, Range&& tuples, std::size_t chunksize = 0) {
     using T = detail::pool_item_t<Range>;
     detail::check_pool_callable<F>();
     using Raw = decltype(std::apply(std::declval<F&>(), std::declval<T&>()));
     static_assert(!std::is_void_v<detail::task_value_t<Raw>>,
                   "coproc::pool::starmap: f must return a value (a vector of "
                   "results is returned); use apply_async for void tasks");
-    return submit_map<F, T, Raw, true>(&detail::star_trampoline<F, T>, f,
-                                       detail::copy_items(std::forward<Range>(tuples)), chunksize)
-        .get();
+    return owned(submit_map<F, T, Raw, true>(&detail::star_trampoline<F, T>, f,
+                                             detail::copy_items(std::forward<Range>(tuples)),
+                                             chunksize, options));
   }
 
   // Results as a stream, in item order. The range is taken by value. With
@@ -386,12 +472,24 @@ public:
   // handle of the stream withdraws its unsent items and pulls no more, and until then
   // close() lets the stream finish. Without buffersize a sized range is copied at the
   // call and an unsized one is std::invalid_argument.
-  template <class F, class Range> auto imap(F f, Range items, std::size_t chunksize = 1) {
-    return submit_stream<F>(f, std::move(items), chunksize, true);
+  template <class F, class Range>
+    requires(!std::is_same_v<F, task_options>)
+  auto imap(F f, Range items, std::size_t chunksize = 1) {
+    return submit_stream<F>(f, std::move(items), chunksize, true, task_options{});
+  }
+  template <class F, class Range>
+  auto imap(task_options options, F f, Range items, std::size_t chunksize = 1) {
+    return submit_stream<F>(f, std::move(items), chunksize, true, options);
   }
   // As imap, results as they finish.
-  template <class F, class Range> auto imap_unordered(F f, Range items, std::size_t chunksize = 1) {
-    return submit_stream<F>(f, std::move(items), chunksize, false);
+  template <class F, class Range>
+    requires(!std::is_same_v<F, task_options>)
+  auto imap_unordered(F f, Range items, std::size_t chunksize = 1) {
+    return submit_stream<F>(f, std::move(items), chunksize, false, task_options{});
+  }
+  template <class F, class Range>
+  auto imap_unordered(task_options options, F f, Range items, std::size_t chunksize = 1) {
+    return submit_stream<F>(f, std::move(items), chunksize, false, options);
   }
 
   // No new tasks; queued ones still run, then the workers exit.
@@ -404,11 +502,32 @@ public:
   std::size_t size() const;
 
 private:
-  void submit(std::shared_ptr<detail::pool_job> job);
+  // std::invalid_argument for a timeout of zero or less.
+  void submit(std::shared_ptr<detail::pool_job> job, const task_options& options,
+              const std::type_info& callable);
   std::size_t default_chunksize(std::size_t n) const;
 
+  // The await of a task that only this await sees: cancelling it cancels the task.
+  // (Nothing is awaited inside the handler; the awaitable is named first for g++ 12.)
+  template <class R> static awaitable<R> owned(async_result<R> result) {
+    try {
+      auto get = result.get();
+      if constexpr (std::is_void_v<R>) {
+        co_await std::move(get);
+        co_return;
+      } else {
+        co_return co_await std::move(get);
+      }
+    } catch (const boost::system::system_error& e) {
+      if (e.code() != boost::asio::error::operation_aborted) throw;
+    }
+    result.cancel();
+    throw boost::system::system_error(boost::asio::error::operation_aborted);
+  }
+
   template <class F, class T, class Raw = std::invoke_result_t<F&, T&>, bool Parts = false>
-  auto submit_map(detail::pool_trampoline fn, F f, std::vector<T> items, std::size_t chunksize) {
+  auto submit_map(detail::pool_trampoline fn, F f, std::vector<T> items,
+                                          std::size_t chunksize, const task_options& options) {
     detail::check_pool_callable<F>();
     using R = detail::task_value_t<Raw>;
     static_assert(!std::is_void_v<R>, "coproc::pool::map: f must return a value (a vector of "
@@ -416,12 +535,14 @@ private:
     auto state = std::make_shared<detail::map_state<R>>(items.size());
     if (chunksize == 0) chunksize = default_chunksize(items.size());
     submit(std::make_shared<detail::items_job<T, Parts>>(fn, detail::callable_info<F, Raw>(f),
-                                                         std::move(items), chunksize, state));
+                                                         std::move(items), chunksize, state),
+           options, typeid(F));
     return async_result<std::vector<R>>(std::move(state));
   }
 
   template <class F, class Range>
-  auto submit_stream(F f, Range items, std::size_t chunksize, bool ordered) {
+  auto submit_stream(F f, Range items, std::size_t chunksize, bool ordered,
+                     const task_options& options) {
     detail::check_pool_callable<F>();
     static_assert(std::ranges::input_range<Range>, "coproc::pool::imap: items must be a range");
     using T = detail::pool_item_t<Range>;
@@ -436,7 +557,8 @@ private:
         auto copied = detail::copy_items(std::move(items));
         auto state = std::make_shared<detail::stream_state<R>>(copied.size(), ordered);
         submit(std::make_shared<detail::items_job<T>>(fn, detail::callable_info<F, Raw>(f),
-                                                      std::move(copied), chunksize, state));
+                                                      std::move(copied), chunksize, state),
+               options, typeid(F));
         return result_stream<R>(std::move(state));
       } else {
         throw std::invalid_argument(
@@ -444,6 +566,8 @@ private:
             "pool_options::buffersize > 0, or the pool would have to copy it whole first");
       }
     }
+    if (options.timeout && *options.timeout <= duration::zero())
+      throw std::invalid_argument("coproc::pool::imap: a task timeout must be positive");
     if (!core_)
       throw std::invalid_argument("coproc::pool::imap: a lazy input (buffersize > 0) is not "
                                   "available with remote workers yet; leave buffersize 0");
@@ -453,7 +577,7 @@ private:
     auto state = std::make_shared<detail::stream_state<R>>(total, ordered);
     auto feeder = std::make_shared<detail::range_feeder<Range, R>>(
         fn, detail::callable_info<F, Raw>(f), std::move(items), chunksize, buffersize_, state,
-        detail::stream_port(core_));
+        detail::stream_port(core_, options.timeout, typeid(F)));
     feeder->start();
     return result_stream<R>(std::move(state), std::move(feeder));
   }
@@ -462,5 +586,20 @@ private:
   std::shared_ptr<detail::pool_core> core_;
   std::shared_ptr<detail::remote_core> remote_; // instead of core_ with options.remote
 };
+
+template <class T>
+result_stream<std::pair<std::size_t, async_result<T>>>
+as_completed(std::vector<async_result<T>> results) {
+  using item = std::pair<std::size_t, async_result<T>>;
+  auto stream = std::make_shared<detail::stream_state<item>>(results.size(), false);
+  for (std::size_t i = 0; i < results.size(); ++i) {
+    // (Weak: a result that never finishes does not keep itself alive through its callback.)
+    std::weak_ptr<detail::result_state<T>> weak = results[i].state_;
+    results[i].state_->on_ready([stream, weak, i] {
+      if (auto state = weak.lock()) stream->push(i, item(i, async_result<T>(std::move(state))));
+    });
+  }
+  return result_stream<item>(std::move(stream));
+}
 
 } // namespace coproc

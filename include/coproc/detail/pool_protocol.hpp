@@ -13,7 +13,8 @@
 // Items are numbered per worker in the order sent (from 1), and a worker claims each one
 // before running it by advancing the counter of a page shared with the parent
 // (worker_page, a compare-and-swap, no syscall); the parent may claim unstarted items the
-// same way to send them elsewhere.
+// same way to send them elsewhere. For items with a timeout the worker also publishes
+// there when each started, which the parent reads when a timeout may be due.
 //
 // This header is the layout that both sides (and the tests that forge frames) share; the
 // encoding, the parsing and the receive buffer are the library's (lib/pool_protocol.hpp).
@@ -32,7 +33,11 @@ struct task_frame_header {
   std::int64_t trampoline; // offset from the anchor
   std::int64_t target;     // the function's offset from the anchor, 0 for a function object
   std::uint64_t count;
+  std::uint64_t flags = 0; // frame_timed
 };
+// The items have a timeout: the worker publishes when each starts (worker_page) and sends
+// every answer as soon as it is ready, so a kill at the timeout loses no finished answer.
+constexpr std::uint64_t frame_timed = 1;
 
 // worker -> parent: records, each a header and `length` bytes.
 enum class record_kind : std::uint32_t {
@@ -62,6 +67,12 @@ struct worker_page {
   // The last item number claimed, by the worker (to run it) or by the parent (to take
   // it back). Both only ever advance it.
   std::atomic<std::uint64_t> claimed{0};
+  // The last item the worker itself claimed (it runs it, or has just finished it), stored
+  // with release after running_since: a reader that sees item n there reads n's start or
+  // a later one, never an earlier (a timeout never fires early).
+  std::atomic<std::uint64_t> running{0};
+  // steady_clock nanoseconds when that item started; written for timed frames only.
+  std::atomic<std::int64_t> running_since{0};
 };
 constexpr std::size_t worker_page_size = 4096;
 static_assert(sizeof(worker_page) <= worker_page_size);

@@ -68,9 +68,12 @@ struct scheduled_worker {
   bool started = false;           // its initializer returned
   bool stealable = true;          // false: claims arrive as messages (a remote worker), so
                                   //   the parent cannot take unstarted items back
+  bool killed = false;            // killed on a timeout or a cancellation, not reaped yet
+  std::uint64_t killed_seq = 0;   // the item it was killed for, which fails with kill_error
+  std::exception_ptr kill_error;  //   (or worker_lost if null)
   std::int64_t last_progress = 0; // when it last answered, or got work while idle
 
-  bool accepting() const { return !gone && !shut && !retiring; }
+  bool accepting() const { return !gone && !shut && !retiring && !killed; }
   // Items not claimed yet.
   std::uint64_t unstarted() const {
     std::uint64_t c = claimed->load();
@@ -130,6 +133,24 @@ public:
 
   // Claims w's unstarted items and queues them first for any worker. True if there were some.
   bool steal(scheduled_worker& w);
+
+  // Cancellation: drops the sink's unsent items and takes back those sent and not
+  // started (with the other unstarted items of the same workers, which are queued again).
+  // Returns the workers running one of its items now: they are to be killed.
+  std::vector<scheduled_worker*> withdraw(const pool_sink& sink);
+
+  // The timeouts of w's items, given what its page says: the item it runs (`running`)
+  // and since when (steady_clock ns). `expired`: that item is past its timeout (and is
+  // in `job`); else `due` > 0 is when to look again (the soonest an item of w may
+  // expire), 0 when w holds no timed item.
+  struct timeout_check {
+    bool expired = false;
+    std::int64_t due = 0;
+    std::uint64_t seq = 0;
+    const pool_job* job = nullptr;
+  };
+  timeout_check check_timeouts(const scheduled_worker& w, std::int64_t now, std::uint64_t running,
+                               std::int64_t running_since) const;
 
   // The worker is gone: its claimed, unanswered items fail with `error` and the rest go
   // to other workers first. True when this makes max_failed_starts failed starts in a row.

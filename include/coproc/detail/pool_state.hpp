@@ -20,6 +20,7 @@
 #include <boost/asio/error.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <boost/system/system_error.hpp>
 
 #include <algorithm>
 #include <chrono>
@@ -27,12 +28,14 @@
 #include <cstdint>
 #include <deque>
 #include <exception>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <type_traits>
+#include <typeinfo>
 #include <utility>
 #include <variant>
 #include <vector>
@@ -107,13 +110,38 @@ awaitable<bool> wait_for_condition(std::mutex& mutex, waiter_list& waiters, Read
   co_return is_ready;
 }
 
+class pool_sink;
+
+// The pool core as a cancelled result sees it (lib/pool_core.cpp).
+class pool_canceller {
+public:
+  // Unless the sink's submission has ended: ends it with operation_aborted
+  // (pool_sink::abort), withdraws its unstarted items and stops its running ones. Whether
+  // it had not ended.
+  virtual bool cancel(pool_sink& sink) = 0;
+
+protected:
+  ~pool_canceller() = default;
+};
+
 // Where the results of one submission's items go.
 class pool_sink {
 public:
   virtual ~pool_sink() = default;
   virtual void deliver(std::size_t index, std::string_view bytes) = 0;
   virtual void fail(std::size_t index, std::exception_ptr error) = 0;
+  // Ends the submission at once with operation_aborted unless it has ended: whether it had
+  // not. Answers that still come are ignored. (A stream is not cancelled this way: false.)
+  virtual bool abort() { return false; }
+
+  // The pool that runs the submission (set when it is submitted).
+  std::weak_ptr<pool_canceller> canceller;
 };
+
+inline std::exception_ptr operation_aborted_error() {
+  return std::make_exception_ptr(
+      boost::system::system_error(boost::asio::error::operation_aborted));
+}
 
 // What travels with every item of a submission besides its arguments.
 struct pool_callable_info {
@@ -144,7 +172,9 @@ public:
   const std::size_t count, chunksize;
   const bool coroutine; // its items are coroutine tasks (pool_options::concurrency)
   const std::shared_ptr<pool_sink> sink;
-  std::size_t next = 0; // first item not yet sent (the core's)
+  std::size_t next = 0;                          // first item not yet sent (the core's)
+  std::int64_t timeout_ns = 0;                   // per item, from its start; 0: none
+  const std::type_info* callable_type = nullptr; // for messages
 
 protected:
   virtual void encode_args(std::size_t i, std::string& out) const = 0;
@@ -189,6 +219,22 @@ public:
     }
   }
   void fail(std::size_t, std::exception_ptr error) override { finish(std::nullopt, error); }
+  bool abort() override { return finish(std::nullopt, operation_aborted_error()); }
+
+  // async_result::cancel.
+  bool cancel() {
+    auto core = canceller.lock();
+    // (No core: the pool is gone, and it failed every unfinished result first.)
+    return core && core->cancel(*this);
+  }
+  // Calls done() once the result is ready (at once if it is), outside this state's lock.
+  void on_ready(std::function<void()> done) {
+    {
+      std::lock_guard lock(mutex_);
+      if (!done_) return on_ready_.push_back(std::move(done));
+    }
+    done();
+  }
 
   awaitable<bool> wait(deadline until) {
     return wait_for_condition(
@@ -212,18 +258,26 @@ public:
   }
 
 protected:
-  void finish(std::optional<value_type> value, std::exception_ptr error) {
-    std::lock_guard lock(mutex_);
-    if (done_) return;
-    value_ = std::move(value);
-    error_ = error;
-    done_ = true;
-    waiters_.notify_all();
+  // False if it had finished already.
+  bool finish(std::optional<value_type> value, std::exception_ptr error) {
+    std::vector<std::function<void()>> ready;
+    {
+      std::lock_guard lock(mutex_);
+      if (done_) return false;
+      value_ = std::move(value);
+      error_ = error;
+      done_ = true;
+      waiters_.notify_all();
+      ready.swap(on_ready_);
+    }
+    for (auto& done : ready) done();
+    return true;
   }
 
 private:
   mutable std::mutex mutex_;
   waiter_list waiters_;
+  std::vector<std::function<void()>> on_ready_;
   bool done_ = false;
   std::optional<value_type> value_;
   std::exception_ptr error_;
@@ -265,19 +319,30 @@ private:
   std::size_t error_index_ = 0;
 };
 
+// Whether a stream's items come from a worker as bytes: as_completed's are pushed whole,
+// never decoded (coproc/pool.hpp specializes this for them).
+template <class R> constexpr bool pool_decoded = true;
+
 // imap / imap_unordered: results handed out as they may be.
 template <class R> class stream_state final : public pool_sink {
 public:
   // n: the number of items; nullopt while unknown (a lazy input, until set_total).
   stream_state(std::optional<std::size_t> n, bool ordered) : ordered_(ordered), total_(n) {}
   void deliver(std::size_t index, std::string_view bytes) override {
-    try {
-      put(index, wire::decode<R>(bytes));
-    } catch (...) {
-      put(index, std::current_exception());
+    if constexpr (pool_decoded<R>) {
+      try {
+        put(index, wire::decode<R>(bytes));
+      } catch (...) {
+        put(index, std::current_exception());
+      }
+    } else {
+      (void)bytes;
+      put(index, std::make_exception_ptr(error("coproc::pool: bytes for a pushed stream")));
     }
   }
   void fail(std::size_t index, std::exception_ptr error) override { put(index, error); }
+  // An item that is a value already (as_completed).
+  void push(std::size_t index, R value) { put(index, std::move(value)); }
 
   // nullopt after the last item; rethrows a failed item's error. Several readers may
   // wait at once: each item goes to one of them, and all get nullopt at the end.
