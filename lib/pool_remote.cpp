@@ -190,7 +190,8 @@ remote_core::remote_core(asio::any_io_executor ex, pool_options options)
   if (options_.initializer) {
     void (*fn)() = nullptr;
     if (auto* plain = options_.initializer.function().target<void (*)()>()) fn = *plain;
-    else if (auto* declared = options_.initializer.function().target<void (*)() noexcept>()) fn = *declared;
+    else if (auto* declared = options_.initializer.function().target<void (*)() noexcept>())
+      fn = *declared;
     if (!fn || !callable_offset(pool_image_offset(fn), true))
       throw std::invalid_argument(
           "coproc::pool: with remote workers the initializer must be a plain function in "
@@ -590,7 +591,7 @@ void remote_core::dispatch_locked() {
 
 bool remote_core::encode_chunk(worker& w, const pool_chunk& c) {
   try {
-    encode_frame(w.out, c.job->trampoline, c.job->target, c.n,
+    encode_frame(w.out, c.job->trampoline, c.job->target, c.n, 0,
                  [&](std::size_t i, std::string& out) { c.job->encode_item(c.first + i, out); });
   } catch (...) {
     for (std::size_t i = 0; i < c.n; ++i) c.job->sink->fail(c.first + i, std::current_exception());

@@ -108,7 +108,8 @@ std::pair<bool, std::int64_t> pool_scheduler::rebalance(std::int64_t now) {
     // Not from a worker whose frames are still being written: it is being fed, not
     // silent (large items take longer than steal_after_ns to cross), and each steal
     // would encode them again while the first copy is still on its way.
-    if (w->gone || !w->stealable || w->write_pending || w->held_items < 2 || w->unstarted() == 0) continue;
+    if (w->gone || !w->stealable || w->write_pending || w->held_items < 2 || w->unstarted() == 0)
+      continue;
     std::int64_t wait = steal_after_ns - (now - w->last_progress);
     if (wait <= 0) stole |= steal(*w);
     else if (soonest < 0 || wait < soonest) soonest = wait;

@@ -50,8 +50,6 @@ coproc::awaitable<int> script() {
                  return "https://example.test/page/" + std::to_string(i);
                });
   auto t0 = std::chrono::steady_clock::now();
-  // Per-task timeout: a task_options{.timeout = ...} first argument goes here, and a page
-  // that hangs fails with coproc::task_timeout instead of holding its worker.
   auto results = pool.imap_unordered(crawl, pages);
   int done = 0;
   while (auto line = co_await results.next()) {

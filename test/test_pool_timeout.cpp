@@ -13,6 +13,8 @@
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
 #include <boost/system/system_error.hpp>
 
 #include <sys/types.h>
@@ -213,6 +215,30 @@ TEST_CASE("a timeout of zero or less is invalid_argument at the call and at cons
       CHECK_THROWS_AS(pool.imap_unordered(options, square, items), std::invalid_argument);
     }
     CHECK(co_await pool.apply(task_options{1h}, square, 5) == 25);
+  }());
+}
+
+namespace {
+coproc::awaitable<int> doubled_later(int x) {
+  boost::asio::steady_timer t(co_await boost::asio::this_coro::executor, 1ms);
+  co_await t.async_wait(boost::asio::use_awaitable);
+  co_return 2 * x;
+}
+} // namespace
+
+TEST_CASE("a timeout for coroutine tasks is invalid_argument, untimed ones still run") {
+  coproc_test::run([]() -> coproc::awaitable<void> {
+    auto ex = co_await boost::asio::this_coro::executor;
+    coproc::pool pool(ex, coproc::pool_options{.processes = 1, .concurrency = 2});
+    std::vector<int> items{1, 2};
+    task_options timed{1s};
+    CHECK_THROWS_WITH_AS(pool.apply_async(timed, doubled_later, 1),
+                         doctest::Contains("coroutine tasks"), std::invalid_argument);
+    CHECK_THROWS_AS(pool.map_async(timed, doubled_later, items), std::invalid_argument);
+    CHECK(co_await pool.apply(doubled_later, 4) == 8);
+    coproc::pool defaulted(ex, coproc::pool_options{.processes = 1, .task_timeout = 1s});
+    CHECK_THROWS_AS(defaulted.apply_async(doubled_later, 1), std::invalid_argument);
+    CHECK(co_await defaulted.apply(square, 3) == 9);
   }());
 }
 

@@ -27,7 +27,10 @@
 // runs up to pool_options::concurrency of them at once on its own io_context (a task may
 // await timers, sockets, coproc::run). A worker is sent that many at most; answers leave
 // in item order, so a long one holds back the answers of the shorter ones started after
-// it in the same worker.
+// it in the same worker. A task timeout (task_options, pool_options::task_timeout) is
+// not available for coroutine tasks yet: std::invalid_argument at the call. (A worker's
+// clock follows the item it started last; tasks side by side would need one clock each
+// and an in-worker cancellation first.) Bound a wait inside the task instead.
 //
 // imap / imap_unordered take their range by value. With pool_options::buffersize they
 // pull it lazily (any input range, an endless one too), with at most buffersize results
@@ -526,8 +529,8 @@ private:
   }
 
   template <class F, class T, class Raw = std::invoke_result_t<F&, T&>, bool Parts = false>
-  auto submit_map(detail::pool_trampoline fn, F f, std::vector<T> items,
-                                          std::size_t chunksize, const task_options& options) {
+  auto submit_map(detail::pool_trampoline fn, F f, std::vector<T> items, std::size_t chunksize,
+                  const task_options& options) {
     detail::check_pool_callable<F>();
     using R = detail::task_value_t<Raw>;
     static_assert(!std::is_void_v<R>, "coproc::pool::map: f must return a value (a vector of "
