@@ -4,6 +4,8 @@
 #include <coproc/awaitable.hpp>
 #include <coproc/errors.hpp>
 #include <coproc/main_guard.hpp>
+#include <coproc/partial.hpp>
+#include <coproc/pipeline.hpp>
 #include <coproc/pool.hpp>
 #include <coproc/process.hpp>
 #include <coproc/queue.hpp>
