@@ -1,9 +1,10 @@
 // Queue throughput, one producer process and one consumer process: small items (int)
 // and 64 KiB items, coproc::queue vs Python multiprocessing.Queue vs a raw pipe (one
 // write and one read per item). Then pipe ping-pong round trips with an echo process:
-// coproc::pipe vs Python Pipe vs two raw pipes, with both processes pinned to one CPU
-// and unpinned. Every figure is the median of its rounds; the clock starts once the
-// first item arrives (the producer runs), so fork costs are not counted.
+// coproc::pipe vs Python Pipe vs two raw pipes and vs a raw SOCK_SEQPACKET socketpair (the
+// transport coproc::pipe stands on), with both processes pinned to one CPU and unpinned.
+// Every figure is the median of its rounds; the clock starts once the first item arrives
+// (the producer runs), so fork costs are not counted.
 #include <coproc/coproc.hpp>
 #include <coproc/queue.hpp>
 
@@ -11,6 +12,7 @@
 
 #include <fcntl.h>
 #include <sched.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -186,6 +188,40 @@ double raw_pingpong(bool pin) {
   return s / pingpong_n * 1e6;
 }
 
+// The transport coproc::pipe stands on, with nothing around it: blocking send and recv on
+// an AF_UNIX SOCK_SEQPACKET socketpair. A socket's record goes through an skb (allocated,
+// charged to the memory cgroup, freed), a pipe's bytes through a page it keeps, so this is
+// the floor under coproc's figure, above the raw pipes'.
+double raw_seqpacket_pingpong(bool pin) {
+  pinning scope(pin);
+  int fds[2];
+  if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fds) != 0)
+    throw std::runtime_error("socketpair");
+  int pid = ::fork();
+  if (pid == 0) {
+    ::close(fds[0]);
+    int v;
+    while (::recv(fds[1], &v, sizeof v, 0) == sizeof v && v >= 0)
+      if (::send(fds[1], &v, sizeof v, MSG_NOSIGNAL) != sizeof v) break;
+    ::_exit(0);
+  }
+  ::close(fds[1]);
+  auto trip = [&](int v) {
+    if (::send(fds[0], &v, sizeof v, MSG_NOSIGNAL) != sizeof v ||
+        ::recv(fds[0], &v, sizeof v, 0) != sizeof v)
+      throw std::runtime_error("raw seqpacket");
+  };
+  for (int i = 0; i < 1000; ++i) trip(i);
+  auto start = bench::clock::now();
+  for (int i = 0; i < pingpong_n; ++i) trip(i);
+  double s = bench::seconds_since(start);
+  int stop = -1;
+  (void)!::send(fds[0], &stop, sizeof stop, MSG_NOSIGNAL);
+  ::waitpid(pid, nullptr, 0);
+  ::close(fds[0]);
+  return s / pingpong_n * 1e6;
+}
+
 } // namespace
 
 int main() {
@@ -220,12 +256,15 @@ int main() {
     std::string name = pin ? "pipe ping-pong, pinned to one CPU" : "pipe ping-pong, unpinned";
     ours = bench::median_of(rounds, [pin] { return coproc_pingpong(pin); });
     raw = bench::median_of(rounds, [pin] { return raw_pingpong(pin); });
+    double socket = bench::median_of(rounds, [pin] { return raw_seqpacket_pingpong(pin); });
     py = bench::python("queue_peer.py", "pingpong " + std::to_string(python_pingpong_n) + " 3 " +
                                             (pin ? "pinned" : "unpinned"));
     bench::row(name, "coproc", ours, "us", true);
     bench::row(name, "python mp.Pipe", py, "us", true);
     bench::row(name, "raw pipes", raw, "us", true);
+    bench::row(name, "raw seqpacket socket", socket, "us", true);
     bench::ratio("vs Python", ours, py, true);
     bench::ratio("vs raw pipes", ours, raw, true);
+    bench::ratio("vs raw seqpacket socket (its transport)", ours, socket, true);
   }
 }
