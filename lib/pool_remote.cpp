@@ -605,8 +605,7 @@ void remote_core::dispatch_locked() {
     auto& w = static_cast<worker&>(sw);
     if (!encode_chunk(w, c)) return false;
     // The item cannot have started before now: its timeout is due at the earliest then.
-    if (c.job->timeout_ns != 0)
-      arm_timeout_locked(w.shared_from_this(), now + c.job->timeout_ns);
+    if (c.job->timeout_ns != 0) arm_timeout_locked(w.shared_from_this(), now + c.job->timeout_ns);
     return true;
   });
   if (result.more) schedule_dispatch_locked();
@@ -669,7 +668,8 @@ void remote_core::arm_timeout_locked(const std::shared_ptr<worker>& w, std::int6
   if (w->timer_due != 0 && w->timer_due <= due) return;
   if (!w->timeout_timer) w->timeout_timer = std::make_unique<asio::steady_timer>(ex_);
   w->timer_due = due;
-  w->timeout_timer->expires_at(std::chrono::steady_clock::time_point(std::chrono::nanoseconds(due)));
+  w->timeout_timer->expires_at(
+      std::chrono::steady_clock::time_point(std::chrono::nanoseconds(due)));
   w->timeout_timer->async_wait([self = shared_from_this(), w](boost::system::error_code ec) {
     if (ec) return; // rearmed sooner, or the worker is gone
     std::lock_guard lock(self->mutex_);
@@ -685,8 +685,8 @@ void remote_core::check_timeouts_locked(worker& w) {
     auto timeout =
         std::chrono::duration_cast<duration>(std::chrono::nanoseconds(check.job->timeout_ns));
     stop_locked(w, check.seq,
-                std::make_exception_ptr(task_timeout(task_name(*check.job) + " on host " + w.host,
-                                                     timeout, w.pid)));
+                std::make_exception_ptr(
+                    task_timeout(task_name(*check.job) + " on host " + w.host, timeout, w.pid)));
   } else if (check.due != 0) {
     arm_timeout_locked(w.shared_from_this(), check.due);
   }
@@ -715,8 +715,7 @@ void remote_core::stop_locked(worker& w, std::uint64_t seq, std::exception_ptr e
   w.timer_due = 0;
   const char stop = '!';
   ssize_t sent;
-  do
-    sent = ::send(w.socket.native_handle(), &stop, 1, MSG_OOB | MSG_DONTWAIT | MSG_NOSIGNAL);
+  do sent = ::send(w.socket.native_handle(), &stop, 1, MSG_OOB | MSG_DONTWAIT | MSG_NOSIGNAL);
   while (sent < 0 && errno == EINTR);
   if (sent != 1) drop_locked(w, "it could not be told to stop its task");
   schedule_dispatch_locked();
@@ -764,6 +763,8 @@ void remote_core::worker_gone_locked(worker& w, const std::string& why) {
   boost::system::error_code ec;
   w.socket.set_option(asio::socket_base::linger(true, 0), ec);
   w.socket.close(ec);
+  // One the pool stopped (a timeout, a cancellation) did not fail to start.
+  if (w.killed) w.started = true;
   if (!terminated_ && !failed_) {
     std::string text = "coproc::pool: remote worker " + w.name + " (pid " + std::to_string(w.pid) +
                        " on " + w.host + ", " + w.peer +

@@ -77,8 +77,7 @@ void random_bytes(unsigned char* out, std::size_t n);
 // COPROC_REMOTE_ADDRESS is set. A worker that cannot connect or is refused exits 1.
 [[noreturn]] void run_remote_worker();
 
-class remote_core final : public std::enable_shared_from_this<remote_core>,
-                          public pool_canceller {
+class remote_core final : public std::enable_shared_from_this<remote_core>, public pool_canceller {
 public:
   // Listens, then runs the launcher. std::invalid_argument for options that cannot work
   // (no launcher, a listen address that does not parse, an initializer that cannot
@@ -111,7 +110,7 @@ private:
     std::string name, host, peer; // peer: address:port
     int pid = 0;
     std::uint32_t run = 0;
-    std::int64_t last_heard = 0; // ns
+    std::int64_t last_heard = 0;  // ns
     std::int64_t claim_heard = 0; // ns: when its last claim came (a timed item's start)
     std::unique_ptr<boost::asio::steady_timer> timeout_timer;
     std::int64_t timer_due = 0; // ns, 0: not armed

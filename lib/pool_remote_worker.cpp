@@ -289,12 +289,9 @@ runner_end supervise(int fd, pid_t runner, bool watch_stdin) {
     if (ended != runner) continue;
     if (pidfd >= 0) ::close(pidfd);
     bool clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
-    if (clean && pool_closed) {
-      ::close(fd);
-      return {false, 0};
-    }
-    ::killpg(runner, SIGKILL); // what its tasks left
-    ::close(fd);
+    if (!(clean && pool_closed)) ::killpg(runner, SIGKILL); // what its tasks left
+    end_connection(fd);
+    if (clean && pool_closed) return {false, 0};
     // Refused, or its initializer failed: a new runner would fare no better.
     if (WIFEXITED(status) && !clean) return {false, WEXITSTATUS(status)};
     return {true, 0}; // killed, or maxtasksperchild

@@ -701,8 +701,8 @@ TEST_CASE("remote: cancelling the await of apply stops the task (terminal cancel
     std::string dir = fresh_dir("cancel-await");
     boost::asio::steady_timer timer(co_await boost::asio::this_coro::executor, 1s);
     using namespace boost::asio::experimental::awaitable_operators;
-    auto which = co_await (pool.apply(touch_after_go, dir) ||
-                           timer.async_wait(boost::asio::use_awaitable));
+    auto which =
+        co_await (pool.apply(touch_after_go, dir) || timer.async_wait(boost::asio::use_awaitable));
     CHECK(which.index() == 1);
     auto pid = numbers_in(dir + "/started").at(0);
     CHECK(co_await eventually([&] { return !alive(pid); }));
