@@ -699,10 +699,12 @@ TEST_CASE("remote: cancelling the await of apply stops the task (terminal cancel
   run([&]() -> coproc::awaitable<void> {
     coproc::pool pool(co_await boost::asio::this_coro::executor, remote({"srun", "--ntasks=1"}, 1));
     std::string dir = fresh_dir("cancel-await");
-    boost::asio::steady_timer timer(co_await boost::asio::this_coro::executor, 1s);
+    // The await of apply ends once the task has started (and cannot finish: no "go").
+    auto started = [&]() -> coproc::awaitable<bool> {
+      co_return co_await eventually([&] { return std::filesystem::exists(dir + "/started"); });
+    };
     using namespace boost::asio::experimental::awaitable_operators;
-    auto which =
-        co_await (pool.apply(touch_after_go, dir) || timer.async_wait(boost::asio::use_awaitable));
+    auto which = co_await (pool.apply(touch_after_go, dir) || started());
     CHECK(which.index() == 1);
     auto pid = numbers_in(dir + "/started").at(0);
     CHECK(co_await eventually([&] { return !alive(pid); }));
