@@ -713,6 +713,7 @@ void remote_core::stop_locked(worker& w, std::uint64_t seq, std::exception_ptr e
   w.kill_error = std::move(error);
   if (w.timeout_timer) w.timeout_timer->cancel();
   w.timer_due = 0;
+  w.stop_sent = now_ns();
   const char stop = '!';
   ssize_t sent;
   do sent = ::send(w.socket.native_handle(), &stop, 1, MSG_OOB | MSG_DONTWAIT | MSG_NOSIGNAL);
@@ -740,12 +741,17 @@ void remote_core::tick_locked() {
   auto limit = remote_missed_heartbeats *
                std::chrono::duration_cast<std::chrono::nanoseconds>(remote_.heartbeat).count();
   auto now = now_ns();
-  for (auto& w : workers_)
+  for (auto& w : workers_) {
+    // An idle runner's read can pass the urgent mark before its supervisor polls (the
+    // kernel then clears it): a stop unheeded for as long as a heartbeat loss is a reset.
+    if (w->killed && w->lost_why.empty() && now - w->stop_sent > limit)
+      drop_locked(*w, "it did not stop its task when told");
     if (w->lost_why.empty() && now - w->last_heard > limit) {
       std::ostringstream why;
       why << "no heartbeat for " << double(now - w->last_heard) / 1e9 << " s";
       drop_locked(*w, why.str());
     }
+  }
 }
 
 // Resets the connection (a live worker exits when it learns); its reader ends it.

@@ -114,6 +114,7 @@ private:
     std::int64_t claim_heard = 0; // ns: when its last claim came (a timed item's start)
     std::unique_ptr<boost::asio::steady_timer> timeout_timer;
     std::int64_t timer_due = 0; // ns, 0: not armed
+    std::int64_t stop_sent = 0; // ns: when it was told to stop its task
     std::string lost_why;       // set when the pool gave up on it
   };
   struct launch {
