@@ -10,6 +10,7 @@
 #include "common.hpp"
 
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <optional>
 
@@ -78,26 +79,40 @@ double dask(const char* mode) {
 
 int main(int argc, char** argv) {
   coproc::main_guard(argc, argv); // the remote workers are this program
+  double load[3] = {};
+  if (::getloadavg(load, 3) == 3)
+    std::printf("  (load average %.2f %.2f %.2f on %u CPUs)\n", load[0], load[1], load[2],
+                coproc::cpu_count());
   const std::string map_name = "remote map 1M ints, default chunks, 2 workers";
   const std::string apply_name = "remote apply round trip, 2 workers";
   auto local = measure({.processes = 2});
   auto loopback = measure(remote({"sh", "-c", "\"$1\" & \"$1\" & wait", "sh"}, "127.0.0.1:0"));
   std::optional<figures> veth;
   std::string engines = COPROC_BENCH_DIR "/../test/support/engines.sh";
+  // The namespaces stay if they were there (the remote tests' fixture made them).
+  bool had_netns = std::system("ip netns exec cpr-a true >/dev/null 2>&1") == 0;
   if (::geteuid() == 0 && std::system((engines + " start-netns >/dev/null 2>&1").c_str()) == 0) {
     veth = measure(
         remote({"sh", "-c", "ip netns exec cpr-a \"$1\" & ip netns exec cpr-b \"$1\" & wait", "sh"},
                "10.213.1.1:0"));
-    (void)std::system((engines + " stop-netns >/dev/null 2>&1").c_str());
+    if (!had_netns) (void)std::system((engines + " stop-netns >/dev/null 2>&1").c_str());
   }
   double dask_map = dask("map"), dask_apply = dask("apply");
   bench::row(map_name, "coproc local workers", local.map_rate, "items/s", false);
   bench::row(map_name, "coproc remote loopback", loopback.map_rate, "items/s", false);
   if (veth) bench::row(map_name, "coproc remote veth", veth->map_rate, "items/s", false);
   bench::row(map_name, "Dask distributed", dask_map, "items/s", false);
+  bench::ratio("remote loopback map vs local (target >= 0.5x)", loopback.map_rate, local.map_rate,
+               false);
+  if (veth) bench::ratio("remote veth map vs local", veth->map_rate, local.map_rate, false);
+  bench::ratio("remote loopback map vs Dask (target >= 10x)", loopback.map_rate, dask_map, false);
   bench::row(apply_name, "coproc local workers", local.apply_us, "us", true);
   bench::row(apply_name, "coproc remote loopback", loopback.apply_us, "us", true);
   if (veth) bench::row(apply_name, "coproc remote veth", veth->apply_us, "us", true);
   bench::row(apply_name, "Dask distributed", dask_apply, "us", true);
+  bench::ratio("remote loopback apply vs local (target <= 2x)", loopback.apply_us, local.apply_us,
+               true);
+  if (veth) bench::ratio("remote veth apply vs local", veth->apply_us, local.apply_us, true);
+  bench::ratio("remote loopback apply vs Dask", loopback.apply_us, dask_apply, true);
   return 0;
 }

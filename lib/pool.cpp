@@ -41,12 +41,7 @@ pool::~pool() {
 void pool::submit(std::shared_ptr<detail::pool_job> job, const task_options& options,
                   const std::type_info& callable) {
   job->callable_type = &callable;
-  if (remote_) {
-    if (options.timeout)
-      throw std::invalid_argument("coproc::pool: task timeouts are not available with remote "
-                                  "workers yet");
-    return remote_->submit(std::move(job));
-  }
+  if (remote_) return remote_->submit(std::move(job), options.timeout);
   core_->submit(std::move(job), options.timeout);
 }
 

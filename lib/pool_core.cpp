@@ -514,10 +514,6 @@ void pool_core::arm_timeout_locked(worker& w, std::int64_t due) {
       });
 }
 
-namespace {
-
-// What a timeout's message calls the task: the function's symbol where the dynamic symbol
-// table has it, else the callable's type.
 std::string task_name(const pool_job& job) {
   if (job.target != 0) {
     Dl_info info{};
@@ -535,8 +531,6 @@ std::string task_name(const pool_job& job) {
       abi::__cxa_demangle(job.callable_type->name(), nullptr, nullptr, &status), std::free);
   return std::string("of type ") + (status == 0 && type ? type.get() : job.callable_type->name());
 }
-
-} // namespace
 
 void pool_core::check_timeouts_locked(worker& w) {
   if (w.gone || w.killed || terminated_ || failed_) return;

@@ -121,4 +121,8 @@ private:
   bool closed_ = false, terminated_ = false, dispatch_posted_ = false, rebalance_armed_ = false;
 };
 
+// What a timeout's message calls the task: the function's symbol where the dynamic symbol
+// table has it, else the callable's type.
+std::string task_name(const pool_job& job);
+
 } // namespace coproc::detail

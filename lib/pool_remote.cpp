@@ -6,6 +6,7 @@
 #include "pool_remote.hpp"
 
 #include "fresh_image.hpp"
+#include "pool_core.hpp"
 #include "pool_protocol.hpp"
 
 #include <coproc/errors.hpp>
@@ -186,6 +187,9 @@ remote_core::remote_core(asio::any_io_executor ex, pool_options options)
     throw std::invalid_argument("coproc::pool: remote_workers::launcher is empty");
   if (remote_.heartbeat <= duration::zero())
     throw std::invalid_argument("coproc::pool: remote_workers::heartbeat must be positive");
+  if (options_.task_timeout && *options_.task_timeout <= duration::zero())
+    throw std::invalid_argument("coproc::pool: pool_options::task_timeout must be positive, not " +
+                                std::to_string(options_.task_timeout->count()) + " ns");
   require_main_guard("coproc::pool with remote workers");
   if (options_.initializer) {
     void (*fn)() = nullptr;
@@ -313,6 +317,16 @@ awaitable<void> remote_core::watch_launch(std::shared_ptr<remote_core> self,
   }
   self->last_launch_ = l;
   std::erase(self->launches_, l);
+  // per_worker: a run whose worker had connected is replaced (its host or supervisor is
+  // gone); one that never connected is not (it would fail the same way again).
+  if (self->remote_.per_worker && l->connected && !self->terminated_ && !self->failed_ &&
+      !self->launches_ending_ && (!self->closed_ || self->scheduler_.has_work())) {
+    try {
+      self->start_launch_locked();
+    } catch (const std::exception& e) {
+      if (self->workers_.empty()) self->scheduler_.fail_all(std::make_exception_ptr(e));
+    }
+  }
   self->settle_locked();
 }
 
@@ -416,6 +430,8 @@ awaitable<void> remote_core::handshake(std::shared_ptr<remote_core> self, tcp::s
   std::uint64_t length = welcome.size();
   w->out.append(reinterpret_cast<const char*>(&length), sizeof length);
   w->out += welcome;
+  for (auto& l : self->launches_)
+    if (l->run == w->run) l->connected = true;
   self->workers_.push_back(w);
   self->scheduler_.add(*w);
   ++self->ever_connected_;
@@ -481,6 +497,7 @@ bool remote_core::take_results_locked(worker& w, byte_buffer& in) {
         auto seq = load<std::uint64_t>(record->bytes.data());
         if (seq > w.sent_seq || seq < w.claimed_counter.load()) return false;
         w.claimed_counter.store(seq);
+        w.claim_heard = now_ns();
         break;
       }
       case record_kind::timing:
@@ -531,7 +548,18 @@ void remote_core::deliver_locked(worker& w, bool failed, std::string_view bytes)
 
 // ---- tasks -----------------------------------------------------------------------------
 
-void remote_core::submit(std::shared_ptr<pool_job> job) {
+void remote_core::submit(std::shared_ptr<pool_job> job, std::optional<duration> timeout) {
+  if (timeout && *timeout <= duration::zero())
+    throw std::invalid_argument("coproc::pool: a task timeout must be positive, not " +
+                                std::to_string(timeout->count()) + " ns");
+  if (!timeout) timeout = options_.task_timeout;
+  if (timeout && job->coroutine)
+    throw std::invalid_argument("coproc::pool: a timeout for coroutine tasks is not available "
+                                "yet; bound the wait inside the task instead");
+  if (timeout)
+    job->timeout_ns = std::max<std::int64_t>(
+        1, std::chrono::duration_cast<std::chrono::nanoseconds>(*timeout).count());
+  job->sink->canceller = shared_from_this();
   std::lock_guard lock(mutex_);
   if (closed_)
     throw std::logic_error(std::string("coproc::pool: cannot submit a task to a ") +
@@ -572,8 +600,13 @@ void remote_core::schedule_dispatch_locked() {
 
 void remote_core::dispatch_locked() {
   if (terminated_ || failed_) return;
-  auto result = scheduler_.dispatch(now_ns(), [this](scheduled_worker& w, const pool_chunk& c) {
-    return encode_chunk(static_cast<worker&>(w), c);
+  std::int64_t now = now_ns();
+  auto result = scheduler_.dispatch(now, [&](scheduled_worker& sw, const pool_chunk& c) {
+    auto& w = static_cast<worker&>(sw);
+    if (!encode_chunk(w, c)) return false;
+    // The item cannot have started before now: its timeout is due at the earliest then.
+    if (c.job->timeout_ns != 0) arm_timeout_locked(w.shared_from_this(), now + c.job->timeout_ns);
+    return true;
   });
   if (result.more) schedule_dispatch_locked();
   bool all_claimed = scheduler_.all_claimed();
@@ -591,7 +624,9 @@ void remote_core::dispatch_locked() {
 
 bool remote_core::encode_chunk(worker& w, const pool_chunk& c) {
   try {
-    encode_frame(w.out, c.job->trampoline, c.job->target, c.n, 0,
+    // A timed frame's items are claimed one by one: a claim's arrival is its item's start.
+    encode_frame(w.out, c.job->trampoline, c.job->target, c.n,
+                 c.job->timeout_ns != 0 ? frame_timed : 0,
                  [&](std::size_t i, std::string& out) { c.job->encode_item(c.first + i, out); });
   } catch (...) {
     for (std::size_t i = 0; i < c.n; ++i) c.job->sink->fail(c.first + i, std::current_exception());
@@ -622,6 +657,71 @@ void remote_core::start_write(const std::shared_ptr<worker>& w) {
                     });
 }
 
+// ---- timeouts and cancellation ---------------------------------------------------------
+//
+// As for local workers (lib/pool_core.cpp), one timer per worker, armed for the soonest
+// moment one of its timed items may expire. The running item is the one claimed last (a
+// timed frame is claimed item by item), started when its claim came: the clock runs from
+// the pool's view of the start, later than the worker's by the link's latency.
+
+void remote_core::arm_timeout_locked(const std::shared_ptr<worker>& w, std::int64_t due) {
+  if (w->timer_due != 0 && w->timer_due <= due) return;
+  if (!w->timeout_timer) w->timeout_timer = std::make_unique<asio::steady_timer>(ex_);
+  w->timer_due = due;
+  w->timeout_timer->expires_at(
+      std::chrono::steady_clock::time_point(std::chrono::nanoseconds(due)));
+  w->timeout_timer->async_wait([self = shared_from_this(), w](boost::system::error_code ec) {
+    if (ec) return; // rearmed sooner, or the worker is gone
+    std::lock_guard lock(self->mutex_);
+    w->timer_due = 0;
+    self->check_timeouts_locked(*w);
+  });
+}
+
+void remote_core::check_timeouts_locked(worker& w) {
+  if (w.gone || w.killed || terminated_ || failed_) return;
+  auto check = scheduler_.check_timeouts(w, now_ns(), w.claimed_counter.load(), w.claim_heard);
+  if (check.expired) {
+    auto timeout =
+        std::chrono::duration_cast<duration>(std::chrono::nanoseconds(check.job->timeout_ns));
+    stop_locked(w, check.seq,
+                std::make_exception_ptr(
+                    task_timeout(task_name(*check.job) + " on host " + w.host, timeout, w.pid)));
+  } else if (check.due != 0) {
+    arm_timeout_locked(w.shared_from_this(), check.due);
+  }
+}
+
+bool remote_core::cancel(pool_sink& sink) {
+  std::lock_guard lock(mutex_);
+  if (!sink.abort()) return false;
+  if (terminated_ || failed_) return true;
+  for (auto* w : scheduler_.withdraw(sink)) stop_locked(static_cast<worker&>(*w), 0, nullptr);
+  schedule_dispatch_locked();
+  return true;
+}
+
+// The pool cannot signal another host: a byte of urgent data tells the worker's supervisor
+// (lib/pool_remote_worker.cpp) to kill the runner's process group. The connection then
+// ends from the worker's side after every record the runner sent, so the items it had
+// claimed fail (the stopped one with `error`) and the rest go to other workers. If even
+// that byte cannot be sent, the connection is reset: the supervisor kills the runner too.
+void remote_core::stop_locked(worker& w, std::uint64_t seq, std::exception_ptr error) noexcept {
+  if (w.killed || w.gone) return;
+  w.killed = true;
+  w.killed_seq = seq;
+  w.kill_error = std::move(error);
+  if (w.timeout_timer) w.timeout_timer->cancel();
+  w.timer_due = 0;
+  w.stop_sent = now_ns();
+  const char stop = '!';
+  ssize_t sent;
+  do sent = ::send(w.socket.native_handle(), &stop, 1, MSG_OOB | MSG_DONTWAIT | MSG_NOSIGNAL);
+  while (sent < 0 && errno == EINTR);
+  if (sent != 1) drop_locked(w, "it could not be told to stop its task");
+  schedule_dispatch_locked();
+}
+
 // ---- heartbeats, losses ----------------------------------------------------------------
 
 void remote_core::arm_tick_locked() {
@@ -641,12 +741,17 @@ void remote_core::tick_locked() {
   auto limit = remote_missed_heartbeats *
                std::chrono::duration_cast<std::chrono::nanoseconds>(remote_.heartbeat).count();
   auto now = now_ns();
-  for (auto& w : workers_)
+  for (auto& w : workers_) {
+    // An idle runner's read can pass the urgent mark before its supervisor polls (the
+    // kernel then clears it): a stop unheeded for as long as a heartbeat loss is a reset.
+    if (w->killed && w->lost_why.empty() && now - w->stop_sent > limit)
+      drop_locked(*w, "it did not stop its task when told");
     if (w->lost_why.empty() && now - w->last_heard > limit) {
       std::ostringstream why;
       why << "no heartbeat for " << double(now - w->last_heard) / 1e9 << " s";
       drop_locked(*w, why.str());
     }
+  }
 }
 
 // Resets the connection (a live worker exits when it learns); its reader ends it.
@@ -659,9 +764,13 @@ void remote_core::drop_locked(worker& w, std::string why) noexcept {
 
 void remote_core::worker_gone_locked(worker& w, const std::string& why) {
   std::erase_if(workers_, [&](const auto& p) { return p.get() == &w; });
+  if (w.timeout_timer) w.timeout_timer->cancel();
+  w.timer_due = 0;
   boost::system::error_code ec;
   w.socket.set_option(asio::socket_base::linger(true, 0), ec);
   w.socket.close(ec);
+  // One the pool stopped (a timeout, a cancellation) did not fail to start.
+  if (w.killed) w.started = true;
   if (!terminated_ && !failed_) {
     std::string text = "coproc::pool: remote worker " + w.name + " (pid " + std::to_string(w.pid) +
                        " on " + w.host + ", " + w.peer +
@@ -677,17 +786,8 @@ void remote_core::worker_gone_locked(worker& w, const std::string& why) {
   } else {
     scheduler_.forget(w);
   }
-  if (remote_.per_worker && !terminated_ && !failed_ && w.start_error.empty() &&
-      (!closed_ || scheduler_.has_work())) {
-    // Its run ends with it; another run starts a replacement.
-    for (auto& l : launches_)
-      if (l->run == w.run && !l->exited) l->proc->send_signal(SIGTERM);
-    try {
-      start_launch_locked();
-    } catch (const std::exception& e) {
-      if (workers_.empty()) scheduler_.fail_all(std::make_exception_ptr(e));
-    }
-  }
+  // Its supervisor connects a new runner if it lives; with per_worker, a run that ends is
+  // started again (watch_launch).
   dispatch_locked();
   settle_locked();
 }

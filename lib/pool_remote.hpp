@@ -30,6 +30,7 @@
 #include <exception>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <tuple>
@@ -76,7 +77,7 @@ void random_bytes(unsigned char* out, std::size_t n);
 // COPROC_REMOTE_ADDRESS is set. A worker that cannot connect or is refused exits 1.
 [[noreturn]] void run_remote_worker();
 
-class remote_core : public std::enable_shared_from_this<remote_core> {
+class remote_core final : public std::enable_shared_from_this<remote_core>, public pool_canceller {
 public:
   // Listens, then runs the launcher. std::invalid_argument for options that cannot work
   // (no launcher, a listen address that does not parse, an initializer that cannot
@@ -84,7 +85,10 @@ public:
   static std::shared_ptr<remote_core> start(boost::asio::any_io_executor ex, pool_options options);
   remote_core(boost::asio::any_io_executor ex, pool_options options);
 
-  void submit(std::shared_ptr<pool_job> job);
+  // std::invalid_argument for a timeout of zero or less, or one for coroutine tasks.
+  // nullopt: the pool's task_timeout.
+  void submit(std::shared_ptr<pool_job> job, std::optional<duration> timeout);
+  bool cancel(pool_sink& sink) override;
   void close();
   void terminate() noexcept;
   static awaitable<void> join(std::shared_ptr<remote_core> self);
@@ -94,7 +98,7 @@ public:
   std::size_t expected_workers() const;
 
 private:
-  struct worker : scheduled_worker {
+  struct worker : scheduled_worker, std::enable_shared_from_this<worker> {
     explicit worker(const boost::asio::any_io_executor& ex)
         : scheduled_worker(&claimed_counter), socket(ex) {
       stealable = false;
@@ -106,14 +110,19 @@ private:
     std::string name, host, peer; // peer: address:port
     int pid = 0;
     std::uint32_t run = 0;
-    std::int64_t last_heard = 0; // ns
-    std::string lost_why;        // set when the pool gave up on it
+    std::int64_t last_heard = 0;  // ns
+    std::int64_t claim_heard = 0; // ns: when its last claim came (a timed item's start)
+    std::unique_ptr<boost::asio::steady_timer> timeout_timer;
+    std::int64_t timer_due = 0; // ns, 0: not armed
+    std::int64_t stop_sent = 0; // ns: when it was told to stop its task
+    std::string lost_why;       // set when the pool gave up on it
   };
   struct launch {
     std::uint32_t run = 0;
     std::unique_ptr<popen> proc;
     std::string err; // the first bytes of its stderr
     bool exited = false;
+    bool connected = false; // a worker of this run connected (per_worker: relaunch it)
     int code = 0;
   };
 
@@ -137,6 +146,9 @@ private:
   void start_write(const std::shared_ptr<worker>& w);
   void check_same_image_locked(const pool_job& job);
 
+  void arm_timeout_locked(const std::shared_ptr<worker>& w, std::int64_t due);
+  void check_timeouts_locked(worker& w);
+  void stop_locked(worker& w, std::uint64_t seq, std::exception_ptr error) noexcept;
   void worker_gone_locked(worker& w, const std::string& why);
   void drop_locked(worker& w, std::string why) noexcept;
   void end_launches_locked() noexcept;

@@ -1,10 +1,14 @@
 // A remote pool worker (lib/pool_remote.hpp): main_guard enters here when
-// COPROC_REMOTE_ADDRESS is set. It connects to the pool, proves the secret (and checks the
-// pool's proof), then runs the pool's task loop on the connection, while a thread sends a
-// heartbeat every interval (a busy worker still answers) and ends the process when the
-// connection is reset or fails (terminate(), a dead pool), or, for ssh, when stdin closes
-// (its ssh is gone). Any failure before the pool accepted it: a message on stderr and
-// exit status 1.
+// COPROC_REMOTE_ADDRESS is set. The process the launcher started is a supervisor: it
+// connects to the pool and forks a runner onto the connection, which leads its own process
+// group, proves the secret (and checks the pool's proof), then runs the pool's task loop,
+// while a thread sends a heartbeat every interval (a busy runner still answers). The pool
+// stops a task (its timeout, a cancellation) by a byte of TCP urgent data: the supervisor
+// kills the runner's group, lets the pool read the connection to its end, and connects a
+// new runner; so does a runner lost otherwise (killed, its connection reset). The
+// supervisor ends when the pool closes the connection, refuses a new one, or, for ssh,
+// when stdin closes (its ssh is gone). A failure before the pool accepted the first
+// runner: a message on stderr and exit status 1.
 #include "pool_remote.hpp"
 
 #include "os.hpp"
@@ -19,7 +23,10 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <signal.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -81,7 +88,7 @@ void write_exact(int fd, const void* buf, std::size_t n) {
 }
 
 // host:port or [v6]:port, resolved and connected (non-blocking connect, bounded wait).
-int connect_to(const std::string& address) {
+int connect_to(const std::string& address, bool first) {
   auto colon = address.rfind(':');
   if (colon == std::string::npos || colon == 0)
     refuse("COPROC_REMOTE_ADDRESS '" + address + "' is not host:port");
@@ -119,6 +126,7 @@ int connect_to(const std::string& address) {
     ::close(fd);
   }
   ::freeaddrinfo(found);
+  if (!first) ::_exit(0);
   refuse("cannot connect to the pool at " + address + ": " + last);
 }
 
@@ -138,51 +146,34 @@ std::string read_secret() {
   return line;
 }
 
-void heartbeats(int fd, std::mutex& write_lock, std::chrono::nanoseconds interval,
-                bool watch_stdin) {
+// The runner's heartbeats: one every interval (a busy runner still answers). A reset or
+// failed connection (terminate(), a dead pool, TCP_USER_TIMEOUT on a dead link) ends the
+// runner with its process group, so what its task started goes too.
+void heartbeats(int fd, std::mutex& write_lock, std::chrono::nanoseconds interval) {
   std::string beat;
   encode_record(beat, record_kind::heartbeat);
   int ms = std::max<int>(1, static_cast<int>(interval.count() / 1'000'000));
   for (;;) {
-    pollfd p[2] = {{fd, 0, 0}, {0, POLLIN, 0}};
-    int n = ::poll(p, watch_stdin ? 2 : 1, ms);
+    pollfd p{fd, 0, 0};
+    int n = ::poll(&p, 1, ms);
     if (n < 0 && errno == EINTR) continue;
-    // Reset (terminate(), a pool that died) or failed (TCP_USER_TIMEOUT: a dead link).
-    if (p[0].revents & (POLLERR | POLLHUP | POLLNVAL)) ::_exit(0);
-    if (watch_stdin && p[1].revents) {
-      char buf[256];
-      ssize_t got = ::read(0, buf, sizeof buf);
-      if (got == 0 || (got < 0 && errno != EINTR && errno != EAGAIN)) ::_exit(0);
-    }
+    if (p.revents & (POLLERR | POLLHUP | POLLNVAL)) ::killpg(0, SIGKILL);
     if (n != 0) continue;
     std::lock_guard lock(write_lock);
     std::size_t done = 0;
     while (done < beat.size()) {
       ssize_t put = ::send(fd, beat.data() + done, beat.size() - done, MSG_NOSIGNAL);
       if (put < 0 && errno == EINTR) continue;
-      if (put <= 0) ::_exit(0);
+      if (put <= 0) ::killpg(0, SIGKILL);
       done += static_cast<std::size_t>(put);
     }
   }
 }
 
-} // namespace
-
-void run_remote_worker() {
-  address_text = std::getenv(remote_address_env);
-  bool from_stdin = std::getenv(remote_secret_env) == nullptr;
-  std::string secret = read_secret();
-  std::uint32_t run = 0;
-  if (const char* r = std::getenv(remote_run_env)) run = static_cast<std::uint32_t>(std::atoi(r));
-  // The worker's own children are ordinary runs.
-  ::unsetenv(remote_address_env);
-  ::unsetenv(remote_secret_env);
-  ::unsetenv(remote_run_env);
-
-  int fd = connect_to(address_text);
-  int one = 1;
-  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-
+// The runner: a child of the supervisor leading its own process group, on the connection
+// the supervisor made. It proves the secret, then serves tasks until the pool closes the
+// connection. It exits 1 if it is refused.
+[[noreturn]] void run_runner(int fd, const std::string& secret, std::uint32_t run) {
   remote_hello hello{};
   std::memcpy(hello.magic, remote_magic, sizeof remote_magic);
   random_bytes(hello.nonce, sizeof hello.nonce);
@@ -225,10 +216,129 @@ void run_remote_worker() {
   ::setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout, sizeof user_timeout);
 
   static std::mutex write_lock;
-  std::thread(heartbeats, fd, std::ref(write_lock), std::chrono::nanoseconds(heartbeat_ns),
-              from_stdin)
+  std::thread(heartbeats, fd, std::ref(write_lock), std::chrono::nanoseconds(heartbeat_ns))
       .detach();
   run_remote_work(fd, static_cast<std::intptr_t>(initializer), maxtasks, write_lock);
+}
+
+// After the runner is gone: what the pool sent is read and dropped until the pool closes
+// its end (at most a while), so the pool reads every record the runner sent (its claims:
+// it fails exactly the items that had started) and none is lost to a reset.
+void end_connection(int fd) {
+  ::shutdown(fd, SHUT_WR);
+  char buf[4096];
+  for (;;) {
+    pollfd p{fd, POLLIN, 0};
+    int n = ::poll(&p, 1, handshake_timeout_ms);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    ssize_t got = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+    if (got == 0 || (got < 0 && errno != EINTR && errno != EAGAIN)) break;
+  }
+  ::close(fd);
+}
+
+struct runner_end {
+  bool again = false; // connect a new runner
+  int code = 0;       // else the supervisor's exit status
+};
+
+// Watches the runner and its connection: urgent data from the pool (a task's timeout or
+// cancellation), a reset or failed connection, the runner's end, and for ssh stdin.
+runner_end supervise(int fd, pid_t runner, bool watch_stdin) {
+  int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, runner, 0));
+  short fd_events = POLLPRI | POLLRDHUP;
+  bool pool_closed = false;
+  auto kill_runner = [&] {
+    ::killpg(runner, SIGKILL);
+    int status;
+    while (::waitpid(runner, &status, 0) < 0 && errno == EINTR) {
+    }
+  };
+  for (;;) {
+    pollfd p[3] = {{fd, fd_events, 0}, {pidfd, POLLIN, 0}, {0, POLLIN, 0}};
+    // Without a pidfd (a kernel before 5.3) the runner is looked at every 50 ms.
+    int n = ::poll(p, watch_stdin ? 3 : 2, pidfd < 0 ? 50 : -1);
+    if (n < 0 && errno == EINTR) continue;
+    if (p[0].revents & POLLPRI) { // stop: the task is killed, the runner with it
+      kill_runner();
+      end_connection(fd);
+      if (pidfd >= 0) ::close(pidfd);
+      return {true, 0};
+    }
+    if (p[0].revents & (POLLERR | POLLHUP | POLLNVAL)) { // reset, or a dead link
+      kill_runner();
+      ::close(fd);
+      if (pidfd >= 0) ::close(pidfd);
+      return {true, 0};
+    }
+    if (p[0].revents & POLLRDHUP) { // the pool closed: the runner finishes and exits
+      pool_closed = true;
+      fd_events = POLLPRI;
+    }
+    if (watch_stdin && p[2].revents) {
+      char buf[256];
+      ssize_t got = ::read(0, buf, sizeof buf);
+      if (got == 0 || (got < 0 && errno != EINTR && errno != EAGAIN)) { // its ssh is gone
+        kill_runner();
+        ::_exit(0);
+      }
+    }
+    int status = 0;
+    pid_t ended = ::waitpid(runner, &status, WNOHANG);
+    if (ended != runner) continue;
+    if (pidfd >= 0) ::close(pidfd);
+    bool clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+    if (!(clean && pool_closed)) ::killpg(runner, SIGKILL); // what its tasks left
+    end_connection(fd);
+    if (clean && pool_closed) return {false, 0};
+    // Refused, or its initializer failed: a new runner would fare no better.
+    if (WIFEXITED(status) && !clean) return {false, WEXITSTATUS(status)};
+    return {true, 0}; // killed, or maxtasksperchild
+  }
+}
+
+} // namespace
+
+// The process the launcher started is the supervisor: it connects, forks a runner onto the
+// connection, and when the runner is stopped or lost, connects again with a new one.
+void run_remote_worker() {
+  address_text = std::getenv(remote_address_env);
+  bool from_stdin = std::getenv(remote_secret_env) == nullptr;
+  std::string secret = read_secret();
+  std::uint32_t run = 0;
+  if (const char* r = std::getenv(remote_run_env)) run = static_cast<std::uint32_t>(std::atoi(r));
+  // The worker's own children are ordinary runs.
+  ::unsetenv(remote_address_env);
+  ::unsetenv(remote_secret_env);
+  ::unsetenv(remote_run_env);
+  pid_t supervisor = ::getpid();
+  for (bool first = true;; first = false) {
+    // A pool that ended refuses a new connection: that is the supervisor's end too.
+    int fd = connect_to(address_text, first);
+    int one = 1;
+    ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    flush_stdio();
+    pid_t runner = ::fork();
+    if (runner < 0) refuse(std::string("fork: ") + std::strerror(errno));
+    if (runner == 0) {
+      // Its own group: a stop kills what its tasks started. It dies with the supervisor.
+      ::setpgid(0, 0);
+      die_with_parent(supervisor);
+      int null = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+      if (null >= 0) {
+        ::dup2(null, 0);
+        ::close(null);
+      }
+      run_runner(fd, secret, run);
+    }
+    ::setpgid(runner, runner);
+    auto end = supervise(fd, runner, from_stdin);
+    if (!end.again) {
+      flush_stdio();
+      ::_exit(end.code);
+    }
+  }
 }
 
 } // namespace coproc::detail

@@ -63,6 +63,20 @@ std::vector<scheduled_worker*> pool_scheduler::withdraw(const pool_sink& sink) {
     if (w->killed || std::none_of(w->held.begin(), w->held.end(),
                                   [&](const pool_chunk& c) { return of_sink(c.job); }))
       continue;
+    if (!w->stealable) {
+      // Nothing can be taken back from it: it is stopped (its unstarted items go to the
+      // others) if no other submission's item has started there; else its items of the
+      // sink run, their answers ignored.
+      std::uint64_t claimed = w->claimed->load();
+      bool others_started = false;
+      for (const auto& c : w->held) {
+        std::size_t skip = &c == &w->held.front() ? w->front_answered : 0;
+        for (std::size_t i = skip; i < c.n && c.seq + i <= claimed; ++i)
+          others_started |= !of_sink(c.job);
+      }
+      if (!others_started) running.push_back(w);
+      continue;
+    }
     steal(*w);
     // Everything left is claimed: the last item is the one the worker runs (or has just
     // finished). An earlier item of the sink has finished and its answer is on its way.

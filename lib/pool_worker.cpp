@@ -277,7 +277,7 @@ private:
       record_timing();
       timed_.trampoline = h.trampoline;
     }
-    if (write_lock_) announce_claims(h.count);
+    if (write_lock_ && (h.flags & frame_timed) == 0) announce_claims(h.count);
     auto t0 = now_ns();
     std::uint64_t ran = run_items(frame);
     auto t1 = now_ns();
@@ -312,6 +312,8 @@ private:
         input.context = &whole;
       }
       p += sizeof(std::uint64_t) + n;
+      // A remote pool times an item from its claim's arrival: one claim per timed item.
+      if (timed && write_lock_) announce_claims(1);
       std::uint64_t expected = seq_++;
       // Fails when the parent took this item back: skip it without an answer.
       if (page_->claimed.compare_exchange_strong(expected, seq_)) {
@@ -331,7 +333,8 @@ private:
 
   // A remote pool shares no page with this worker: it learns of the claims from a record,
   // which leaves before the first item runs (so a lost worker fails exactly its started
-  // items). Nobody else claims on the page then, so the whole frame is claimed.
+  // items). Nobody else claims on the page then, so the whole frame is claimed (a timed
+  // frame item by item).
   void announce_claims(std::uint64_t count) {
     std::uint64_t last = seq_ + count;
     encode_record(out_, record_kind::claimed,

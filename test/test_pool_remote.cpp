@@ -1,10 +1,12 @@
 // A pool whose workers run elsewhere (coproc/remote_workers.hpp), launched by real engines:
 // Slurm's srun on a single-host cluster, Open MPI's mpirun, ssh against an sshd on
 // loopback, and workers in network namespaces of their own (test/support/engines.sh).
+#include <coproc/errors.hpp>
 #include <coproc/pool.hpp>
 #include <coproc/run.hpp>
 #include <coproc/subprocess.hpp>
 
+#include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
@@ -22,6 +24,7 @@
 #include <filesystem>
 #include <fstream>
 #include <numeric>
+#include <ranges>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -454,4 +457,314 @@ TEST_CASE("remote: a pool destroyed mid-task (an exception) ends every worker an
     throw std::runtime_error("user error");
   }()));
   CHECK(no_workers_left());
+}
+
+// ---- task timeouts and cancellation --------------------------------------------------------
+
+namespace {
+
+void write_file(const std::string& path, const std::string& text) {
+  {
+    std::ofstream out(path + ".tmp");
+    out << text << '\n';
+  }
+  std::filesystem::rename(path + ".tmp", path);
+}
+
+std::vector<long> numbers_in(const std::string& path) {
+  std::ifstream in(path);
+  std::vector<long> numbers;
+  for (long n; in >> n;) numbers.push_back(n);
+  return numbers;
+}
+
+std::string argv0_of(long pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/cmdline");
+  std::string arg0;
+  std::getline(in, arg0, '\0');
+  return arg0;
+}
+
+// Processes whose argv[0] is `marker` (a zombie has no cmdline: it does not count).
+std::vector<long> processes_with_argv0(const std::string& marker) {
+  std::vector<long> found;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
+    const auto name = entry.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    if (argv0_of(std::stol(name)) == marker) found.push_back(std::stol(name));
+  }
+  return found;
+}
+
+// Running or sleeping, not gone and not a zombie.
+bool alive(long pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat;
+  if (!std::getline(in, stat)) return false;
+  auto paren = stat.rfind(')');
+  return paren != std::string::npos && paren + 2 < stat.size() && stat[paren + 2] != 'Z';
+}
+
+// Until the condition holds (at most 20 s): whether it did.
+template <class F> coproc::awaitable<bool> eventually(F condition) {
+  auto deadline = std::chrono::steady_clock::now() + 20s;
+  while (!condition()) {
+    if (std::chrono::steady_clock::now() > deadline) co_return false;
+    co_await pause(5ms);
+  }
+  co_return true;
+}
+
+// Starts two grandchildren, a `sleep` exec'd with `marker` as its argv[0] and a plain
+// fork, writes "own-pid sleep-pid fork-pid" to `report` once the sleep runs, then hangs.
+int hang_with_grandchildren(std::string marker, std::string report) {
+  pid_t sleeper = ::fork();
+  if (sleeper == 0) {
+    ::execlp("sleep", marker.c_str(), "1000", static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  pid_t forked = ::fork();
+  if (forked == 0)
+    for (;;) ::pause();
+  while (argv0_of(sleeper) != marker) ::usleep(1000);
+  write_file(report, std::to_string(::getpid()) + " " + std::to_string(sleeper) + " " +
+                         std::to_string(forked));
+  for (;;) ::pause();
+}
+
+// x, except that item `slow` hangs.
+int hang_on(std::pair<int, int> item) {
+  if (item.first == item.second)
+    for (;;) ::pause();
+  return item.first;
+}
+
+// Writes its pid to dir/started, waits for dir/go, then creates dir/done: the side effect
+// a stopped task never has.
+int touch_after_go(std::string dir) {
+  write_file(dir + "/started", std::to_string(::getpid()));
+  while (!std::filesystem::exists(dir + "/go")) ::usleep(1000);
+  write_file(dir + "/done", "done");
+  return 1;
+}
+
+int touch_now(std::string path) {
+  write_file(path, "done");
+  return 1;
+}
+
+std::string fresh_dir(const char* name) {
+  std::string dir = temp_file(name);
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directory(dir);
+  return dir;
+}
+
+template <class E, class A> coproc::awaitable<E> failure_of(A op) {
+  try {
+    co_await std::move(op);
+  } catch (const E& e) {
+    co_return e;
+  }
+  FAIL("the task did not fail with the expected exception");
+  throw std::logic_error("unreachable");
+}
+
+std::string this_host() {
+  char name[256] = {};
+  ::gethostname(name, sizeof name - 1);
+  return name;
+}
+
+} // namespace
+
+TEST_CASE("remote: a task past its timeout is stopped with its grandchildren, the pool goes on") {
+  engines::get();
+  std::string marker = "coproc-remote-timeout-marker-" + std::to_string(::getpid());
+  std::string report = temp_file("timeout-report");
+  run([&]() -> coproc::awaitable<void> {
+    coproc::pool pool(co_await boost::asio::this_coro::executor, remote({"srun", "--ntasks=2"}, 2));
+    REQUIRE(co_await connected(pool, 2));
+    std::string other_file = temp_file("timeout-other");
+    auto other = pool.apply_async(report_then_sleep, other_file, 2); // unaffected
+    REQUIRE(co_await wait_for_pid_file(other_file) > 0);
+    auto start = std::chrono::steady_clock::now();
+    auto e = co_await failure_of<coproc::task_timeout>(
+        pool.apply(coproc::task_options{600ms}, hang_with_grandchildren, marker, report));
+    CHECK(std::chrono::steady_clock::now() - start >= 600ms);
+    CHECK(e.timeout() == 600ms);
+    std::string what = e.what();
+    CHECK(what.find("0.6 s") != std::string::npos);
+    CHECK(what.find("on host " + this_host()) != std::string::npos);
+    auto pids = numbers_in(report);
+    REQUIRE(pids.size() == 3); // the grandchildren had started
+    CHECK(e.pid() == pids[0]);
+    CHECK(what.find(std::to_string(pids[0])) != std::string::npos);
+    CHECK(co_await eventually([&] {
+      return processes_with_argv0(marker).empty() && !alive(pids[0]) && !alive(pids[1]) &&
+             !alive(pids[2]);
+    }));
+    CHECK(co_await other.get() == 2);
+    // The stopped worker's supervisor connected a new runner: two workers again.
+    CHECK(co_await connected(pool, 2));
+    auto squares = co_await pool.map(square, one_to(100));
+    CHECK(squares[99] == 10000);
+    pool.close();
+    co_await pool.join();
+  }());
+  CHECK(processes_with_argv0(marker).empty());
+  CHECK(no_workers_left());
+}
+
+TEST_CASE("remote: each item of a timed chunk has its own clock and only the late one fails") {
+  engines::get();
+  run([&]() -> coproc::awaitable<void> {
+    auto o = remote({"srun", "--ntasks=2"}, 2);
+    o.task_timeout = 800ms; // the pool's default
+    coproc::pool pool(co_await boost::asio::this_coro::executor, o);
+    std::vector<std::pair<int, int>> items;
+    for (int i = 0; i < 24; ++i) items.emplace_back(i, 5);
+    auto results = pool.map_async(hang_on, items, 4);
+    auto e = co_await failure_of<coproc::task_timeout>(results.get());
+    CHECK(e.timeout() == 800ms);
+    // Only item 5 failed: a map of the rest and a second map without the late item run.
+    for (auto& item : items) item.second = -1;
+    auto all = co_await pool.map(hang_on, items, 4);
+    CHECK(all[23] == 23);
+    CHECK(co_await pool.apply(coproc::task_options{30s}, square, 9) == 81);
+    pool.close();
+    co_await pool.join();
+  }());
+  CHECK(no_workers_left());
+}
+
+TEST_CASE("remote: a timed map loses no item that had not started to the stopped worker") {
+  engines::get();
+  run([&]() -> coproc::awaitable<void> {
+    coproc::pool pool(co_await boost::asio::this_coro::executor, remote({"srun", "--ntasks=2"}, 2));
+    REQUIRE(co_await connected(pool, 2));
+    std::vector<std::pair<int, int>> items;
+    for (int i = 0; i < 40; ++i) items.emplace_back(i, 0);
+    auto results = pool.map_async(coproc::task_options{700ms}, hang_on, items, 10);
+    // Items 1..9 shared item 0's frame: they ran (or were retried) elsewhere.
+    auto e = co_await failure_of<coproc::task_timeout>(results.get());
+    CHECK(std::string(e.what()).find("0.7 s") != std::string::npos);
+    items[0].second = -1;
+    auto again = co_await pool.map(coproc::task_options{30s}, hang_on, items, 10);
+    CHECK(std::accumulate(again.begin(), again.end(), 0) == 39 * 40 / 2);
+    pool.close();
+    co_await pool.join();
+  }());
+  CHECK(no_workers_left());
+}
+
+TEST_CASE("remote: cancel() stops a running task and withdraws a queued one") {
+  engines::get();
+  run([&]() -> coproc::awaitable<void> {
+    coproc::pool pool(co_await boost::asio::this_coro::executor, remote({"srun", "--ntasks=2"}, 2));
+    REQUIRE(co_await connected(pool, 2));
+    std::string running = fresh_dir("cancel-running"), other = fresh_dir("cancel-other");
+    std::string queued = temp_file("cancel-queued");
+    auto a = pool.apply_async(touch_after_go, running);
+    auto b = pool.apply_async(touch_after_go, other);
+    CHECK(co_await eventually([&] {
+      return std::filesystem::exists(running + "/started") &&
+             std::filesystem::exists(other + "/started");
+    }));
+    auto c = pool.apply_async(touch_now, queued); // both workers are busy: queued
+    CHECK(c.cancel());
+    auto pid = numbers_in(running + "/started").at(0);
+    CHECK(a.cancel());
+    CHECK_FALSE(a.cancel()); // once
+    auto get = a.get();
+    CHECK_THROWS_WITH_AS(co_await std::move(get), doctest::Contains("Operation canceled"),
+                         boost::system::system_error);
+    CHECK(co_await eventually([&] { return !alive(pid); }));
+    write_file(running + "/go", "go");
+    write_file(other + "/go", "go");
+    CHECK(co_await b.get() == 1); // the other task is unaffected
+    CHECK(co_await connected(pool, 2));
+    CHECK(co_await pool.apply(square, 5) == 25);
+    // The stopped task's later side effect never happened, nor did the queued task's.
+    CHECK_FALSE(std::filesystem::exists(running + "/done"));
+    CHECK_FALSE(std::filesystem::exists(queued));
+    pool.close();
+    co_await pool.join();
+  }());
+  CHECK(no_workers_left());
+}
+
+TEST_CASE("remote: cancelling the await of apply stops the task (terminal cancellation)") {
+  engines::get();
+  run([&]() -> coproc::awaitable<void> {
+    coproc::pool pool(co_await boost::asio::this_coro::executor, remote({"srun", "--ntasks=1"}, 1));
+    std::string dir = fresh_dir("cancel-await");
+    // The await of apply ends once the task has started (and cannot finish: no "go").
+    auto started = [&]() -> coproc::awaitable<bool> {
+      co_return co_await eventually([&] { return std::filesystem::exists(dir + "/started"); });
+    };
+    using namespace boost::asio::experimental::awaitable_operators;
+    auto which = co_await (pool.apply(touch_after_go, dir) || started());
+    CHECK(which.index() == 1);
+    auto pid = numbers_in(dir + "/started").at(0);
+    CHECK(co_await eventually([&] { return !alive(pid); }));
+    write_file(dir + "/go", "go");
+    CHECK(co_await pool.apply(square, 4) == 16); // a new runner
+    CHECK_FALSE(std::filesystem::exists(dir + "/done"));
+    pool.close();
+    co_await pool.join();
+  }());
+  CHECK(no_workers_left());
+}
+
+TEST_CASE("remote: cancel racing completion: each result is its value or aborted, once") {
+  engines::get();
+  run([&]() -> coproc::awaitable<void> {
+    coproc::pool pool(co_await boost::asio::this_coro::executor, remote({"srun", "--ntasks=2"}, 2));
+    REQUIRE(co_await connected(pool, 2));
+    int values = 0, aborted = 0;
+    for (int i = 0; i < 200; ++i) {
+      auto r = pool.apply_async(square, i);
+      if (i % 3 == 0) co_await pause(std::chrono::milliseconds(0));
+      bool cancelled = r.cancel();
+      try {
+        int value = co_await r.get();
+        CHECK(value == i * i);
+        CHECK_FALSE(cancelled);
+        ++values;
+      } catch (const boost::system::system_error& e) {
+        CHECK(e.code() == boost::asio::error::operation_aborted);
+        CHECK(cancelled);
+        ++aborted;
+      }
+    }
+    CHECK(values + aborted == 200);
+    CHECK(aborted > 0);
+    CHECK(co_await pool.apply(square, 3) == 9);
+    pool.close();
+    co_await pool.join();
+  }());
+  CHECK(no_workers_left());
+}
+
+TEST_CASE("remote: a timeout of zero or less, and a lazy imap, are std::invalid_argument") {
+  run([]() -> coproc::awaitable<void> {
+    auto ex = co_await boost::asio::this_coro::executor;
+    auto bad = remote({"sh", "-c", "exec sleep 30", "launcher"});
+    bad.task_timeout = 0ms;
+    CHECK_THROWS_WITH_AS(coproc::pool(ex, bad), doctest::Contains("task_timeout must be positive"),
+                         std::invalid_argument);
+    auto o = remote({"sh", "-c", "exec sleep 30", "launcher"});
+    o.buffersize = 8;
+    coproc::pool pool(ex, o);
+    CHECK_THROWS_WITH_AS((void)pool.apply(coproc::task_options{0ms}, square, 1),
+                         doctest::Contains("timeout must be positive"), std::invalid_argument);
+    CHECK_THROWS_WITH_AS((void)pool.apply_async(coproc::task_options{-1s}, square, 1),
+                         doctest::Contains("timeout must be positive"), std::invalid_argument);
+    CHECK_THROWS_WITH_AS((void)pool.imap(square, std::views::iota(0)),
+                         doctest::Contains("not available with remote workers"),
+                         std::invalid_argument);
+    pool.terminate();
+    co_await pool.join();
+  }());
 }

@@ -121,9 +121,9 @@ struct pool_options {
   std::optional<start_method> method{};
   // Set: the workers run on other hosts, started by a launcher (coproc/remote_workers.hpp);
   // processes and method are then unused (remote_workers::processes says how many), and
-  // the initializer must be a plain function, as with spawn. Not yet with remote workers
-  // (std::invalid_argument at the call): task timeouts and a lazy imap (buffersize > 0);
-  // the remote worker does not yet kill its task's process group on a timeout.
+  // the initializer must be a plain function, as with spawn. Task timeouts and cancel()
+  // stop a remote task on its host (coproc/remote_workers.hpp). Not yet with remote
+  // workers (std::invalid_argument at the call): a lazy imap (buffersize > 0).
   std::optional<remote_workers> remote{};
   // Coroutine tasks (F returns awaitable<R>) one worker runs at once on its io_context.
   unsigned concurrency = 1;

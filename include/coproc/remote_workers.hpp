@@ -20,8 +20,24 @@
 // heartbeat for 3 heartbeat intervals: a dead process, host or link, a stopped process)
 // exactly the chunks it had started fail with worker_lost (exitcode() 255: the status is
 // not known here), and the chunks it had not started go to the other workers; unstarted
-// work is not taken back from a slow remote worker while it lives. The pool goes on with
-// the workers it has, and with per_worker relaunches one.
+// work is not taken back from a slow remote worker while it lives.
+//
+// The process the launcher starts is a supervisor; the worker proper is its child (the
+// runner), which leads its own process group. A task timeout (task_options,
+// pool_options::task_timeout) or async_result::cancel() stops a running remote task: the
+// pool sends a byte of TCP urgent data, the supervisor kills the runner's process group
+// (the task and what it started; a task that calls setsid or setpgid escapes), the pool
+// reads the connection to its end (so exactly the items that had started fail: the
+// stopped one with task_timeout naming the function, host and timeout, or
+// operation_aborted), and the supervisor connects a new runner, which runs the initializer
+// again. A timeout's clock starts when the item's claim reaches the pool (a timed frame is
+// claimed item by item), later than the real start by the link's latency. A cancelled item
+// that was sent to a worker behind another submission's running item is not stopped (that
+// would fail the other): it runs, and its answer is ignored. A runner lost otherwise (killed,
+// its connection reset) is replaced the same way while its supervisor lives; with
+// per_worker a launcher run that ends after its worker had connected is started again (to
+// notice a dead host sooner, give ssh -o ServerAliveInterval=N). The pool goes on with the
+// workers it has.
 //
 // The constructor does not wait: tasks queue until workers connect, and size() is the
 // number connected now. If none connects within connect_timeout, or the launcher exits

@@ -136,7 +136,9 @@ public:
 
   // Cancellation: drops the sink's unsent items and takes back those sent and not
   // started (with the other unstarted items of the same workers, which are queued again).
-  // Returns the workers running one of its items now: they are to be killed.
+  // Returns the workers running one of its items now: they are to be killed. (A worker
+  // that is not stealable is returned if it holds an unanswered item of the sink and has
+  // started no item of another submission that it has not answered.)
   std::vector<scheduled_worker*> withdraw(const pool_sink& sink);
 
   // The timeouts of w's items, given what its page says: the item it runs (`running`)
