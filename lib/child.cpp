@@ -371,7 +371,9 @@ private:
 // and sigcatch fields of /proc/self/stat (3 system calls where asking each signal is 62);
 // nullopt where /proc cannot tell. Async-signal-safe: a forked child calls it.
 std::optional<std::uint64_t> non_default_signals() {
-  int fd = ::open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
+  // On the stack: a forked child's first read of a read-only data page is a page fault.
+  char path[] = "/proc/self/stat";
+  int fd = ::open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) return std::nullopt;
   char text[2048];
   std::size_t size = 0;
