@@ -346,6 +346,17 @@ private:
 
 std::string server_is(int pid) { return "the fork server (pid " + std::to_string(pid) + ")"; }
 
+// fd, moved above 2 if it took the number of a closed 0-2 (which would then ride along as
+// the child's stdin, stdout or stderr).
+int above_stdio(int fd, const std::string& who) {
+  if (fd > 2) return fd;
+  int moved = ::fcntl(fd, F_DUPFD_CLOEXEC, 3);
+  int err = errno;
+  ::close(fd);
+  if (moved < 0) throw_errno(err, who + ": dup of a fresh image's payload");
+  return moved;
+}
+
 class server_link {
 public:
   struct started {
@@ -377,7 +388,7 @@ public:
     int memfd = -1;
     if (payload.size() <= max_inline_payload)
       r.payload = static_cast<std::uint32_t>(payload.size());
-    else memfd = fresh_image_payload(spec, who);
+    else memfd = above_stdio(fresh_image_payload(spec, who), who);
     std::vector<int> sent{0, 1, 2};
     if (memfd >= 0) sent.push_back(memfd);
     sent.insert(sent.end(), fds.begin(), fds.end());
