@@ -539,7 +539,8 @@ boost::asio::awaitable<std::optional<int>> child::wait_until(deadline until) {
   std::optional<int> code;
   {
     std::lock_guard lock(mutex_);
-    // The code if it is known; the first look at the child follows the first wake-up.
+    // The code if it is known; the look at the child is the loop's below (one waitid per
+    // wait saved: a child just started has hardly ever exited yet).
     code = code_;
     // Each waiter watches its own duplicate, so several coroutines on several io_contexts
     // (or threads of one) can wait for one child.
@@ -552,27 +553,27 @@ boost::asio::awaitable<std::optional<int>> child::wait_until(deadline until) {
   if (!until.is_never()) timer.emplace(ex, until.when());
   if (fd < 0) co_return co_await wait_sigchld(timer);
   auto state = co_await boost::asio::this_coro::cancellation_state;
-  // Every wait re-arms the registration (EPOLL_CTL_MOD, which reports a pidfd that is
-  // already readable): an exit before the first wait, or between a look and the next
-  // wait, is not lost, whichever thread of the io_context takes it. So the first look is
-  // after the first wake-up (a child just started has hardly ever exited: one waitid per
-  // join saved).
+  // Registered (EPOLL_CTL_ADD) before the first look below, and every wait re-arms it
+  // (EPOLL_CTL_MOD, which reports a pidfd that is already readable): an exit between a
+  // look and the next wait is not lost, whichever thread of the io_context takes it. The
+  // look comes first: children that have exited are reaped at once, their descriptors
+  // closed (1000 concurrent joins would otherwise hold 2000 until their wake-ups).
   boost::asio::posix::stream_descriptor pidfd(ex, fd);
   for (;;) {
-    if (!timer) {
-      co_await pidfd.async_wait(boost::asio::posix::stream_descriptor::wait_read,
-                                boost::asio::use_awaitable);
-    } else {
-      auto woken = event_or_timer(
-          pidfd.async_wait(boost::asio::posix::stream_descriptor::wait_read, boost::asio::deferred),
-          *timer);
-      bool event = co_await std::move(woken);
-      throw_if_cancelled(state);
-      if (!event) co_return poll();
-    }
     // Readiness is a hint (a stale edge can arrive after a reap, docs/platform.md): reap
     // without blocking and wait again if the child still runs.
     if (auto code = poll()) co_return code;
+    if (!timer) {
+      co_await pidfd.async_wait(boost::asio::posix::stream_descriptor::wait_read,
+                                boost::asio::use_awaitable);
+      continue;
+    }
+    auto woken = event_or_timer(
+        pidfd.async_wait(boost::asio::posix::stream_descriptor::wait_read, boost::asio::deferred),
+        *timer);
+    bool event = co_await std::move(woken);
+    throw_if_cancelled(state);
+    if (!event) co_return poll();
   }
 }
 

@@ -621,7 +621,7 @@ private:
     int fd = -1;
     {
       std::lock_guard lock(mutex_);
-      if (code_) co_return code_; // a look at the child is the wait's (below)
+      if (auto code = poll_locked()) co_return code;
       // Each waiter watches its own duplicate, as detail::child's do.
       fd = ::fcntl(pidfd_, F_DUPFD_CLOEXEC, 0);
       if (fd < 0) throw_errno(errno, "coproc: dup of the pidfd of pid " + std::to_string(pid_));
