@@ -8,11 +8,12 @@
 // named. Every exchange is the requester's: one request, at most one reply, under the
 // link's mutex, so threads of the requester take turns and the server never speaks
 // unasked.
-//   start: 0-2 of the requester (those open), the payload memfd and the kind's own
-//          descriptors ride along (SCM_RIGHTS); the server forks, and the child puts them
-//          at 0-2, 3 and 4.. as a fresh image finds them and enters as one does
-//          (enter_served_image). The reply: the pid and a pidfd of the child, opened by
-//          the server right after the fork, before it can reap it.
+//   start: 0-2 of the requester (those open) and the kind's own descriptors ride along
+//          (SCM_RIGHTS), the payload in the request itself (a memfd beside them when it is
+//          large); the server forks, and the child puts them at 0-2, (3) and 4.. as a
+//          fresh image finds them and enters as one does (enter_served_image). The reply: the pid
+//          and a pidfd of the child, opened by the server right after the fork, before it can reap
+//          it.
 //   status: the server reaps its children (SIGCHLD on a signalfd) and keeps each wait
 //          status until its requester asks for it, which it does once the child's pidfd
 //          polls readable; the reply says running, exited with a status, or unknown.
@@ -46,6 +47,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <bit>
 #include <cerrno>
@@ -54,6 +56,9 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <span>
+#include <string>
+#include <string_view>
 #include <system_error>
 #include <utility>
 #include <vector>
@@ -72,6 +77,7 @@ struct request {
   std::uint8_t extra = 0;                // start: the kind's own descriptors after the payload
   std::uint8_t pad[3] = {};              // no uninitialized bytes on the wire
   std::int32_t pid = 0;                  // status, forget
+  std::uint32_t payload = 0; // start: the payload's bytes follow; 0: a memfd rides along
 };
 
 enum class state : std::uint8_t { running = 0, exited = 1, unknown = 2, failed = 3 };
@@ -85,13 +91,18 @@ struct reply {
 
 // More than a start ever carries (3 + 1 + the kind's own), fewer than SCM_MAX_FD.
 constexpr std::size_t max_fds = 64;
+// A payload up to this size travels in the start request itself, a larger one in a memfd:
+// a memfd's creation, write and read cost more than the fork of a small process.
+constexpr std::size_t max_inline_payload = 32 * 1024;
 
-// 0 or an errno. MSG_NOSIGNAL: a dead peer is an error, not a SIGPIPE.
-int send_with_fds(int fd, const void* data, std::size_t size, std::span<const int> fds) {
-  iovec iov{const_cast<void*>(data), size};
+// 0 or an errno. MSG_NOSIGNAL: a dead peer is an error, not a SIGPIPE. `tail` follows data
+// in the same message.
+int send_with_fds(int fd, const void* data, std::size_t size, std::span<const int> fds,
+                  std::string_view tail = {}) {
+  iovec iov[2] = {{const_cast<void*>(data), size}, {const_cast<char*>(tail.data()), tail.size()}};
   msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
+  msg.msg_iov = iov;
+  msg.msg_iovlen = tail.empty() ? 1 : 2;
   alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * max_fds)];
   if (!fds.empty()) {
     msg.msg_control = control;
@@ -106,16 +117,17 @@ int send_with_fds(int fd, const void* data, std::size_t size, std::span<const in
   do n = ::sendmsg(fd, &msg, MSG_NOSIGNAL);
   while (n < 0 && errno == EINTR);
   if (n < 0) return errno;
-  return static_cast<std::size_t>(n) == size ? 0 : EPROTO;
+  return static_cast<std::size_t>(n) == size + tail.size() ? 0 : EPROTO;
 }
 
 // The bytes received (0 at end of file), or -errno; the descriptors that came with them
-// are appended to fds, close-on-exec.
-ssize_t recv_with_fds(int fd, void* data, std::size_t size, std::vector<int>& fds) {
-  iovec iov{data, size};
+// are appended to fds, close-on-exec. Bytes past `size` go to `tail` (its size).
+ssize_t recv_with_fds(int fd, void* data, std::size_t size, std::vector<int>& fds,
+                      std::span<char> tail = {}) {
+  iovec iov[2] = {{data, size}, {tail.data(), tail.size()}};
   msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
+  msg.msg_iov = iov;
+  msg.msg_iovlen = tail.empty() ? 1 : 2;
   alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * max_fds)];
   msg.msg_control = control;
   msg.msg_controllen = sizeof control;
@@ -212,9 +224,11 @@ private:
   void serve_one() {
     request r{};
     std::vector<int> fds;
-    ssize_t n = recv_with_fds(fd_, &r, sizeof r, fds);
+    payload_.resize(max_inline_payload);
+    ssize_t n = recv_with_fds(fd_, &r, sizeof r, fds, payload_);
     if (n == -EAGAIN) return;
-    if (n != static_cast<ssize_t>(sizeof r)) {
+    if (n < static_cast<ssize_t>(sizeof r) ||
+        static_cast<std::size_t>(n) - sizeof r != (r.what == op::start ? r.payload : 0)) {
       // End of file, or a message that is not a request: the requester is gone (or is not
       // coproc's), and nothing more from it is believed.
       close_all(fds);
@@ -242,7 +256,7 @@ private:
 
   void start(const request& r, std::vector<int>& fds) {
     std::size_t expected =
-        static_cast<std::size_t>(std::popcount(static_cast<unsigned>(r.stdio & 7u))) + 1 + r.extra;
+        static_cast<std::size_t>(std::popcount(r.stdio & 7u)) + (r.payload == 0 ? 1 : 0) + r.extra;
     bool kind_ok = r.kind == image_kind::process || r.kind == image_kind::pool_worker;
     if (fds.size() != expected || !kind_ok) {
       close_all(fds);
@@ -269,12 +283,12 @@ private:
   // In the child: the descriptors where a fresh image has them, then the image's entry.
   [[noreturn]] void become_child(const request& r, const std::vector<int>& fds) {
     int top = fresh_image_first_fd + r.extra;
-    std::vector<int> moved;
-    for (int fd : fds) {
-      int copy = ::fcntl(fd, F_DUPFD, top); // above every target, so no dup2 overwrites one
-      if (copy < 0) ::_exit(71);
-      moved.push_back(copy);
-    }
+    // Every source above every target, so no dup2 overwrites a source it has yet to copy:
+    // they usually are already (received after the server's own), which saves a copy each.
+    std::vector<int> moved(fds.begin(), fds.end());
+    if (std::any_of(fds.begin(), fds.end(), [top](int fd) { return fd < top; }))
+      for (int& fd : moved)
+        if ((fd = ::fcntl(fd, F_DUPFD, top)) < 0) ::_exit(71);
     std::size_t next = 0;
     for (int i = 0; i < 3; ++i) {
       if (r.stdio & (1u << i)) {
@@ -283,12 +297,16 @@ private:
         ::close(i);
       }
     }
-    for (int target = 3; target < top; ++target)
+    // The payload at 3 when it came as a memfd, the kind's own from 4.
+    if (r.payload != 0) ::close(3);
+    for (int target = r.payload != 0 ? 4 : 3; target < top; ++target)
       if (::dup2(moved[next++], target) < 0) ::_exit(71);
     // The copies, the server's socket and signalfd: nothing of the server stays.
     ::close_range(static_cast<unsigned>(top), ~0u, 0);
     reset_signals();
-    enter_served_image(r.kind, self_);
+    if (r.payload == 0) enter_served_image(r.kind, self_);
+    std::string payload(payload_.data(), r.payload);
+    enter_served_image(r.kind, self_, &payload);
   }
 
   void status(int pid) {
@@ -321,11 +339,23 @@ private:
   const int self_;
   int signals_ = -1;
   std::map<int, served> children_;
+  std::vector<char> payload_; // of the request being served
 };
 
 // ---- the requester's side ------------------------------------------------------------
 
 std::string server_is(int pid) { return "the fork server (pid " + std::to_string(pid) + ")"; }
+
+// fd, moved above 2 if it took the number of a closed 0-2 (which would then ride along as
+// the child's stdin, stdout or stderr).
+int above_stdio(int fd, const std::string& who) {
+  if (fd > 2) return fd;
+  int moved = ::fcntl(fd, F_DUPFD_CLOEXEC, 3);
+  int err = errno;
+  ::close(fd);
+  if (moved < 0) throw_errno(err, who + ": dup of a fresh image's payload");
+  return moved;
+}
 
 class server_link {
 public:
@@ -352,21 +382,35 @@ public:
     request r{.what = op::start,
               .kind = spec.kind,
               .daemon = spec.dies_with_parent,
+              .stdio = 7,
               .extra = static_cast<std::uint8_t>(fds.size())};
-    std::vector<int> sent;
-    for (int i = 0; i < 3; ++i)
-      if (::fcntl(i, F_GETFD) >= 0) {
-        r.stdio = static_cast<std::uint8_t>(r.stdio | (1u << i));
-        sent.push_back(i);
-      }
-    int memfd = fresh_image_payload(spec, who);
-    sent.push_back(memfd);
+    std::string payload = fresh_image_payload_bytes(spec);
+    int memfd = -1;
+    if (payload.size() <= max_inline_payload)
+      r.payload = static_cast<std::uint32_t>(payload.size());
+    else memfd = above_stdio(fresh_image_payload(spec, who), who);
+    std::vector<int> sent{0, 1, 2};
+    if (memfd >= 0) sent.push_back(memfd);
     sent.insert(sent.end(), fds.begin(), fds.end());
+    std::string_view inline_payload(payload.data(), r.payload);
+    int err = send_with_fds(fd_, &r, sizeof r, sent, inline_payload);
+    if (err == EBADF) {
+      // Some of 0-2 are closed (sending all is one look instead of three): only the open
+      // ones ride along. A failed send sent nothing.
+      r.stdio = 0;
+      sent.erase(sent.begin(), sent.begin() + 3);
+      for (int i = 2; i >= 0; --i)
+        if (::fcntl(i, F_GETFD) >= 0) {
+          r.stdio = static_cast<std::uint8_t>(r.stdio | (1u << i));
+          sent.insert(sent.begin(), i);
+        }
+      err = send_with_fds(fd_, &r, sizeof r, sent, inline_payload);
+    }
     std::vector<int> got;
     reply rep;
     int server = server_pid_;
-    int err = exchange_locked(r, sent, rep, got, stale);
-    ::close(memfd);
+    err = receive_locked(err, rep, got, stale);
+    if (memfd >= 0) ::close(memfd);
     if (err != 0)
       throw std::system_error(err, std::generic_category(),
                               who + ": " + server_is(server) + " died");
@@ -459,7 +503,13 @@ private:
   // 0 or an errno (the server is gone, and forgotten: the next start starts another).
   int exchange_locked(const request& r, std::span<const int> fds, reply& rep, std::vector<int>& got,
                       std::unique_ptr<direct_child>& stale) {
-    int err = send_with_fds(fd_, &r, sizeof r, fds);
+    return receive_locked(send_with_fds(fd_, &r, sizeof r, fds), rep, got, stale);
+  }
+
+  // The reply to a request sent with send_error as the result.
+  int receive_locked(int send_error, reply& rep, std::vector<int>& got,
+                     std::unique_ptr<direct_child>& stale) {
+    int err = send_error;
     if (err == 0) {
       ssize_t n = recv_with_fds(fd_, &rep, sizeof rep, got);
       if (n != static_cast<ssize_t>(sizeof rep)) err = n < 0 ? static_cast<int>(-n) : ECONNRESET;
@@ -581,9 +631,11 @@ private:
     std::optional<boost::asio::steady_timer> timer;
     if (!until.is_never()) timer.emplace(ex, until.when());
     boost::asio::posix::stream_descriptor pidfd(ex, fd);
+    // The first look was under the lock above: the next follows the first wake-up (the
+    // wait's EPOLL_CTL_MOD reports an exit since).
     for (bool readable = false;; readable = true) {
-      if (auto code = poll()) co_return code;
       if (readable) {
+        if (auto code = poll()) co_return code;
         // Exited, and the server has not reaped it yet: its answer is a moment away, and
         // the pidfd stays readable, so look again shortly rather than spin.
         boost::asio::steady_timer pause(ex, std::chrono::milliseconds(1));

@@ -97,12 +97,14 @@ std::string read_payload(const std::string& value) {
   return bytes;
 }
 
-// Becomes the child the payload at descriptor 3 describes. `server`: the fork server that
-// forked this child, its parent for a death signal; 0 in a fresh image.
-[[noreturn]] void enter_image(detail::image_kind kind, const std::string& value, int server) {
+// Becomes the child the payload describes: `payload`, or the one at descriptor 3.
+// `server`: the fork server that forked this child, its parent for a death signal; 0 in a
+// fresh image.
+[[noreturn]] void enter_image(detail::image_kind kind, const std::string& value, int server,
+                              const std::string* payload = nullptr) {
   envelope e;
   try {
-    e = wire::decode<envelope>(read_payload(value));
+    e = wire::decode<envelope>(payload ? *payload : read_payload(value));
   } catch (const std::exception& error) {
     bad_image(value, std::string("its payload does not decode: ") + error.what());
   }
@@ -174,7 +176,7 @@ int kind_descriptors(image_kind kind) noexcept {
   return 1;
 }
 
-int fresh_image_payload(const fresh_image_spec& spec, const std::string& who) {
+std::string fresh_image_payload_bytes(const fresh_image_spec& spec) {
   envelope e{image_magic,
              static_cast<std::uint8_t>(spec.kind),
              ::getpid(),
@@ -183,7 +185,11 @@ int fresh_image_payload(const fresh_image_spec& spec, const std::string& who) {
              spec.id.path,
              spec.id.name,
              spec.body};
-  std::string payload = wire::encode(e);
+  return wire::encode(e);
+}
+
+int fresh_image_payload(const fresh_image_spec& spec, const std::string& who) {
+  std::string payload = fresh_image_payload_bytes(spec);
   int memfd = ::memfd_create("coproc-fresh-image", MFD_CLOEXEC);
   if (memfd < 0) throw_errno(errno, who + ": memfd_create for a fresh image");
   for (std::size_t done = 0; done < payload.size();) {
@@ -199,7 +205,9 @@ int fresh_image_payload(const fresh_image_spec& spec, const std::string& who) {
   return memfd;
 }
 
-void enter_served_image(image_kind kind, int server) { enter_image(kind, kind_name(kind), server); }
+void enter_served_image(image_kind kind, int server, const std::string* payload) {
+  enter_image(kind, kind_name(kind), server, payload);
+}
 
 int spawn_fresh_image(const fresh_image_spec& spec, std::span<const int> fds,
                       const std::string& who) {

@@ -37,6 +37,9 @@ struct fresh_image_spec {
 // How many descriptors of its own a kind takes (from fresh_image_first_fd).
 int kind_descriptors(image_kind kind) noexcept;
 
+// The payload's bytes: what a fresh image reads at descriptor 3, or a fork server passes
+// its child in memory.
+std::string fresh_image_payload_bytes(const fresh_image_spec& spec);
 // The payload as a close-on-exec memfd: descriptor 3 of the child. std::system_error
 // naming `who` if it cannot be made.
 int fresh_image_payload(const fresh_image_spec& spec, const std::string& who);
@@ -46,9 +49,10 @@ int spawn_fresh_image(const fresh_image_spec& spec, std::span<const int> fds,
                       const std::string& who);
 
 // In a child the fork server `server` just forked, with its descriptors in place (the
-// payload at 3, the kind's from 4, nothing else above 2): becomes the child as a fresh
-// image does in main_guard.
-[[noreturn]] void enter_served_image(image_kind kind, int server);
+// payload at 3 unless `payload` holds it, the kind's from 4, nothing else above 2):
+// becomes the child as a fresh image does in main_guard.
+[[noreturn]] void enter_served_image(image_kind kind, int server,
+                                     const std::string* payload = nullptr);
 
 // std::logic_error naming `who` unless main_guard ran in this program.
 void require_main_guard(const std::string& who);
