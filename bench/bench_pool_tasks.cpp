@@ -160,7 +160,9 @@ std::vector<double> python_numbers(const std::string& args) {
 
 } // namespace
 
-int main() {
+int main(int argc, char** argv) {
+  // `bench_pool_tasks payloads`: only the large payload rows.
+  bool only_payloads = argc > 1 && std::string(argv[1]) == "payloads";
   std::printf("pool tasks: %u workers\n", processes);
 
   for (auto [size, count, name] : {std::tuple{64 * mib, std::size_t(1), "apply(echo, 64 MiB)"},
@@ -179,6 +181,8 @@ int main() {
     bench::ratio(std::string(name) + " vs PPE", ours, ppe, false);
     bench::ratio(std::string(name) + " vs memcpy", ours, raw, false);
   }
+
+  if (only_payloads) return 0;
 
   constexpr long n = 10'000'000;
   constexpr std::size_t chunk = 1000, buffer = 100'000;

@@ -198,7 +198,7 @@ void pool_core::link::close_worker_side() noexcept {
 void pool_core::link::close_all() noexcept {
   close_worker_side();
   if (parent_fd >= 0) ::close(parent_fd);
-  if (page) ::munmap(page, worker_page_size);
+  if (page) ::munmap(page, worker_link_bytes);
   parent_fd = -1;
   page = nullptr;
 }
@@ -213,11 +213,14 @@ void pool_core::spawn_locked() {
     throw;
   }
   l.close_worker_side();
+  // Children this process starts later do not inherit the regions (a forked worker has).
+  ::madvise(reinterpret_cast<char*>(l.page) + worker_page_size, 2 * payload_region_bytes,
+            MADV_DONTFORK);
   adopt_locked(l, std::move(proc));
 }
 
-// The socket and the shared page. A spawned worker maps the page from a memfd; a forked
-// one inherits the mapping.
+// The socket and the shared memory: the page and the payload regions (lib/pool_payload.hpp),
+// in one memfd. A spawned worker maps the memfd; a forked one inherits the mapping.
 pool_core::link pool_core::make_link() const {
   int sv[2];
   if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
@@ -229,17 +232,20 @@ pool_core::link pool_core::make_link() const {
   for (int fd : sv)
     for (int opt : {SO_SNDBUF, SO_RCVBUF})
       ::setsockopt(fd, SOL_SOCKET, opt, &large_socket_buffer, sizeof large_socket_buffer);
-  if (spawning()) {
-    l.memfd = ::memfd_create("coproc-pool-worker", MFD_CLOEXEC);
-    if (l.memfd >= 0 && ::ftruncate(l.memfd, worker_page_size) != 0) {
-      ::close(l.memfd);
-      l.memfd = -1;
-    }
+  // (A memfd for a forked worker too: its pages are charged when used, not reserved at
+  // mmap as a shared anonymous mapping's would be.)
+  l.memfd = ::memfd_create("coproc-pool-worker", MFD_CLOEXEC);
+  if (l.memfd >= 0 && ::ftruncate(l.memfd, worker_link_bytes) != 0) {
+    ::close(l.memfd);
+    l.memfd = -1;
   }
-  void* mem = spawning() && l.memfd < 0
-                  ? MAP_FAILED
-                  : ::mmap(nullptr, worker_page_size, PROT_READ | PROT_WRITE,
-                           l.memfd >= 0 ? MAP_SHARED : MAP_SHARED | MAP_ANONYMOUS, l.memfd, 0);
+  void* mem = l.memfd < 0 ? MAP_FAILED
+                          : ::mmap(nullptr, worker_link_bytes, PROT_READ | PROT_WRITE, MAP_SHARED,
+                                   l.memfd, 0);
+  if (!spawning() && l.memfd >= 0) {
+    ::close(l.memfd);
+    l.memfd = -1;
+  }
   if (mem == MAP_FAILED) {
     int err = errno;
     l.close_all();
@@ -394,6 +400,14 @@ bool pool_core::take_results_locked(worker& w, byte_buffer& in) {
         deliver_locked(w, record->kind == record_kind::error, record->bytes);
         answered = true;
         break;
+      case record_kind::shared_value: {
+        auto bytes = shared_bytes(w.results, payload_region_bytes, record->bytes);
+        if (!bytes || w.held.empty()) return false;
+        deliver_locked(w, false, *bytes); // decoded straight from the region
+        w.page->results_released.fetch_add(1, std::memory_order_release);
+        answered = true;
+        break;
+      }
       default:
         return false;
       }
@@ -403,6 +417,7 @@ bool pool_core::take_results_locked(worker& w, byte_buffer& in) {
     return false;
   }
   if (answered) scheduler_.progressed(w, now_ns());
+  w.arguments.trim(); // its shared arguments may all be done with now
   return true;
 }
 
@@ -458,9 +473,10 @@ void pool_core::dispatch_locked() {
 
 bool pool_core::encode_chunk(worker& w, const pool_chunk& c) {
   try {
-    encode_frame(w.out, c.job->trampoline, c.job->target, c.n,
-                 c.job->timeout_ns != 0 ? frame_timed : 0,
-                 [&](std::size_t i, std::string& out) { c.job->encode_item(c.first + i, out); });
+    encode_frame(
+        w.out, c.job->trampoline, c.job->target, c.n, c.job->timeout_ns != 0 ? frame_timed : 0,
+        [&](std::size_t i, std::string& out) { c.job->encode_item(c.first + i, out); },
+        &w.arguments, &scratch_);
   } catch (...) {
     for (std::size_t i = 0; i < c.n; ++i) c.job->sink->fail(c.first + i, std::current_exception());
     return false;
@@ -596,7 +612,7 @@ bool pool_core::worker_gone_locked(worker& w, int code) {
   } else {
     scheduler_.forget(w);
   }
-  ::munmap(w.page, worker_page_size);
+  ::munmap(w.page, worker_link_bytes);
   w.page = nullptr;
   w.claimed = nullptr;
   --live_;

@@ -53,10 +53,15 @@ public:
 private:
   struct worker : scheduled_worker, std::enable_shared_from_this<worker> {
     explicit worker(const boost::asio::any_io_executor& ex, worker_page* page)
-        : scheduled_worker(&page->claimed), socket(ex), page(page) {}
+        : scheduled_worker(&page->claimed), socket(ex), page(page),
+          arguments(reinterpret_cast<char*>(page) + worker_page_size, payload_region_bytes,
+                    &page->arguments_released),
+          results(reinterpret_cast<char*>(page) + worker_page_size + payload_region_bytes) {}
     boost::asio::local::stream_protocol::socket socket;
     std::shared_ptr<process_child> proc;
-    worker_page* page;
+    worker_page* page; // then its payload regions (lib/pool_payload.hpp)
+    payload_sender arguments;
+    const char* results;
     std::string out, writing; // frames to send, frames being sent
     std::string start_error;  // what its initializer threw
     // Made when it is first sent a timed chunk; armed while timer_due != 0.
@@ -118,6 +123,7 @@ private:
   std::exception_ptr failed_;    // why every task fails (fail_pool_locked)
   waiter_list join_waiters_;
   boost::asio::steady_timer rebalance_timer_{ex_};
+  payload_scratch scratch_; // where each item is encoded before it goes out
   bool closed_ = false, terminated_ = false, dispatch_posted_ = false, rebalance_armed_ = false;
 };
 

@@ -37,7 +37,7 @@ void end_record(std::string& out, std::size_t at, record_kind kind) {
   std::memcpy(out.data() + at, &header, sizeof header);
 }
 
-std::optional<frame_view> parse_frame(std::string_view in) {
+std::optional<frame_view> parse_frame(std::string_view in, std::size_t shared_region) {
   if (in.size() < sizeof(task_frame_header)) return std::nullopt;
   auto header = load<task_frame_header>(in.data());
   if (header.length > max_message_bytes)
@@ -51,9 +51,18 @@ std::optional<frame_view> parse_frame(std::string_view in) {
   for (std::uint64_t i = 0; i < header.count; ++i) {
     if (left < sizeof(std::uint64_t))
       throw pool_protocol_violation("a frame shorter than its items");
-    auto n = load<std::uint64_t>(items + (header.length - left));
+    const char* at = items + (header.length - left);
+    auto n = load<std::uint64_t>(at);
     left -= sizeof n;
+    bool shared = (n & item_shared) != 0;
+    n &= ~item_shared;
     if (n > left) throw pool_protocol_violation("an item longer than its frame");
+    if (shared) {
+      if (shared_region == 0) throw pool_protocol_violation("a shared item on a link without one");
+      if (!shared_descriptor(shared_region,
+                             std::string_view(at + sizeof n, static_cast<std::size_t>(n))))
+        throw pool_protocol_violation("a shared item outside its region");
+    }
     left -= n;
   }
   if (left != 0) throw pool_protocol_violation("bytes after a frame's last item");

@@ -5,6 +5,8 @@
 
 #include <coproc/detail/pool_protocol.hpp>
 
+#include "pool_payload.hpp"
+
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -47,24 +49,49 @@ inline void release_if_large(std::string& s) {
   else s.clear();
 }
 
+// A scratch buffer that keeps its pages between large items (up to keep_bytes), so
+// encoding one does not fault fresh memory each time.
+struct payload_scratch {
+  std::string bytes;
+  void done() {
+    if (bytes.capacity() > payload_sender::keep_bytes) std::string().swap(bytes);
+    else bytes.clear();
+  }
+};
+
 // Appends one frame: `count` items, item(i, out) appending the argument bytes of the
-// i-th; `flags` as in task_frame_header. On an exception from item() nothing of the frame stays in
-// `out`.
+// i-th; `flags` as in task_frame_header. With a sender (a local worker's link) each item
+// is encoded in `scratch` first, and a large one moves from there to the arguments
+// region. On an exception from item() nothing of the frame stays in `out` or the region.
 template <class EncodeItem>
 void encode_frame(std::string& out, std::int64_t trampoline, std::int64_t target, std::size_t count,
-                  std::uint64_t flags, EncodeItem&& item) {
+                  std::uint64_t flags, EncodeItem&& item, payload_sender* shared = nullptr,
+                  payload_scratch* scratch = nullptr) {
   std::size_t at = out.size();
+  std::optional<payload_sender::mark_type> mark;
+  if (shared) mark = shared->mark();
   try {
     out.append(sizeof(task_frame_header), '\0');
     for (std::size_t i = 0; i < count; ++i) {
       std::size_t item_at = out.size();
       out.append(sizeof(std::uint64_t), '\0');
-      item(i, out);
+      bool moved = false;
+      if (shared && scratch) {
+        item(i, scratch->bytes);
+        moved = share_tail(*shared, scratch->bytes, 0);
+        out.append(scratch->bytes);
+        scratch->done();
+      } else {
+        item(i, out);
+      }
       std::uint64_t n = out.size() - item_at - sizeof(std::uint64_t);
+      if (moved) n |= item_shared;
       std::memcpy(out.data() + item_at, &n, sizeof n);
     }
   } catch (...) {
     out.resize(at);
+    if (mark) shared->rollback(*mark);
+    if (scratch) scratch->done();
     throw;
   }
   task_frame_header header{out.size() - at - sizeof header, trampoline, target, count, flags};
@@ -86,9 +113,10 @@ struct frame_view {
   std::size_t size;  // with the header
 };
 // The complete frame at the front of `in`, nullopt while it is incomplete. Every length
-// must add up to exactly what the header announced (pool_protocol_violation otherwise);
-// the code offsets are the caller's to check.
-std::optional<frame_view> parse_frame(std::string_view in);
+// must add up to exactly what the header announced, and a shared item must lie in a
+// region of `shared_region` bytes (0: the link has none) (pool_protocol_violation
+// otherwise); the code offsets are the caller's to check.
+std::optional<frame_view> parse_frame(std::string_view in, std::size_t shared_region = 0);
 
 struct record_view {
   record_kind kind;

@@ -50,7 +50,10 @@ std::int64_t now_ns() {
       .count();
 }
 
-void write_all(int fd, std::string& out, std::mutex* lock = nullptr) {
+// keep: the capacity `out` keeps once written (a local worker's, whose large results
+// leave through shared memory, keeps its pages for the next one).
+void write_all(int fd, std::string& out, std::mutex* lock = nullptr,
+               std::size_t keep = large_buffer_bytes) {
   std::unique_lock<std::mutex> held;
   if (lock) held = std::unique_lock(*lock);
   std::size_t done = 0;
@@ -60,7 +63,8 @@ void write_all(int fd, std::string& out, std::mutex* lock = nullptr) {
     if (n <= 0) ::_exit(0); // the parent is gone or terminated the pool
     done += static_cast<std::size_t>(n);
   }
-  release_if_large(out);
+  if (out.capacity() > keep) std::string().swap(out);
+  else out.clear();
 }
 
 // The record begun at `at` becomes the error record of the exception being handled.
@@ -124,15 +128,39 @@ struct frame_release {
   }
 };
 
+// Once an item's arguments are decoded (or it is skipped): its frame if it was the large
+// frame's last, and its shared bytes, which the parent may then reuse.
+struct item_release {
+  frame_release* frame = nullptr;
+  worker_page* shared = nullptr;
+  bool done = false;
+  static void release(void* self) {
+    auto& r = *static_cast<item_release*>(self);
+    if (r.done) return;
+    r.done = true;
+    if (r.frame) frame_release::release(r.frame);
+    if (r.shared) r.shared->arguments_released.fetch_add(1, std::memory_order_release);
+  }
+};
+
 // The task loop of a started worker.
 class worker_loop final : public pool_coroutine_host {
 public:
   // write_lock: another thread writes on fd too (a remote worker's heartbeats); then the
-  // worker also announces each frame's claims by a record before running it.
-  worker_loop(int fd, worker_page* page, unsigned maxtasks, unsigned concurrency, bool same_object,
-              std::mutex* write_lock)
+  // worker also announces each frame's claims by a record before running it. local: the
+  // payload regions follow the page (lib/pool_payload.hpp); a remote worker has none.
+  worker_loop(int fd, worker_page* page, bool local, unsigned maxtasks, unsigned concurrency,
+              bool same_object, std::mutex* write_lock)
       : fd_(fd), page_(page), maxtasks_(maxtasks), concurrency_(std::max(concurrency, 1u)),
-        code_(same_object), write_lock_(write_lock) {}
+        code_(same_object), write_lock_(write_lock) {
+    if (!local) return;
+    char* arguments = reinterpret_cast<char*>(page) + worker_page_size;
+    // What the tasks start does not keep the regions' pages alive.
+    ::madvise(arguments, 2 * payload_region_bytes, MADV_DONTFORK);
+    regions_.emplace(
+        worker_regions{arguments, payload_sender(arguments + payload_region_bytes,
+                                                 payload_region_bytes, &page->results_released)});
+  }
 
   [[noreturn]] void run() {
     for (;;) {
@@ -179,7 +207,7 @@ private:
     } catch (...) {
       kind = encode_current_error(slot->record, 0);
     }
-    end_record(slot->record, 0, kind);
+    end_answer(slot->record, 0, kind);
     slot->done = true;
     --running_;
   }
@@ -249,15 +277,23 @@ private:
       begun_ = nullptr;
     }
     if (starts_ != starts) out.resize(at); // a coroutine task started: its own slot answers
-    else end_record(out, at, kind);
+    else end_answer(out, at, kind);
     if (queued) queued->done = true;
+  }
+
+  // Ends the answer record begun at `at`; a large value moves to the results region.
+  void end_answer(std::string& out, std::size_t at, record_kind kind) {
+    if (kind == record_kind::value && regions_ &&
+        share_tail(regions_->results, out, at + sizeof(record_header)))
+      kind = record_kind::shared_value;
+    end_record(out, at, kind);
   }
 
   // The complete frame at the front of the input, checked whole before any item runs.
   std::optional<frame_view> next_frame() {
     std::optional<frame_view> frame;
     try {
-      frame = parse_frame(in_.data());
+      frame = parse_frame(in_.data(), regions_ ? payload_region_bytes : 0);
     } catch (const pool_protocol_violation& e) {
       protocol_error(page_, e.what());
     }
@@ -305,12 +341,17 @@ private:
     std::uint64_t ran = 0;
     bool timed = (h.flags & frame_timed) != 0;
     for (std::uint64_t i = 0; i < h.count; ++i) {
-      auto n = static_cast<std::size_t>(load<std::uint64_t>(p));
-      pool_input input{std::string_view(p + sizeof(std::uint64_t), n)};
-      if (i + 1 == h.count && whole.size > large_buffer_bytes) {
-        input.on_consumed = &frame_release::release; // a large frame goes before its task runs
-        input.context = &whole;
+      auto word = load<std::uint64_t>(p);
+      auto n = static_cast<std::size_t>(word & ~item_shared);
+      std::string_view bytes(p + sizeof(std::uint64_t), n);
+      item_release release;
+      if ((word & item_shared) != 0) { // checked by parse_frame
+        bytes = *shared_bytes(regions_->arguments, payload_region_bytes, bytes);
+        release.shared = page_;
       }
+      if (i + 1 == h.count && whole.size > large_buffer_bytes)
+        release.frame = &whole; // a large frame goes before its task runs
+      pool_input input{bytes, &item_release::release, &release};
       p += sizeof(std::uint64_t) + n;
       // A remote pool times an item from its claim's arrival: one claim per timed item.
       if (timed && write_lock_) announce_claims(1);
@@ -323,6 +364,7 @@ private:
         ++ran;
         if (timed) flush();
       }
+      if (release.shared) item_release::release(&release); // skipped, or its decoding threw
     }
     if (!whole.done) {
       in_.consume(whole.size);
@@ -357,9 +399,10 @@ private:
   }
 
   void flush() {
+    if (regions_) regions_->results.trim();
     record_timing();
     flush_stdio(); // what the tasks printed comes before their results
-    write_all(fd_, out_, write_lock_);
+    write_all(fd_, out_, write_lock_, regions_ ? payload_sender::keep_bytes : large_buffer_bytes);
     last_flush_ = now_ns();
   }
 
@@ -406,10 +449,11 @@ private:
   std::int64_t last_flush_ = now_ns();
   timing_record timed_{0, 0, 0};
   std::mutex* const write_lock_;
+  std::optional<worker_regions> regions_; // a local worker's shared payloads
 };
 
 [[noreturn]] void run_initializer_then_work(const std::function<void()>& initializer, int fd,
-                                            worker_page* page, unsigned maxtasks,
+                                            worker_page* page, bool local, unsigned maxtasks,
                                             unsigned concurrency, bool same_object,
                                             std::mutex* write_lock = nullptr) {
   std::string out;
@@ -432,7 +476,7 @@ private:
   }
   encode_record(out, record_kind::started);
   write_all(fd, out, write_lock);
-  worker_loop(fd, page, maxtasks, concurrency, same_object, write_lock).run();
+  worker_loop(fd, page, local, maxtasks, concurrency, same_object, write_lock).run();
 }
 
 } // namespace
@@ -461,7 +505,7 @@ void run_spawned_worker(std::string_view body, int fd, int memfd) {
   }
   auto& [maxtasks, concurrency, init, init_target, init_state] = parts;
   lead_process_group();
-  void* mem = ::mmap(nullptr, worker_page_size, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
+  void* mem = ::mmap(nullptr, worker_link_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
   if (mem == MAP_FAILED) ::_exit(71);
   ::close(memfd);
   ::fcntl(fd, F_SETFD, FD_CLOEXEC);
@@ -479,8 +523,8 @@ void run_spawned_worker(std::string_view body, int fd, int memfd) {
       fn(target, pool_input{state}, ignored);
     };
   }
-  run_initializer_then_work(initializer, fd, static_cast<worker_page*>(mem), maxtasks, concurrency,
-                            true);
+  run_initializer_then_work(initializer, fd, static_cast<worker_page*>(mem), true, maxtasks,
+                            concurrency, true);
 }
 
 [[noreturn]] void run_forked_worker(int parent, int fd, worker_page* page, identity id,
@@ -491,7 +535,7 @@ void run_spawned_worker(std::string_view body, int fd, int memfd) {
   // Workers are daemonic, as in Python: they die with the parent, even by SIGKILL.
   die_with_parent(parent);
   enter_child(std::move(id));
-  run_initializer_then_work(initializer, fd, page, maxtasksperchild, concurrency, false);
+  run_initializer_then_work(initializer, fd, page, true, maxtasksperchild, concurrency, false);
 }
 
 void run_remote_work(int fd, std::intptr_t initializer_offset, unsigned maxtasksperchild,
@@ -503,7 +547,8 @@ void run_remote_work(int fd, std::intptr_t initializer_offset, unsigned maxtasks
       protocol_error(&page, "an initializer offset outside libcoproc's image");
     initializer = reinterpret_cast<void (*)()>(initializer_offset + pool_anchor_address());
   }
-  run_initializer_then_work(initializer, fd, &page, maxtasksperchild, 1, true, &write_lock);
+  // The one worker without shared payloads: it shares no memory with its pool.
+  run_initializer_then_work(initializer, fd, &page, false, maxtasksperchild, 1, true, &write_lock);
 }
 
 std::shared_ptr<process_child> start_worker_image(start_method method, int fd, int memfd,

@@ -243,6 +243,17 @@ std::string item_bytes(const std::string& bytes, std::int64_t length_skew = 0) {
   return std::string(reinterpret_cast<const char*>(&n), sizeof n) + bytes;
 }
 
+// A shared item (lib/pool_payload.hpp) naming `length` bytes at `offset` in the arguments
+// region, its descriptor `size` bytes long.
+std::string shared_item(std::uint64_t offset, std::uint64_t length,
+                        std::size_t size = sizeof(coproc::detail::shared_payload)) {
+  std::uint64_t n = coproc::detail::item_shared | size;
+  coproc::detail::shared_payload p{offset, length};
+  std::string descriptor(reinterpret_cast<const char*>(&p), sizeof p);
+  descriptor.resize(size);
+  return std::string(reinterpret_cast<const char*>(&n), sizeof n) + descriptor;
+}
+
 std::string plant_args(int slot) {
   std::string out;
   coproc::detail::encode_parts(out, slot);
@@ -436,6 +447,10 @@ TEST_CASE("a worker refuses a frame whose lengths disagree or whose offsets name
          {.trampoline = std::int64_t(1) << 44, .items = item_bytes(plant_args(21))}},
         {"a target nowhere",
          {.target = -(std::int64_t(1) << 60), .items = item_bytes(plant_args(21))}},
+        {"a shared item past its region",
+         {.items = shared_item(coproc::detail::payload_region_bytes - 8, 16)}},
+        {"a shared item beyond any region", {.items = shared_item(~std::uint64_t(0) - 4, 8)}},
+        {"a shared item with a short descriptor", {.items = shared_item(0, 8, 12)}},
     };
     for (auto& c : cases) {
       CAPTURE(c.what);
@@ -454,7 +469,8 @@ TEST_CASE("a worker refuses a frame whose lengths disagree or whose offsets name
 TEST_CASE("the parent ends the link of a worker that sends a record it cannot believe") {
   coproc_test::run([]() -> coproc::awaitable<void> {
     coproc::pool pool(co_await boost::asio::this_coro::executor, 1);
-    for (int kind : {99, static_cast<int>(coproc::detail::record_kind::started)}) {
+    for (int kind : {99, static_cast<int>(coproc::detail::record_kind::started),
+                     static_cast<int>(coproc::detail::record_kind::shared_value)}) {
       CAPTURE(kind);
       auto e = co_await failure_of<coproc::worker_lost>(pool.apply(send_bad_record, kind));
       CHECK(e.exitcode() == -SIGKILL);

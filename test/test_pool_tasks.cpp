@@ -154,6 +154,30 @@ std::uint64_t checksum(const std::string& s) {
 }
 std::string echo(std::string s) { return s; }
 
+// ---- tasks for the shared-memory payloads ----
+std::string pattern(std::size_t n, int seed) {
+  std::string s(n, '\0');
+  for (std::size_t i = 0; i < n; ++i)
+    s[i] = static_cast<char>(i * 131 + static_cast<std::size_t>(seed));
+  return s;
+}
+std::uint64_t digest(std::string s) {
+  std::uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
+  return h ^ s.size();
+}
+std::uint64_t digest_of(const std::string& s) { return digest(s); }
+std::string make_pattern(std::size_t n, int seed) { return pattern(n, seed); }
+std::vector<double> doubled(std::vector<double> v) {
+  for (auto& x : v) x *= 2;
+  return v;
+}
+int die_holding(std::string s) {
+  if (!s.empty()) ::kill(::getpid(), SIGKILL);
+  ::pause();
+  return 0;
+}
+
 } // namespace
 
 DOCTEST_REGISTER_LISTENER("preload_before_the_cases", 2, preload_before_the_cases);
@@ -473,4 +497,74 @@ TEST_CASE("map over many large items is intact and takes memory for about one co
     MESSAGE("RSS growth: " << growth << " KiB");
     CHECK(growth < 512 * 1024);
   }());
+}
+
+// ---- shared memory (lib/pool_payload.hpp) ---------------------------------------------
+
+// An apply's argument travels as [u64 part length][u64 string size][bytes], its result as
+// [u64 string size][bytes]: these sizes put each side of the threshold on each side.
+TEST_CASE("payloads on both sides of the shared-memory threshold arrive intact") {
+  constexpr std::size_t t = coproc::detail::shared_payload_bytes;
+  for (auto method : every_method) {
+    CAPTURE(static_cast<int>(method));
+    coproc_test::run([method]() -> coproc::awaitable<void> {
+      coproc::pool pool(co_await boost::asio::this_coro::executor,
+                        {.processes = 2, .method = method});
+      for (std::size_t n : {t - 17, t - 16, t - 15, t - 9, t - 8, t - 7, t + 1, 3 * t}) {
+        CAPTURE(n);
+        auto sent = pattern(n, static_cast<int>(n));
+        CHECK(co_await pool.apply(echo, sent) == sent);
+        // Large there and small back, small there and large back.
+        CHECK(co_await pool.apply(digest, sent) == digest_of(sent));
+        CHECK(co_await pool.apply(make_pattern, n, 7) == pattern(n, 7));
+      }
+      std::vector<double> numbers(std::size_t(3) << 20);
+      for (std::size_t i = 0; i < numbers.size(); ++i) numbers[i] = static_cast<double>(i) / 3;
+      auto back = co_await pool.apply(doubled, numbers);
+      REQUIRE(back.size() == numbers.size());
+      CHECK(back.back() == numbers.back() * 2);
+      CHECK(back[12345] == numbers[12345] * 2);
+    }());
+  }
+}
+
+TEST_CASE("map over many large items, large and small mixed, is intact") {
+  for (auto method : every_method) {
+    CAPTURE(static_cast<int>(method));
+    coproc_test::run([method]() -> coproc::awaitable<void> {
+      coproc::pool pool(co_await boost::asio::this_coro::executor,
+                        {.processes = 2, .method = method});
+      std::vector<std::string> items;
+      for (int i = 0; i < 48; ++i)
+        items.push_back(pattern(i % 3 == 0 ? 16 : (std::size_t(300) << 10) + std::size_t(i), i));
+      for (std::size_t chunksize : {std::size_t(1), std::size_t(5)}) {
+        CAPTURE(chunksize);
+        auto back = co_await pool.map(echo, items, chunksize);
+        CHECK(back == items);
+      }
+      auto digests = co_await pool.map(digest, items);
+      for (std::size_t i = 0; i < items.size(); ++i) CHECK(digests[i] == digest_of(items[i]));
+    }());
+  }
+}
+
+TEST_CASE("a worker killed while it holds a shared argument fails with worker_lost, the pool "
+          "goes on") {
+  for (auto method : every_method) {
+    CAPTURE(static_cast<int>(method));
+    coproc_test::run([method]() -> coproc::awaitable<void> {
+      coproc::pool pool(co_await boost::asio::this_coro::executor,
+                        {.processes = 1, .method = method});
+      auto big = pattern(std::size_t(4) << 20, 3);
+      for (int round = 0; round < 3; ++round) {
+        auto lost = pool.apply_async(die_holding, big);
+        // Queued behind it on the same worker: it goes to the replacement intact.
+        auto queued = pool.apply_async(echo, big);
+        auto e = co_await failure_of<coproc::worker_lost>(lost.get());
+        CHECK(e.exitcode() == -SIGKILL);
+        CHECK(co_await queued.get() == big);
+      }
+      CHECK(co_await pool.apply(echo, big) == big);
+    }());
+  }
 }

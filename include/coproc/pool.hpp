@@ -14,8 +14,11 @@
 // (coproc/wire.hpp), of any size: lengths are 64 bits, and a frame or record is refused
 // only above 64 TiB (a protocol error); below that the cap is memory, the value and its
 // encoding on each side (no memory for one fails that task with std::bad_alloc, or its
-// worker with worker_lost). They cross through the worker's socket (4 MiB buffers where
-// net.core.wmem_max allows), not yet through shared memory. The callable is a function pointer or a
+// worker with worker_lost). Small ones cross through the worker's socket, batched; one of
+// 256 KiB or more (encoded) goes through memory the worker shares with the pool, decoded
+// straight from there, up to 2 GiB in flight each way per worker (a larger one, or one
+// that finds the region full, takes the socket: no other cap). Remote workers use their
+// socket for everything. The callable is a function pointer or a
 // captureless lambda / empty function object (it crosses as an offset in the executable's image,
 // never as a pointer into this heap), a function object with a cereal serialize (default
 // constructible and copyable: its state is encoded once per submission and travels with

@@ -16,6 +16,12 @@
 // same way to send them elsewhere. For items with a timeout the worker also publishes
 // there when each started, which the parent reads when a timeout may be due.
 //
+// A local worker's argument or result of shared_payload_bytes or more does not cross the
+// socket: it is copied into a region of memory that parent and worker share (after the
+// worker_page, in the same memfd), and the frame or record carries only where it lies
+// (shared_payload). How the regions are used, and why: lib/pool_payload.hpp. A remote
+// worker shares no memory with the pool: its links never carry a shared item or record.
+//
 // This header is the layout that both sides (and the tests that forge frames) share; the
 // encoding, the parsing and the receive buffer are the library's (lib/pool_protocol.hpp).
 #pragma once
@@ -27,7 +33,9 @@
 namespace coproc::detail {
 
 // parent -> worker, one frame per chunk: the header, then `count` items, each
-// [u64 length][argument bytes]; `length` counts every byte after the header.
+// [u64 length][argument bytes]; `length` counts every byte after the header. An item whose
+// length word has item_shared set is a shared_payload in the arguments region instead
+// (the rest of the word is then sizeof(shared_payload)).
 struct task_frame_header {
   std::uint64_t length;
   std::int64_t trampoline; // offset from the anchor
@@ -38,6 +46,19 @@ struct task_frame_header {
 // The items have a timeout: the worker publishes when each starts (worker_page) and sends
 // every answer as soon as it is ready, so a kill at the timeout loses no finished answer.
 constexpr std::uint64_t frame_timed = 1;
+constexpr std::uint64_t item_shared = std::uint64_t(1) << 63;
+
+// Where a shared argument or result lies: `length` bytes at `offset` into its region.
+struct shared_payload {
+  std::uint64_t offset;
+  std::uint64_t length;
+};
+// Arguments and results from this size on go through the shared regions (local workers).
+constexpr std::size_t shared_payload_bytes = 256 * 1024;
+// Each direction's region: the largest argument or result that can be shared, with those
+// in flight before it; a larger one crosses the socket (up to max_message_bytes). The
+// regions are sparse: only the pages used take memory.
+constexpr std::size_t payload_region_bytes = std::size_t(2) << 30;
 
 // worker -> parent: records, each a header and `length` bytes.
 enum class record_kind : std::uint32_t {
@@ -49,6 +70,8 @@ enum class record_kind : std::uint32_t {
   // Remote workers only (lib/pool_remote.cpp), which share no worker_page with the pool:
   claimed = 5,   // u64: the last item number the worker claimed, sent before it runs them
   heartbeat = 6, // no bytes: the worker lives (sent every heartbeat interval, busy or not)
+  // Local workers only:
+  shared_value = 7, // a shared_payload: the next item's encoded result, in the results region
 };
 struct record_header {
   std::uint64_t length;
@@ -73,9 +96,15 @@ struct worker_page {
   std::atomic<std::uint64_t> running{0};
   // steady_clock nanoseconds when that item started; written for timed frames only.
   std::atomic<std::int64_t> running_since{0};
+  // How many shared arguments the worker, and shared results the parent, are done with,
+  // in the order sent (stored with release once the bytes are no longer read).
+  std::atomic<std::uint64_t> arguments_released{0};
+  std::atomic<std::uint64_t> results_released{0};
 };
 constexpr std::size_t worker_page_size = 4096;
 static_assert(sizeof(worker_page) <= worker_page_size);
+// A local worker's shared memory: the page, the arguments region, the results region.
+constexpr std::size_t worker_link_bytes = worker_page_size + 2 * payload_region_bytes;
 
 // The exit code of a worker that received a bad frame (EX_SOFTWARE).
 constexpr int pool_protocol_error_exit = 70;
