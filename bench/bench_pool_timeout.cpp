@@ -7,6 +7,9 @@
 
 #include "common.hpp"
 
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
 #include <unistd.h>
 
 #include <array>
@@ -24,6 +27,16 @@ int maybe_hang(int i) {
   if (i % 10 == 0)
     for (;;) ::pause();
   return i;
+}
+
+// The same as a coroutine task: the hang is a long timer, cancelled in the worker at the
+// timeout (no worker is killed).
+coproc::awaitable<int> maybe_hang_async(int i) {
+  if (i % 10 == 0) {
+    boost::asio::steady_timer t(co_await boost::asio::this_coro::executor, 60s);
+    co_await t.async_wait(boost::asio::use_awaitable);
+  }
+  co_return i;
 }
 
 constexpr auto hang_timeout = 20ms;
@@ -52,15 +65,16 @@ coproc::awaitable<double> apply_us(coproc::pool& pool, std::optional<coproc::dur
   co_return bench::median(runs);
 }
 
-coproc::awaitable<double> every_tenth_s() {
+template <class Task> coproc::awaitable<double> every_tenth_s(Task task, unsigned concurrency = 1) {
   std::vector<double> runs;
   for (int r = 0; r < 3; ++r) {
-    coproc::pool pool(co_await boost::asio::this_coro::executor, 2);
+    coproc::pool pool(co_await boost::asio::this_coro::executor,
+                      {.processes = 2, .concurrency = concurrency});
     co_await pool.apply(tiny, 1);
     auto start = bench::clock::now();
     std::vector<coproc::async_result<int>> results;
     coproc::task_options options{hang_timeout};
-    for (int i = 0; i < 1000; ++i) results.push_back(pool.apply_async(options, maybe_hang, i));
+    for (int i = 0; i < 1000; ++i) results.push_back(pool.apply_async(options, task, i));
     int timeouts = 0;
     for (auto& result : results) {
       try {
@@ -113,13 +127,18 @@ int main(int argc, char** argv) {
                 timed / plain, py_timed / py_plain);
     bench::ratio("apply round trip with a timeout vs pebble", timed, py_timed, true);
 
-    double ours = co_await every_tenth_s();
+    double ours = co_await every_tenth_s(maybe_hang);
+    double ours_async = co_await every_tenth_s(maybe_hang_async, 8);
     double theirs = pebble("every_tenth_s " + std::to_string(hang_timeout.count() / 1000.0));
     bench::row("1000 tasks, every 10th times out (20 ms)", "coproc", ours, "s", true);
     bench::row("1000 tasks, every 10th times out (20 ms)", "pebble", theirs, "s", true);
     bench::row("1000 tasks, every 10th times out: rate", "coproc", 1000 / ours, "tasks/s", false);
     bench::row("1000 tasks, every 10th times out: rate", "pebble", 1000 / theirs, "tasks/s", false);
     bench::ratio("every tenth task times out", ours, theirs, true);
+    bench::row("1000 coroutine tasks (8 at once), every 10th times out", "coproc", ours_async, "s",
+               true);
+    bench::ratio("every tenth coroutine task times out vs pebble's sync tasks", ours_async, theirs,
+                 true);
 
     double ours_ms = co_await replacement_ms();
     double theirs_ms = pebble("replacement_ms " + std::to_string(hang_timeout.count() / 1000.0));

@@ -19,11 +19,14 @@
 #include <dlfcn.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <csignal>
+#include <cstddef>
 #include <cstdlib>
+#include <cstring>
 #include <stdexcept>
 #include <system_error>
 
@@ -109,11 +112,6 @@ void pool_core::submit(std::shared_ptr<pool_job> job, std::optional<duration> ti
     throw std::invalid_argument("coproc::pool: a task timeout must be positive, not " +
                                 std::to_string(timeout->count()) + " ns");
   if (!timeout) timeout = options_.task_timeout;
-  // A worker's clock follows the item it started last, which for coroutine tasks running
-  // side by side is not the one that may hang: refused rather than timed wrongly.
-  if (timeout && job->coroutine)
-    throw std::invalid_argument("coproc::pool: a timeout for coroutine tasks is not available "
-                                "yet; bound the wait inside the task (co_await (op || timer))");
   if (timeout)
     job->timeout_ns = std::max<std::int64_t>(
         1, std::chrono::duration_cast<std::chrono::nanoseconds>(*timeout).count());
@@ -408,6 +406,16 @@ bool pool_core::take_results_locked(worker& w, byte_buffer& in) {
         answered = true;
         break;
       }
+      case record_kind::timed_out: { // a coroutine task, cancelled at its timeout
+        if (w.held.empty() || !record->bytes.empty()) return false;
+        const pool_job& job = *w.held.front().job;
+        if (!job.coroutine || job.timeout_ns == 0) return false;
+        auto error = timeout_error_of(w, job);
+        auto answer = scheduler_.answered(w);
+        answer.sink->fail(answer.index, error);
+        answered = true;
+        break;
+      }
       default:
         return false;
       }
@@ -416,7 +424,10 @@ bool pool_core::take_results_locked(worker& w, byte_buffer& in) {
   } catch (const pool_protocol_violation&) {
     return false;
   }
-  if (answered) scheduler_.progressed(w, now_ns());
+  if (answered) {
+    scheduler_.progressed(w, now_ns());
+    stop_if_due_locked(w, 0);
+  }
   w.arguments.trim(); // its shared arguments may all be done with now
   return true;
 }
@@ -444,8 +455,11 @@ void pool_core::dispatch_locked() {
   auto result = scheduler_.dispatch(now, [&](scheduled_worker& sw, const pool_chunk& c) {
     auto& w = static_cast<worker&>(sw);
     if (!encode_chunk(w, c)) return false;
-    // The item cannot have started before now: its timeout is due at the earliest then.
-    if (c.job->timeout_ns != 0) arm_timeout_locked(w, now + c.job->timeout_ns);
+    // The item cannot have started before now: its timeout is due at the earliest then
+    // (a coroutine task's in the worker, and the grace after that here).
+    if (c.job->timeout_ns != 0)
+      arm_timeout_locked(w, now + c.job->timeout_ns +
+                                (c.job->coroutine ? coroutine_stop_grace_ns : 0));
     return true;
   });
   if (result.more) schedule_dispatch_locked();
@@ -472,6 +486,7 @@ void pool_core::dispatch_locked() {
 }
 
 bool pool_core::encode_chunk(worker& w, const pool_chunk& c) {
+  std::size_t at = w.out.size();
   try {
     encode_frame(
         w.out, c.job->trampoline, c.job->target, c.n, c.job->timeout_ns != 0 ? frame_timed : 0,
@@ -480,6 +495,11 @@ bool pool_core::encode_chunk(worker& w, const pool_chunk& c) {
   } catch (...) {
     for (std::size_t i = 0; i < c.n; ++i) c.job->sink->fail(c.first + i, std::current_exception());
     return false;
+  }
+  if (c.job->coroutine && c.job->timeout_ns != 0) { // the worker keeps their clocks
+    std::int64_t timeout = c.job->timeout_ns;
+    std::memcpy(w.out.data() + at + offsetof(task_frame_header, timeout_ns), &timeout,
+                sizeof timeout);
   }
   return true;
 }
@@ -548,29 +568,107 @@ std::string task_name(const pool_job& job) {
   return std::string("of type ") + (status == 0 && type ? type.get() : job.callable_type->name());
 }
 
+std::exception_ptr pool_core::timeout_error_of(const worker& w, const pool_job& job) const {
+  auto timeout = std::chrono::duration_cast<duration>(std::chrono::nanoseconds(job.timeout_ns));
+  return std::make_exception_ptr(task_timeout(task_name(job), timeout, w.proc->pid()));
+}
+
 void pool_core::check_timeouts_locked(worker& w) {
   if (w.gone || w.killed || terminated_ || failed_) return;
+  std::int64_t now = now_ns();
+  stop_if_due_locked(w, now);
+  if (w.killed) return;
+  auto [overdue, look_again] = overdue_coroutine_locked(w, now);
+  if (overdue != 0) {
+    // It ignores its cancellation, or blocks the worker's thread: as for a late sync task.
+    const pool_job* job = pool_scheduler::job_of(w, overdue);
+    return kill_locked(w, overdue,
+                       job && job->timeout_ns != 0 ? timeout_error_of(w, *job) : nullptr);
+  }
   std::uint64_t running = w.page->running.load(std::memory_order_acquire);
   std::int64_t since = w.page->running_since.load(std::memory_order_relaxed);
-  auto check = scheduler_.check_timeouts(w, now_ns(), running, since);
-  if (check.expired) {
-    auto timeout =
-        std::chrono::duration_cast<duration>(std::chrono::nanoseconds(check.job->timeout_ns));
-    kill_locked(
-        w, check.seq,
-        std::make_exception_ptr(task_timeout(task_name(*check.job), timeout, w.proc->pid())));
-  } else if (check.due != 0) {
-    arm_timeout_locked(w, check.due);
+  auto check = scheduler_.check_timeouts(w, now, running, since);
+  if (check.expired) return kill_locked(w, check.seq, timeout_error_of(w, *check.job));
+  for (std::int64_t due : {check.due, w.stopping ? w.stop_by : 0})
+    if (due != 0 && (look_again == 0 || due < look_again)) look_again = due;
+  if (look_again != 0) arm_timeout_locked(w, look_again);
+}
+
+std::pair<std::uint64_t, std::int64_t> pool_core::overdue_coroutine_locked(worker& w,
+                                                                           std::int64_t now) {
+  std::int64_t look_again = 0;
+  auto consider = [&](std::int64_t due) {
+    if (look_again == 0 || due < look_again) look_again = due;
+  };
+  // What the worker watches itself: a due read twice alike goes with the item between.
+  std::int64_t due, again;
+  std::uint64_t seq;
+  do {
+    due = w.page->stop_due.load(std::memory_order_acquire);
+    seq = w.page->stop_seq.load(std::memory_order_acquire);
+    again = w.page->stop_due.load(std::memory_order_acquire);
+  } while (due != again);
+  if (due != 0 && pool_scheduler::job_of(w, seq)) {
+    if (due <= now) return {seq, 0};
+    consider(due);
   }
+  // Cancel frames sent that the worker may not have read.
+  std::erase_if(w.cancels, [&](const auto& c) { return !pool_scheduler::job_of(w, c.first); });
+  for (auto [item, kill_at] : w.cancels) {
+    if (kill_at <= now) return {item, 0};
+    consider(kill_at);
+  }
+  return {0, look_again};
 }
 
 bool pool_core::cancel(pool_sink& sink) {
   std::lock_guard lock(mutex_);
   if (!sink.abort()) return false;
   if (terminated_ || failed_) return true;
-  for (auto* w : scheduler_.withdraw(sink)) kill_locked(static_cast<worker&>(*w), 0, nullptr);
-  schedule_dispatch_locked(); // the other workers' items taken back go out again
+  for (auto& running : scheduler_.withdraw(sink)) {
+    auto& w = static_cast<worker&>(*running.worker);
+    if (running.coroutines.empty()) {
+      stop_locked(w);
+      continue;
+    }
+    // Coroutine tasks are cancelled in the worker, their siblings go on; one that does
+    // not end within the grace (or a worker that does not read) is killed with it.
+    std::int64_t kill_at = now_ns() + 2 * coroutine_stop_grace_ns;
+    for (std::uint64_t seq : running.coroutines) {
+      encode_frame(w.out, 0, 0, 1, frame_cancel, [&](std::size_t, std::string& out) {
+        out.append(reinterpret_cast<const char*>(&seq), sizeof seq);
+      });
+      w.cancels.emplace_back(seq, kill_at);
+    }
+    arm_timeout_locked(w, kill_at);
+  }
+  schedule_dispatch_locked(); // the other workers' items taken back go out, cancels too
   return true;
+}
+
+// How long a worker asked for its batched answers has to send them.
+constexpr std::int64_t flush_wait_ns = 500'000'000;
+
+void pool_core::stop_locked(worker& w) noexcept {
+  if (w.stopping || w.killed || w.gone) return;
+  scheduler_.steal(w); // what is left is claimed: the last item runs
+  // Only the cancelled task left: nothing of the worker's can be lost.
+  if (w.held_items <= 1) return kill_locked(w, 0, nullptr);
+  w.stopping = true;
+  w.stop_by = now_ns() + flush_wait_ns;
+  // Its main thread runs the tasks, and only there the handler may read the answers.
+  ::syscall(SYS_tgkill, w.proc->pid(), w.proc->pid(), worker_flush_signal);
+  arm_timeout_locked(w, w.stop_by);
+}
+
+void pool_core::stop_if_due_locked(worker& w, std::int64_t now) noexcept {
+  if (!w.stopping || w.killed || w.gone) return;
+  if (w.held_items == 0) { // the cancelled task had finished too: the worker goes on
+    w.stopping = false;
+    schedule_dispatch_locked();
+  } else if (w.held_items == 1 || now >= w.stop_by) {
+    kill_locked(w, 0, nullptr);
+  }
 }
 
 void pool_core::kill_locked(worker& w, std::uint64_t seq, std::exception_ptr error) noexcept {

@@ -67,6 +67,10 @@ private:
     // Made when it is first sent a timed chunk; armed while timer_due != 0.
     std::unique_ptr<boost::asio::steady_timer> timeout_timer;
     std::int64_t timer_due = 0;
+    // Coroutine tasks it was told to cancel: item number, and when to kill the worker if
+    // that item is still unanswered then (it may never have read the cancel frame).
+    std::vector<std::pair<std::uint64_t, std::int64_t>> cancels;
+    std::int64_t stop_by = 0; // stopping: when to kill it whether its answers came or not
   };
   // A worker's end of its link, before the worker starts on it.
   struct link {
@@ -99,9 +103,17 @@ private:
 
   void arm_timeout_locked(worker& w, std::int64_t due);
   void check_timeouts_locked(worker& w);
+  // The coroutine task of w that must have ended by now and has not, if any (0 if none);
+  // otherwise when to look again (0: nothing to watch).
+  std::pair<std::uint64_t, std::int64_t> overdue_coroutine_locked(worker& w, std::int64_t now);
+  std::exception_ptr timeout_error_of(const worker& w, const pool_job& job) const;
   // Kills w with its process group for item `seq`, which then fails with `error` (null:
   // worker_lost); its unstarted items go back to the queue first.
   void kill_locked(worker& w, std::uint64_t seq, std::exception_ptr error) noexcept;
+  // Kills w for a cancelled sync task, once the answers it batched before it have come.
+  void stop_locked(worker& w) noexcept;
+  // A stopping worker whose answers came (or whose time is up) is killed now.
+  void stop_if_due_locked(worker& w, std::int64_t now) noexcept;
 
   static void kill_group(worker& w) noexcept;
   bool worker_gone_locked(worker& w, int code);

@@ -45,7 +45,8 @@ std::optional<frame_view> parse_frame(std::string_view in, std::size_t shared_re
   if (in.size() - sizeof header < header.length) return std::nullopt;
   if (header.count == 0 || header.count > max_frame_items)
     throw pool_protocol_violation("a frame item count out of range");
-  if ((header.flags & ~frame_timed) != 0) throw pool_protocol_violation("unknown frame flags");
+  if ((header.flags & ~(frame_timed | frame_cancel)) != 0)
+    throw pool_protocol_violation("unknown frame flags");
   const char* items = in.data() + sizeof header;
   std::uint64_t left = header.length;
   for (std::uint64_t i = 0; i < header.count; ++i) {

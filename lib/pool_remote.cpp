@@ -696,7 +696,8 @@ bool remote_core::cancel(pool_sink& sink) {
   std::lock_guard lock(mutex_);
   if (!sink.abort()) return false;
   if (terminated_ || failed_) return true;
-  for (auto* w : scheduler_.withdraw(sink)) stop_locked(static_cast<worker&>(*w), 0, nullptr);
+  for (auto& running : scheduler_.withdraw(sink))
+    stop_locked(static_cast<worker&>(*running.worker), 0, nullptr);
   schedule_dispatch_locked();
   return true;
 }

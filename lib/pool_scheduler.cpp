@@ -55,10 +55,10 @@ bool pool_scheduler::steal(scheduled_worker& w) {
   return true;
 }
 
-std::vector<scheduled_worker*> pool_scheduler::withdraw(const pool_sink& sink) {
+std::vector<pool_scheduler::running_items> pool_scheduler::withdraw(const pool_sink& sink) {
   auto of_sink = [&](const auto& p) { return p->sink.get() == &sink; };
   std::erase_if(queue_, of_sink);
-  std::vector<scheduled_worker*> running;
+  std::vector<running_items> running;
   for (scheduled_worker* w : workers_) {
     if (w->killed || std::none_of(w->held.begin(), w->held.end(),
                                   [&](const pool_chunk& c) { return of_sink(c.job); }))
@@ -74,13 +74,25 @@ std::vector<scheduled_worker*> pool_scheduler::withdraw(const pool_sink& sink) {
         for (std::size_t i = skip; i < c.n && c.seq + i <= claimed; ++i)
           others_started |= !of_sink(c.job);
       }
-      if (!others_started) running.push_back(w);
+      if (!others_started) running.push_back({w, {}});
       continue;
     }
     steal(*w);
-    // Everything left is claimed: the last item is the one the worker runs (or has just
-    // finished). An earlier item of the sink has finished and its answer is on its way.
-    if (!w->held.empty() && of_sink(w->held.back().job)) running.push_back(w);
+    if (w->held.empty()) continue;
+    if (!w->held.back().job->coroutine) {
+      // Everything left is claimed: the last item is the one the worker runs (or has just
+      // finished). An earlier item of the sink has finished and its answer is on its way.
+      if (of_sink(w->held.back().job)) running.push_back({w, {}});
+      continue;
+    }
+    // Coroutine tasks run side by side: each unanswered one of the sink may be running.
+    running_items items{w, {}};
+    for (const auto& c : w->held) {
+      if (!of_sink(c.job)) continue;
+      std::size_t skip = &c == &w->held.front() ? w->front_answered : 0;
+      for (std::size_t i = skip; i < c.n; ++i) items.coroutines.push_back(c.seq + i);
+    }
+    if (!items.coroutines.empty()) running.push_back(std::move(items));
   }
   std::erase_if(retry_, [&](const pool_chunk& c) { return of_sink(c.job); });
   return running;
@@ -97,6 +109,10 @@ pool_scheduler::timeout_check pool_scheduler::check_timeouts(const scheduled_wor
   for (const auto& c : w.held) {
     std::int64_t timeout = c.job->timeout_ns;
     if (timeout == 0) continue;
+    if (c.job->coroutine) { // started now at the earliest
+      consider(now + timeout + coroutine_stop_grace_ns);
+      continue;
+    }
     std::uint64_t first = c.seq + (&c == &w.held.front() ? w.front_answered : 0);
     std::uint64_t last = c.seq + c.n - 1;
     if (running >= first && running <= last) {
@@ -110,6 +126,14 @@ pool_scheduler::timeout_check pool_scheduler::check_timeouts(const scheduled_wor
     // (running > last: all finished, the answers are on their way.)
   }
   return check;
+}
+
+const pool_job* pool_scheduler::job_of(const scheduled_worker& w, std::uint64_t seq) {
+  for (const auto& c : w.held) {
+    std::uint64_t first = c.seq + (&c == &w.held.front() ? w.front_answered : 0);
+    if (seq >= first && seq < c.seq + c.n) return c.job.get();
+  }
+  return nullptr;
 }
 
 std::pair<bool, std::int64_t> pool_scheduler::rebalance(std::int64_t now) {

@@ -6,6 +6,13 @@
 // is not a task. Coroutine tasks run on the worker's own io_context, up to
 // pool_options::concurrency at once; answers still leave in item order (the parent
 // matches them by order), so while one is running, later answers wait in line for it.
+// A coroutine task with a timeout keeps its own clock here: at its timeout it is
+// cancelled (terminal cancellation: it sees operation_aborted) and answers timed_out
+// once it ended; a frame_cancel cancels one the same way. What must end by when is
+// published on the shared page, where the parent finds it if this thread is blocked.
+// A sync task cannot be stopped from inside: the parent kills the worker. Before it
+// does, it sends worker_flush_signal, and the handler sends the answers batched so far
+// (complete records only: the running task writes its own elsewhere), so none is lost.
 #include "pool_worker.hpp"
 
 #include "forkserver.hpp"
@@ -14,10 +21,14 @@
 
 #include <coproc/errors.hpp>
 
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/co_spawn.hpp>
-#include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/system/system_error.hpp>
 
 #include <poll.h>
 
@@ -27,15 +38,18 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <csignal>
 #include <deque>
 #include <iostream>
 #include <limits>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <system_error>
+#include <unordered_map>
 #include <unordered_set>
 #include <tuple>
 
@@ -143,6 +157,39 @@ struct item_release {
   }
 };
 
+// The answers a flush request may send while a task runs (armed around the task's call).
+struct flushable_answers {
+  std::atomic<const char*> data{nullptr};
+  std::atomic<std::size_t> size{0}, sent{0};
+  std::atomic<bool> armed{false};
+  int fd = -1;
+};
+flushable_answers flushable;
+
+void on_flush_request(int) {
+  if (!flushable.armed.load()) return;
+  int saved = errno;
+  const char* data = flushable.data.load();
+  std::size_t size = flushable.size.load(), sent = flushable.sent.load();
+  while (sent < size) {
+    ssize_t n = ::send(flushable.fd, data + sent, size - sent, MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break; // the parent is gone: it kills this worker anyway
+    sent += static_cast<std::size_t>(n);
+  }
+  flushable.sent.store(sent);
+  errno = saved;
+}
+
+void handle_flush_requests(int fd) {
+  flushable.fd = fd;
+  struct sigaction sa {};
+  sa.sa_handler = on_flush_request;
+  sa.sa_flags = SA_RESTART;
+  ::sigemptyset(&sa.sa_mask);
+  ::sigaction(worker_flush_signal, &sa, nullptr);
+}
+
 // The task loop of a started worker.
 class worker_loop final : public pool_coroutine_host {
 public:
@@ -186,11 +233,28 @@ public:
     return slot.record;
   }
   void start(awaitable<void> task) override {
-    answer_slot* slot = begun_;
+    auto run = std::make_shared<coroutine_run>();
+    run->slot = begun_;
+    run->seq = seq_;
     begun_ = nullptr;
     ++running_;
     ++starts_;
-    boost::asio::co_spawn(io(), run_coroutine(slot, std::move(task)), boost::asio::detached);
+    runs_.emplace(run->seq, run.get());
+    if (item_timeout_ns_ != 0) {
+      run->timer.emplace(io(), std::chrono::nanoseconds(item_timeout_ns_));
+      run->timer->async_wait([this, run](boost::system::error_code ec) {
+        if (!ec) stop(*run, coroutine_run::expired);
+      });
+      watch(run->seq, now_ns() + item_timeout_ns_ + coroutine_stop_grace_ns);
+    }
+    // The signal outlives the coroutine's thread, which still uses the slot as it unwinds
+    // after this handler ran: the handler's copy of `run` goes in a later step.
+    auto slot = run->cancel.slot();
+    auto ended = [this, run](std::exception_ptr) mutable {
+      boost::asio::post(io(), [run = std::move(run)] {});
+    };
+    boost::asio::co_spawn(io(), run_coroutine(run, std::move(task)),
+                          boost::asio::bind_cancellation_slot(slot, std::move(ended)));
   }
 
 private:
@@ -199,17 +263,80 @@ private:
     std::string record;
     bool done = false;
   };
+  // A running coroutine task.
+  struct coroutine_run {
+    enum outcome { running, expired, cancelled };
+    answer_slot* slot = nullptr;
+    std::uint64_t seq = 0;
+    boost::asio::cancellation_signal cancel;
+    std::optional<boost::asio::steady_timer> timer; // its timeout
+    outcome why = running;
+    bool ended = false; // (its timer's handler may still be queued)
+  };
 
-  awaitable<void> run_coroutine(answer_slot* slot, awaitable<void> task) {
+  awaitable<void> run_coroutine(std::shared_ptr<coroutine_run> run, awaitable<void> task) {
+    answer_slot* slot = run->slot;
     record_kind kind = record_kind::value;
     try {
+      // (Cancelled before its first step: a signal then had no operation to reach.)
+      if (run->why != coroutine_run::running)
+        throw boost::system::system_error(boost::asio::error::operation_aborted);
       co_await std::move(task);
     } catch (...) {
       kind = encode_current_error(slot->record, 0);
     }
+    if (run->why == coroutine_run::expired) { // whatever it did once cancelled
+      slot->record.resize(sizeof(record_header));
+      kind = record_kind::timed_out;
+    }
     end_answer(slot->record, 0, kind);
+    run->ended = true;
+    if (run->timer) run->timer->cancel();
+    unwatch(run->seq);
+    runs_.erase(run->seq);
     slot->done = true;
     --running_;
+  }
+
+  // Cancels a running coroutine task: it has coroutine_stop_grace_ns to end.
+  void stop(coroutine_run& run, coroutine_run::outcome why) {
+    if (run.why != coroutine_run::running || run.ended) return;
+    run.why = why;
+    watch(run.seq, now_ns() + coroutine_stop_grace_ns);
+    run.cancel.emit(boost::asio::cancellation_type::terminal);
+  }
+
+  // A frame_cancel: the parent cancelled the result of item `seq`, a coroutine task that
+  // may still run (one that has ended has its answer on the way).
+  void cancel_item(const frame_view& frame) {
+    std::uint64_t seq = 0;
+    if (frame.header.count != 1 || load<std::uint64_t>(frame.items) != sizeof seq ||
+        frame.header.length != 2 * sizeof seq)
+      protocol_error(page_, "a cancel frame that names no item");
+    seq = load<std::uint64_t>(frame.items + sizeof seq);
+    in_.consume(frame.size);
+    in_.trim();
+    if (auto it = runs_.find(seq); it != runs_.end()) stop(*it->second, coroutine_run::cancelled);
+  }
+
+  // What must end by when, published as the soonest (worker_page::stop_due). The item
+  // number goes first: a reader that sees a due also sees its item or a later pair.
+  void watch(std::uint64_t seq, std::int64_t due) {
+    auto [it, added] = watched_.emplace(seq, due);
+    if (!added) it->second = std::min(it->second, due);
+    publish_watched();
+  }
+  void unwatch(std::uint64_t seq) {
+    if (watched_.erase(seq) != 0) publish_watched();
+  }
+  void publish_watched() {
+    std::int64_t due = 0;
+    std::uint64_t seq = 0;
+    for (auto [s, d] : watched_)
+      if (due == 0 || d < due) std::tie(seq, due) = std::pair(s, d);
+    page_->stop_due.store(0, std::memory_order_release);
+    page_->stop_seq.store(seq, std::memory_order_release);
+    page_->stop_due.store(due, std::memory_order_release);
   }
 
   boost::asio::io_context& io() {
@@ -261,7 +388,16 @@ private:
     }
     answer_slot* queued =
         pending_.empty() ? nullptr : pending_.emplace_back(std::make_unique<answer_slot>()).get();
-    std::string& out = queued ? queued->record : out_;
+    // Answers batched before it stay where a flush request finds them (not for a remote
+    // worker, which another thread writes beside).
+    bool flushable_now = !queued && !out_.empty() && !write_lock_;
+    std::string& out = queued ? queued->record : flushable_now ? item_out_ : out_;
+    if (flushable_now) {
+      flushable.data = out_.data();
+      flushable.size = out_.size();
+      flushable.sent = 0;
+      flushable.armed = true;
+    }
     in.host = this;
     std::uint64_t starts = starts_;
     std::size_t at = begin_record(out);
@@ -279,6 +415,12 @@ private:
     if (starts_ != starts) out.resize(at); // a coroutine task started: its own slot answers
     else end_answer(out, at, kind);
     if (queued) queued->done = true;
+    if (flushable_now) {
+      flushable.armed = false;
+      out_.erase(0, flushable.sent.load());
+      out_.append(item_out_);
+      release_if_large(item_out_);
+    }
   }
 
   // Ends the answer record begun at `at`; a large value moves to the results region.
@@ -297,7 +439,7 @@ private:
     } catch (const pool_protocol_violation& e) {
       protocol_error(page_, e.what());
     }
-    if (!frame) return frame;
+    if (!frame || (frame->header.flags & frame_cancel) != 0) return frame;
     if (!code_.callable(frame->header.trampoline))
       protocol_error(page_, "a trampoline offset that names no code");
     if (frame->header.target != 0 && !code_.callable(frame->header.target))
@@ -307,6 +449,7 @@ private:
 
   void run_frame(const frame_view& frame) {
     const auto& h = frame.header;
+    if ((h.flags & frame_cancel) != 0) return cancel_item(frame);
     // A kill at a timeout loses no answer of an earlier frame either.
     if ((h.flags & frame_timed) != 0 && !out_.empty()) flush();
     if (h.trampoline != timed_.trampoline) {
@@ -340,6 +483,7 @@ private:
     const char* p = frame.items;
     std::uint64_t ran = 0;
     bool timed = (h.flags & frame_timed) != 0;
+    item_timeout_ns_ = timed ? std::max<std::int64_t>(h.timeout_ns, 0) : 0;
     for (std::uint64_t i = 0; i < h.count; ++i) {
       auto word = load<std::uint64_t>(p);
       auto n = static_cast<std::size_t>(word & ~item_shared);
@@ -438,12 +582,16 @@ private:
   std::optional<boost::asio::io_context> io_;
   std::optional<boost::asio::posix::stream_descriptor> socket_;
   std::deque<std::unique_ptr<answer_slot>> pending_;
+  std::unordered_map<std::uint64_t, coroutine_run*> runs_; // by item number
+  std::map<std::uint64_t, std::int64_t> watched_;          // item number -> must end by
+  std::int64_t item_timeout_ns_ = 0;                       // of the item being started
   answer_slot* begun_ = nullptr; // begin_answer() was called, start() not yet
   unsigned running_ = 0;
   std::uint64_t starts_ = 0;
   bool read_armed_ = false, readable_ = false, closing_ = false;
   byte_buffer in_;
   std::string out_;
+  std::string item_out_;  // a task's answer while out_ is flushable
   std::uint64_t seq_ = 0; // the number of the last item received
   unsigned tasks_ = 0;
   std::int64_t last_flush_ = now_ns();
@@ -465,6 +613,7 @@ private:
     write_all(fd, out, write_lock);
     worker_exit(1);
   };
+  if (!write_lock) handle_flush_requests(fd);
   if (initializer) {
     try {
       initializer();

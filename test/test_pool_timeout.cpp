@@ -2,12 +2,14 @@
 // task, and as_completed (coproc/pool.hpp).
 #include <coproc/pool.hpp>
 #include <coproc/start_method.hpp>
+#include <coproc/subprocess.hpp>
 
 #include <doctest/doctest.h>
 
 #include "support/checks.hpp"
 #include "support/fresh_image.hpp"
 #include "support/pool_tasks.hpp"
+#include "support/preload_fork_server.hpp"
 #include "support/timing.hpp"
 
 #include <boost/asio/experimental/awaitable_operators.hpp>
@@ -120,6 +122,9 @@ int touch_after_go(std::string dir) {
   return 1;
 }
 
+// Item 5 is touch_after_go(dir), the others return at once.
+int tiny_or_long(std::string dir, int i) { return i == 5 ? 5 * touch_after_go(dir) : i; }
+
 int touch_now(std::string path) {
   write_file(path, "done");
   return 1;
@@ -162,27 +167,6 @@ template <class A> coproc::awaitable<bool> aborted(A op) {
   co_return false;
 }
 
-// The fork server is this test program's child for the whole run: it starts before the
-// first case, so the runner's leak check does not count it against one.
-struct preload_before_the_cases : doctest::IReporter {
-  explicit preload_before_the_cases(const doctest::ContextOptions&) {}
-  void test_run_start() override {
-    coproc::forkserver_preload();
-    coproc::set_start_method(coproc::get_start_method()); // not a start: keeps the default
-  }
-  void report_query(const doctest::QueryData&) override {}
-  void test_run_end(const doctest::TestRunStats&) override {}
-  void test_case_start(const doctest::TestCaseData&) override {}
-  void test_case_reenter(const doctest::TestCaseData&) override {}
-  void test_case_end(const doctest::CurrentTestCaseStats&) override {}
-  void test_case_exception(const doctest::TestCaseException&) override {}
-  void subcase_start(const doctest::SubcaseSignature&) override {}
-  void subcase_end() override {}
-  void log_assert(const doctest::AssertData&) override {}
-  void log_message(const doctest::MessageData&) override {}
-  void test_case_skipped(const doctest::TestCaseData&) override {}
-};
-
 const char* method_name(coproc::start_method m) {
   return m == coproc::start_method::fork    ? "fork"
          : m == coproc::start_method::spawn ? "spawn"
@@ -191,7 +175,9 @@ const char* method_name(coproc::start_method m) {
 
 } // namespace
 
-DOCTEST_REGISTER_LISTENER("preload_before_the_cases", 2, preload_before_the_cases);
+// The fork server is this test program's child for the whole run: it starts before the
+// first case, so the runner's leak check does not count it against one.
+DOCTEST_REGISTER_LISTENER("preload_fork_server", 2, coproc_test::preload_fork_server);
 
 TEST_CASE("a timeout of zero or less is invalid_argument at the call and at construction") {
   coproc_test::run([]() -> coproc::awaitable<void> {
@@ -219,26 +205,190 @@ TEST_CASE("a timeout of zero or less is invalid_argument at the call and at cons
 }
 
 namespace {
-coproc::awaitable<int> doubled_later(int x) {
-  boost::asio::steady_timer t(co_await boost::asio::this_coro::executor, 1ms);
+
+// ---- coroutine tasks (they run in the workers) ----
+
+coproc::awaitable<void> nap(std::chrono::milliseconds ms) {
+  boost::asio::steady_timer t(co_await boost::asio::this_coro::executor, ms);
   co_await t.async_wait(boost::asio::use_awaitable);
-  co_return 2 * x;
 }
+
+// Its worker's pid, after `ms`.
+coproc::awaitable<long> pid_after(int ms) {
+  co_await nap(std::chrono::milliseconds(ms));
+  co_return ::getpid();
+}
+
+// Writes its pid to dir/started, awaits a timer of `ms`, and if that fails with
+// operation_aborted writes dir/aborted before it rethrows.
+coproc::awaitable<int> long_wait(std::string dir, int ms) {
+  write_file(dir + "/started", std::to_string(::getpid()));
+  try {
+    co_await nap(std::chrono::milliseconds(ms));
+  } catch (const boost::system::system_error& e) {
+    if (e.code() == boost::asio::error::operation_aborted) write_file(dir + "/aborted", "aborted");
+    throw;
+  }
+  co_return ms;
+}
+
+// Blocks its worker's thread, never looking at a cancellation.
+coproc::awaitable<int> block_thread(std::string started) {
+  write_file(started, std::to_string(::getpid()));
+  for (volatile bool forever = true; forever;) {
+  }
+  co_return 0;
+}
+
+coproc::awaitable<int> tenth_hangs(int i) {
+  co_await nap(i % 10 == 0 ? std::chrono::milliseconds(60'000) : 20ms);
+  co_return i;
+}
+
+coproc::awaitable<int> square_now(int i) { co_return i* i; }
+
+// Awaits a child that hangs: `sleep marker`, found by its argument.
+coproc::awaitable<int> run_hanging_child(std::string marker) {
+  std::vector<std::string> args{"sleep", marker};
+  co_await coproc::run(std::move(args));
+  co_return 0;
+}
+
+std::vector<std::string> cmdline_of(long pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/cmdline");
+  std::vector<std::string> args;
+  for (std::string arg; std::getline(in, arg, '\0');) args.push_back(arg);
+  return args;
+}
+
+// Processes with `marker` among their arguments.
+std::vector<long> processes_with_arg(const std::string& marker) {
+  std::vector<long> found;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
+    const auto name = entry.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    auto args = cmdline_of(std::stol(name));
+    if (std::find(args.begin(), args.end(), marker) != args.end()) found.push_back(std::stol(name));
+  }
+  return found;
+}
+
+constexpr coproc::start_method every_method[] = {
+    coproc::start_method::fork, coproc::start_method::spawn, coproc::start_method::forkserver};
+
 } // namespace
 
-TEST_CASE("a timeout for coroutine tasks is invalid_argument, untimed ones still run") {
+TEST_CASE("a coroutine task past its timeout is cancelled in its worker, its sibling finishes") {
+  for (auto method : every_method) {
+    CAPTURE(method_name(method));
+    temp_dir dir;
+    coproc_test::run([&]() -> coproc::awaitable<void> {
+      auto ex = co_await boost::asio::this_coro::executor;
+      coproc::pool pool(ex, {.processes = 1, .method = method, .concurrency = 2});
+      auto start = std::chrono::steady_clock::now();
+      auto timed = pool.apply_async(task_options{200ms}, long_wait, dir.file(""), 10'000);
+      auto sibling = pool.apply_async(pid_after, 600); // beside it in the same worker
+      auto e = co_await failure_of<coproc::task_timeout>(timed.get());
+      auto took = elapsed_ms(start);
+      CHECK(took >= 200);
+      CHECK(took < 5000); // not the task's 10 s
+      CHECK(e.timeout() == 200ms);
+      CHECK(std::string(e.what()).find("0.2 s") != std::string::npos);
+      CHECK(exists(dir.file("aborted"))); // it saw operation_aborted
+      long worker = numbers_in(dir.file("started")).at(0);
+      CHECK(e.pid() == worker);
+      CHECK(co_await sibling.get() == worker); // its worker was not killed
+      CHECK(co_await pool.apply(pid_after, 1) == worker);
+      CHECK(co_await pool.apply(task_options{20s}, pid_after, 50) == worker);
+    }());
+  }
+}
+
+TEST_CASE("a coroutine task that ignores its cancellation is killed with its worker") {
+  for (auto method : every_method) {
+    CAPTURE(method_name(method));
+    temp_dir dir;
+    coproc_test::run([&]() -> coproc::awaitable<void> {
+      auto ex = co_await boost::asio::this_coro::executor;
+      coproc::pool pool(ex, {.processes = 1, .method = method, .concurrency = 4});
+      auto start = std::chrono::steady_clock::now();
+      auto e = co_await failure_of<coproc::task_timeout>(
+          pool.apply(task_options{300ms}, block_thread, dir.file("started")));
+      CHECK(elapsed_ms(start) < 10'000);
+      CHECK(e.timeout() == 300ms);
+      long worker = numbers_in(dir.file("started")).at(0);
+      CHECK(e.pid() == worker);
+      CHECK(co_await eventually([&] { return !alive(worker); }));
+      long replacement = co_await pool.apply(pid_after, 1);
+      CHECK(replacement != worker);
+      CHECK(co_await pool.apply(square_now, 9) == 81);
+    }());
+  }
+}
+
+TEST_CASE("100 coroutine tasks of which every 10th times out") {
   coproc_test::run([]() -> coproc::awaitable<void> {
     auto ex = co_await boost::asio::this_coro::executor;
-    coproc::pool pool(ex, coproc::pool_options{.processes = 1, .concurrency = 2});
-    std::vector<int> items{1, 2};
-    task_options timed{1s};
-    CHECK_THROWS_WITH_AS(pool.apply_async(timed, doubled_later, 1),
-                         doctest::Contains("coroutine tasks"), std::invalid_argument);
-    CHECK_THROWS_AS(pool.map_async(timed, doubled_later, items), std::invalid_argument);
-    CHECK(co_await pool.apply(doubled_later, 4) == 8);
-    coproc::pool defaulted(ex, coproc::pool_options{.processes = 1, .task_timeout = 1s});
-    CHECK_THROWS_AS(defaulted.apply_async(doubled_later, 1), std::invalid_argument);
-    CHECK(co_await defaulted.apply(square, 3) == 9);
+    coproc::pool pool(ex, {.processes = 2, .concurrency = 8});
+    auto start = std::chrono::steady_clock::now();
+    std::vector<coproc::async_result<int>> results;
+    for (int i = 0; i < 100; ++i)
+      results.push_back(pool.apply_async(task_options{300ms}, tenth_hangs, i));
+    int values = 0, timeouts = 0;
+    for (int i = 0; i < 100; ++i) {
+      if (i % 10 == 0) {
+        auto e = co_await failure_of<coproc::task_timeout>(results[i].get());
+        CHECK(e.timeout() == 300ms);
+        ++timeouts;
+      } else {
+        CHECK(co_await results[i].get() == i);
+        ++values;
+      }
+    }
+    CHECK(values == 90);
+    CHECK(timeouts == 10);
+    CHECK(elapsed_ms(start) < 30'000);
+    // The map form: each item its own clock, the late ones fail.
+    std::vector<int> items{1, 2, 3};
+    CHECK(co_await pool.map(task_options{10s}, tenth_hangs, items) == items);
+    auto e = co_await failure_of<coproc::task_timeout>(
+        pool.map(task_options{200ms}, tenth_hangs, std::vector<int>{1, 10, 3}));
+    CHECK(e.timeout() == 200ms);
+  }());
+}
+
+TEST_CASE("a coroutine task awaiting a hanging child: past its timeout the child is gone") {
+  for (auto method : every_method) {
+    CAPTURE(method_name(method));
+    std::string marker =
+        "1000.000" + std::to_string(::getpid()) + std::to_string(static_cast<int>(method));
+    coproc_test::run([&]() -> coproc::awaitable<void> {
+      auto ex = co_await boost::asio::this_coro::executor;
+      coproc::pool pool(ex, {.processes = 1, .method = method, .concurrency = 2});
+      auto r = pool.apply_async(task_options{2s}, run_hanging_child, marker);
+      CHECK(co_await eventually([&] { return !processes_with_arg(marker).empty(); }));
+      co_await failure_of<coproc::task_timeout>(r.get());
+      CHECK(co_await eventually([&] { return processes_with_arg(marker).empty(); }));
+      CHECK(co_await pool.apply(square_now, 4) == 16);
+    }());
+    CHECK(processes_with_arg(marker).empty());
+  }
+}
+
+TEST_CASE("cancel stops a running coroutine task in its worker, its siblings go on") {
+  coproc_test::run([]() -> coproc::awaitable<void> {
+    auto ex = co_await boost::asio::this_coro::executor;
+    temp_dir dir;
+    coproc::pool pool(ex, {.processes = 1, .concurrency = 4});
+    auto victim = pool.apply_async(long_wait, dir.file(""), 30'000);
+    auto sibling = pool.apply_async(pid_after, 300);
+    co_await until_exists(dir.file("started"));
+    long worker = numbers_in(dir.file("started")).at(0);
+    CHECK(victim.cancel());
+    CHECK(co_await aborted(victim.get()));
+    CHECK(co_await eventually([&] { return exists(dir.file("aborted")); }));
+    CHECK(co_await sibling.get() == worker); // the worker lives
+    CHECK(co_await pool.apply(pid_after, 1) == worker);
   }());
 }
 
@@ -416,7 +566,11 @@ TEST_CASE("terminal cancellation of an awaited apply or map stops the running ta
   }());
 }
 
-TEST_CASE("1000 rounds of cancel racing completion give the value or operation_aborted once") {
+namespace {
+
+// 1000 rounds of apply_async(task, i) (task returns i * i) racing its cancel(); with
+// `timed`, every other task has a timeout (which it does not reach).
+template <class Task> void cancel_race(coproc::pool_options options, Task task, bool timed) {
   // Half the cancels come from another thread, racing the pool's deliveries on its own.
   boost::asio::io_context other;
   auto guard = boost::asio::make_work_guard(other);
@@ -432,10 +586,11 @@ TEST_CASE("1000 rounds of cancel racing completion give the value or operation_a
   int values = 0, cancelled = 0;
   coproc_test::run([&]() -> coproc::awaitable<void> {
     auto ex = co_await boost::asio::this_coro::executor;
-    coproc::pool pool(ex, 2);
+    coproc::pool pool(ex, options);
     std::mt19937 rng(1313);
     for (int i = 0; i < 1000; ++i) {
-      auto r = pool.apply_async(square, i);
+      auto r = timed && (i / 2) % 2 ? pool.apply_async(task_options{10s}, task, i)
+                                    : pool.apply_async(task, i);
       // (A round trip takes some 50-100 µs: the cancels land before, during and after it.)
       auto delay = std::chrono::microseconds(std::uniform_int_distribution<int>(0, 120)(rng));
       std::atomic<int> first{-1};
@@ -473,6 +628,41 @@ TEST_CASE("1000 rounds of cancel racing completion give the value or operation_a
   }());
   MESSAGE("values " << values << ", cancelled " << cancelled);
   CHECK(values + cancelled == 1000);
+}
+
+} // namespace
+
+TEST_CASE("1000 rounds of cancel racing completion give the value or operation_aborted once") {
+  cancel_race({.processes = 2}, square, false);
+}
+
+TEST_CASE("1000 rounds of cancel racing a coroutine task's completion, timed or not") {
+  cancel_race({.processes = 2, .concurrency = 4}, square_now, true);
+}
+
+TEST_CASE("cancelling a running task loses no finished answer of its worker") {
+  coproc_test::run([]() -> coproc::awaitable<void> {
+    auto ex = co_await boost::asio::this_coro::executor;
+    temp_dir dir;
+    coproc::pool pool(ex, 1);
+    // Its cost measured (tiny), the next ten go to the one worker together: the answers
+    // of those before the long one are batched in the worker while it runs, those after
+    // it have not started.
+    CHECK(co_await pool.apply(tiny_or_long, dir.file(""), 0) == 0);
+    std::vector<coproc::async_result<int>> results;
+    for (int i = 1; i <= 10; ++i)
+      results.push_back(pool.apply_async(tiny_or_long, dir.file(""), i));
+    co_await until_exists(dir.file("started"));
+    long worker = numbers_in(dir.file("started")).at(0);
+    CHECK(results[4].cancel());
+    for (int i = 1; i <= 10; ++i)
+      if (i != 5) CHECK(co_await results[i - 1].get() == i);
+    CHECK(co_await aborted(results[4].get()));
+    CHECK(co_await eventually([&] { return !alive(worker); }));
+    write_file(dir.file("go"), "go");
+    CHECK(co_await pool.apply(square, 5) == 25);
+    CHECK_FALSE(exists(dir.file("done")));
+  }());
 }
 
 TEST_CASE("as_completed yields each result as it finishes with its index") {

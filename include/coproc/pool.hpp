@@ -30,10 +30,14 @@
 // runs up to pool_options::concurrency of them at once on its own io_context (a task may
 // await timers, sockets, coproc::run). A worker is sent that many at most; answers leave
 // in item order, so a long one holds back the answers of the shorter ones started after
-// it in the same worker. A task timeout (task_options, pool_options::task_timeout) is
-// not available for coroutine tasks yet: std::invalid_argument at the call. (A worker's
-// clock follows the item it started last; tasks side by side would need one clock each
-// and an in-worker cancellation first.) Bound a wait inside the task instead.
+// it in the same worker. Each coroutine task keeps its own timeout in its worker: at the
+// timeout the worker cancels it (terminal cancellation: the operation it awaits fails
+// with operation_aborted, a coproc::run it awaits kills its child) and it fails with
+// task_timeout once it has ended, its siblings untouched. cancel() stops a running
+// coroutine task the same way. One that has not ended 0.2 s after its cancellation (it
+// swallows the cancellation, or blocks the worker's thread) is stopped as a late sync
+// task is: its worker is killed with its process group and replaced, and the worker's
+// other started, unanswered tasks fail with worker_lost.
 //
 // imap / imap_unordered take their range by value. With pool_options::buffersize they
 // pull it lazily (any input range, an endless one too), with at most buffersize results
@@ -62,7 +66,10 @@
 // running one as a timeout does; the result then fails with operation_aborted. For a
 // map_async result every unfinished item is withdrawn or stopped. A running item whose
 // answer was already on its way when cancel() came is not killed (the worker has moved
-// on); its answer is ignored.
+// on); its answer is ignored. Before a worker is killed for a cancelled sync task it is
+// asked for the answers it had batched (a signal, SIGURG, to its main thread; up to
+// 0.5 s), so the tasks that finished before that one in the same worker keep their
+// results. A coroutine task is cancelled inside its worker, its siblings untouched.
 //
 // Every await of the pool (apply, map, starmap, get, wait, next, join) honours Asio
 // cancellation, e.g. `co_await (pool.apply(f, x) || timer)`: the await ends at once with

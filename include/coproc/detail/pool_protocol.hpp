@@ -27,6 +27,7 @@
 #pragma once
 
 #include <atomic>
+#include <csignal>
 #include <cstddef>
 #include <cstdint>
 
@@ -41,7 +42,8 @@ struct task_frame_header {
   std::int64_t trampoline; // offset from the anchor
   std::int64_t target;     // the function's offset from the anchor, 0 for a function object
   std::uint64_t count;
-  std::uint64_t flags = 0; // frame_timed
+  std::uint64_t flags = 0;     // frame_timed, frame_cancel
+  std::int64_t timeout_ns = 0; // coroutine tasks: each item's timeout, kept by the worker
 };
 // The items have a timeout: the worker publishes when each starts (worker_page) and sends
 // every answer as soon as it is ready, so a kill at the timeout loses no finished answer.
@@ -59,6 +61,12 @@ constexpr std::size_t shared_payload_bytes = 256 * 1024;
 // in flight before it; a larger one crosses the socket (up to max_message_bytes). The
 // regions are sparse: only the pages used take memory.
 constexpr std::size_t payload_region_bytes = std::size_t(2) << 30;
+// Not a task: its one item is the u64 number of a running coroutine task that the worker
+// is to cancel (the parent cancelled its result). No code offsets.
+constexpr std::uint64_t frame_cancel = 2;
+// A coroutine task cancelled in its worker (at its timeout, or by a frame_cancel) has this
+// long to end; then the parent kills the worker as it kills one running a late sync task.
+constexpr std::int64_t coroutine_stop_grace_ns = 200'000'000;
 
 // worker -> parent: records, each a header and `length` bytes.
 enum class record_kind : std::uint32_t {
@@ -70,8 +78,9 @@ enum class record_kind : std::uint32_t {
   // Remote workers only (lib/pool_remote.cpp), which share no worker_page with the pool:
   claimed = 5,   // u64: the last item number the worker claimed, sent before it runs them
   heartbeat = 6, // no bytes: the worker lives (sent every heartbeat interval, busy or not)
+  timed_out = 7, // no bytes: the next item, a coroutine task, was cancelled at its timeout
   // Local workers only:
-  shared_value = 7, // a shared_payload: the next item's encoded result, in the results region
+  shared_value = 8, // a shared_payload: the next item's encoded result, in the results region
 };
 struct record_header {
   std::uint64_t length;
@@ -100,12 +109,23 @@ struct worker_page {
   // in the order sent (stored with release once the bytes are no longer read).
   std::atomic<std::uint64_t> arguments_released{0};
   std::atomic<std::uint64_t> results_released{0};
+  // Coroutine tasks, which run side by side and keep their own timeouts: the soonest
+  // moment (steady_clock ns, 0: none) by which one of them must have ended (its timeout
+  // plus the grace, or its cancellation plus the grace), and its item number. Written by
+  // the worker's thread between two tasks' steps, so a thread a task blocks leaves it
+  // standing, and the parent kills the worker once it has passed.
+  std::atomic<std::int64_t> stop_due{0};
+  std::atomic<std::uint64_t> stop_seq{0};
 };
 constexpr std::size_t worker_page_size = 4096;
 static_assert(sizeof(worker_page) <= worker_page_size);
 // A local worker's shared memory: the page, the arguments region, the results region.
 constexpr std::size_t worker_link_bytes = worker_page_size + 2 * payload_region_bytes;
 
+// Sent by the parent to a worker's main thread before it kills the worker for a
+// cancelled sync task: the worker sends the answers it had batched (SIGURG: ignored by
+// default, so a worker that has not installed its handler yet is not hurt).
+constexpr int worker_flush_signal = SIGURG;
 // The exit code of a worker that received a bad frame (EX_SOFTWARE).
 constexpr int pool_protocol_error_exit = 70;
 // A larger chunk travels as several frames (each one task for maxtasksperchild), so no

@@ -68,12 +68,13 @@ struct scheduled_worker {
   bool started = false;           // its initializer returned
   bool stealable = true;          // false: claims arrive as messages (a remote worker), so
                                   //   the parent cannot take unstarted items back
+  bool stopping = false;          // to be killed once its batched answers came (a cancel)
   bool killed = false;            // killed on a timeout or a cancellation, not reaped yet
   std::uint64_t killed_seq = 0;   // the item it was killed for, which fails with kill_error
   std::exception_ptr kill_error;  //   (or worker_lost if null)
   std::int64_t last_progress = 0; // when it last answered, or got work while idle
 
-  bool accepting() const { return !gone && !shut && !retiring && !killed; }
+  bool accepting() const { return !gone && !shut && !retiring && !stopping && !killed; }
   // Items not claimed yet.
   std::uint64_t unstarted() const {
     std::uint64_t c = claimed->load();
@@ -136,15 +137,23 @@ public:
 
   // Cancellation: drops the sink's unsent items and takes back those sent and not
   // started (with the other unstarted items of the same workers, which are queued again).
-  // Returns the workers running one of its items now: they are to be killed. (A worker
-  // that is not stealable is returned if it holds an unanswered item of the sink and has
-  // started no item of another submission that it has not answered.)
-  std::vector<scheduled_worker*> withdraw(const pool_sink& sink);
+  // Returns the workers running one of its items now: a worker running a sync task is to
+  // be killed; one running coroutine tasks is to cancel them (their item numbers). (A
+  // worker that is not stealable is returned if it holds an unanswered item of the sink
+  // and has started no item of another submission that it has not answered.)
+  struct running_items {
+    scheduled_worker* worker;
+    std::vector<std::uint64_t> coroutines; // empty: a sync task
+  };
+  std::vector<running_items> withdraw(const pool_sink& sink);
+  // The job of w's unanswered item `seq`, null if it has no such item.
+  static const pool_job* job_of(const scheduled_worker& w, std::uint64_t seq);
 
   // The timeouts of w's items, given what its page says: the item it runs (`running`)
   // and since when (steady_clock ns). `expired`: that item is past its timeout (and is
   // in `job`); else `due` > 0 is when to look again (the soonest an item of w may
-  // expire), 0 when w holds no timed item.
+  // expire), 0 when w holds no timed item. (Coroutine tasks keep their own clocks in the
+  // worker: for them it is only when to look at the worker's page again.)
   struct timeout_check {
     bool expired = false;
     std::int64_t due = 0;
