@@ -1,5 +1,6 @@
 // lib/pool_remote.hpp — a pool whose workers run on other hosts (coproc/remote_workers.hpp):
-// the parent's side (remote_core, lib/pool_remote.cpp) and the handshake both sides share
+// the parent's side (remote_core: lib/pool_remote_launch.cpp starts the launchers,
+// lib/pool_remote.cpp serves the connections) and the handshake both sides share
 // (the worker's side: lib/pool_remote_worker.cpp).
 //
 // The handshake, on a fresh TCP connection from a worker (fixed sizes, then the pool's
@@ -72,6 +73,8 @@ using remote_welcome = std::tuple<std::string, unsigned, std::int64_t, std::int6
 sha256_digest remote_proof_of(std::string_view secret, std::string_view label,
                               const unsigned char (&first)[16], const unsigned char (&second)[16]);
 void random_bytes(unsigned char* out, std::size_t n);
+// "host:port", or "[v6]:port": how errors and the workers' environment name an endpoint.
+std::string format_endpoint(const boost::asio::ip::address& a, unsigned short port);
 
 // The worker's entry (lib/pool_remote_worker.cpp): main_guard calls it when
 // COPROC_REMOTE_ADDRESS is set. A worker that cannot connect or is refused exits 1.
