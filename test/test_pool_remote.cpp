@@ -14,6 +14,7 @@
 
 #include "../lib/sha256.hpp"
 #include "support/checks.hpp"
+#include "support/task_traces.hpp"
 
 #include <dirent.h>
 #include <signal.h>
@@ -32,6 +33,13 @@
 
 using namespace std::chrono_literals;
 using coproc_test::run;
+using coproc_test::traces::alive;
+using coproc_test::traces::hang_with_grandchildren;
+using coproc_test::traces::numbers_in;
+using coproc_test::traces::processes_with_argv0;
+using coproc_test::traces::touch_after_go;
+using coproc_test::traces::touch_now;
+using coproc_test::traces::write_file;
 
 namespace {
 
@@ -463,48 +471,6 @@ TEST_CASE("remote: a pool destroyed mid-task (an exception) ends every worker an
 
 namespace {
 
-void write_file(const std::string& path, const std::string& text) {
-  {
-    std::ofstream out(path + ".tmp");
-    out << text << '\n';
-  }
-  std::filesystem::rename(path + ".tmp", path);
-}
-
-std::vector<long> numbers_in(const std::string& path) {
-  std::ifstream in(path);
-  std::vector<long> numbers;
-  for (long n; in >> n;) numbers.push_back(n);
-  return numbers;
-}
-
-std::string argv0_of(long pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/cmdline");
-  std::string arg0;
-  std::getline(in, arg0, '\0');
-  return arg0;
-}
-
-// Processes whose argv[0] is `marker` (a zombie has no cmdline: it does not count).
-std::vector<long> processes_with_argv0(const std::string& marker) {
-  std::vector<long> found;
-  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
-    const auto name = entry.path().filename().string();
-    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
-    if (argv0_of(std::stol(name)) == marker) found.push_back(std::stol(name));
-  }
-  return found;
-}
-
-// Running or sleeping, not gone and not a zombie.
-bool alive(long pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
-  std::string stat;
-  if (!std::getline(in, stat)) return false;
-  auto paren = stat.rfind(')');
-  return paren != std::string::npos && paren + 2 < stat.size() && stat[paren + 2] != 'Z';
-}
-
 // Until the condition holds (at most 20 s): whether it did.
 template <class F> coproc::awaitable<bool> eventually(F condition) {
   auto deadline = std::chrono::steady_clock::now() + 20s;
@@ -515,42 +481,11 @@ template <class F> coproc::awaitable<bool> eventually(F condition) {
   co_return true;
 }
 
-// Starts two grandchildren, a `sleep` exec'd with `marker` as its argv[0] and a plain
-// fork, writes "own-pid sleep-pid fork-pid" to `report` once the sleep runs, then hangs.
-int hang_with_grandchildren(std::string marker, std::string report) {
-  pid_t sleeper = ::fork();
-  if (sleeper == 0) {
-    ::execlp("sleep", marker.c_str(), "1000", static_cast<char*>(nullptr));
-    ::_exit(127);
-  }
-  pid_t forked = ::fork();
-  if (forked == 0)
-    for (;;) ::pause();
-  while (argv0_of(sleeper) != marker) ::usleep(1000);
-  write_file(report, std::to_string(::getpid()) + " " + std::to_string(sleeper) + " " +
-                         std::to_string(forked));
-  for (;;) ::pause();
-}
-
 // x, except that item `slow` hangs.
 int hang_on(std::pair<int, int> item) {
   if (item.first == item.second)
     for (;;) ::pause();
   return item.first;
-}
-
-// Writes its pid to dir/started, waits for dir/go, then creates dir/done: the side effect
-// a stopped task never has.
-int touch_after_go(std::string dir) {
-  write_file(dir + "/started", std::to_string(::getpid()));
-  while (!std::filesystem::exists(dir + "/go")) ::usleep(1000);
-  write_file(dir + "/done", "done");
-  return 1;
-}
-
-int touch_now(std::string path) {
-  write_file(path, "done");
-  return 1;
 }
 
 std::string fresh_dir(const char* name) {

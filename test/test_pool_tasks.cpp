@@ -9,6 +9,7 @@
 #include "support/checks.hpp"
 #include "support/fresh_image.hpp"
 #include "support/pool_tasks.hpp"
+#include "support/preload_fork_server.hpp"
 #include "support/timing.hpp"
 
 #include <boost/asio/steady_timer.hpp>
@@ -58,27 +59,6 @@ constexpr int slack = 2;
 #else
 constexpr int slack = 1;
 #endif
-
-// The fork server starts before the first case (as in test_forkserver.cpp): the runner's
-// leak check then counts it as there before every case.
-struct preload_before_the_cases : doctest::IReporter {
-  explicit preload_before_the_cases(const doctest::ContextOptions&) {}
-  void test_run_start() override {
-    coproc::forkserver_preload();
-    coproc::set_start_method(coproc::get_start_method()); // not a start
-  }
-  void report_query(const doctest::QueryData&) override {}
-  void test_run_end(const doctest::TestRunStats&) override {}
-  void test_case_start(const doctest::TestCaseData&) override {}
-  void test_case_reenter(const doctest::TestCaseData&) override {}
-  void test_case_end(const doctest::CurrentTestCaseStats&) override {}
-  void test_case_exception(const doctest::TestCaseException&) override {}
-  void subcase_start(const doctest::SubcaseSignature&) override {}
-  void subcase_end() override {}
-  void log_assert(const doctest::AssertData&) override {}
-  void log_message(const doctest::MessageData&) override {}
-  void test_case_skipped(const doctest::TestCaseData&) override {}
-};
 
 constexpr coproc::start_method every_method[] = {
     coproc::start_method::fork, coproc::start_method::spawn, coproc::start_method::forkserver};
@@ -180,7 +160,7 @@ int die_holding(std::string s) {
 
 } // namespace
 
-DOCTEST_REGISTER_LISTENER("preload_before_the_cases", 2, preload_before_the_cases);
+DOCTEST_REGISTER_LISTENER("preload_fork_server", 2, coproc_test::preload_fork_server);
 
 // ---- tasks with state ------------------------------------------------------------------
 

@@ -7,6 +7,7 @@
 #include <doctest/doctest.h>
 
 #include "support/checks.hpp"
+#include "support/task_traces.hpp"
 #include "support/fresh_image.hpp"
 #include "support/pool_tasks.hpp"
 #include "support/preload_fork_server.hpp"
@@ -42,93 +43,23 @@ using coproc_test::failure_of;
 using coproc_test::fresh_image::temp_dir;
 using coproc_test::pool_tasks::nap_then;
 using coproc_test::pool_tasks::square;
+using coproc_test::traces::alive;
+using coproc_test::traces::hang_with_grandchildren;
+using coproc_test::traces::numbers_in;
+using coproc_test::traces::processes_with_argv0;
+using coproc_test::traces::touch_after_go;
+using coproc_test::traces::touch_now;
+using coproc_test::traces::wait_for_path;
+using coproc_test::traces::write_file;
 
 namespace {
 
 bool exists(const std::string& path) { return ::access(path.c_str(), F_OK) == 0; }
 
-// Whole, by a rename: a reader never sees half of it.
-void write_file(const std::string& path, const std::string& text) {
-  {
-    std::ofstream out(path + ".tmp");
-    out << text;
-  }
-  std::filesystem::rename(path + ".tmp", path);
-}
-
-std::vector<long> numbers_in(const std::string& path) {
-  std::ifstream in(path);
-  std::vector<long> numbers;
-  for (long n; in >> n;) numbers.push_back(n);
-  return numbers;
-}
-
-std::string argv0_of(long pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/cmdline");
-  std::string arg0;
-  std::getline(in, arg0, '\0');
-  return arg0;
-}
-
-// Processes whose argv[0] is `marker` (a zombie has no cmdline: it does not count).
-std::vector<long> processes_with_argv0(const std::string& marker) {
-  std::vector<long> found;
-  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
-    const auto name = entry.path().filename().string();
-    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
-    if (argv0_of(std::stol(name)) == marker) found.push_back(std::stol(name));
-  }
-  return found;
-}
-
-// Running or sleeping, not gone and not a zombie.
-bool alive(long pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
-  std::string stat;
-  if (!std::getline(in, stat)) return false;
-  auto paren = stat.rfind(')');
-  return paren != std::string::npos && paren + 2 < stat.size() && stat[paren + 2] != 'Z';
-}
-
 // ---- tasks (they run in the workers) ----
-
-// Starts two grandchildren, a `sleep` exec'd with `marker` as its argv[0] and a plain
-// fork, writes "own-pid sleep-pid fork-pid" to `report` once the sleep runs, then hangs.
-int hang_with_grandchildren(std::string marker, std::string report) {
-  pid_t sleeper = ::fork();
-  if (sleeper == 0) {
-    ::execlp("sleep", marker.c_str(), "1000", static_cast<char*>(nullptr));
-    ::_exit(127);
-  }
-  pid_t forked = ::fork();
-  if (forked == 0)
-    for (;;) ::pause();
-  while (argv0_of(sleeper) != marker) ::usleep(1000);
-  write_file(report, std::to_string(::getpid()) + " " + std::to_string(sleeper) + " " +
-                         std::to_string(forked));
-  for (;;) ::pause();
-}
-
-void wait_for_path(const std::string& path) {
-  while (!exists(path)) ::usleep(1000);
-}
-
-// Writes its pid to dir/started, waits for dir/go, then creates dir/done: the side effect
-// a stopped task never has.
-int touch_after_go(std::string dir) {
-  write_file(dir + "/started", std::to_string(::getpid()));
-  wait_for_path(dir + "/go");
-  write_file(dir + "/done", "done");
-  return 1;
-}
 
 // Item 5 is touch_after_go(dir), the others return at once.
 int tiny_or_long(std::string dir, int i) { return i == 5 ? 5 * touch_after_go(dir) : i; }
-
-int touch_now(std::string path) {
-  write_file(path, "done");
-  return 1;
-}
 
 // Waits for dir/go<i>, returns i.
 int when_told(std::string dir, int i) {

@@ -9,6 +9,7 @@
 #include <doctest/doctest.h>
 
 #include "support/checks.hpp"
+#include "support/preload_fork_server.hpp"
 
 #include <algorithm>
 #include <chrono>
@@ -23,24 +24,6 @@ namespace {
 
 constexpr auto spawn = coproc::start_method::spawn;
 constexpr auto forkserver = coproc::start_method::forkserver;
-
-// The fork server, started before the first case: it stays for the whole run, so the
-// runner's leak check counts it in every case's "before".
-struct preload_before_the_cases : doctest::IReporter {
-  explicit preload_before_the_cases(const doctest::ContextOptions&) {}
-  void test_run_start() override { coproc::forkserver_preload(); }
-  void report_query(const doctest::QueryData&) override {}
-  void test_run_end(const doctest::TestRunStats&) override {}
-  void test_case_start(const doctest::TestCaseData&) override {}
-  void test_case_reenter(const doctest::TestCaseData&) override {}
-  void test_case_end(const doctest::CurrentTestCaseStats&) override {}
-  void test_case_exception(const doctest::TestCaseException&) override {}
-  void subcase_start(const doctest::SubcaseSignature&) override {}
-  void subcase_end() override {}
-  void log_assert(const doctest::AssertData&) override {}
-  void log_message(const doctest::MessageData&) override {}
-  void test_case_skipped(const doctest::TestCaseData&) override {}
-};
 
 // Not wire-serializable: they travel only as a process's own arguments.
 static_assert(!coproc::wire::serializable<coproc::lock>);
@@ -85,7 +68,7 @@ coproc::awaitable<void> locked_updates(coproc::lock l, coproc::array<int> shared
 
 } // namespace
 
-DOCTEST_REGISTER_LISTENER("preload_before_the_cases", 2, preload_before_the_cases);
+DOCTEST_REGISTER_LISTENER("preload_fork_server", 2, coproc_test::preload_fork_server);
 
 TEST_CASE("spawn: four children add 10000 times each to a value, the exact sum; its lock too") {
   coproc::value<long> counter(0), guarded(0);

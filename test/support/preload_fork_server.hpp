@@ -1,5 +1,6 @@
 // Shared by the tests that start forkserver children (test_forkserver, test_fresh_children,
-// test_fork_safety, test_threaded_server).
+// test_fork_safety, test_threaded_server, test_pool_timeout, test_pool_tasks,
+// test_sync_spawn).
 #pragma once
 
 #include <coproc/start_method.hpp>
