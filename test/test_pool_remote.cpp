@@ -15,6 +15,7 @@
 #include "../lib/sha256.hpp"
 #include "support/checks.hpp"
 #include "support/task_traces.hpp"
+#include "support/timing.hpp"
 
 #include <dirent.h>
 #include <signal.h>
@@ -32,6 +33,7 @@
 #include <vector>
 
 using namespace std::chrono_literals;
+using coproc_test::failure_of;
 using coproc_test::run;
 using coproc_test::traces::alive;
 using coproc_test::traces::hang_with_grandchildren;
@@ -493,16 +495,6 @@ std::string fresh_dir(const char* name) {
   std::filesystem::remove_all(dir);
   std::filesystem::create_directory(dir);
   return dir;
-}
-
-template <class E, class A> coproc::awaitable<E> failure_of(A op) {
-  try {
-    co_await std::move(op);
-  } catch (const E& e) {
-    co_return e;
-  }
-  FAIL("the task did not fail with the expected exception");
-  throw std::logic_error("unreachable");
 }
 
 std::string this_host() {
