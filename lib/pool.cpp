@@ -53,18 +53,21 @@ std::size_t pool::default_chunksize(std::size_t n) const {
 void pool::close() { remote_ ? remote_->close() : core_->close(); }
 void pool::terminate() { remote_ ? remote_->terminate() : core_->terminate(); }
 namespace detail {
-stream_port::stream_port(std::shared_ptr<pool_core> core, std::optional<duration> timeout,
-                         const std::type_info& callable)
-    : core_(std::move(core)), timeout_(timeout), callable_(&callable) {
-  core_->stream_opened();
+stream_port::stream_port(std::shared_ptr<pool_core> core, std::shared_ptr<remote_core> remote,
+                         std::optional<duration> timeout, const std::type_info& callable)
+    : core_(std::move(core)), remote_(std::move(remote)), timeout_(timeout), callable_(&callable) {
+  if (core_) core_->stream_opened();
+  else remote_->stream_opened();
 }
 stream_port::~stream_port() { done(); }
 void stream_port::submit(std::shared_ptr<pool_job> job) {
   job->callable_type = callable_;
-  core_->submit(std::move(job), timeout_, true);
+  if (core_) core_->submit(std::move(job), timeout_, true);
+  else if (remote_) remote_->submit(std::move(job), timeout_, true);
 }
 void stream_port::done() noexcept {
   if (auto core = std::move(core_)) core->stream_closed();
+  if (auto remote = std::move(remote_)) remote->stream_closed();
 }
 } // namespace detail
 

@@ -276,7 +276,22 @@ void remote_core::deliver_locked(worker& w, bool failed, std::string_view bytes)
 
 // ---- tasks -----------------------------------------------------------------------------
 
-void remote_core::submit(std::shared_ptr<pool_job> job, std::optional<duration> timeout) {
+void remote_core::stream_opened() {
+  std::lock_guard lock(mutex_);
+  if (closed_)
+    throw std::logic_error(std::string("coproc::pool: cannot submit a task to a ") +
+                           (terminated_ ? "terminated" : "closed") + " pool");
+  ++open_streams_;
+}
+
+void remote_core::stream_closed() noexcept {
+  std::lock_guard lock(mutex_);
+  --open_streams_;
+  if (closed_) dispatch_locked(); // the workers may be done now
+}
+
+void remote_core::submit(std::shared_ptr<pool_job> job, std::optional<duration> timeout,
+                         bool from_stream) {
   if (timeout && *timeout <= duration::zero())
     throw std::invalid_argument("coproc::pool: a task timeout must be positive, not " +
                                 std::to_string(timeout->count()) + " ns");
@@ -289,7 +304,7 @@ void remote_core::submit(std::shared_ptr<pool_job> job, std::optional<duration> 
         1, std::chrono::duration_cast<std::chrono::nanoseconds>(*timeout).count());
   job->sink->canceller = shared_from_this();
   std::lock_guard lock(mutex_);
-  if (closed_)
+  if (closed_ && (terminated_ || !from_stream))
     throw std::logic_error(std::string("coproc::pool: cannot submit a task to a ") +
                            (terminated_ ? "terminated" : "closed") + " pool");
   check_same_image_locked(*job);
@@ -337,17 +352,20 @@ void remote_core::dispatch_locked() {
     return true;
   });
   if (result.more) schedule_dispatch_locked();
+  // Closed, nothing left to send or running unclaimed, no lazy stream that may submit more:
+  // each worker's connection is shut once its writes are done.
+  bool finished = closed_ && !scheduler_.has_work() && open_streams_ == 0;
   bool all_claimed = scheduler_.all_claimed();
   for (auto& w : workers_) {
     if (w->gone || w->write_pending) continue;
     if (!w->out.empty()) start_write(w);
-    else if (closed_ && !scheduler_.has_work() && all_claimed && !w->shut) {
+    else if (finished && all_claimed && !w->shut) {
       w->shut = true;
       boost::system::error_code ec;
       w->socket.shutdown(asio::socket_base::shutdown_send, ec);
     }
   }
-  if (closed_ && !scheduler_.has_work() && workers_.empty()) kill_launches_later_locked();
+  if (finished && workers_.empty()) kill_launches_later_locked();
 }
 
 bool remote_core::encode_chunk(worker& w, const pool_chunk& c) {
@@ -566,7 +584,8 @@ void remote_core::settle_locked() {
   tick_timer_.cancel();
   connect_timer_.cancel();
   kill_timer_.cancel();
-  if (!closed_ && !failed_)
+  // (Closed with a lazy stream still open: its later items must fail, not wait.)
+  if ((!closed_ || open_streams_ != 0) && !failed_)
     fail_pool_locked(std::make_exception_ptr(
         error("coproc::pool: every remote worker was lost and the launcher ended; " +
               launcher_report_locked())));

@@ -89,8 +89,14 @@ public:
   remote_core(boost::asio::any_io_executor ex, pool_options options);
 
   // std::invalid_argument for a timeout of zero or less, or one for coroutine tasks.
-  // nullopt: the pool's task_timeout.
-  void submit(std::shared_ptr<pool_job> job, std::optional<duration> timeout);
+  // nullopt: the pool's task_timeout. std::logic_error once the pool is closed or
+  // terminated; for a lazy stream's items (from_stream) only once it is terminated.
+  void submit(std::shared_ptr<pool_job> job, std::optional<duration> timeout,
+              bool from_stream = false);
+  // A lazy stream that may still submit items: close() keeps the workers while one is
+  // open (as pool_core's). stream_opened is std::logic_error once the pool is closed.
+  void stream_opened();
+  void stream_closed() noexcept;
   bool cancel(pool_sink& sink) override;
   void close();
   void terminate() noexcept;
@@ -181,6 +187,7 @@ private:
   waiter_list join_waiters_;
   boost::asio::steady_timer tick_timer_{ex_}, connect_timer_{ex_}, kill_timer_{ex_};
   bool closed_ = false, terminated_ = false, dispatch_posted_ = false, tick_armed_ = false;
+  std::size_t open_streams_ = 0; // lazy streams that may still submit
   bool launches_ending_ = false;
 };
 

@@ -281,7 +281,8 @@ awaitable<void> remote_core::watch_launch(std::shared_ptr<remote_core> self,
   // per_worker: a run whose worker had connected is replaced (its host or supervisor is
   // gone); one that never connected is not (it would fail the same way again).
   if (self->remote_.per_worker && l->connected && !self->terminated_ && !self->failed_ &&
-      !self->launches_ending_ && (!self->closed_ || self->scheduler_.has_work())) {
+      !self->launches_ending_ &&
+      (!self->closed_ || self->scheduler_.has_work() || self->open_streams_ != 0)) {
     try {
       self->start_launch_locked();
     } catch (const std::exception& e) {

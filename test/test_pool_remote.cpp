@@ -21,6 +21,8 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
@@ -674,24 +676,58 @@ TEST_CASE("remote: cancel racing completion: each result is its value or aborted
   CHECK(no_workers_left());
 }
 
-TEST_CASE("remote: a timeout of zero or less, and a lazy imap, are std::invalid_argument") {
+TEST_CASE("remote: a timeout of zero or less is std::invalid_argument") {
   run([]() -> coproc::awaitable<void> {
     auto ex = co_await boost::asio::this_coro::executor;
     auto bad = remote({"sh", "-c", "exec sleep 30", "launcher"});
     bad.task_timeout = 0ms;
     CHECK_THROWS_WITH_AS(coproc::pool(ex, bad), doctest::Contains("task_timeout must be positive"),
                          std::invalid_argument);
-    auto o = remote({"sh", "-c", "exec sleep 30", "launcher"});
-    o.buffersize = 8;
-    coproc::pool pool(ex, o);
+    coproc::pool pool(ex, remote({"sh", "-c", "exec sleep 30", "launcher"}));
     CHECK_THROWS_WITH_AS((void)pool.apply(coproc::task_options{0ms}, square, 1),
                          doctest::Contains("timeout must be positive"), std::invalid_argument);
     CHECK_THROWS_WITH_AS((void)pool.apply_async(coproc::task_options{-1s}, square, 1),
                          doctest::Contains("timeout must be positive"), std::invalid_argument);
-    CHECK_THROWS_WITH_AS((void)pool.imap(square, std::views::iota(0)),
-                         doctest::Contains("not available with remote workers"),
-                         std::invalid_argument);
     pool.terminate();
     co_await pool.join();
   }());
+}
+
+TEST_CASE("remote: a lazy imap pulls an endless input as results come; close lets it finish") {
+  engines::get();
+  run([]() -> coproc::awaitable<void> {
+    auto o = remote({"srun", "--ntasks=2"}, 2);
+    o.buffersize = 10;
+    coproc::pool pool(co_await boost::asio::this_coro::executor, o);
+    auto pulled = std::make_shared<std::atomic<int>>(0);
+    auto counted = std::views::iota(0) | std::views::transform([pulled](int i) {
+                     ++*pulled;
+                     return i;
+                   });
+    {
+      auto stream = pool.imap(square, counted, 4);
+      for (int taken = 1; taken <= 2000; ++taken) {
+        CHECK(co_await stream.next() == (taken - 1) * (taken - 1));
+        CHECK(*pulled - taken <= 10);
+      }
+    }
+    int at_drop = *pulled;
+    CHECK(co_await pool.apply(square, 3) == 9);
+    CHECK(*pulled == at_drop); // a destroyed stream pulls no more
+
+    // Opened before close(): the workers stay until it has pulled and answered everything.
+    auto finite = std::views::iota(0) | std::views::take_while([](int i) { return i < 500; });
+    auto stream = pool.imap_unordered(square, finite, 7);
+    pool.close();
+    std::vector<int> seen(500, 0);
+    while (auto v = co_await stream.next()) {
+      int root = 0;
+      while (root * root < *v) ++root;
+      ++seen.at(static_cast<std::size_t>(root));
+    }
+    CHECK(std::all_of(seen.begin(), seen.end(), [](int n) { return n == 1; }));
+    CHECK_THROWS_AS(pool.imap(square, std::views::iota(0)), std::logic_error);
+    co_await pool.join();
+  }());
+  CHECK(no_workers_left());
 }

@@ -132,8 +132,7 @@ struct pool_options {
   // Set: the workers run on other hosts, started by a launcher (coproc/remote_workers.hpp);
   // processes and method are then unused (remote_workers::processes says how many), and
   // the initializer must be a plain function, as with spawn. Task timeouts and cancel()
-  // stop a remote task on its host (coproc/remote_workers.hpp). Not yet with remote
-  // workers (std::invalid_argument at the call): a lazy imap (buffersize > 0).
+  // stop a remote task on its host (coproc/remote_workers.hpp).
   std::optional<remote_workers> remote{};
   // Coroutine tasks (F returns awaitable<R>) one worker runs at once on its io_context.
   unsigned concurrency = 1;
@@ -284,9 +283,9 @@ template <class Range> auto copy_items(Range&& items) {
 // lets the workers go on, and its items may be submitted after close().
 class stream_port {
 public:
-  // std::logic_error if the pool is closed or terminated.
-  stream_port(std::shared_ptr<pool_core> core, std::optional<duration> timeout,
-              const std::type_info& callable);
+  // One of core and remote is set. std::logic_error if the pool is closed or terminated.
+  stream_port(std::shared_ptr<pool_core> core, std::shared_ptr<remote_core> remote,
+              std::optional<duration> timeout, const std::type_info& callable);
   stream_port(stream_port&&) = default;
   ~stream_port();
   // std::logic_error once the pool is terminated.
@@ -296,6 +295,7 @@ public:
 
 private:
   std::shared_ptr<pool_core> core_;
+  std::shared_ptr<remote_core> remote_;
   std::optional<duration> timeout_;
   const std::type_info* callable_;
 };
@@ -583,16 +583,13 @@ private:
     }
     if (options.timeout && *options.timeout <= duration::zero())
       throw std::invalid_argument("coproc::pool::imap: a task timeout must be positive");
-    if (!core_)
-      throw std::invalid_argument("coproc::pool::imap: a lazy input (buffersize > 0) is not "
-                                  "available with remote workers yet; leave buffersize 0");
     std::optional<std::size_t> total;
     if constexpr (std::ranges::sized_range<Range>)
       total = static_cast<std::size_t>(std::ranges::size(items));
     auto state = std::make_shared<detail::stream_state<R>>(total, ordered);
     auto feeder = std::make_shared<detail::range_feeder<Range, R>>(
         fn, detail::callable_info<F, Raw>(f), std::move(items), chunksize, buffersize_, state,
-        detail::stream_port(core_, options.timeout, typeid(F)));
+        detail::stream_port(core_, remote_, options.timeout, typeid(F)));
     feeder->start();
     return result_stream<R>(std::move(state), std::move(feeder));
   }
