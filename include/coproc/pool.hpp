@@ -69,7 +69,8 @@
 // on); its answer is ignored. Before a worker is killed for a cancelled sync task it is
 // asked for the answers it had batched (a signal, SIGURG, to its main thread; up to
 // 0.5 s), so the tasks that finished before that one in the same worker keep their
-// results. A coroutine task is cancelled inside its worker, its siblings untouched.
+// results; a task that installs its own SIGURG handler in the worker gives this up. A
+// coroutine task is cancelled inside its worker, its siblings untouched.
 //
 // Every await of the pool (apply, map, starmap, get, wait, next, join) honours Asio
 // cancellation, e.g. `co_await (pool.apply(f, x) || timer)`: the await ends at once with
