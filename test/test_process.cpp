@@ -433,9 +433,16 @@ TEST_CASE("interrupt sends SIGINT, so the child's handler can clean up") {
   int ready[2];
   REQUIRE(::pipe(ready) == 0);
   coproc::process cleaning([fd = ready[1]] {
+    // SIGINT stays blocked outside sigsuspend: one arriving between the check and a
+    // pause() would be handled there and the pause() would wait forever.
+    sigset_t interrupt, unblocked;
+    sigemptyset(&interrupt);
+    sigaddset(&interrupt, SIGINT);
+    ::sigprocmask(SIG_BLOCK, &interrupt, &unblocked);
+    sigdelset(&unblocked, SIGINT);
     std::signal(SIGINT, on_interrupt);
     (void)!::write(fd, "r", 1);
-    while (!g_interrupted) ::pause();
+    while (!g_interrupted) ::sigsuspend(&unblocked);
     return 5; // the cleanup ran
   });
   cleaning.start();
