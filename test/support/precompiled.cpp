@@ -1,0 +1,1 @@
+// The target that builds test/support/precompiled.hpp for every test file.
