@@ -251,12 +251,9 @@ TEST_CASE("a spawned target finds the statics of a library linked after libcopro
   CHECK(r.err.empty());
 }
 
-// Built where COPROC_TEST_SHARED_LIBRARY is on (the release stage of ./dev).
-#ifdef COPROC_SPAWN_SHARED
 TEST_CASE("spawn works through a shared libcoproc") {
   auto r = run(coproc::run({COPROC_SPAWN_SHARED}, {.capture_output = true, .timeout = 60s}));
   CHECK(r.returncode == 0);
   CHECK(r.out == "process: 42\n");
   CHECK(r.err.empty());
 }
-#endif
