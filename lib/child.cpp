@@ -134,19 +134,6 @@ std::optional<int> reap(int pid, const process_ref& ref) {
   return r > 0 ? decode_wait_status(status) : 255;
 }
 
-// Runs f (which starts a thread) with every signal blocked, so coproc's threads never
-// run the program's signal handlers.
-template <class F> auto without_signals(F f) {
-  sigset_t all, old;
-  sigfillset(&all);
-  ::pthread_sigmask(SIG_SETMASK, &all, &old);
-  struct restore {
-    sigset_t& old;
-    ~restore() { ::pthread_sigmask(SIG_SETMASK, &old, nullptr); }
-  } guard{old};
-  return f();
-}
-
 // Children whose handles went away while they ran. A thread exists only while there
 // are some; it reaps each one when it exits, so no handle ever leaves a zombie.
 class reaper {

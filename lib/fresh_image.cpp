@@ -260,7 +260,11 @@ int spawn_fresh_image(const fresh_image_spec& spec, std::span<const int> fds,
     checked(::posix_spawnattr_setsigdefault(&attr, &all_signals), who, "setsigdefault");
     checked(::posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF), who,
             "setflags");
-    int rc = ::posix_spawn(&pid, "/proc/self/exe", &actions, &attr, argv, envp.data());
+    auto spawn = [&] {
+      return ::posix_spawn(&pid, "/proc/self/exe", &actions, &attr, argv, envp.data());
+    };
+    // The child's death signal follows the thread that spawns it.
+    int rc = spec.dies_with_parent ? on_lasting_thread(spawn) : spawn();
     if (rc != 0) throw_errno(rc, who + ": posix_spawn of /proc/self/exe");
   } catch (...) {
     ::posix_spawn_file_actions_destroy(&actions);

@@ -3,7 +3,10 @@
 #pragma once
 
 #include <signal.h>
+#include <unistd.h>
 
+#include <exception>
+#include <optional>
 #include <string>
 
 namespace coproc::detail {
@@ -23,6 +26,45 @@ void flush_stdio();
 // SIGKILL; it exits at once (_exit(1)) if the parent, whose pid is `parent`, already
 // died before the request took effect.
 void die_with_parent(int parent);
+
+// Runs f (which starts a thread) with every signal blocked, so coproc's threads never
+// run the program's signal handlers.
+template <class F> auto without_signals(F f) {
+  sigset_t all, old;
+  sigfillset(&all);
+  ::pthread_sigmask(SIG_SETMASK, &all, &old);
+  struct restore {
+    sigset_t& old;
+    ~restore() { ::pthread_sigmask(SIG_SETMASK, &old, nullptr); }
+  } guard{old};
+  return f();
+}
+
+// Runs `job(context)` on coproc's starter thread (made on first use, never ended), the
+// caller waiting; on_lasting_thread's way there.
+void run_on_starter_thread(void (*job)(void*), void* context);
+
+// Runs `f` on a thread that lasts as long as this process, and returns what it returns or
+// throws what it throws: on the calling thread if it is the main thread, otherwise on the
+// starter thread. A child's PR_SET_PDEATHSIG follows the *thread* that forked or spawned
+// it, not its process (prctl(2)): a daemon started from a thread that ends first (a
+// std::thread's job, a thread pool's worker) would be killed with that thread. A child
+// forked inside `f` on the starter thread goes on running `f` there, and must never return.
+template <class F> auto on_lasting_thread(F f) -> decltype(f()) {
+  if (::gettid() == ::getpid()) return f();
+  std::optional<decltype(f())> result;
+  std::exception_ptr error;
+  auto run = [&] {
+    try {
+      result.emplace(f());
+    } catch (...) {
+      error = std::current_exception();
+    }
+  };
+  run_on_starter_thread([](void* context) { (*static_cast<decltype(run)*>(context))(); }, &run);
+  if (error) std::rethrow_exception(error);
+  return std::move(*result);
+}
 
 // What a child prints when its body fails, as Python's multiprocessing does:
 // "Process <name>:" and then `error` on the next line, on std::cerr.

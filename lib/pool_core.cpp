@@ -5,6 +5,7 @@
 #include "pool_core.hpp"
 
 #include "fresh_image.hpp"
+#include "os.hpp"
 #include "pool_worker.hpp"
 
 #include <boost/asio/async_result.hpp>
@@ -263,13 +264,15 @@ std::shared_ptr<process_child> pool_core::start_worker(link& l) {
     return start_worker_image(*options_.method, l.worker_fd, l.memfd, options_.maxtasksperchild,
                               options_.concurrency, initializer_, id);
   int parent = ::getpid();
-  int pid = fork_flushed("coproc::pool: fork() of a worker failed");
-  if (pid == 0) {
+  // A worker's death signal follows the thread that forks it.
+  int pid = on_lasting_thread([&] {
+    int pid = fork_flushed("coproc::pool: fork() of a worker failed");
+    if (pid != 0) return pid;
     ::close(l.parent_fd);
     for (auto& other : workers_) ::close(other->socket.native_handle());
     run_forked_worker(parent, l.worker_fd, l.page, std::move(id), options_.initializer.function(),
                       options_.maxtasksperchild, options_.concurrency);
-  }
+  });
   return std::make_shared<direct_child>(pid);
 }
 

@@ -80,20 +80,23 @@ void process::start() {
   }
   int parent = daemon_ ? ::getpid() : 0; // only a daemon needs it: a syscall saved per start
   std::string what = "coproc: fork failed starting process '" + name_ + "'";
-  // The child starts with every signal blocked until its dispositions are reset: a
-  // signal sent at once (a destroyed daemon's SIGTERM) must not run the parent's handler.
-  sigset_t all, old;
-  sigfillset(&all);
-  ::pthread_sigmask(SIG_SETMASK, &all, &old);
-  int pid;
-  try {
-    pid = detail::fork_flushed(what.c_str());
-  } catch (...) {
-    ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
-    throw;
-  }
-  if (pid != 0) ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
-  if (pid == 0) {
+  auto fork_child = [&] {
+    // The child starts with every signal blocked until its dispositions are reset: a
+    // signal sent at once (a destroyed daemon's SIGTERM) must not run the parent's handler.
+    sigset_t all, old;
+    sigfillset(&all);
+    ::pthread_sigmask(SIG_SETMASK, &all, &old);
+    int pid;
+    try {
+      pid = detail::fork_flushed(what.c_str());
+    } catch (...) {
+      ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+      throw;
+    }
+    if (pid != 0) {
+      ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+      return pid;
+    }
     detail::reset_signals(); // and unblocks
     if (daemon_) {
       // The kernel kills the child when its parent dies, even by SIGKILL; the parent
@@ -103,7 +106,9 @@ void process::start() {
     // Moved, not copied: a copy's memmove would be the child's first call of it.
     detail::enter_child({std::move(identity_.path), name_});
     run_child();
-  }
+  };
+  // A daemon's death signal follows the thread that forks it.
+  int pid = daemon_ ? detail::on_lasting_thread(fork_child) : fork_child();
   child_ = std::make_shared<detail::direct_child>(pid);
   detail::note_started();
 }

@@ -230,6 +230,17 @@ TEST_CASE_TEMPLATE("fresh image: what cannot travel is refused, naming the proce
   CHECK(join(forked) == 1);
 }
 
+TEST_CASE_TEMPLATE("fresh image: a daemon started from a thread that ends lives on with its "
+                   "parent",
+                   M, spawned, served) {
+  CHECK(coproc_test::daemon_outlives_starting_thread([](coproc::connection<std::string> c) {
+    auto d = std::make_unique<coproc::process>(
+        coproc::process_options{.daemon = true, .method = M::method}, coproc_test::echo_once, c);
+    d->start();
+    return d;
+  }));
+}
+
 TEST_CASE_TEMPLATE("fresh image: a daemon child dies with its parent even by SIGKILL", M, spawned,
                    served) {
   temp_dir dir;

@@ -7,8 +7,11 @@
 #include "support/threads.hpp"
 #include "support/timing.hpp"
 
+#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_future.hpp>
 
 #include <dlfcn.h>
 #include <sys/mman.h>
@@ -23,8 +26,10 @@
 #include <cstdlib>
 #include <cstddef>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <set>
 #include <stdexcept>
 #include <string>
@@ -643,4 +648,37 @@ TEST_CASE("a pool is used from every thread of an io_context at once") {
     pool.close();
     co_await pool.join();
   }());
+}
+
+// The last case: coproc's starter thread, made here, outlives it, and a forked child of a
+// threaded process cannot start threads under TSan.
+TEST_CASE("workers started from a thread that ends live on with their pool") {
+  // A worker's death signal would follow the thread that forked or spawned it.
+  for (auto method : {coproc::start_method::fork, coproc::start_method::spawn}) {
+    CAPTURE(method);
+    boost::asio::io_context io;
+    auto work = boost::asio::make_work_guard(io);
+    std::thread loop([&] { io.run(); });
+    auto on_loop = [&](auto op) {
+      return boost::asio::co_spawn(io, std::move(op), boost::asio::use_future).get();
+    };
+    std::optional<coproc::pool> pool;
+    pid_t tid = 0;
+    int first = 0;
+    std::thread([&] {
+      tid = ::gettid();
+      pool.emplace(io.get_executor(), coproc::pool_options{.processes = 1, .method = method});
+      first = on_loop(pool->apply(worker_pid)); // the worker runs: its death signal is armed
+    }).join();
+    std::string task = "/proc/self/task/" + std::to_string(tid);
+    while (std::filesystem::exists(task)) std::this_thread::sleep_for(1ms);
+    CHECK(on_loop(pool->apply(worker_pid)) == first); // the same worker, not a replacement
+    on_loop([&]() -> coproc::awaitable<void> {
+      pool->close();
+      co_await pool->join();
+    }());
+    pool.reset();
+    work.reset();
+    loop.join();
+  }
 }

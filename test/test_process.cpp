@@ -510,6 +510,16 @@ TEST_CASE("a daemon child dies with its parent even by SIGKILL") {
       std::chrono::seconds(5)));
 }
 
+TEST_CASE("a daemon started from a thread that ends lives on with its parent") {
+  CHECK(coproc_test::daemon_outlives_starting_thread([](coproc::connection<std::string> c) {
+    auto d = std::make_unique<coproc::process>(
+        coproc::process_options{.daemon = true, .method = coproc::start_method::fork},
+        coproc_test::echo_once, c);
+    d->start();
+    return d;
+  }));
+}
+
 TEST_CASE("a destroyed handle terminates a daemon and lets a plain child run on") {
   int daemon_pid, plain_pid;
   int p[2];

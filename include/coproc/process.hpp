@@ -49,6 +49,9 @@ class process;
 
 struct process_options {
   std::string name{};
+  // A daemon dies with this process, even when it is killed with SIGKILL, whichever thread
+  // started it (a daemon started off the main thread is started by a thread of coproc's
+  // that lasts as long as the process: the kernel's death signal follows the thread).
   bool daemon = false;
   std::optional<start_method> method{}; // nullopt: get_start_method() at start()
 };

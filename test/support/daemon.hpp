@@ -2,6 +2,11 @@
 // daemon dies with it, a plain child outlives it (for fork, spawn and forkserver).
 #pragma once
 
+#include <coproc/process.hpp>
+#include <coproc/queue.hpp>
+
+#include "checks.hpp"
+
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -9,6 +14,9 @@
 #include <array>
 #include <chrono>
 #include <csignal>
+#include <filesystem>
+#include <memory>
+#include <string>
 #include <thread>
 
 namespace coproc_test {
@@ -89,6 +97,51 @@ bool plain_child_outlives_killed_parent(Start start, std::chrono::milliseconds l
            ::waitpid(pids[0], nullptr, 0);
            return alive ? 1 : 0;
          }) == 1;
+}
+
+// Runs test (which returns true if it passed) in a forked child and returns its result.
+// For a test that leaves coproc's starter thread behind (a start off the main thread makes
+// it, and it lasts as long as the process): a later case in the same test process would
+// fork from a threaded process, and its child could not start a thread under TSan.
+template <class Test> bool in_forked_child(Test test) {
+  int pid = ::fork();
+  if (pid == 0) ::_exit(test() ? 0 : 1);
+  int status = 0;
+  if (pid < 0 || ::waitpid(pid, &status, 0) != pid) return false;
+  return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
+// A daemon's target: says it runs (its death signal is armed by then), then answers one
+// message with the same.
+inline coproc::awaitable<void> echo_once(coproc::connection<std::string> c) {
+  co_await c.send("running");
+  co_await c.send(co_await c.recv());
+}
+
+// start(connection) starts a daemon running echo_once on it, from a thread that ends once
+// the daemon runs; true if the daemon still answers after the thread is gone, and then
+// exits 0. The kernel sends a child's PR_SET_PDEATHSIG when the *thread* that forked or
+// spawned it ends, before that thread leaves /proc/self/task: a daemon killed so cannot
+// answer. Runs in a forked child (in_forked_child).
+template <class Start> bool daemon_outlives_starting_thread(Start start) {
+  return in_forked_child([&] {
+    auto [mine, theirs] = coproc::pipe<std::string>();
+    std::unique_ptr<coproc::process> daemon;
+    pid_t tid = 0;
+    bool running = false;
+    std::thread([&, theirs = theirs] {
+      tid = ::gettid();
+      daemon = start(theirs);
+      running = run(mine.recv()) == "running";
+    }).join();
+    if (!running) return false;
+    std::string task = "/proc/self/task/" + std::to_string(tid);
+    while (std::filesystem::exists(task)) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    run(mine.send("ping"));
+    // A dead daemon never answers; the time bound only ends the test.
+    bool answered = run(mine.poll(std::chrono::seconds(30))) && run(mine.recv()) == "ping";
+    return answered && run(daemon->join()) == 0;
+  });
 }
 
 } // namespace coproc_test
