@@ -35,29 +35,33 @@ std::size_t round_up(std::size_t n, std::size_t align) { return (n + align - 1) 
 
 // ---- semaphore
 
-semaphore_core::semaphore_core(unsigned value, unsigned bound, const char* what)
+semaphore_core::semaphore_core(unsigned value, std::optional<unsigned> bound, const char* what)
     : block_(std::make_shared<sync_block>(sizeof(std::atomic<std::uint32_t>),
                                           alignof(std::atomic<std::uint32_t>), what)),
       value_(new(block_->state()) std::atomic<std::uint32_t>(value)), bound_(bound) {}
 
-semaphore_core::semaphore_core(std::shared_ptr<sync_block> block, unsigned bound)
+semaphore_core::semaphore_core(std::shared_ptr<sync_block> block, std::optional<unsigned> bound)
     : block_(std::move(block)), value_(static_cast<std::atomic<std::uint32_t>*>(block_->state())),
       bound_(bound) {}
 
 void semaphore_core::travel(wire::output_archive& ar, fd_departure& fds) const {
-  const std::uint32_t bound = bound_;
-  ar(bound);
+  const bool bounded = bound_.has_value();
+  const std::uint32_t bound = bound_.value_or(0);
+  ar(bounded, bound);
   block_->travel(ar, fds);
 }
 
 std::shared_ptr<semaphore_core> semaphore_core::arrive(wire::input_archive& ar, fd_arrival& fds) {
+  bool bounded = false;
   std::uint32_t bound = 0;
-  ar(bound);
+  ar(bounded, bound);
   std::uint32_t key = 0;
   auto block = sync_block::arrive(ar, fds, sizeof(std::atomic<std::uint32_t>),
-                                  bound ? "coproc::bounded_semaphore" : "coproc::semaphore", key);
-  return fds.object<semaphore_core>(
-      key, [&] { return std::make_shared<semaphore_core>(std::move(block), bound); });
+                                  bounded ? "coproc::bounded_semaphore" : "coproc::semaphore", key);
+  return fds.object<semaphore_core>(key, [&] {
+    return std::make_shared<semaphore_core>(
+        std::move(block), bounded ? std::optional<unsigned>(bound) : std::nullopt);
+  });
 }
 
 bool semaphore_core::try_acquire() noexcept {
@@ -81,9 +85,9 @@ awaitable<bool> semaphore_core::acquire(std::shared_ptr<semaphore_core> self, de
 void semaphore_core::release() {
   auto v = value_->load(std::memory_order_relaxed);
   for (;;) {
-    if (bound_ != 0 && v >= bound_)
+    if (bound_ && v >= *bound_)
       throw std::logic_error(std::string(block_->what()) + ": release above the initial value " +
-                             std::to_string(bound_));
+                             std::to_string(*bound_));
     if (v == std::numeric_limits<std::uint32_t>::max())
       throw std::overflow_error(std::string(block_->what()) + ": the value would pass 2^32 - 1");
     if (value_->compare_exchange_weak(v, v + 1, std::memory_order_release)) break;

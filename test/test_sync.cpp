@@ -526,6 +526,16 @@ TEST_CASE("a bounded semaphore refuses a release above its initial value") {
   CHECK_THROWS_AS(sem.release(), std::logic_error);
 }
 
+TEST_CASE("a bounded semaphore of 0 refuses every release and a semaphore of 0 takes them") {
+  coproc::bounded_semaphore bounded(0);
+  auto what = error_of<std::logic_error>([&] { bounded.release(); });
+  CHECK(what.find("above the initial value 0") != std::string::npos);
+  CHECK(bounded.value() == 0);
+  coproc::semaphore plain(0);
+  plain.release();
+  CHECK(plain.value() == 1);
+}
+
 TEST_CASE("a semaphore of 1 guards a critical section of four processes") {
   coproc::semaphore sem(1);
   struct tally {

@@ -156,7 +156,7 @@ TEST_CASE("spawn: a condition and its rlock, a bounded semaphore's bound, both w
     CAPTURE(static_cast<int>(method));
     coproc::condition c;
     coproc::value<int> flag(0);
-    coproc::bounded_semaphore bounded(1);
+    coproc::bounded_semaphore bounded(0); // a bound of 0 is a bound too
     coproc::semaphore waiting(0);
     coproc::process child(
         coproc::process_options{.method = method},

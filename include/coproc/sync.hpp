@@ -203,19 +203,19 @@ private:
 
 class semaphore_core {
 public:
-  semaphore_core(unsigned value, unsigned bound, const char* what);
+  semaphore_core(unsigned value, std::optional<unsigned> bound, const char* what);
   static awaitable<bool> acquire(std::shared_ptr<semaphore_core> self, deadline until);
   bool try_acquire() noexcept;
   void release();
   unsigned value() const noexcept;
   void travel(wire::output_archive& ar, fd_departure& fds) const;
   static std::shared_ptr<semaphore_core> arrive(wire::input_archive& ar, fd_arrival& fds);
-  semaphore_core(std::shared_ptr<sync_block> block, unsigned bound);
+  semaphore_core(std::shared_ptr<sync_block> block, std::optional<unsigned> bound);
 
 private:
   std::shared_ptr<sync_block> block_;
   std::atomic<std::uint32_t>* value_;
-  unsigned bound_; // 0: unbounded
+  std::optional<unsigned> bound_; // a bounded_semaphore's initial value, 0 too
 };
 
 class event_core {
@@ -373,7 +373,7 @@ private:
 class semaphore {
 public:
   explicit semaphore(unsigned value = 1)
-      : core_(std::make_shared<detail::semaphore_core>(value, 0, "coproc::semaphore")) {}
+      : core_(std::make_shared<detail::semaphore_core>(value, std::nullopt, "coproc::semaphore")) {}
   awaitable<void> acquire() { return acquire_until(core_); }
   // False if no unit became free before timeout.
   awaitable<bool> acquire(duration timeout) {
