@@ -25,7 +25,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
+#include <mutex>
 #include <stdexcept>
+#include <string>
 #include <system_error>
 #include <vector>
 
@@ -42,6 +44,8 @@ constexpr int payload_fd = 3;
 constexpr int bad_image_exit = 70;
 
 std::atomic<bool> guard_ran{false};
+// main's argv, for the fresh images this process starts: written once, before guard_ran.
+std::vector<std::string> program_argv;
 
 const char* kind_name(detail::image_kind kind) {
   switch (kind) {
@@ -149,8 +153,17 @@ int checked(int rc, const std::string& who, const char* what) {
 
 } // namespace
 
-void main_guard(int, char**) {
-  guard_ran.store(true);
+void main_guard(int argc, char** argv) {
+  if (argc < 0 || (argc > 0 && argv == nullptr))
+    throw std::invalid_argument("coproc::main_guard(argc, argv): argc " + std::to_string(argc) +
+                                " with argv " + (argv ? "set" : "null") +
+                                " is not main's own; pass main's argc and argv");
+  // Before a child's entry too: its own children are fresh images of it.
+  static std::once_flag once;
+  std::call_once(once, [&] {
+    program_argv.assign(argv, argv + argc);
+    guard_ran.store(true, std::memory_order_release);
+  });
   if (const char* value = std::getenv(image_env)) enter_fresh_image(value);
   if (std::getenv(detail::remote_address_env)) detail::run_remote_worker();
 }
@@ -158,7 +171,7 @@ void main_guard(int, char**) {
 namespace detail {
 
 void require_main_guard(const std::string& who) {
-  if (!guard_ran.load())
+  if (!guard_ran.load(std::memory_order_acquire))
     throw std::logic_error(
         who + ": start_method::spawn and forkserver start a fresh image of this program, "
               "which needs coproc::main_guard(argc, argv) as the first statement of main()");
@@ -240,7 +253,12 @@ int spawn_fresh_image(const fresh_image_spec& spec, std::span<const int> fds,
     if (std::strncmp(*v, variable.c_str(), prefix) != 0) envp.push_back(*v);
   envp.push_back(variable.data());
   envp.push_back(nullptr);
-  char* argv[] = {program_invocation_name, nullptr};
+  // main's own argv, so ps, top and pkill -f see a spawn child as they see a fork child;
+  // the child never runs main's work, so what it says does not matter there.
+  std::vector<char*> argv;
+  for (auto& arg : program_argv) argv.push_back(arg.data());
+  if (argv.empty()) argv.push_back(program_invocation_name);
+  argv.push_back(nullptr);
 
   posix_spawn_file_actions_t actions;
   posix_spawnattr_t attr;
@@ -261,7 +279,7 @@ int spawn_fresh_image(const fresh_image_spec& spec, std::span<const int> fds,
     checked(::posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF), who,
             "setflags");
     auto spawn = [&] {
-      return ::posix_spawn(&pid, "/proc/self/exe", &actions, &attr, argv, envp.data());
+      return ::posix_spawn(&pid, "/proc/self/exe", &actions, &attr, argv.data(), envp.data());
     };
     // The child's death signal follows the thread that spawns it.
     int rc = spec.dies_with_parent ? on_lasting_thread(spawn) : spawn();

@@ -20,11 +20,13 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <iostream>
 #include <map>
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 using namespace std::chrono_literals;
@@ -136,6 +138,35 @@ TEST_CASE("spawn: arguments cross in the wire format") {
       std::string("text"), std::vector<int>{1, 2, 3}, std::map<std::string, int>{{"k", 9}}, 2.5);
   p.start();
   CHECK(join(p) == 0);
+}
+
+namespace {
+std::string own_command_line() {
+  std::ifstream in("/proc/self/cmdline");
+  return {std::istreambuf_iterator<char>(in), {}};
+}
+} // namespace
+
+// ctest runs each case with arguments (--test-case=...), which the child then has too.
+TEST_CASE("spawn: the child has main's argv, as a fork child has, for ps and pkill -f") {
+  coproc::process p(
+      {.method = spawn}, [](std::string parent) { return own_command_line() == parent ? 0 : 1; },
+      own_command_line());
+  p.start();
+  CHECK(join(p) == 0);
+}
+
+TEST_CASE("main_guard refuses an argc and argv that are not main's") {
+  for (auto [argc, argv] : {std::pair<int, char**>{-1, nullptr}, {2, nullptr}}) {
+    std::string what;
+    try {
+      coproc::main_guard(argc, argv);
+    } catch (const std::invalid_argument& e) {
+      what = e.what();
+    }
+    CHECK(what.find("coproc::main_guard(argc, argv): argc " + std::to_string(argc)) !=
+          std::string::npos);
+  }
 }
 
 TEST_CASE("spawn: the child is a fresh image with the program's statics constructed") {

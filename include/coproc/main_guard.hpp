@@ -15,6 +15,10 @@
 // link order and whether libcoproc is a static or a shared library. Python's
 // `if __name__ == "__main__":` guard plays the same part.
 //
+// argc and argv are main's own: the fresh images this program starts get the same
+// argv, so ps, top and pkill -f see a spawn child (and the fork server) as they see a fork
+// child. An argc below 0, or a null argv with an argc above 0, is std::invalid_argument.
+//
 // A program that starts a spawn or forkserver child without having called main_guard gets
 // a std::logic_error from process::start(), the pool's constructor or forkserver_preload(). A
 // program started with a coproc environment that coproc did not make (COPROC_FRESH_IMAGE by hand)
