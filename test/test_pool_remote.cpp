@@ -731,3 +731,41 @@ TEST_CASE("remote: a lazy imap pulls an endless input as results come; close let
   }());
   CHECK(no_workers_left());
 }
+
+TEST_CASE("remote: a lazy imap whose every worker is lost fails its next item instead of waiting") {
+  engines::get();
+  run([]() -> coproc::awaitable<void> {
+    auto o = remote({"srun", "--ntasks=2"}, 2);
+    o.buffersize = 10;
+    coproc::pool pool(co_await boost::asio::this_coro::executor, o);
+    REQUIRE(co_await connected(pool, 2));
+    auto stream = pool.imap(square, std::views::iota(0));
+    for (int i = 0; i < 100; ++i) CHECK(co_await stream.next() == i * i);
+    // Supervisors and runners alike: one srun step, so no worker comes back.
+    for (int pid : workers_left()) ::kill(pid, SIGKILL);
+    using namespace boost::asio::experimental::awaitable_operators;
+    auto drain = [&]() -> coproc::awaitable<std::string> {
+      try {
+        while (co_await stream.next()) {
+        }
+        co_return "the stream ended";
+      } catch (const coproc::worker_lost&) {
+        co_return "worker_lost"; // an item that had started on a killed worker
+      } catch (const coproc::error& e) {
+        co_return e.what(); // one that had not: no worker is left to run it
+      }
+    };
+    // Answers already on their way may come first; then an item fails.
+    auto outcome = co_await (drain() || pause(60s));
+    REQUIRE(outcome.index() == 0);
+    auto what = std::get<0>(outcome);
+    CAPTURE(what);
+    CHECK((what == "worker_lost" ||
+           what.find("every remote worker was lost and the launcher ended; launcher 'srun "
+                     "--ntasks=2") != std::string::npos));
+    CHECK(pool.size() == 0);
+    pool.terminate();
+    co_await pool.join();
+  }());
+  CHECK(no_workers_left());
+}
