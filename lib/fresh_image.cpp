@@ -7,6 +7,7 @@
 #include <coproc/main_guard.hpp>
 #include <coproc/wire.hpp>
 
+#include "image_map.hpp"
 #include "os.hpp"
 #include "pool_remote.hpp"
 #include "start_method.hpp"
@@ -162,6 +163,7 @@ void main_guard(int argc, char** argv) {
   static std::once_flag once;
   std::call_once(once, [&] {
     program_argv.assign(argv, argv + argc);
+    detail::record_startup_image();
     guard_ran.store(true, std::memory_order_release);
   });
   if (const char* value = std::getenv(image_env)) enter_fresh_image(value);

@@ -5,6 +5,7 @@
 #include "pool_core.hpp"
 
 #include "fresh_image.hpp"
+#include "image_map.hpp"
 #include "os.hpp"
 #include "pool_worker.hpp"
 
@@ -58,12 +59,8 @@ pool_initializer::travel_form spawn_initializer(const pool_initializer& initiali
         with + " the initializer must be a plain function or a coproc::partial of one (a "
                "fresh worker image has no copy of a lambda's captures or a std::function)");
   const auto& form = *initializer.travel();
-  // Only code in libcoproc's own image is at the same offset in a fresh image.
   for (std::intptr_t offset : {form.trampoline, form.target})
-    if (offset != 0 && !callable_offset(offset, true))
-      throw std::invalid_argument(
-          with + " the initializer must be in the same image as libcoproc (link coproc "
-                 "statically), or use start_method::fork");
+    if (offset != 0) check_reaches_fresh_image(offset, with + " the initializer");
   return form;
 }
 
@@ -121,7 +118,7 @@ void pool_core::submit(std::shared_ptr<pool_job> job, std::optional<duration> ti
   if (closed_ && (terminated_ || !from_stream))
     throw std::logic_error(std::string("coproc::pool: cannot submit a task to a ") +
                            (terminated_ ? "terminated" : "closed") + " pool");
-  if (spawning()) check_same_image_locked(*job);
+  if (spawning()) check_reaches_workers_locked(*job);
   if (failed_) {
     for (std::size_t i = 0; i < job->count; ++i) job->sink->fail(i, failed_);
     return;
@@ -137,16 +134,11 @@ void pool_core::submit(std::shared_ptr<pool_job> job, std::optional<duration> ti
   schedule_dispatch_locked();
 }
 
-// Offsets are only the same in a fresh image for code in the anchor's own module (a
-// shared libcoproc and the program are placed independently).
-void pool_core::check_same_image_locked(const pool_job& job) {
+void pool_core::check_reaches_workers_locked(const pool_job& job) {
   for (std::intptr_t offset : {job.trampoline, job.target}) {
     if (offset == 0 || checked_offsets_.count(offset)) continue;
-    if (!callable_offset(offset, true))
-      throw std::invalid_argument(
-          std::string("coproc::pool: with ") + fresh_method_name(*options_.method) +
-          " the task must be in the same image as libcoproc (link coproc statically), "
-          "or use start_method::fork");
+    check_reaches_fresh_image(offset, std::string("coproc::pool: with ") +
+                                          fresh_method_name(*options_.method) + " the task");
     checked_offsets_.insert(offset);
   }
 }

@@ -95,7 +95,7 @@ private:
   bool take_results_locked(worker& w, byte_buffer& in);
   void deliver_locked(worker& w, bool failed, std::string_view bytes);
 
-  void check_same_image_locked(const pool_job& job);
+  void check_reaches_workers_locked(const pool_job& job);
   void schedule_dispatch_locked();
   void dispatch_locked();
   bool encode_chunk(worker& w, const pool_chunk& c);
@@ -128,11 +128,10 @@ private:
   pool_initializer::travel_form initializer_; // spawn: the initializer as a fresh image rebuilds it
   pool_scheduler scheduler_;
   std::vector<std::shared_ptr<worker>> workers_;
-  std::unordered_set<std::intptr_t>
-      checked_offsets_;          // spawn: code known to be in the anchor's image
-  std::size_t live_ = 0;         // worker processes not reaped yet
-  std::size_t open_streams_ = 0; // lazy streams that may still submit
-  std::exception_ptr failed_;    // why every task fails (fail_pool_locked)
+  std::unordered_set<std::intptr_t> checked_offsets_; // spawn: code known to reach a fresh image
+  std::size_t live_ = 0;                              // worker processes not reaped yet
+  std::size_t open_streams_ = 0;                      // lazy streams that may still submit
+  std::exception_ptr failed_;                         // why every task fails (fail_pool_locked)
   waiter_list join_waiters_;
   boost::asio::steady_timer rebalance_timer_{ex_};
   payload_scratch scratch_; // where each item is encoded before it goes out

@@ -1,10 +1,8 @@
 // The pool's wire protocol (lib/pool_protocol.hpp): record encoding, frame and
-// record parsing, the receive buffer, and which code offsets may be called.
+// record parsing and the receive buffer.
 #include "pool_protocol.hpp"
 
 #include <coproc/detail/pool_task.hpp>
-
-#include <link.h>
 
 #include <algorithm>
 
@@ -103,38 +101,6 @@ void byte_buffer::trim() {
   cap_ = base_buffer_bytes;
   begin_ = 0;
   end_ = size;
-}
-
-bool callable_offset(std::intptr_t offset, bool same_object) {
-  struct query {
-    std::uintptr_t addr;
-    const void* object = nullptr;
-    bool found = false;
-  };
-  auto find = [](std::uintptr_t addr) {
-    query q{addr};
-    ::dl_iterate_phdr(
-        [](dl_phdr_info* info, std::size_t, void* data) -> int {
-          auto& q = *static_cast<query*>(data);
-          for (int i = 0; i < info->dlpi_phnum; ++i) {
-            const auto& ph = info->dlpi_phdr[i];
-            if (ph.p_type != PT_LOAD || !(ph.p_flags & PF_X)) continue;
-            std::uintptr_t start = info->dlpi_addr + ph.p_vaddr;
-            if (q.addr >= start && q.addr - start < ph.p_memsz) {
-              q.found = true;
-              q.object = info->dlpi_phdr; // one per object
-              return 1;
-            }
-          }
-          return 0;
-        },
-        &q);
-    return q;
-  };
-  auto anchor = static_cast<std::uintptr_t>(pool_anchor_address());
-  auto code = find(static_cast<std::uintptr_t>(offset) + anchor); // wraps, never overflows
-  if (!code.found) return false;
-  return !same_object || code.object == find(anchor).object;
 }
 
 } // namespace coproc::detail

@@ -168,9 +168,4 @@ private:
   std::size_t cap_ = 0, begin_ = 0, end_ = 0;
 };
 
-// Whether the code at this offset from the anchor may be called: it lies in an executable
-// segment of a loaded object and, if same_object (a fresh image: spawn), in the anchor's
-// own object, the only one placed at the same offset from the anchor there.
-bool callable_offset(std::intptr_t offset, bool same_object);
-
 } // namespace coproc::detail

@@ -6,6 +6,7 @@
 #include "pool_remote.hpp"
 
 #include "fresh_image.hpp"
+#include "image_map.hpp"
 #include "pool_core.hpp"
 #include "pool_protocol.hpp"
 
@@ -154,7 +155,7 @@ awaitable<void> remote_core::handshake(std::shared_ptr<remote_core> self, tcp::s
   std::string welcome = wire::encode(remote_welcome{
       w->name, self->options_.maxtasksperchild, self->initializer_offset_,
       std::chrono::duration_cast<std::chrono::nanoseconds>(self->remote_.heartbeat).count(),
-      pool_image_offset(&run_remote_worker)});
+      pool_image_offset(&run_remote_worker), startup_image_layout()});
   std::uint64_t length = welcome.size();
   w->out.append(reinterpret_cast<const char*>(&length), sizeof length);
   w->out += welcome;
@@ -307,7 +308,7 @@ void remote_core::submit(std::shared_ptr<pool_job> job, std::optional<duration> 
   if (closed_ && (terminated_ || !from_stream))
     throw std::logic_error(std::string("coproc::pool: cannot submit a task to a ") +
                            (terminated_ ? "terminated" : "closed") + " pool");
-  check_same_image_locked(*job);
+  check_reaches_workers_locked(*job);
   if (failed_) {
     for (std::size_t i = 0; i < job->count; ++i) job->sink->fail(i, failed_);
     return;
@@ -320,13 +321,10 @@ void remote_core::submit(std::shared_ptr<pool_job> job, std::optional<duration> 
   schedule_dispatch_locked();
 }
 
-void remote_core::check_same_image_locked(const pool_job& job) {
+void remote_core::check_reaches_workers_locked(const pool_job& job) {
   for (std::intptr_t offset : {job.trampoline, job.target}) {
     if (offset == 0 || checked_offsets_.count(offset)) continue;
-    if (!callable_offset(offset, true))
-      throw std::invalid_argument(
-          "coproc::pool: with remote workers the task must be in the same image as libcoproc "
-          "(link coproc statically)");
+    check_reaches_fresh_image(offset, "coproc::pool: with remote workers the task");
     checked_offsets_.insert(offset);
   }
 }

@@ -66,8 +66,10 @@ struct remote_proof {
   sha256_digest proof;
 };
 // name, maxtasksperchild, initializer offset, heartbeat (ns), the offset of
-// run_remote_worker from the anchor (the same executable on both sides, or no tasks).
-using remote_welcome = std::tuple<std::string, unsigned, std::int64_t, std::int64_t, std::int64_t>;
+// run_remote_worker from the anchor (the same executable on both sides, or no tasks), and
+// the pool's layout (lib/image_map.hpp).
+using remote_welcome =
+    std::tuple<std::string, unsigned, std::int64_t, std::int64_t, std::int64_t, std::string>;
 
 // HMAC-SHA-256(secret, label first second): the proofs of the handshake.
 sha256_digest remote_proof_of(std::string_view secret, std::string_view label,
@@ -153,7 +155,7 @@ private:
   void dispatch_locked();
   bool encode_chunk(worker& w, const pool_chunk& c);
   void start_write(const std::shared_ptr<worker>& w);
-  void check_same_image_locked(const pool_job& job);
+  void check_reaches_workers_locked(const pool_job& job);
 
   void arm_timeout_locked(const std::shared_ptr<worker>& w, std::int64_t due);
   void check_timeouts_locked(worker& w);

@@ -4,6 +4,7 @@
 #include "pool_remote.hpp"
 
 #include "fresh_image.hpp"
+#include "image_map.hpp"
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -157,11 +158,13 @@ remote_core::remote_core(asio::any_io_executor ex, pool_options options)
     if (auto* plain = options_.initializer.function().target<void (*)()>()) fn = *plain;
     else if (auto* declared = options_.initializer.function().target<void (*)() noexcept>())
       fn = *declared;
-    if (!fn || !callable_offset(pool_image_offset(fn), true))
+    if (!fn)
       throw std::invalid_argument(
-          "coproc::pool: with remote workers the initializer must be a plain function in "
-          "the same image as libcoproc (a remote worker is a fresh image of this program)");
+          "coproc::pool: with remote workers the initializer must be a plain function (a "
+          "remote worker is a fresh image of this program, without a lambda's captures)");
     initializer_offset_ = pool_image_offset(fn);
+    check_reaches_fresh_image(initializer_offset_,
+                              "coproc::pool: with remote workers the initializer");
   }
   secret_ = secret_hex();
 }

@@ -11,6 +11,7 @@
 // runner: a message on stderr and exit status 1.
 #include "pool_remote.hpp"
 
+#include "image_map.hpp"
 #include "os.hpp"
 #include "pool_protocol.hpp"
 #include "pool_worker.hpp"
@@ -204,10 +205,16 @@ void heartbeats(int fd, std::mutex& write_lock, std::chrono::nanoseconds interva
   } catch (const std::exception& e) {
     refuse(std::string("the pool's welcome does not decode: ") + e.what());
   }
-  auto [name, maxtasks, initializer, heartbeat_ns, image_check] = welcome;
+  auto [name, maxtasks, initializer, heartbeat_ns, image_check, layout] = welcome;
   if (image_check != pool_image_offset(&run_remote_worker))
     refuse("this executable is not the pool's (run the same build at the same path on every "
            "host)");
+  code_map code;
+  try {
+    code = code_map(layout);
+  } catch (const std::exception& e) {
+    refuse(std::string("the pool's layout does not decode: ") + e.what());
+  }
 
   enter_child({{}, name});
   // A link that loses what this worker sends for this long is dead: its sends fail.
@@ -218,7 +225,8 @@ void heartbeats(int fd, std::mutex& write_lock, std::chrono::nanoseconds interva
   static std::mutex write_lock;
   std::thread(heartbeats, fd, std::ref(write_lock), std::chrono::nanoseconds(heartbeat_ns))
       .detach();
-  run_remote_work(fd, static_cast<std::intptr_t>(initializer), maxtasks, write_lock);
+  run_remote_work(fd, static_cast<std::intptr_t>(initializer), maxtasks, std::move(code),
+                  write_lock);
 }
 
 // After the runner is gone: what the pool sent is read and dropped until the pool closes

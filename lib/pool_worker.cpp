@@ -17,6 +17,7 @@
 
 #include "forkserver.hpp"
 #include "fresh_image.hpp"
+#include "image_map.hpp"
 #include "os.hpp"
 
 #include <coproc/errors.hpp>
@@ -50,7 +51,6 @@
 #include <optional>
 #include <system_error>
 #include <unordered_map>
-#include <unordered_set>
 #include <tuple>
 
 namespace coproc::detail {
@@ -112,22 +112,6 @@ void lead_process_group() { ::setpgid(0, 0); }
   std::cerr << "coproc::pool worker " << ::getpid() << ": protocol error: " << what << std::endl;
   worker_exit(pool_protocol_error_exit);
 }
-
-// The code offsets a worker has checked, so each costs one walk of the loaded objects.
-class code_checker {
-public:
-  explicit code_checker(bool same_object) : same_object_(same_object) {}
-  bool callable(std::intptr_t offset) {
-    if (checked_.count(offset)) return true;
-    if (!callable_offset(offset, same_object_)) return false;
-    checked_.insert(offset);
-    return true;
-  }
-
-private:
-  bool same_object_;
-  std::unordered_set<std::intptr_t> checked_;
-};
 
 // Frees the frame of the item being run once its arguments are decoded (pool_input).
 struct frame_release {
@@ -197,9 +181,9 @@ public:
   // worker also announces each frame's claims by a record before running it. local: the
   // payload regions follow the page (lib/pool_payload.hpp); a remote worker has none.
   worker_loop(int fd, worker_page* page, bool local, unsigned maxtasks, unsigned concurrency,
-              bool same_object, std::mutex* write_lock)
+              code_map code, std::mutex* write_lock)
       : fd_(fd), page_(page), maxtasks_(maxtasks), concurrency_(std::max(concurrency, 1u)),
-        code_(same_object), write_lock_(write_lock) {
+        code_(std::move(code)), write_lock_(write_lock) {
     if (!local) return;
     char* arguments = reinterpret_cast<char*>(page) + worker_page_size;
     // What the tasks start does not keep the regions' pages alive.
@@ -440,9 +424,9 @@ private:
       protocol_error(page_, e.what());
     }
     if (!frame || (frame->header.flags & frame_cancel) != 0) return frame;
-    if (!code_.callable(frame->header.trampoline))
+    if (!code_.local(frame->header.trampoline))
       protocol_error(page_, "a trampoline offset that names no code");
-    if (frame->header.target != 0 && !code_.callable(frame->header.target))
+    if (frame->header.target != 0 && !code_.local(frame->header.target))
       protocol_error(page_, "a target offset that names no code");
     return frame;
   }
@@ -478,7 +462,10 @@ private:
   // The frame is consumed from the input, a large one before its last item runs.
   std::uint64_t run_items(const frame_view& frame) {
     const auto& h = frame.header;
-    auto fn = reinterpret_cast<pool_trampoline>(h.trampoline + pool_anchor_address());
+    // This image's offsets, known since next_frame checked them; the header keeps the
+    // sender's, which the timing records name.
+    auto fn = reinterpret_cast<pool_trampoline>(*code_.local(h.trampoline) + pool_anchor_address());
+    std::intptr_t target = h.target != 0 ? *code_.local(h.target) : 0;
     frame_release whole{&in_, frame.size};
     const char* p = frame.items;
     std::uint64_t ran = 0;
@@ -504,7 +491,7 @@ private:
       if (page_->claimed.compare_exchange_strong(expected, seq_)) {
         if (timed) page_->running_since.store(now_ns(), std::memory_order_relaxed);
         page_->running.store(seq_, std::memory_order_release);
-        run_item(fn, static_cast<std::intptr_t>(h.target), input);
+        run_item(fn, target, input);
         ++ran;
         if (timed) flush();
       }
@@ -576,7 +563,7 @@ private:
   const int fd_;
   worker_page* const page_;
   const unsigned maxtasks_, concurrency_;
-  code_checker code_;
+  code_map code_;
   // Coroutine tasks: their io_context (made at the first), the socket watched while they
   // run, the answers waiting in item order.
   std::optional<boost::asio::io_context> io_;
@@ -602,7 +589,7 @@ private:
 
 [[noreturn]] void run_initializer_then_work(const std::function<void()>& initializer, int fd,
                                             worker_page* page, bool local, unsigned maxtasks,
-                                            unsigned concurrency, bool same_object,
+                                            unsigned concurrency, code_map code,
                                             std::mutex* write_lock = nullptr) {
   std::string out;
   auto failed = [&](const std::string& type, const std::string& message) {
@@ -625,7 +612,7 @@ private:
   }
   encode_record(out, record_kind::started);
   write_all(fd, out, write_lock);
-  worker_loop(fd, page, local, maxtasks, concurrency, same_object, write_lock).run();
+  worker_loop(fd, page, local, maxtasks, concurrency, std::move(code), write_lock).run();
 }
 
 } // namespace
@@ -636,23 +623,26 @@ private:
 // tables, so the start cost does not grow with the parent's memory), or a child the fork
 // server forks, which starts the same way; it becomes a worker in main_guard
 // (lib/fresh_image.cpp), once the program's statics are constructed. Its
-// body: maxtasksperchild, concurrency and the initializer (its trampoline's and target's
-// offsets from the anchor, the trampoline 0 for none, and its state); its descriptors: the
-// socket and the memfd of the shared page.
+// body: maxtasksperchild, concurrency, the initializer (its trampoline's and target's
+// offsets from the anchor, the trampoline 0 for none, and its state) and the parent's
+// layout (lib/image_map.hpp); its descriptors: the socket and the memfd of the shared page.
 
 namespace {
-using spawned_worker_body = std::tuple<unsigned, unsigned, std::int64_t, std::int64_t, std::string>;
+using spawned_worker_body =
+    std::tuple<unsigned, unsigned, std::int64_t, std::int64_t, std::string, std::string>;
 } // namespace
 
 void run_spawned_worker(std::string_view body, int fd, int memfd) {
   spawned_worker_body parts;
+  code_map code;
   try {
     parts = wire::decode<spawned_worker_body>(body);
+    code = code_map(std::get<5>(parts));
   } catch (const std::exception& e) {
     std::cerr << "coproc::pool worker " << ::getpid() << ": " << e.what() << std::endl;
     ::_exit(pool_protocol_error_exit);
   }
-  auto& [maxtasks, concurrency, init, init_target, init_state] = parts;
+  auto& [maxtasks, concurrency, init, init_target, init_state, layout] = parts;
   lead_process_group();
   void* mem = ::mmap(nullptr, worker_link_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
   if (mem == MAP_FAILED) ::_exit(71);
@@ -661,19 +651,19 @@ void run_spawned_worker(std::string_view body, int fd, int memfd) {
   std::function<void()> initializer;
   if (init != 0) {
     // Checked by the parent too; a forged payload must not choose what this calls.
-    if (!callable_offset(static_cast<std::intptr_t>(init), true) ||
-        (init_target != 0 && !callable_offset(static_cast<std::intptr_t>(init_target), true)))
-      protocol_error(static_cast<worker_page*>(mem),
-                     "an initializer offset outside libcoproc's image");
-    auto fn =
-        reinterpret_cast<pool_trampoline>(static_cast<std::intptr_t>(init) + pool_anchor_address());
-    initializer = [fn, target = static_cast<std::intptr_t>(init_target), &state = init_state] {
+    auto fn = code.local(static_cast<std::intptr_t>(init));
+    auto target = init_target != 0 ? code.local(static_cast<std::intptr_t>(init_target))
+                                   : std::optional<std::intptr_t>(0);
+    if (!fn || !target)
+      protocol_error(static_cast<worker_page*>(mem), "an initializer offset that names no code");
+    initializer = [fn = reinterpret_cast<pool_trampoline>(*fn + pool_anchor_address()),
+                   target = *target, &state = init_state] {
       std::string ignored; // what it returns
       fn(target, pool_input{state}, ignored);
     };
   }
   run_initializer_then_work(initializer, fd, static_cast<worker_page*>(mem), true, maxtasks,
-                            concurrency, true);
+                            concurrency, std::move(code));
 }
 
 [[noreturn]] void run_forked_worker(int parent, int fd, worker_page* page, identity id,
@@ -684,30 +674,31 @@ void run_spawned_worker(std::string_view body, int fd, int memfd) {
   // Workers are daemonic, as in Python: they die with the parent, even by SIGKILL.
   die_with_parent(parent);
   enter_child(std::move(id));
-  run_initializer_then_work(initializer, fd, page, true, maxtasksperchild, concurrency, false);
+  run_initializer_then_work(initializer, fd, page, true, maxtasksperchild, concurrency, {});
 }
 
 void run_remote_work(int fd, std::intptr_t initializer_offset, unsigned maxtasksperchild,
-                     std::mutex& write_lock) {
+                     code_map code, std::mutex& write_lock) {
   static worker_page page; // this worker's own: the pool learns of claims by records
   std::function<void()> initializer;
   if (initializer_offset != 0) {
-    if (!callable_offset(initializer_offset, true))
-      protocol_error(&page, "an initializer offset outside libcoproc's image");
-    initializer = reinterpret_cast<void (*)()>(initializer_offset + pool_anchor_address());
+    auto fn = code.local(initializer_offset);
+    if (!fn) protocol_error(&page, "an initializer offset that names no code");
+    initializer = reinterpret_cast<void (*)()>(*fn + pool_anchor_address());
   }
   // The one worker without shared payloads: it shares no memory with its pool.
-  run_initializer_then_work(initializer, fd, &page, false, maxtasksperchild, 1, true, &write_lock);
+  run_initializer_then_work(initializer, fd, &page, false, maxtasksperchild, 1, std::move(code),
+                            &write_lock);
 }
 
 std::shared_ptr<process_child> start_worker_image(start_method method, int fd, int memfd,
                                                   unsigned maxtasksperchild, unsigned concurrency,
                                                   const pool_initializer::travel_form& initializer,
                                                   const identity& id) {
-  fresh_image_spec spec{
-      image_kind::pool_worker, id, true,
-      wire::encode(spawned_worker_body{maxtasksperchild, concurrency, initializer.trampoline,
-                                       initializer.target, initializer.state})};
+  fresh_image_spec spec{image_kind::pool_worker, id, true,
+                        wire::encode(spawned_worker_body{
+                            maxtasksperchild, concurrency, initializer.trampoline,
+                            initializer.target, initializer.state, startup_image_layout()})};
   int fds[] = {fd, memfd};
   std::string who = "coproc::pool: worker " + id.name;
   if (method == start_method::forkserver) return start_served_child(spec, fds, who);

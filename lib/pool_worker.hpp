@@ -7,6 +7,7 @@
 #include <coproc/start_method.hpp>
 #include <coproc/detail/pool_task.hpp>
 
+#include "image_map.hpp"
 #include "pool_protocol.hpp"
 
 #include <cstdint>
@@ -24,9 +25,10 @@ namespace coproc::detail {
 
 // A remote worker (lib/pool_remote_worker.cpp), connected and accepted on fd: runs the
 // initializer (an offset from the anchor, 0 for none), then tasks, announcing its claims
-// by records; every write holds write_lock (its heartbeat thread writes on fd too).
+// by records; `code` moves the pool's offsets into this image; every write holds
+// write_lock (its heartbeat thread writes on fd too).
 [[noreturn]] void run_remote_work(int fd, std::intptr_t initializer_offset,
-                                  unsigned maxtasksperchild, std::mutex& write_lock);
+                                  unsigned maxtasksperchild, code_map code, std::mutex& write_lock);
 
 // start_method::spawn or forkserver: starts a fresh image of this executable (or has the
 // fork server fork one) as worker `id` on its end of the socket and the memfd of the

@@ -7,6 +7,7 @@
 #include <doctest/doctest.h>
 
 #include "support/checks.hpp"
+#include "support/plugin.hpp"
 #include "support/pool_tasks.hpp"
 #include "support/timing.hpp"
 
@@ -19,10 +20,12 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <csignal>
 #include <cstdlib>
 #include <cstddef>
 #include <cstring>
+#include <ctime>
 #include <fstream>
 #include <stdexcept>
 #include <string>
@@ -328,23 +331,45 @@ TEST_CASE("maxtasksperchild workers lend queued tasks to idle ones and still tak
   }());
 }
 
-TEST_CASE("a spawn initializer outside the executable's image is refused") {
+// Forkserver pools take the same checks (support/spawn_helper.cpp runs them).
+TEST_CASE("spawn refuses an initializer or a task in a library dlopened after main_guard, and "
+          "runs libc's") {
   coproc_test::run([]() -> coproc::awaitable<void> {
     auto ex = co_await boost::asio::this_coro::executor;
-    // sync() lives in libc, placed apart from the executable in a fresh image.
-    auto* outside = reinterpret_cast<void (*)()>(::dlsym(RTLD_DEFAULT, "sync"));
-    REQUIRE(static_cast<bool>(outside));
-    coproc::pool_options options{
-        .processes = 1, .initializer = outside, .method = coproc::start_method::spawn};
-    CHECK_THROWS_WITH_AS(coproc::pool(ex, options), doctest::Contains("initializer"),
+    // A fresh worker loads what the program loads before main_guard, not the plugin.
+    auto* outside = coproc_test::plugin_function<void()>("coproc_test_plugin_init");
+    auto* triple = coproc_test::plugin_function<int(int)>("coproc_test_plugin_triple");
+    auto spawn = coproc::start_method::spawn;
+    coproc::pool_options options{.processes = 1, .initializer = outside, .method = spawn};
+    CHECK_THROWS_WITH_AS(coproc::pool(ex, options),
+                         doctest::Contains("initializer is in " COPROC_TEST_PLUGIN),
                          std::invalid_argument);
-    CHECK_THROWS_WITH_AS(coproc::pool(ex, options), doctest::Contains("image"),
+    CHECK_THROWS_WITH_AS(coproc::pool(ex, options), doctest::Contains("after main_guard"),
                          std::invalid_argument);
     // Declared noexcept: the same refusal, not "not a plain function".
-    coproc::pool_options declared{
-        .processes = 1, .initializer = &::sync, .method = coproc::start_method::spawn};
-    CHECK_THROWS_WITH_AS(coproc::pool(ex, declared), doctest::Contains("image"),
+    options.initializer = reinterpret_cast<void (*)() noexcept>(outside);
+    CHECK_THROWS_WITH_AS(coproc::pool(ex, options), doctest::Contains(COPROC_TEST_PLUGIN),
                          std::invalid_argument);
+    // libc is another object than the executable, placed apart from it in the worker.
+    coproc::pool pool(ex, {.processes = 1, .initializer = &::tzset, .method = spawn});
+    CHECK_THROWS_WITH_AS(co_await pool.apply(triple, 3),
+                         doctest::Contains("task is in " COPROC_TEST_PLUGIN),
+                         std::invalid_argument);
+    CHECK(co_await pool.apply(::toupper, 'q') == 'Q');
+    CHECK(co_await pool.apply(square, 12) == 144);
+    pool.close();
+    co_await pool.join();
+    // Data is no code, whichever object holds it.
+    auto* data = reinterpret_cast<void (*)()>(&g_data_word);
+    CHECK_THROWS_WITH_AS(
+        coproc::pool(ex,
+                     {.processes = 1, .initializer = data, .method = coproc::start_method::spawn}),
+        doctest::Contains("is not code in any loaded object"), std::invalid_argument);
+    // Fork workers have the plugin: its code runs there.
+    coproc::pool forked(ex, {.processes = 1, .initializer = outside});
+    CHECK(co_await forked.apply(triple, 3) == 9);
+    forked.close();
+    co_await forked.join();
   }());
 }
 

@@ -123,9 +123,10 @@ struct pool_options {
   // fork: workers are copies of this process now (Python's fork). spawn: fresh images of
   // this executable (posix_spawn of /proc/self/exe, named SpawnPoolWorker-N): start cost
   // does not grow with this process's memory, workers see the program's initial globals,
-  // and the initializer must be a plain function (noexcept or not) in libcoproc's own
-  // image, the executable when coproc is linked statically: std::invalid_argument at
-  // construction otherwise; main must call coproc::main_guard (std::logic_error otherwise).
+  // and the initializer must be a plain function (noexcept or not); it and the tasks must
+  // be in the executable or a library loaded before main_guard (a fresh image has no
+  // library dlopened later): std::invalid_argument at construction or submission
+  // otherwise; main must call coproc::main_guard (std::logic_error otherwise).
   // forkserver: as spawn (the same rules, named ForkServerPoolWorker-N), but each worker is
   // forked by this process's fork server (coproc/start_method.hpp), so a worker's start
   // costs the fork of a small process. nullopt: get_start_method() when the pool is made.
@@ -313,8 +314,8 @@ public:
         chunksize_(chunksize), buffersize_(buffersize), stream_(std::move(stream)),
         port_(std::move(port)), range_(std::move(range)), it_(std::ranges::begin(range_)) {}
 
-  // The first fill, at the call: what submit throws (a closed pool, a spawn task outside
-  // libcoproc's image) reaches the caller.
+  // The first fill, at the call: what submit throws (a closed pool, a spawn task in a
+  // library dlopened after main_guard) reaches the caller.
   void start() {
     std::lock_guard lock(mutex_);
     fill(true);

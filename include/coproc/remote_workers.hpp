@@ -14,8 +14,9 @@
 // and gets no task; a worker refused so exits with status 1 and says why on stderr.
 //
 // Tasks, results, errors, chunking and imap are as with local workers; the functions must
-// be in the executable's image as with start_method::spawn (link coproc statically), and
-// every host runs the same executable at the same path. A remote worker claims a chunk
+// reach a fresh image as with start_method::spawn (not in a library dlopened after
+// main_guard), and every host runs the same executable, and the shared libraries that hold
+// tasks, at the same paths. A remote worker claims a chunk
 // by a message before it runs it, so when a worker is lost (its connection closes, or no
 // heartbeat for 3 heartbeat intervals: a dead process, host or link, a stopped process)
 // exactly the chunks it had started fail with worker_lost (exitcode() 255: the status is

@@ -2,9 +2,10 @@
 //
 // A task is a trampoline (one per callable type and argument types) plus, for a plain
 // function pointer, the function itself. Both travel as offsets from an anchor function
-// in the same image, never as raw pointers: a worker started from the same executable
-// (forked now, or later by a forkserver or as a fresh image) finds the same code at
-// the same offsets, whatever the parent's heap looks like. A callable with state travels
+// in libcoproc, never as raw pointers: a forked worker finds the same code at the same
+// offsets, and a fresh image (spawn, forkserver, remote) moves each offset into its own
+// placement of the object that holds it (lib/image_map.hpp), whatever the parent's heap
+// looks like. A callable with state travels
 // only as values the wire format can check: a function object's cereal serialize, or a
 // coproc::partial's bound arguments (its function is the frame's target when it is a
 // plain function), encoded once per submission and put before every item's arguments.
