@@ -99,7 +99,12 @@ code_map::code_map(std::string_view layout) : moved_(true) {
 }
 
 std::optional<std::intptr_t> code_map::local(std::intptr_t offset) {
-  if (auto it = known_.find(offset); it != known_.end()) return it->second;
+  for (auto& h : recent_)
+    if (h.known && h.offset == offset) return h.local;
+  if (auto it = known_.find(offset); it != known_.end()) {
+    recent_[next_ ^= 1] = {offset, it->second, true};
+    return it->second;
+  }
   std::optional<std::intptr_t> found;
   if (moved_) {
     for (auto& s : segments_)
@@ -110,7 +115,10 @@ std::optional<std::intptr_t> code_map::local(std::intptr_t offset) {
     for (auto& object : loaded_objects())
       if (holds(object, offset)) found = offset;
   }
-  if (found) known_.emplace(offset, *found);
+  if (found) {
+    known_.emplace(offset, *found);
+    recent_[next_ ^= 1] = {offset, *found, true};
+  }
   return found;
 }
 

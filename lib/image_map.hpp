@@ -48,9 +48,16 @@ private:
   struct segment {
     std::intptr_t start, size, shift; // start and size in the sender's offsets
   };
+  struct hit {
+    std::intptr_t offset = 0, local = 0;
+    bool known = false;
+  };
   bool moved_ = false;
   std::vector<segment> segments_;
   std::unordered_map<std::intptr_t, std::intptr_t> known_; // each offset costs one search
+  // A frame's trampoline and target, asked for twice a frame: cheaper than the map.
+  hit recent_[2];
+  unsigned next_ = 0;
 };
 
 } // namespace coproc::detail
