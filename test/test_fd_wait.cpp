@@ -44,7 +44,9 @@ TEST_CASE("forget_fd on another thread while a wait starts and sleeps, 2000 time
   std::uint64_t one = 1;
   CHECK(::write(fd, &one, sizeof one) == sizeof one); // readable from now on: the waits end
   waiter.join();
-  CHECK(waits.load() > 1000);
+  // Every even round waited for a new wait, and a forget_fd that failed to wake a wait
+  // would have cost its 1 s deadline each time, 1000 times over the test's timeout.
+  CHECK(waits.load() >= 1000);
   ::close(fd);
 }
 
