@@ -51,8 +51,8 @@ double raw_pipeline() {
   auto start = bench::clock::now();
   std::string size = std::to_string(mib) + "M";
   std::array<std::vector<const char*>, 3> argv{{{"head", "-c", size.c_str(), "/dev/zero", nullptr},
-                                                 {"tr", "\\0", "a", nullptr},
-                                                 {"wc", "-c", nullptr}}};
+                                                {"tr", "\\0", "a", nullptr},
+                                                {"wc", "-c", nullptr}}};
   int in = -1, out[2];
   std::array<pid_t, 3> pids{};
   for (std::size_t i = 0; i < argv.size(); ++i) {
