@@ -84,14 +84,15 @@ double raw_pipeline() {
 int main() {
   std::string name = "3-stage pipeline, " + std::to_string(mib) + " MiB";
   // Interleaved rounds, so that a slower moment of the machine hits every column.
-  std::vector<double> ours, shell, raw;
+  std::vector<double> ours, shell, raw, python;
   for (int i = 0; i < rounds; ++i) {
     ours.push_back(coproc_pipeline());
     shell.push_back(shell_pipeline());
     raw.push_back(raw_pipeline());
+    python.push_back(bench::python("pipeline_peer.py", std::to_string(mib) + " 1"));
   }
-  double ours_m = bench::median(ours), shell_m = bench::median(shell), raw_m = bench::median(raw);
-  double py = bench::python("pipeline_peer.py", std::to_string(mib) + " " + std::to_string(rounds));
+  double ours_m = bench::median(ours), shell_m = bench::median(shell), raw_m = bench::median(raw),
+         py = bench::median(python);
   bench::row(name, "coproc::run_pipeline", ours_m, "GB/s", false);
   bench::row(name, "sh -c 'a | b | c'", shell_m, "GB/s", false);
   bench::row(name, "python Popen chain", py, "GB/s", false);

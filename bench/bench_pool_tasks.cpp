@@ -149,13 +149,7 @@ std::vector<double> numbers(const std::string& line) {
 
 // The last line the peer prints, as numbers.
 std::vector<double> python_numbers(const std::string& args) {
-  std::string cmd = "python3 " COPROC_BENCH_DIR "/pool_tasks_peer.py " + args;
-  std::unique_ptr<FILE, int (*)(FILE*)> pipe(::popen(cmd.c_str(), "r"), ::pclose);
-  if (!pipe) throw std::runtime_error("cannot run " + cmd);
-  std::string last;
-  std::array<char, 256> buf;
-  while (std::fgets(buf.data(), buf.size(), pipe.get())) last = buf.data();
-  return numbers(last);
+  return numbers(bench::last_line("python3 " COPROC_BENCH_DIR "/pool_tasks_peer.py " + args));
 }
 
 } // namespace

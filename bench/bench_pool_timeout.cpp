@@ -43,13 +43,7 @@ constexpr auto hang_timeout = 20ms;
 
 // pebble is packaged for Debian's Python, not for another python3 first on PATH.
 double pebble(const std::string& args) {
-  std::string cmd = "/usr/bin/python3 " COPROC_BENCH_DIR "/pool_timeout_peer.py " + args;
-  std::unique_ptr<FILE, int (*)(FILE*)> pipe(::popen(cmd.c_str(), "r"), ::pclose);
-  if (!pipe) throw std::runtime_error("cannot run " + cmd);
-  std::string out;
-  std::array<char, 256> buf;
-  while (std::fgets(buf.data(), buf.size(), pipe.get())) out = buf.data();
-  return std::strtod(out.c_str(), nullptr);
+  return bench::python("pool_timeout_peer.py", args, "/usr/bin/python3");
 }
 
 coproc::awaitable<double> apply_us(coproc::pool& pool, std::optional<coproc::duration> timeout) {

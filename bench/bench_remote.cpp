@@ -65,14 +65,9 @@ coproc::pool_options remote(std::vector<std::string> launcher, std::string liste
   return o;
 }
 
+// Dask is packaged for Debian's Python; its cluster's log lines go to stderr.
 double dask(const char* mode) {
-  std::string cmd =
-      "/usr/bin/python3 " COPROC_BENCH_DIR "/remote_peer.py " + std::string(mode) + " 2>/dev/null";
-  std::unique_ptr<FILE, int (*)(FILE*)> pipe(::popen(cmd.c_str(), "r"), ::pclose);
-  std::string out;
-  char buf[256];
-  while (pipe && std::fgets(buf, sizeof buf, pipe.get())) out = buf;
-  return std::strtod(out.c_str(), nullptr);
+  return bench::python("remote_peer.py", std::string(mode) + " 2>/dev/null", "/usr/bin/python3");
 }
 
 } // namespace

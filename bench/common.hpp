@@ -35,16 +35,27 @@ inline double median_of(int repeats, const std::function<double()>& f) {
   return median(runs);
 }
 
-// Runs `python3 bench/<script> args...` and returns the number it prints last (the
-// peer prints the median of its own repeats, in the unit the caller expects).
-inline double python(const std::string& script, const std::string& args = "") {
-  std::string cmd = "python3 " COPROC_BENCH_DIR "/" + script + " " + args;
-  std::unique_ptr<FILE, int (*)(FILE*)> pipe(::popen(cmd.c_str(), "r"), ::pclose);
-  if (!pipe) throw std::runtime_error("cannot run " + cmd);
+// The last line `command` prints. A peer that fails (a missing module, a crash) stops the
+// benchmark naming the command: a row of zeros would read as a result.
+inline std::string last_line(const std::string& command) {
+  FILE* pipe = ::popen(command.c_str(), "r");
+  if (!pipe) throw std::runtime_error("cannot run " + command);
   std::string out;
   std::array<char, 256> buf;
-  while (std::fgets(buf.data(), buf.size(), pipe.get())) out = buf.data();
-  return std::strtod(out.c_str(), nullptr);
+  while (std::fgets(buf.data(), buf.size(), pipe)) out = buf.data();
+  int status = ::pclose(pipe);
+  if (status != 0)
+    throw std::runtime_error(command + " failed (wait status " + std::to_string(status) + ")");
+  return out;
+}
+
+// Runs `python3 bench/<script> args...` and returns the number it prints last (the
+// peer prints the median of its own repeats, in the unit the caller expects). A peer
+// that needs a Debian package (pebble, dask) runs with interpreter /usr/bin/python3.
+inline double python(const std::string& script, const std::string& args = "",
+                     const std::string& interpreter = "python3") {
+  return std::strtod(
+      last_line(interpreter + " " COPROC_BENCH_DIR "/" + script + " " + args).c_str(), nullptr);
 }
 
 // One result row, printed for people and appended to $COPROC_BENCH_ROWS (TSV:
