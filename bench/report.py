@@ -63,7 +63,7 @@ def main(rows_path, out_dir):
         for impl, value, unit, better in entries:
             label = figure(value, unit)
             if impl != "coproc":
-                label += f" ({impl})"
+                label += " (" + impl.replace("|", "\\|") + ")"  # a '|' would end the cell
             cells[kind(impl)].append(label)
         ours = [e for e in entries if kind(e[0]) == "coproc"]
         peers = [e for e in entries if kind(e[0]) == "python"]
