@@ -61,7 +61,7 @@ void waiter_list::park_handler(
   if (slot.is_connected()) slot.template emplace<cancel_waiter>(w);
 }
 
-void waiter_list::notify_all() {
+void waiter_list::notify_waiting() {
   for (auto& w : waiters_) complete(w, false);
   waiters_.clear();
 }

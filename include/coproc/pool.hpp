@@ -94,9 +94,11 @@
 #include <boost/asio/error.hpp>
 #include <boost/system/system_error.hpp>
 
+#include <atomic>
 #include <cstddef>
 #include <functional>
 #include <iterator>
+#include <limits>
 #include <exception>
 #include <memory>
 #include <mutex>
@@ -226,46 +228,57 @@ public:
   // The next result (in item order for imap, as they finish for imap_unordered);
   // nullopt after the last. An item that failed throws its error here, and the next
   // call goes on with the following item.
-  awaitable<std::optional<T>> next() { return next_of(state_, feeder_, owner_); }
+  awaitable<std::optional<T>> next() { return next_of(reader_); }
 
 private:
   friend class pool;
   template <class U>
   friend result_stream<std::pair<std::size_t, async_result<U>>>
   as_completed(std::vector<async_result<U>> results);
+
+  // What the copies of a stream and their next() calls share; the last of them to go
+  // (a copy, or a next() still waiting) stops a lazy input.
+  struct reader {
+    std::shared_ptr<detail::stream_state<T>> state;
+    std::shared_ptr<detail::stream_feeder> feeder; // a lazy input's
+    reader(std::shared_ptr<detail::stream_state<T>> s, std::shared_ptr<detail::stream_feeder> f)
+        : state(std::move(s)), feeder(std::move(f)) {}
+    reader(const reader&) = delete;
+    reader& operator=(const reader&) = delete;
+    ~reader() {
+      if (feeder) feeder->stop();
+    }
+  };
+
   explicit result_stream(std::shared_ptr<detail::stream_state<T>> state,
                          std::shared_ptr<detail::stream_feeder> feeder = nullptr)
-      : state_(std::move(state)), feeder_(std::move(feeder)) {
-    // The last copy of this stream (or a next() still waiting) stops a lazy input.
-    if (feeder_)
-      owner_ = std::shared_ptr<void>(nullptr, [feeder = feeder_](void*) { feeder->stop(); });
-  }
-  // (The coroutine holds the state and, for a lazy input, the feeder and the ownership:
-  // the wait may outlive this handle.)
-  static awaitable<std::optional<T>> next_of(std::shared_ptr<detail::stream_state<T>> state,
-                                             std::shared_ptr<detail::stream_feeder> feeder,
-                                             std::shared_ptr<void> owner) {
-    auto next = state->next();
-    if (!feeder) {
-      auto item = co_await std::move(next);
-      co_return item;
-    }
+      : reader_(std::make_shared<reader>(std::move(state), std::move(feeder))) {}
+
+  // (The coroutine holds the reader: the wait may outlive this handle.)
+  static awaitable<std::optional<T>> next_of(std::shared_ptr<reader> r) {
+    using state_type = detail::stream_state<T>;
+    std::optional<typename state_type::slot> ready;
+    // A ready item is taken at once; only an empty stream costs a wait.
+    bool wait = r->state->poll(ready) == state_type::poll_result::empty;
     std::optional<T> item;
     std::exception_ptr error;
     try {
-      item = co_await std::move(next);
+      if (wait) {
+        auto next = r->state->next();
+        item = co_await std::move(next);
+      } else {
+        item = state_type::unwrap(ready);
+      }
     } catch (...) {
       error = std::current_exception();
     }
-    feeder->refill(); // a result was taken (or the wait abandoned): room for more
-    (void)owner;
+    // A result was taken (or the wait abandoned): room for more.
+    if (r->feeder) r->feeder->refill();
     if (error) std::rethrow_exception(error);
     co_return item;
   }
 
-  std::shared_ptr<detail::stream_state<T>> state_;
-  std::shared_ptr<detail::stream_feeder> feeder_;
-  std::shared_ptr<void> owner_;
+  std::shared_ptr<reader> reader_;
 };
 
 namespace detail {
@@ -319,10 +332,14 @@ public:
   void start() {
     std::lock_guard lock(mutex_);
     fill(true);
+    mark_room();
   }
   void refill() override {
+    // Called after every item a reader takes: most find no room for a whole step yet.
+    if (stream_->handed() < refill_at_.load(std::memory_order_acquire)) return;
     std::lock_guard lock(mutex_);
     fill(false);
+    mark_room();
   }
   void stop() noexcept override {
     std::lock_guard lock(mutex_);
@@ -373,6 +390,15 @@ private:
       if (it_ == std::ranges::end(range_)) return finish();
     }
   }
+  // Caller holds mutex_. The next step fits once this many items are handed
+  // (pulled_ - handed + step_ <= buffersize_); none does once the input is done.
+  void mark_room() {
+    std::size_t need = pulled_ + step_;
+    refill_at_.store(done_                ? std::numeric_limits<std::size_t>::max()
+                     : need > buffersize_ ? need - buffersize_
+                                          : 0,
+                     std::memory_order_release);
+  }
   void finish() {
     stream_->set_total(pulled_);
     done_ = true;
@@ -389,6 +415,7 @@ private:
   std::ranges::iterator_t<Range> it_;
   std::size_t pulled_ = 0;
   bool done_ = false;
+  std::atomic<std::size_t> refill_at_{0}; // handed() below this: no room for a step
 };
 } // namespace detail
 

@@ -23,6 +23,7 @@
 #include <boost/system/system_error.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -61,8 +62,10 @@ public:
     auto slot = boost::asio::get_associated_cancellation_slot(handler);
     park_handler(until, std::move(ex), slot, std::move(handler));
   }
-  // Caller holds the owner's mutex.
-  void notify_all();
+  // Caller holds the owner's mutex. (Inline: a stream notifies at every item, mostly nobody.)
+  void notify_all() {
+    if (!waiters_.empty()) notify_waiting();
+  }
 
 private:
   struct waiter; // (lib/waiter_list.cpp: its timer keeps steady_timer out of this header)
@@ -72,6 +75,7 @@ private:
                     boost::asio::cancellation_slot slot,
                     boost::asio::any_completion_handler<void(boost::system::error_code)> handler);
   static void complete(const std::shared_ptr<waiter>& w, bool cancel);
+  void notify_waiting();
 
   std::vector<std::shared_ptr<waiter>> waiters_; // (woken ones are pruned at the next park)
 };
@@ -344,25 +348,37 @@ public:
   // An item that is a value already (as_completed).
   void push(std::size_t index, R value) { put(index, std::move(value)); }
 
+  using slot = std::variant<R, std::exception_ptr>;
+  enum class poll_result { item, end, empty };
+
+  // Without waiting: the next item into `item`, or that none is left, or that a reader
+  // must wait (empty). The path of a reader that keeps up with the workers: no wait, no
+  // coroutine of its own.
+  poll_result poll(std::optional<slot>& item) {
+    std::lock_guard lock(mutex_);
+    if (exhausted()) return poll_result::end;
+    if (!available()) return poll_result::empty;
+    item.emplace(take());
+    return poll_result::item;
+  }
+  // The value of a polled item; rethrows a failed item's error.
+  static std::optional<R> unwrap(std::optional<slot>& item) {
+    if (!item) return std::nullopt;
+    if (item->index() == 1) std::rethrow_exception(std::get<1>(*item));
+    return std::move(std::get<0>(*item));
+  }
+
   // nullopt after the last item; rethrows a failed item's error. Several readers may
   // wait at once: each item goes to one of them, and all get nullopt at the end.
   awaitable<std::optional<R>> next() {
-    std::optional<std::variant<R, std::exception_ptr>> item;
-    for (;;) {
-      // Woken, another reader may still take the item first: look again under the lock.
+    std::optional<slot> item;
+    // Woken, another reader may still take the item first: look again under the lock.
+    while (poll(item) == poll_result::empty) {
       auto wait = wait_for_condition(
           mutex_, waiters_, [this] { return exhausted() || available(); }, deadline::never());
       co_await std::move(wait);
-      std::lock_guard lock(mutex_);
-      if (exhausted()) break;
-      if (available()) {
-        item.emplace(take());
-        break;
-      }
     }
-    if (!item) co_return std::nullopt;
-    if (item->index() == 1) std::rethrow_exception(std::get<1>(*item));
-    co_return std::move(std::get<0>(*item));
+    co_return unwrap(item);
   }
 
   // A lazy input ended after n items.
@@ -371,11 +387,8 @@ public:
     total_ = n;
     waiters_.notify_all();
   }
-  // Items handed to readers so far.
-  std::size_t handed() const {
-    std::lock_guard lock(mutex_);
-    return handed_;
-  }
+  // Items handed to readers so far (a reader's refill asks it after each item: no lock).
+  std::size_t handed() const { return handed_count_.load(std::memory_order_acquire); }
   // No reader is left: results that still arrive are dropped.
   void abandon() {
     std::lock_guard lock(mutex_);
@@ -395,8 +408,11 @@ private:
     if (ordered_) {
       // The window starts at the next item to hand out: it holds what arrived early.
       std::size_t at = index - handed_;
-      if (window_.size() <= at) window_.resize(at + 1);
-      window_[at] = std::move(item);
+      if (at == window_.size()) window_.emplace_back(std::move(item)); // in order: the most
+      else {
+        if (window_.size() < at) window_.resize(at + 1);
+        window_[at] = std::move(item);
+      }
     } else {
       arrived_.push_back(std::move(item));
     }
@@ -413,8 +429,9 @@ private:
         ordered_ ? std::move(*window_.front()) : std::move(arrived_.front());
     if (ordered_) window_.pop_front();
     else arrived_.pop_front();
+    handed_count_.store(++handed_, std::memory_order_release);
     // Readers still waiting for an item learn that none is left.
-    if (++handed_ == total_) waiters_.notify_all();
+    if (handed_ == total_) waiters_.notify_all();
     return item;
   }
 
@@ -423,6 +440,7 @@ private:
   const bool ordered_;
   std::optional<std::size_t> total_;
   std::size_t handed_ = 0;
+  std::atomic<std::size_t> handed_count_{0}; // handed_, for handed()
   bool abandoned_ = false;
   std::deque<std::optional<std::variant<R, std::exception_ptr>>> window_; // ordered
   std::deque<std::variant<R, std::exception_ptr>> arrived_;               // unordered
