@@ -12,9 +12,7 @@
 
 #include <unistd.h>
 
-#include <array>
 #include <cstdio>
-#include <memory>
 #include <string>
 #include <vector>
 
