@@ -388,7 +388,7 @@ public:
     waiters_.notify_all();
   }
   // Items handed to readers so far (a reader's refill asks it after each item: no lock).
-  std::size_t handed() const { return handed_count_.load(std::memory_order_acquire); }
+  std::size_t handed() const { return handed_.load(std::memory_order_acquire); }
   // No reader is left: results that still arrive are dropped.
   void abandon() {
     std::lock_guard lock(mutex_);
@@ -407,8 +407,8 @@ private:
     if (abandoned_) return;
     if (ordered_) {
       // The window starts at the next item to hand out: it holds what arrived early.
-      std::size_t at = index - handed_;
-      if (at == window_.size()) window_.emplace_back(std::move(item)); // in order: the most
+      std::size_t at = index - handed_.load(std::memory_order_relaxed);
+      if (at == window_.size()) window_.emplace_back(std::move(item)); // in order, as most
       else {
         if (window_.size() < at) window_.resize(at + 1);
         window_[at] = std::move(item);
@@ -418,7 +418,7 @@ private:
     }
     waiters_.notify_all();
   }
-  bool exhausted() const { return total_ && handed_ == *total_; }
+  bool exhausted() const { return total_ && handed_.load(std::memory_order_relaxed) == *total_; }
   bool available() const {
     if (exhausted()) return false;
     return ordered_ ? !window_.empty() && window_.front().has_value() : !arrived_.empty();
@@ -429,9 +429,10 @@ private:
         ordered_ ? std::move(*window_.front()) : std::move(arrived_.front());
     if (ordered_) window_.pop_front();
     else arrived_.pop_front();
-    handed_count_.store(++handed_, std::memory_order_release);
+    std::size_t handed = handed_.load(std::memory_order_relaxed) + 1;
+    handed_.store(handed, std::memory_order_release);
     // Readers still waiting for an item learn that none is left.
-    if (handed_ == total_) waiters_.notify_all();
+    if (handed == total_) waiters_.notify_all();
     return item;
   }
 
@@ -439,8 +440,7 @@ private:
   waiter_list waiters_;
   const bool ordered_;
   std::optional<std::size_t> total_;
-  std::size_t handed_ = 0;
-  std::atomic<std::size_t> handed_count_{0}; // handed_, for handed()
+  std::atomic<std::size_t> handed_{0}; // written under mutex_; handed() reads it without
   bool abandoned_ = false;
   std::deque<std::optional<std::variant<R, std::exception_ptr>>> window_; // ordered
   std::deque<std::variant<R, std::exception_ptr>> arrived_;               // unordered
