@@ -7,12 +7,14 @@
 #include "common.hpp"
 
 #include <dirent.h>
+#include <sys/mman.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <array>
 #include <atomic>
+#include <cstdint>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -21,7 +23,7 @@ extern char** environ;
 
 namespace {
 
-constexpr int rounds = 7;
+constexpr int rounds = 9;
 constexpr int concurrent_n = 1000;
 constexpr const char* exit_at_once =
     "--exit-at-once"; // the raw posix_spawn's image returns at once
@@ -82,10 +84,35 @@ struct method_case {
   double (*raw)(int n);
 };
 
+// The ballast of the round being measured: a small process forked from this one drops it.
+std::vector<char>* ballast = nullptr;
+
 // The raw fork of a small process, whatever this one's size: what a fork server costs at
-// best. Measured before the ballast is made.
-double small_fork_us = 0;
-double raw_fork_small(int) { return small_fork_us; }
+// best. A child of this one, its copy of the ballast dropped, forks n in a row.
+double raw_fork_small(int n) {
+  int fds[2];
+  if (::pipe(fds) != 0) throw std::runtime_error("pipe");
+  int pid = ::fork();
+  if (pid == 0) {
+    if (ballast && !ballast->empty()) {
+      auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+      auto begin = (reinterpret_cast<std::uintptr_t>(ballast->data()) + page - 1) & ~(page - 1);
+      auto end =
+          (reinterpret_cast<std::uintptr_t>(ballast->data()) + ballast->size()) & ~(page - 1);
+      ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+    }
+    double us = raw_fork(n);
+    ::_exit(::write(fds[1], &us, sizeof us) == sizeof us ? 0 : 1);
+  }
+  ::close(fds[1]);
+  double us = 0;
+  bool read_all = ::read(fds[0], &us, sizeof us) == sizeof us;
+  ::close(fds[0]);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  if (!read_all || status != 0) throw std::runtime_error("the small process's forks failed");
+  return us;
+}
 
 double raw_spawn_self(int n) { return raw_posix_spawn(n, "/proc/self/exe", exit_at_once); }
 double raw_spawn_true(int n) { return raw_posix_spawn(n, "/bin/true", nullptr); }
@@ -140,13 +167,14 @@ int main(int argc, char** argv) {
   coproc::main_guard(argc, argv); // the spawned children start here
   if (argc > 1 && std::strcmp(argv[1], exit_at_once) == 0) return 0;
 
-  std::printf("start+join of a no-op child, sequential, per start method, median of %d rounds\n",
+  std::printf("start+join of a no-op child, sequential, per start method, median of %d interleaved "
+              "rounds\n",
               rounds);
   coproc::forkserver_preload(); // not a child's cost (Python's starts in a first round)
-  small_fork_us = bench::median_of(rounds, [] { return raw_fork(300); });
   for (int mib : {0, 1024}) {
-    std::vector<char> ballast(static_cast<std::size_t>(mib) << 20);
-    std::memset(ballast.data(), 1, ballast.size()); // every page resident
+    std::vector<char> held(static_cast<std::size_t>(mib) << 20);
+    std::memset(held.data(), 1, held.size()); // every page resident
+    ballast = &held;
     struct figures {
       double raw, ours;
     };
@@ -154,13 +182,19 @@ int main(int argc, char** argv) {
     double raw_true = 0;
     for (auto& m : methods) {
       int n = mib ? m.n_big : m.n_small;
-      measured.push_back(
-          {bench::median_of(rounds, [&] { return m.raw(n); }),
-           bench::median_of(rounds, [&] { return coproc_start_join(n, m.method); })});
+      // Interleaved, so that both medians see the same machine: its speed drifts by 2x
+      // within minutes.
+      std::vector<double> raw, ours;
+      for (int round = 0; round < rounds; ++round) {
+        raw.push_back(m.raw(n));
+        ours.push_back(coproc_start_join(n, m.method));
+      }
+      measured.push_back({bench::median(raw), bench::median(ours)});
       if (m.method == coproc::start_method::spawn)
         raw_true = bench::median_of(rounds, [] { return raw_spawn_true(100); });
     }
-    std::vector<char>().swap(ballast); // Python's peer holds its own
+    ballast = nullptr;
+    std::vector<char>().swap(held); // Python's peer holds its own
     for (std::size_t i = 0; i < methods.size(); ++i) {
       auto& m = methods[i];
       double py = bench::python("process_peer.py", "sequential " + std::to_string(m.python_n) +

@@ -598,19 +598,23 @@ bool child::signal(int sig, bool whole_group) {
   return true;
 }
 
-void reset_signals() {
+void reset_signals() { reset_signals(non_default_signal_set()); }
+
+void reset_signals(std::uint64_t non_default) {
   struct sigaction dfl {};
   dfl.sa_handler = SIG_DFL;
   sigemptyset(&dfl.sa_mask);
   // Only the signals that are not at their default: a program has a handful, and one
   // rt_sigaction per signal was most of a forked child's own work.
-  std::uint64_t set = non_default_signals().value_or(~std::uint64_t{0});
   for (int sig = 1; sig < NSIG && sig <= 64; ++sig)
-    if ((set >> (sig - 1) & 1) && sig != SIGKILL && sig != SIGSTOP) ::sigaction(sig, &dfl, nullptr);
+    if ((non_default >> (sig - 1) & 1) && sig != SIGKILL && sig != SIGSTOP)
+      ::sigaction(sig, &dfl, nullptr);
   sigset_t none;
   sigemptyset(&none);
   ::sigprocmask(SIG_SETMASK, &none, nullptr);
 }
+
+std::uint64_t non_default_signal_set() { return non_default_signals().value_or(~std::uint64_t{0}); }
 
 int fork_flushed(const char* what) {
   install_fork_hooks(); // they must exist before the first fork

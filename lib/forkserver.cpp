@@ -5,19 +5,19 @@
 // The server is a fresh image (image_kind::forkserver, lib/fresh_image.cpp) that its
 // requester, the process that started it, spawns on first use or at forkserver_preload().
 // They talk over a SOCK_SEQPACKET socketpair the server inherits at descriptor 4, nothing
-// named. Every exchange is the requester's: one request, at most one reply, under the
-// link's mutex, so threads of the requester take turns and the server never speaks
-// unasked.
+// named. Every exchange is the requester's: one request, one reply, under the link's
+// mutex, so threads of the requester take turns and the server never speaks unasked.
 //   start: 0-2 of the requester (those open) and the kind's own descriptors ride along
 //          (SCM_RIGHTS), the payload in the request itself (a memfd beside them when it is
 //          large); the server forks, and the child puts them at 0-2, (3) and 4.. as a
-//          fresh image finds them and enters as one does (enter_served_image). The reply: the pid
-//          and a pidfd of the child, opened by the server right after the fork, before it can reap
-//          it.
-//   status: the server reaps its children (SIGCHLD on a signalfd) and keeps each wait
-//          status until its requester asks for it, which it does once the child's pidfd
-//          polls readable; the reply says running, exited with a status, or unknown.
-//   forget: a handle went away: the status is dropped whenever it comes.
+//          fresh image finds them and enters as one does (enter_served_image). The reply:
+//          the pid, and the read end of the child's status pipe. The server reaps its
+//          children (SIGCHLD on a signalfd) and writes each wait status into that pipe
+//          before it closes its end: the requester waits for the pipe to be readable and
+//          reads the status, with no question to ask; end of file without one is a status
+//          lost with the server. A handle that goes away just closes its end.
+//   signal: the server signals its child unless it reaped it: until then the pid is its
+//          child's, whatever the requester's own children do with pids.
 // On end of file (the requester exited or was killed, even by SIGKILL) the server
 // SIGKILLs the requester's daemon children that still run and exits; the plain ones run
 // on, reparented. The requester reaps the server, its own child (detail::child, then the
@@ -30,6 +30,7 @@
 
 #include "child_wait.hpp"
 #include "os.hpp"
+#include "sync_block.hpp"
 
 #include <boost/asio/deferred.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
@@ -42,8 +43,8 @@
 #include <pthread.h>
 #include <signal.h>
 #include <sys/signalfd.h>
+#include <sys/single_threaded.h>
 #include <sys/socket.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -67,26 +68,28 @@ namespace coproc::detail {
 
 namespace {
 
-enum class op : std::uint8_t { start = 1, status = 2, forget = 3 };
+enum class op : std::uint8_t { start = 1, signal = 2 };
 
 struct request {
-  op what = op::status;
+  op what = op::start;
   image_kind kind = image_kind::process; // start
   std::uint8_t daemon = 0;               // start: SIGKILLed when the requester is gone
   std::uint8_t stdio = 0;                // start: bit i set: descriptor i rides along
   std::uint8_t extra = 0;                // start: the kind's own descriptors after the payload
   std::uint8_t pad[3] = {};              // no uninitialized bytes on the wire
-  std::int32_t pid = 0;                  // status, forget
-  std::uint32_t payload = 0; // start: the payload's bytes follow; 0: a memfd rides along
+  std::int32_t pid = 0;                  // signal
+  std::uint32_t payload = 0; // start: the payload's bytes follow; 0: a memfd rides along;
+                             // signal: the signal
 };
 
-enum class state : std::uint8_t { running = 0, exited = 1, unknown = 2, failed = 3 };
+// gone: signal found the child reaped, its status in its pipe.
+enum class state : std::uint8_t { running = 0, gone = 1, failed = 3 };
 
 struct reply {
-  state what = state::unknown;
+  state what = state::failed;
   std::uint8_t pad[3] = {};
   std::int32_t pid = 0;   // start
-  std::int32_t value = 0; // exited: the wait status; failed: an errno
+  std::int32_t value = 0; // failed: an errno
 };
 
 // More than a start ever carries (3 + 1 + the kind's own), fewer than SCM_MAX_FD.
@@ -156,6 +159,21 @@ void close_all(std::vector<int>& fds) noexcept {
 
 // ---- the server ----------------------------------------------------------------------
 
+// The server's fork. The atfork handlers keep locks other threads hold from being copied
+// held, and reset what the parent's child objects, reaper and SIGCHLD watch left: a server
+// that never made a thread holds no lock another thread could, and has none of that
+// state (it serves from main_guard on), while the handlers' page faults, in it and in
+// each child, were a tenth of a child's cost. Sanitizers see only fork().
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+constexpr bool sanitized = true;
+#elif defined(__has_feature)
+constexpr bool sanitized = __has_feature(address_sanitizer) || __has_feature(thread_sanitizer);
+#else
+constexpr bool sanitized = false;
+#endif
+
+int fork_without_hooks() { return !sanitized && __libc_single_threaded ? ::_Fork() : ::fork(); }
+
 class fork_server {
 public:
   explicit fork_server(int fd) : fd_(fd), self_(::getpid()) {}
@@ -176,8 +194,7 @@ public:
 private:
   struct served {
     bool daemon = false;
-    bool forgotten = false;
-    std::optional<int> status;
+    int status_fd = -1; // the write end of its status pipe
   };
 
   void setup() {
@@ -185,6 +202,8 @@ private:
     struct sigaction ignore {};
     ignore.sa_handler = SIG_IGN;
     ::sigaction(SIGINT, &ignore, nullptr);
+    // A requester that let a handle go closed the read end: the status is just not wanted.
+    ::sigaction(SIGPIPE, &ignore, nullptr);
     sigset_t chld;
     sigemptyset(&chld);
     sigaddset(&chld, SIGCHLD);
@@ -200,6 +219,9 @@ private:
     for (int i = 0; i < 3; ++i)
       if (i != null) ::dup2(null, i);
     if (null > 2) ::close(null);
+    // Every child resets the same (SIGINT and SIGPIPE among them): what a look at /proc
+    // costs is paid once.
+    non_default_ = non_default_signal_set();
   }
 
   void reap_all() {
@@ -217,8 +239,14 @@ private:
   void record(int pid, int status) {
     auto it = children_.find(pid);
     if (it == children_.end()) return;
-    if (it->second.forgotten) children_.erase(it);
-    else it->second.status = status;
+    if (int fd = it->second.status_fd; fd >= 0) {
+      // The pipe is empty before this write, and a write of 4 bytes is all or nothing.
+      ssize_t n;
+      do n = ::write(fd, &status, sizeof status);
+      while (n < 0 && errno == EINTR);
+      ::close(fd);
+    }
+    children_.erase(it);
   }
 
   void serve_one() {
@@ -237,20 +265,17 @@ private:
     switch (r.what) {
     case op::start:
       return start(r, fds);
-    case op::status:
+    case op::signal:
       close_all(fds);
-      return status(r.pid);
-    case op::forget:
-      close_all(fds);
-      return forget(r.pid);
+      return signal(r.pid, static_cast<int>(r.payload));
     }
     close_all(fds);
     requester_gone();
   }
 
-  void answer(const reply& rep, int pidfd = -1) {
-    int err = pidfd >= 0 ? send_with_fds(fd_, &rep, sizeof rep, std::span<const int>(&pidfd, 1))
-                         : send_with_fds(fd_, &rep, sizeof rep, {});
+  void answer(const reply& rep, int fd = -1) {
+    int err = fd >= 0 ? send_with_fds(fd_, &rep, sizeof rep, std::span<const int>(&fd, 1))
+                      : send_with_fds(fd_, &rep, sizeof rep, {});
     if (err != 0) requester_gone();
   }
 
@@ -262,22 +287,22 @@ private:
       close_all(fds);
       return answer({.what = state::failed, .value = EPROTO});
     }
-    int pid = ::fork();
+    int pid = fork_without_hooks();
     if (pid == 0) become_child(r, fds);
     int err = errno;
     close_all(fds);
     if (pid < 0) return answer({.what = state::failed, .value = err});
-    // Before any reap, so it names this child.
-    int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
-    if (pidfd < 0) {
+    // After the fork: no child holds a status pipe but the server.
+    int status[2];
+    if (::pipe2(status, O_CLOEXEC | O_NONBLOCK) != 0) {
       err = errno;
       ::kill(pid, SIGKILL);
-      children_[pid] = {false, true, std::nullopt};
+      children_[pid] = {false, -1}; // reaped, its status goes nowhere
       return answer({.what = state::failed, .value = err});
     }
-    children_[pid] = {r.daemon != 0, false, std::nullopt};
-    answer({.what = state::running, .pid = pid}, pidfd);
-    ::close(pidfd);
+    children_[pid] = {r.daemon != 0, status[1]};
+    answer({.what = state::running, .pid = pid}, status[0]);
+    ::close(status[0]);
   }
 
   // In the child: the descriptors where a fresh image has them, then the image's entry.
@@ -303,41 +328,30 @@ private:
       if (::dup2(moved[next++], target) < 0) ::_exit(71);
     // The copies, the server's socket and signalfd: nothing of the server stays.
     ::close_range(static_cast<unsigned>(top), ~0u, 0);
-    reset_signals();
+    forget_self_identity(); // the one cached state a hook resets that a server may hold
+    reset_signals(non_default_);
     if (r.payload == 0) enter_served_image(r.kind, self_);
     std::string payload(payload_.data(), r.payload);
     enter_served_image(r.kind, self_, &payload);
   }
 
-  void status(int pid) {
-    auto it = children_.find(pid);
-    if (it == children_.end()) return answer({.what = state::unknown, .pid = pid});
-    // Its pidfd polled readable: it is a zombie by now, maybe before our SIGCHLD is read.
-    int status = 0;
-    if (!it->second.status && ::waitpid(pid, &status, WNOHANG) == pid) it->second.status = status;
-    if (!it->second.status) return answer({.what = state::running, .pid = pid});
-    int code = *it->second.status;
-    children_.erase(it);
-    answer({.what = state::exited, .pid = pid, .value = code});
-  }
-
-  void forget(int pid) {
-    auto it = children_.find(pid);
-    if (it == children_.end()) return;
-    if (it->second.status) children_.erase(it);
-    else it->second.forgotten = true;
-  }
-
   // Unreaped children are still this server's, so their pids are theirs to signal.
+  void signal(int pid, int sig) {
+    if (children_.find(pid) == children_.end()) return answer({.what = state::gone, .pid = pid});
+    if (::kill(pid, sig) != 0) return answer({.what = state::failed, .pid = pid, .value = errno});
+    answer({.what = state::running, .pid = pid});
+  }
+
   [[noreturn]] void requester_gone() {
     for (auto& [pid, c] : children_)
-      if (c.daemon && !c.status) ::kill(pid, SIGKILL);
+      if (c.daemon) ::kill(pid, SIGKILL);
     ::_exit(0);
   }
 
   const int fd_;
   const int self_;
   int signals_ = -1;
+  std::uint64_t non_default_ = 0; // signals not at their default, SIGINT among them
   std::map<int, served> children_;
   std::vector<char> payload_; // of the request being served
 };
@@ -361,7 +375,7 @@ class server_link {
 public:
   struct started {
     int pid;
-    int pidfd;
+    int status_fd;
     unsigned epoch;
   };
 
@@ -428,32 +442,22 @@ public:
     return {rep.pid, got[0], epoch_};
   }
 
-  // nullopt while the child runs; 255 if its status is lost with its server.
-  std::optional<int> status(int pid, unsigned epoch) {
+  // Whether the server signalled its child pid; false if it reaped it first. A server
+  // that is gone has nothing left to signal.
+  bool signal(int pid, int sig, unsigned epoch, const std::string& who) {
     std::unique_ptr<direct_child> stale;
     std::lock_guard lock(mutex_);
-    if (epoch != epoch_ || fd_ < 0) return 255;
+    if (epoch != epoch_ || fd_ < 0) return false;
     reply rep;
     std::vector<int> got;
-    if (exchange_locked({.what = op::status, .pid = pid}, {}, rep, got, stale) != 0) return 255;
+    request r{.what = op::signal, .pid = pid, .payload = static_cast<std::uint32_t>(sig)};
+    if (exchange_locked(r, {}, rep, got, stale) != 0) return false;
     close_all(got);
-    switch (rep.what) {
-    case state::running:
-      return std::nullopt;
-    case state::exited:
-      return decode_wait_status(rep.value);
-    case state::unknown:
-    case state::failed:
-      break;
-    }
-    return 255;
-  }
-
-  void forget(int pid, unsigned epoch) noexcept {
-    std::lock_guard lock(mutex_);
-    if (epoch != epoch_ || fd_ < 0) return;
-    request r{.what = op::forget, .pid = pid};
-    send_with_fds(fd_, &r, sizeof r, {}); // a dead server forgets everything anyway
+    if (rep.what == state::failed)
+      throw std::system_error(rep.value, std::generic_category(),
+                              who + ": " + server_is(server_pid_) + " could not send signal " +
+                                  std::to_string(sig));
+    return rep.what == state::running;
   }
 
   unsigned generation() const noexcept { return generation_.load(std::memory_order_relaxed); }
@@ -486,7 +490,7 @@ private:
       throw_errno(errno, who + ": socketpair for the fork server");
     int pid;
     try {
-      pid = spawn_fresh_image({image_kind::forkserver, id, false, {}},
+      pid = spawn_fresh_image({image_kind::forkserver, id, false, {}, true},
                               std::span<const int>(&sv[1], 1), who + " (starting the fork server)");
       server_ = std::make_unique<direct_child>(pid);
     } catch (...) {
@@ -548,18 +552,17 @@ server_link& link() {
 }
 [[maybe_unused]] const bool link_made = (link(), true);
 
-// A child the fork server forked for this process: its pid, a pidfd the server sent
-// (polled for the exit, signalled through), and its status, asked for once it exited.
+// A child the fork server forked for this process: its pid, and the read end of the pipe
+// the server writes its wait status into once it reaped it.
 class served_child final : public process_child {
 public:
-  served_child(int pid, int pidfd, unsigned epoch)
-      : pid_(pid), pidfd_(pidfd), epoch_(epoch), generation_(link().generation()) {}
+  served_child(int pid, int status_fd, unsigned epoch)
+      : pid_(pid), status_fd_(status_fd), epoch_(epoch), generation_(link().generation()) {}
   served_child(const served_child&) = delete;
   served_child& operator=(const served_child&) = delete;
 
   ~served_child() override {
-    if (owned() && !code_) link().forget(pid_, epoch_);
-    if (pidfd_ >= 0) ::close(pidfd_);
+    if (status_fd_ >= 0) ::close(status_fd_);
   }
 
   int pid() const noexcept override { return pid_; }
@@ -589,28 +592,24 @@ public:
     if (!owned()) return false;
     std::lock_guard lock(mutex_);
     if (code_) return false;
-    // The pidfd names this process even after the server reaped it: a reused pid is safe.
-    if (::syscall(SYS_pidfd_send_signal, pidfd_, sig, nullptr, 0) != 0 && errno != ESRCH)
-      throw_errno(errno, "coproc: pidfd_send_signal(pid " + std::to_string(pid_) + ", " +
-                             std::to_string(sig) + ")");
-    return true;
+    return link().signal(pid_, sig, epoch_,
+                         "coproc: signal " + std::to_string(sig) + " to pid " +
+                             std::to_string(pid_));
   }
 
 private:
   bool owned() const noexcept { return generation_ == link().generation(); }
 
-  bool exited_locked() const {
-    pollfd p{pidfd_, POLLIN, 0};
-    int r;
-    do r = ::poll(&p, 1, 0);
-    while (r < 0 && errno == EINTR);
-    return r > 0 && (p.revents & (POLLIN | POLLHUP));
-  }
-
   std::optional<int> poll_locked() {
-    if (code_ || !exited_locked()) return code_;
-    code_ = link().status(pid_, epoch_);
-    if (code_) ::close(std::exchange(pidfd_, -1));
+    if (code_) return code_;
+    int status = 0;
+    ssize_t n;
+    do n = ::read(status_fd_, &status, sizeof status);
+    while (n < 0 && errno == EINTR);
+    if (n < 0 && errno == EAGAIN) return std::nullopt;
+    // End of file without a status: the server died first, and it is lost.
+    code_ = n == static_cast<ssize_t>(sizeof status) ? decode_wait_status(status) : 255;
+    ::close(std::exchange(status_fd_, -1));
     return code_;
   }
 
@@ -622,44 +621,37 @@ private:
     {
       std::lock_guard lock(mutex_);
       if (auto code = poll_locked()) co_return code;
-      // Each waiter watches its own duplicate, as detail::child's do.
-      fd = ::fcntl(pidfd_, F_DUPFD_CLOEXEC, 0);
-      if (fd < 0) throw_errno(errno, "coproc: dup of the pidfd of pid " + std::to_string(pid_));
+      // Each waiter watches its own duplicate, as detail::child's do: the pipe stays
+      // readable once the status came (end of file after it), whoever read it.
+      fd = ::fcntl(status_fd_, F_DUPFD_CLOEXEC, 0);
+      if (fd < 0)
+        throw_errno(errno, "coproc: dup of the status pipe of pid " + std::to_string(pid_));
     }
     auto ex = co_await boost::asio::this_coro::executor;
     auto state = co_await boost::asio::this_coro::cancellation_state;
     std::optional<boost::asio::steady_timer> timer;
     if (!until.is_never()) timer.emplace(ex, until.when());
-    boost::asio::posix::stream_descriptor pidfd(ex, fd);
-    // The first look was under the lock above: the next follows the first wake-up (the
-    // wait's EPOLL_CTL_MOD reports an exit since).
-    for (bool readable = false;; readable = true) {
-      if (readable) {
-        if (auto code = poll()) co_return code;
-        // Exited, and the server has not reaped it yet: its answer is a moment away, and
-        // the pidfd stays readable, so look again shortly rather than spin.
-        boost::asio::steady_timer pause(ex, std::chrono::milliseconds(1));
-        auto op = pause.async_wait(boost::asio::use_awaitable);
-        co_await std::move(op);
-        if (auto code = poll()) co_return code;
-      }
+    boost::asio::posix::stream_descriptor pipe(ex, fd);
+    for (;;) {
       if (!timer) {
-        auto op = pidfd.async_wait(boost::asio::posix::stream_descriptor::wait_read,
-                                   boost::asio::use_awaitable);
+        auto op = pipe.async_wait(boost::asio::posix::stream_descriptor::wait_read,
+                                  boost::asio::use_awaitable);
         co_await std::move(op);
-        continue;
+      } else {
+        auto woken =
+            event_or_timer(pipe.async_wait(boost::asio::posix::stream_descriptor::wait_read,
+                                           boost::asio::deferred),
+                           *timer);
+        bool event = co_await std::move(woken);
+        throw_if_cancelled(state);
+        if (!event) co_return poll();
       }
-      auto woken = event_or_timer(
-          pidfd.async_wait(boost::asio::posix::stream_descriptor::wait_read, boost::asio::deferred),
-          *timer);
-      bool event = co_await std::move(woken);
-      throw_if_cancelled(state);
-      if (!event) co_return poll();
+      if (auto code = poll()) co_return code;
     }
   }
 
   const int pid_;
-  int pidfd_;
+  int status_fd_;
   const unsigned epoch_;
   const unsigned generation_;
   std::mutex mutex_;
@@ -676,9 +668,9 @@ std::shared_ptr<process_child>
 start_served_child(const fresh_image_spec& spec, std::span<const int> fds, const std::string& who) {
   auto s = link().start(spec, fds, who);
   try {
-    return std::make_shared<served_child>(s.pid, s.pidfd, s.epoch);
+    return std::make_shared<served_child>(s.pid, s.status_fd, s.epoch);
   } catch (...) {
-    ::close(s.pidfd);
+    ::close(s.status_fd);
     throw;
   }
 }

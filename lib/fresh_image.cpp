@@ -39,6 +39,7 @@ namespace coproc {
 namespace {
 
 constexpr const char* image_env = "COPROC_FRESH_IMAGE";
+constexpr const char* bind_now_env = "LD_BIND_NOW";
 constexpr const char* image_magic = "coproc fresh image 1";
 constexpr int payload_fd = 3;
 // EX_SOFTWARE, as a pool worker's protocol error.
@@ -70,8 +71,9 @@ struct envelope {
   std::vector<unsigned> path;
   std::string name;
   std::string body;
+  bool drop_bind_now = false; // LD_BIND_NOW was coproc's (fresh_image_spec::bind_now)
   template <class Archive> void serialize(Archive& ar) {
-    ar(magic, kind, parent, method, dies_with_parent, path, name, body);
+    ar(magic, kind, parent, method, dies_with_parent, path, name, body, drop_bind_now);
   }
 };
 
@@ -122,6 +124,7 @@ std::string read_payload(const std::string& value) {
     if (::fcntl(detail::fresh_image_first_fd + i, F_GETFD) < 0)
       bad_image(value,
                 "descriptor " + std::to_string(detail::fresh_image_first_fd + i) + " is not open");
+  if (e.drop_bind_now) ::unsetenv(bind_now_env); // the loader has read it
   if (e.dies_with_parent) detail::die_with_parent(server != 0 ? server : e.parent);
   detail::inherit_start_method(static_cast<start_method>(e.method));
   detail::enter_child({std::move(e.path), std::move(e.name)});
@@ -145,6 +148,11 @@ std::string read_payload(const std::string& value) {
   else if (value == "forkserver") kind = detail::image_kind::forkserver;
   else bad_image(value, "that names no kind of coproc child");
   enter_image(kind, value, 0);
+}
+
+// The image's LD_BIND_NOW is coproc's, not this program's own.
+bool adds_bind_now(const detail::fresh_image_spec& spec) {
+  return spec.bind_now && std::getenv(bind_now_env) == nullptr;
 }
 
 int checked(int rc, const std::string& who, const char* what) {
@@ -199,7 +207,8 @@ std::string fresh_image_payload_bytes(const fresh_image_spec& spec) {
              spec.dies_with_parent,
              spec.id.path,
              spec.id.name,
-             spec.body};
+             spec.body,
+             adds_bind_now(spec)};
   return wire::encode(e);
 }
 
@@ -254,6 +263,8 @@ int spawn_fresh_image(const fresh_image_spec& spec, std::span<const int> fds,
   for (char** v = environ; *v; ++v)
     if (std::strncmp(*v, variable.c_str(), prefix) != 0) envp.push_back(*v);
   envp.push_back(variable.data());
+  std::string bind_now = std::string(bind_now_env) + "=1";
+  if (adds_bind_now(spec)) envp.push_back(bind_now.data());
   envp.push_back(nullptr);
   // main's own argv, so ps, top and pkill -f see a spawn child as they see a fork child;
   // the child never runs main's work, so what it says does not matter there.

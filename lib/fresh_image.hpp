@@ -32,6 +32,10 @@ struct fresh_image_spec {
   identity id;
   bool dies_with_parent = false; // PR_SET_PDEATHSIG, then a getppid() check
   std::string body;              // the kind's bytes
+  // Every symbol resolved as the image starts (LD_BIND_NOW, gone from its environment once
+  // it runs): the fork server's, so that no child it forks pays a lazy binding (a symbol
+  // lookup and page faults) for each function it calls first.
+  bool bind_now = false;
 };
 
 // How many descriptors of its own a kind takes (from fresh_image_first_fd).

@@ -69,11 +69,11 @@ std::uint64_t make_identity(int pid, std::uint64_t start) noexcept {
 std::atomic<std::uint64_t> cached_identity{0};
 // A forked child is another process: it computes its own identity.
 [[maybe_unused]] const bool identity_hook =
-    (::pthread_atfork(nullptr, nullptr,
-                      [] { cached_identity.store(0, std::memory_order_relaxed); }),
-     true);
+    (::pthread_atfork(nullptr, nullptr, [] { forget_self_identity(); }), true);
 
 } // namespace
+
+void forget_self_identity() noexcept { cached_identity.store(0, std::memory_order_relaxed); }
 
 std::uint64_t self_identity() noexcept {
   auto id = cached_identity.load(std::memory_order_relaxed);

@@ -48,6 +48,8 @@ class fd_arrival;
 
 // This process's identity (cached; a forked child computes its own).
 std::uint64_t self_identity() noexcept;
+// Drops the cache: for a child forked without the atfork handlers (lib/forkserver.cpp).
+void forget_self_identity() noexcept;
 inline int identity_pid(std::uint64_t identity) noexcept {
   return static_cast<int>(identity & ((1u << 22) - 1));
 }

@@ -21,11 +21,13 @@
 #include "support/proc.hpp"
 
 #include <fcntl.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <csignal>
+#include <cstdlib>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -91,6 +93,24 @@ int die_by_signal(int sig) {
   return 0;
 }
 
+// A field of /proc/self/status ("SigIgn", "SigBlk") as a number; ~0 if it is missing.
+unsigned long long status_field(const std::string& name) {
+  std::ifstream in("/proc/self/status");
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind(name + ":", 0) == 0)
+      return std::stoull(line.substr(name.size() + 1), nullptr, 16);
+  return ~0ull;
+}
+// 0 if no signal is ignored or blocked; 1 if one is.
+int signals_at_defaults() {
+  return status_field("SigIgn") == 0 && status_field("SigBlk") == 0 ? 0 : 1;
+}
+// 0: no LD_BIND_NOW; 1: it is "1"; 2: another value.
+int bind_now_seen() {
+  const char* v = std::getenv("LD_BIND_NOW");
+  return !v ? 0 : std::string(v) == "1" ? 1 : 2;
+}
+
 template <class E> coproc::awaitable<E> failure_of(coproc::awaitable<int> op) {
   try {
     co_await std::move(op);
@@ -121,6 +141,7 @@ TEST_CASE("forkserver: a plain child outlives its requester, whose server exits 
 
 TEST_CASE("forkserver: destroying a running daemon's handle terminates it; a plain one runs on") {
   temp_dir dir;
+  int test_server = coproc_test::live_children().at(0);
   int daemon_pid = 0, plain_pid = 0;
   {
     coproc::process d({.daemon = true, .method = served}, report_then_wait, dir.file("d"));
@@ -136,6 +157,62 @@ TEST_CASE("forkserver: destroying a running daemon's handle terminates it; a pla
   CHECK(parent_and_state(plain_pid).second == 'S');
   ::kill(plain_pid, SIGKILL); // the test's cleanup: the server reaps it
   CHECK(gone_within(plain_pid, 20s));
+  // Nobody reads those statuses: the server's writes into pipes closed at the other end
+  // are no SIGPIPE for it, and it serves on.
+  CHECK(coproc_test::live_children() == std::vector<int>{test_server});
+  coproc::process next({.method = served}, exit_with, 5);
+  next.start();
+  CHECK(run(next.join()) == 5);
+}
+
+TEST_CASE("forkserver: a signal to a child the server reaped already is nothing; its status "
+          "stays") {
+  coproc::process p({.method = served}, exit_with, 3);
+  p.start();
+  CHECK(gone_within(p.pid(), 20s)); // exited, and reaped by the server
+  p.terminate();
+  p.kill();
+  CHECK(run(p.join()) == 3);
+  CHECK(p.exitcode() == 3);
+}
+
+TEST_CASE("forkserver: a child's status is lost with a server killed while it runs (255); "
+          "the child runs on") {
+  temp_dir dir;
+  CHECK(in_forked_requester([&] {
+          ::prctl(PR_SET_CHILD_SUBREAPER, 1); // the orphan comes here, to be cleaned up
+          coproc::process p({.method = served}, report_then_wait, dir.file("pid"));
+          p.start();
+          if (wait_for_report(dir.file("pid")).size() != 2) return 1;
+          auto servers = coproc_test::live_children();
+          if (servers.size() != 1) return 2;
+          ::kill(servers[0], SIGKILL);
+          if (coproc::block_on(p.join()) != 255) return 3;
+          if (parent_and_state(p.pid()).second != 'S') return 4;
+          ::kill(p.pid(), SIGKILL);
+          if (::waitpid(p.pid(), nullptr, 0) != p.pid()) return 5; // coproc reaps the server
+          return 0;
+        }) == 0);
+}
+
+TEST_CASE("forkserver: a child starts with every signal at its default, and LD_BIND_NOW as "
+          "the program has it") {
+  // The server ignores SIGINT and SIGPIPE, blocks SIGCHLD and runs with LD_BIND_NOW=1: none
+  // of it is the child's.
+  coproc::process p({.method = served}, signals_at_defaults);
+  p.start();
+  CHECK(run(p.join()) == 0);
+  int expected = bind_now_seen();
+  coproc::process q({.method = served}, bind_now_seen);
+  q.start();
+  CHECK(run(q.join()) == expected);
+  // A program started with LD_BIND_NOW keeps it in its forkserver children.
+  CHECK(in_forked_requester([] {
+          ::setenv("LD_BIND_NOW", "1", 1);
+          coproc::process r({.method = coproc::start_method::forkserver}, bind_now_seen);
+          r.start();
+          return coproc::block_on(r.join()) == 1 ? 0 : 1;
+        }) == 0);
 }
 
 TEST_CASE(
