@@ -188,6 +188,12 @@ TEST_CASE("forkserver: a child's status is lost with a server killed while it ru
           if (servers.size() != 1) return 2;
           ::kill(servers[0], SIGKILL);
           if (coproc::block_on(p.join()) != 255) return 3;
+          // The pipe's end of file comes as the server's descriptors close, before the
+          // kernel hands its children on.
+          auto deadline = std::chrono::steady_clock::now() + 20s;
+          while (parent_and_state(p.pid()).first != ::getpid())
+            if (std::chrono::steady_clock::now() > deadline) return 4;
+            else std::this_thread::sleep_for(2ms);
           if (parent_and_state(p.pid()).second != 'S') return 4;
           ::kill(p.pid(), SIGKILL);
           if (::waitpid(p.pid(), nullptr, 0) != p.pid()) return 5; // coproc reaps the server

@@ -21,7 +21,6 @@
 // with all three, with one difference: a forkserver child gets only its 0-2 and its
 // arguments' descriptors from this process at start(); its environment, working directory,
 // umask and limits are the server's, fixed when the server started (start_method.hpp).
-// forkserver needs pidfds (Linux 5.3); without them start() throws std::system_error.
 #pragma once
 
 #include <coproc/awaitable.hpp>

@@ -36,13 +36,11 @@
 // a fresh image. Call forkserver_preload() after setting those up, or use spawn for a
 // child that must see later changes.
 //
-// Needs pidfds (pidfd_open, Linux 5.3): the server sends a pidfd of each child, through
-// which the requester signals it and waits for it, so a pid the server reaped and the
-// kernel reused is never touched. Where pidfd_open is missing (an older kernel, a
-// seccomp filter that refuses it), start() throws std::system_error (ENOSYS or EPERM)
-// naming the process and the server's pid ("could not fork the child"): the server
-// SIGKILLs the child it forked at once and reaps it, so the target may have begun but is
-// never left running. fork and spawn do not need pidfds (they fall back to SIGCHLD).
+// The server writes each child's wait status into a pipe whose other end the requester
+// waits on, and signals a child (terminate, kill, interrupt) only until it reaps it, so a
+// pid the kernel reused is never touched; no pidfd is needed. If the server dies, a child
+// still running has lost its status: join() gives 255, as Python's forkserver does, and
+// the child runs on, reparented.
 #pragma once
 
 namespace coproc {

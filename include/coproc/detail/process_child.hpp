@@ -2,9 +2,9 @@
 // whoever started it.
 //
 // A forked or spawned child is this process's own (direct_child, on detail::child: it
-// reaps it). A forkserver child is the fork server's: the server reaps it and reports its
-// wait status when asked, and this process holds a pidfd the server sent, which it polls
-// for the exit and signals through (lib/forkserver.cpp). Both answer the same questions.
+// reaps it). A forkserver child is the fork server's: the server reaps it, writes its wait
+// status into a pipe this process waits on, and signals it when asked (lib/forkserver.cpp).
+// Both answer the same questions.
 #pragma once
 
 #include <coproc/detail/child.hpp>
