@@ -83,7 +83,7 @@ struct request {
 };
 
 // gone: signal found the child reaped, its status in its pipe.
-enum class state : std::uint8_t { running = 0, gone = 1, failed = 3 };
+enum class state : std::uint8_t { running = 0, gone = 1, failed = 2 };
 
 struct reply {
   state what = state::failed;
@@ -442,8 +442,8 @@ public:
     return {rep.pid, got[0], epoch_};
   }
 
-  // Whether the server signalled its child pid; false if it reaped it first. A server
-  // that is gone has nothing left to signal.
+  // Whether the server signalled its child pid; false if it reaped it first. The children
+  // of a server that is gone are nobody's to signal: their pids may be anyone's by now.
   bool signal(int pid, int sig, unsigned epoch, const std::string& who) {
     std::unique_ptr<direct_child> stale;
     std::lock_guard lock(mutex_);

@@ -40,7 +40,8 @@
 // waits on, and signals a child (terminate, kill, interrupt) only until it reaps it, so a
 // pid the kernel reused is never touched; no pidfd is needed. If the server dies, a child
 // still running has lost its status: join() gives 255, as Python's forkserver does, and
-// the child runs on, reparented.
+// the child runs on, reparented and no longer this process's (terminate() and kill() leave
+// it alone, as they do a child that exited).
 #pragma once
 
 namespace coproc {
