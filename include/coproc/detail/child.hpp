@@ -102,8 +102,8 @@ int fork_flushed(const char* what);
 
 // In a fresh child: default signal dispositions, empty signal mask.
 void reset_signals();
-// The same where the signals not at their default are known (bit N-1 for signal N, from
-// non_default_signals in the process the child copies): no look at /proc.
+// The same where the signals not at their default are known (non_default_signal_set(),
+// taken in the process the child copies): no look at /proc.
 void reset_signals(std::uint64_t non_default);
 // The signals of this process not at their default disposition (bit N-1 for signal N);
 // every one where /proc cannot tell.
