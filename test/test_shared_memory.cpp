@@ -27,14 +27,21 @@ bool in_dev_shm(const std::string& name) {
   return ::stat(("/dev/shm/" + name).c_str(), &st) == 0;
 }
 
-// /dev/shm entries that this test program's blocks could have left: its own prefix.
+// /dev/shm entries that this test process's blocks could have left. ctest runs the other
+// cases of this file at the same time, so only names carrying our pid count: unique()'s
+// suffix and the generated names' "coproc_<pid>_" prefix.
 std::set<std::string> own_entries() {
   std::set<std::string> out;
   DIR* dir = ::opendir("/dev/shm");
   if (!dir) return out;
+  const std::string pid = std::to_string(::getpid());
+  const std::string generated = "coproc_" + pid + "_", suffix = "_" + pid;
   while (auto* entry = ::readdir(dir)) {
     std::string name = entry->d_name;
-    if (name.rfind("coproc_", 0) == 0 || name.rfind("test_shm_", 0) == 0) out.insert(name);
+    bool ours = name.rfind(generated, 0) == 0 ||
+                (name.rfind("test_shm_", 0) == 0 && name.size() > suffix.size() &&
+                 name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0);
+    if (ours) out.insert(name);
   }
   ::closedir(dir);
   return out;
