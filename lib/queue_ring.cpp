@@ -242,7 +242,7 @@ void queue_ring::wake(side s) noexcept {
   auto& c = *control_;
   // Pairs with the waiter's count-in before it looks again: either it sees our commit or
   // we see it waiting.
-  std::atomic_thread_fence(std::memory_order_seq_cst);
+  full_fence();
   const std::uint32_t sleepers = c.waiters[s].load(std::memory_order_relaxed);
   if (sleepers == 0) return;
   if (c.wake_pending[s].exchange(1, std::memory_order_seq_cst) != 0) return;

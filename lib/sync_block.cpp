@@ -266,7 +266,7 @@ std::uint32_t sync_block::waiters() const noexcept {
 }
 
 void sync_block::wake() noexcept {
-  std::atomic_thread_fence(std::memory_order_seq_cst);
+  full_fence();
   std::uint64_t tokens = header_->waiters.load(std::memory_order_relaxed);
   if (tokens != 0) block_.signal(0, tokens);
 }
