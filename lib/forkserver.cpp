@@ -164,15 +164,10 @@ void close_all(std::vector<int>& fds) noexcept {
 // that never made a thread holds no lock another thread could, and has none of that
 // state (it serves from main_guard on), while the handlers' page faults, in it and in
 // each child, were a tenth of a child's cost. Sanitizers see only fork().
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-constexpr bool sanitized = true;
-#elif defined(__has_feature)
-constexpr bool sanitized = __has_feature(address_sanitizer) || __has_feature(thread_sanitizer);
-#else
-constexpr bool sanitized = false;
-#endif
-
-int fork_without_hooks() { return !sanitized && __libc_single_threaded ? ::_Fork() : ::fork(); }
+int fork_without_hooks() {
+  constexpr bool sanitized = address_sanitized || thread_sanitized;
+  return !sanitized && __libc_single_threaded ? ::_Fork() : ::fork();
+}
 
 class fork_server {
 public:

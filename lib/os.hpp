@@ -28,12 +28,15 @@ void flush_stdio();
 // died before the request took effect.
 void die_with_parent(int parent);
 
-// A sequentially consistent fence: what a commit needs between publishing its position
-// and looking for sleepers, so that either it sees a sleeper or the sleeper sees it. On
-// x86-64 a locked RMW on the stack orders every ordinary load and store as mfence does,
-// and it is what g++ and Linux's smp_mb() use; clang-16 lowers
-// std::atomic_thread_fence(seq_cst) to mfence, which costs 18 ns on these AMD EPYC
-// machines against 2.5 ns (docs/platform.md). ThreadSanitizer sees only the standard fence.
+// Whether this build runs under a sanitizer (g++ defines __SANITIZE_*, clang-16 answers
+// __has_feature).
+#if defined(__SANITIZE_ADDRESS__)
+inline constexpr bool address_sanitized = true;
+#elif defined(__has_feature)
+inline constexpr bool address_sanitized = __has_feature(address_sanitizer);
+#else
+inline constexpr bool address_sanitized = false;
+#endif
 #if defined(__SANITIZE_THREAD__)
 inline constexpr bool thread_sanitized = true;
 #elif defined(__has_feature)
@@ -41,6 +44,13 @@ inline constexpr bool thread_sanitized = __has_feature(thread_sanitizer);
 #else
 inline constexpr bool thread_sanitized = false;
 #endif
+
+// A sequentially consistent fence: what a commit needs between publishing its position
+// and looking for sleepers, so that either it sees a sleeper or the sleeper sees it. On
+// x86-64 a locked RMW on the stack orders every ordinary load and store as mfence does,
+// and it is what g++ and Linux's smp_mb() use; clang-16 lowers
+// std::atomic_thread_fence(seq_cst) to mfence, which costs 18 ns on these AMD EPYC
+// machines against 2.5 ns (docs/platform.md). ThreadSanitizer sees only the standard fence.
 inline void full_fence() noexcept {
 #if defined(__x86_64__)
   if constexpr (!thread_sanitized) {
