@@ -139,7 +139,7 @@ TEST_CASE("forkserver: a plain child outlives its requester, whose server exits 
       std::chrono::seconds(20)));
 }
 
-TEST_CASE("forkserver: destroying a running daemon's handle terminates it; a plain one runs on") {
+TEST_CASE("forkserver: destroying a running daemon's handle terminates it, a plain one runs on") {
   temp_dir dir;
   int test_server = coproc_test::live_children().at(0);
   int daemon_pid = 0, plain_pid = 0;
@@ -165,7 +165,7 @@ TEST_CASE("forkserver: destroying a running daemon's handle terminates it; a pla
   CHECK(run(next.join()) == 5);
 }
 
-TEST_CASE("forkserver: a signal to a child the server reaped already is nothing; its status "
+TEST_CASE("forkserver: a signal to a child the server reaped already is nothing, its status "
           "stays") {
   coproc::process p({.method = served}, exit_with, 3);
   p.start();
@@ -176,7 +176,7 @@ TEST_CASE("forkserver: a signal to a child the server reaped already is nothing;
   CHECK(p.exitcode() == 3);
 }
 
-TEST_CASE("forkserver: a child's status is lost with a server killed while it runs (255); "
+TEST_CASE("forkserver: a child's status is lost with a server killed while it runs (255), "
           "the child runs on, left alone by terminate") {
   temp_dir dir;
   CHECK(in_forked_requester([&] {
@@ -223,7 +223,7 @@ TEST_CASE("forkserver: a child starts with every signal at its default, and LD_B
 }
 
 TEST_CASE(
-    "forkserver_preload starts a server before any process; a forked requester starts its own") {
+    "forkserver_preload starts a server before any process, a forked requester starts its own") {
   int test_server = coproc_test::live_children().at(0);
   CHECK(in_forked_requester([&] {
           if (!coproc_test::live_children().empty()) return 1; // the parent's server is not ours
@@ -240,7 +240,7 @@ TEST_CASE(
         }) == 0);
 }
 
-TEST_CASE("forkserver: a server that dies is a system_error naming the process and its pid; the "
+TEST_CASE("forkserver: a server that dies is a system_error naming the process and its pid, the "
           "next start "
           "starts another") {
   CHECK(in_forked_requester([] {
@@ -307,7 +307,7 @@ TEST_CASE("forkserver: several threads start and join processes at once") {
   CHECK(right.load() == threads * each);
 }
 
-TEST_CASE("forkserver: a pool's workers are forked by the server; a killed worker is replaced") {
+TEST_CASE("forkserver: a pool's workers are forked by the server, a killed worker is replaced") {
   std::vector<int> worker_pids;
   run([&]() -> coproc::awaitable<void> {
     auto ex = co_await boost::asio::this_coro::executor;

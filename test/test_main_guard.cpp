@@ -211,7 +211,7 @@ TEST_CASE("spawn: a class with a serialize is a target, a class without one is r
 }
 
 TEST_CASE(
-    "spawn: a registered subclass is rebuilt from its serialize; an unregistered one is refused") {
+    "spawn: a registered subclass is rebuilt from its serialize, an unregistered one is refused") {
   auto out = capture(1, [] {
     app::greeter g("hello", 2);
     g.name("greeter");

@@ -693,7 +693,7 @@ TEST_CASE("remote: a timeout of zero or less is std::invalid_argument") {
   }());
 }
 
-TEST_CASE("remote: a lazy imap pulls an endless input as results come; close lets it finish") {
+TEST_CASE("remote: a lazy imap pulls an endless input as results come, close lets it finish") {
   engines::get();
   run([]() -> coproc::awaitable<void> {
     auto o = remote({"srun", "--ntasks=2"}, 2);

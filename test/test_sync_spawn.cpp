@@ -70,7 +70,7 @@ coproc::awaitable<void> locked_updates(coproc::lock l, coproc::array<int> shared
 
 DOCTEST_REGISTER_LISTENER("preload_fork_server", 2, coproc_test::preload_fork_server);
 
-TEST_CASE("spawn: four children add 10000 times each to a value, the exact sum; its lock too") {
+TEST_CASE("spawn: four children add 10000 times each to a value, the exact sum, its lock too") {
   coproc::value<long> counter(0), guarded(0);
   std::vector<coproc::process> procs;
   for (int p = 0; p < 4; ++p)

@@ -18,6 +18,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
+#include <string_view>
 #include <string>
 #include <thread>
 
@@ -123,6 +124,7 @@ bool has_fd(const std::vector<std::pair<int, std::string>>& fds,
 // one case, and under ctest, which runs each case in a process of its own, the same one.
 struct leak_check : doctest::IReporter {
   static inline int leaky_cases = 0;
+  static inline int matched_cases = 0;
 
   explicit leak_check(const doctest::ContextOptions&) {}
 
@@ -163,7 +165,9 @@ struct leak_check : doctest::IReporter {
 
   void report_query(const doctest::QueryData&) override {}
   void test_run_start() override {}
-  void test_run_end(const doctest::TestRunStats&) override {}
+  void test_run_end(const doctest::TestRunStats& stats) override {
+    matched_cases = static_cast<int>(stats.numTestCasesPassingFilters);
+  }
   void test_case_reenter(const doctest::TestCaseData&) override {}
   void test_case_exception(const doctest::TestCaseException&) override {}
   void subcase_start(const doctest::SubcaseSignature&) override {}
@@ -200,6 +204,16 @@ int main(int argc, char** argv) {
   doctest::Context context(argc, argv);
   int result = context.run();
   if (context.shouldExit()) return result;
+  // ctest names one case per run; a name that matches none ran nothing and must not pass
+  // (CMake splits a case name at a ';', so such a name never reaches doctest whole).
+  bool named = std::any_of(argv + 1, argv + argc, [](const char* a) {
+    return std::string_view(a).starts_with("--test-case=") ||
+           std::string_view(a).starts_with("-tc=");
+  });
+  if (named && leak_check::matched_cases == 0) {
+    std::fprintf(stderr, "no test case matches the names on the command line\n");
+    return result ? result : 4;
+  }
   if (leak_check::leaky_cases > 0) {
     std::fprintf(stderr, "%d test cases left zombie children or descriptors behind\n",
                  leak_check::leaky_cases);
