@@ -485,8 +485,8 @@ bool pool_core::encode_chunk(worker& w, const pool_chunk& c) {
   try {
     encode_frame(
         w.out, c.job->trampoline, c.job->target, c.n, c.job->timeout_ns != 0 ? frame_timed : 0,
-        [&](std::size_t i, std::string& out) { c.job->encode_item(c.first + i, out); },
-        &w.arguments, &scratch_);
+        [&](std::size_t i, wire::output_buffer& out) { c.job->encode_item(c.first + i, out); },
+        &w.arguments);
   } catch (...) {
     for (std::size_t i = 0; i < c.n; ++i) c.job->sink->fail(c.first + i, std::current_exception());
     return false;
@@ -630,9 +630,8 @@ bool pool_core::cancel(pool_sink& sink) {
     // not end within the grace (or a worker that does not read) is killed with it.
     std::int64_t kill_at = now_ns() + 2 * coroutine_stop_grace_ns;
     for (std::uint64_t seq : running.coroutines) {
-      encode_frame(w.out, 0, 0, 1, frame_cancel, [&](std::size_t, std::string& out) {
-        out.append(reinterpret_cast<const char*>(&seq), sizeof seq);
-      });
+      encode_frame(w.out, 0, 0, 1, frame_cancel,
+                   [&](std::size_t, wire::output_buffer& out) { out.append(&seq, sizeof seq); });
       w.cancels.emplace_back(seq, kill_at);
     }
     arm_timeout_locked(w, kill_at);

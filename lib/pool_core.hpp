@@ -134,7 +134,6 @@ private:
   std::exception_ptr failed_;                         // why every task fails (fail_pool_locked)
   waiter_list join_waiters_;
   boost::asio::steady_timer rebalance_timer_{ex_};
-  payload_scratch scratch_; // where each item is encoded before it goes out
   bool closed_ = false, terminated_ = false, dispatch_posted_ = false, rebalance_armed_ = false;
 };
 

@@ -14,14 +14,45 @@ constexpr std::size_t payload_alignment = 64;
 constexpr std::size_t page_bytes = 4096;
 } // namespace
 
-std::optional<shared_payload> payload_sender::place(std::size_t n) {
+payload_sender::room_type payload_sender::reserve() {
   if (empty()) head_ = 0; // nothing is read any more: reuse the pages already faulted
-  if (n > bytes_ - head_) return std::nullopt;
+  reserved_ = true;
+  return {head_, bytes_ - head_};
+}
+
+shared_payload payload_sender::commit(std::size_t n) {
+  reserved_ = false;
   shared_payload p{head_, n};
   head_ += (n + payload_alignment - 1) & ~(payload_alignment - 1);
   high_ = std::max(high_, head_);
   ++sent_;
   return p;
+}
+
+std::optional<shared_payload> payload_sender::place(std::size_t n) {
+  if (reserved_) return std::nullopt;
+  if (n > reserve().bytes) {
+    release();
+    return std::nullopt;
+  }
+  return commit(n);
+}
+
+payload_spill::payload_spill(payload_sender* sender, std::string& bytes)
+    : sender_(sender), bytes_(bytes), buffer_(bytes) {
+  if (!sender_) return;
+  auto room = sender_->reserve();
+  buffer_.spill_to(sender_->at(room.offset), room.bytes, bytes.size(), shared_payload_bytes - 1);
+}
+
+bool payload_spill::finish() {
+  if (!sender_) return false;
+  std::size_t n = buffer_.spilled();
+  if (n == 0) return false;
+  shared_payload p = sender_->commit(n);
+  sender_ = nullptr;
+  bytes_.append(reinterpret_cast<const char*>(&p), sizeof p);
+  return true;
 }
 
 void payload_sender::trim() {

@@ -34,6 +34,7 @@
 #pragma once
 
 #include <coproc/detail/pool_protocol.hpp>
+#include <coproc/wire.hpp>
 
 #include <atomic>
 #include <cstddef>
@@ -56,6 +57,16 @@ public:
   // shared_payload; the message counts as sent.
   std::optional<shared_payload> place(std::size_t n);
   char* at(std::uint64_t offset) const { return base_ + offset; }
+  // For a message encoded in place (payload_spill): where the next one goes and the room
+  // there. Until commit(n) sends the n bytes written there or release() gives up, the
+  // room is the encoding's alone: place() says nullopt.
+  struct room_type {
+    std::uint64_t offset;
+    std::size_t bytes;
+  };
+  room_type reserve();
+  shared_payload commit(std::size_t n);
+  void release() { reserved_ = false; }
   // Undoes the place() calls since mark() (a frame whose encoding failed is not sent).
   struct mark_type {
     std::uint64_t sent;
@@ -81,6 +92,35 @@ private:
   std::uint64_t sent_ = 0;
   std::size_t head_ = 0; // where the next message goes
   std::size_t high_ = 0; // the end of the pages used since the last trim
+  bool reserved_ = false;
+};
+
+// An encoding appended to a string from its current end that goes straight into a
+// sender's region once it reaches shared_payload_bytes (the output_buffer's spill area),
+// saving the copy from an encode buffer. Without a sender (a remote link) it only appends.
+class payload_spill {
+public:
+  payload_spill(payload_sender* sender, std::string& bytes);
+  payload_spill(const payload_spill&) = delete;
+  payload_spill& operator=(const payload_spill&) = delete;
+  ~payload_spill() {
+    if (sender_) sender_->release();
+  }
+  wire::output_buffer& buffer() { return buffer_; }
+  // Once the encoding is complete: if it went to the region, it is sent and the string
+  // ends with its shared_payload instead. Whether it did.
+  bool finish();
+  // An encoding that failed: whatever reached the region is forgotten.
+  void abandon() {
+    buffer_.drop_spill();
+    if (sender_) sender_->release();
+    sender_ = nullptr;
+  }
+
+private:
+  payload_sender* sender_;
+  std::string& bytes_;
+  wire::output_buffer buffer_;
 };
 
 // A received shared_payload, or nullopt if it is not one that lies in a region of `bytes`.

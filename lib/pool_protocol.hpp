@@ -49,24 +49,13 @@ inline void release_if_large(std::string& s) {
   else s.clear();
 }
 
-// A scratch buffer that keeps its pages between large items (up to keep_bytes), so
-// encoding one does not fault fresh memory each time.
-struct payload_scratch {
-  std::string bytes;
-  void done() {
-    if (bytes.capacity() > payload_sender::keep_bytes) std::string().swap(bytes);
-    else bytes.clear();
-  }
-};
-
 // Appends one frame: `count` items, item(i, out) appending the argument bytes of the
-// i-th; `flags` as in task_frame_header. With a sender (a local worker's link) each item
-// is encoded in `scratch` first, and a large one moves from there to the arguments
-// region. On an exception from item() nothing of the frame stays in `out` or the region.
+// i-th; `flags` as in task_frame_header. With a sender (a local worker's link) a large
+// item is encoded straight into the arguments region (payload_spill). On an exception
+// from item() nothing of the frame stays in `out` or the region.
 template <class EncodeItem>
 void encode_frame(std::string& out, std::int64_t trampoline, std::int64_t target, std::size_t count,
-                  std::uint64_t flags, EncodeItem&& item, payload_sender* shared = nullptr,
-                  payload_scratch* scratch = nullptr) {
+                  std::uint64_t flags, EncodeItem&& item, payload_sender* shared = nullptr) {
   std::size_t at = out.size();
   std::optional<payload_sender::mark_type> mark;
   if (shared) mark = shared->mark();
@@ -75,15 +64,9 @@ void encode_frame(std::string& out, std::int64_t trampoline, std::int64_t target
     for (std::size_t i = 0; i < count; ++i) {
       std::size_t item_at = out.size();
       out.append(sizeof(std::uint64_t), '\0');
-      bool moved = false;
-      if (shared && scratch) {
-        item(i, scratch->bytes);
-        moved = share_tail(*shared, scratch->bytes, 0);
-        out.append(scratch->bytes);
-        scratch->done();
-      } else {
-        item(i, out);
-      }
+      payload_spill spill(shared, out);
+      item(i, spill.buffer());
+      bool moved = spill.finish();
       std::uint64_t n = out.size() - item_at - sizeof(std::uint64_t);
       if (moved) n |= item_shared;
       std::memcpy(out.data() + item_at, &n, sizeof n);
@@ -91,7 +74,6 @@ void encode_frame(std::string& out, std::int64_t trampoline, std::int64_t target
   } catch (...) {
     out.resize(at);
     if (mark) shared->rollback(*mark);
-    if (scratch) scratch->done();
     throw;
   }
   task_frame_header header{out.size() - at - sizeof header, trampoline, target, count, flags};

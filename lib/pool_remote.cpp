@@ -369,9 +369,9 @@ void remote_core::dispatch_locked() {
 bool remote_core::encode_chunk(worker& w, const pool_chunk& c) {
   try {
     // A timed frame's items are claimed one by one: a claim's arrival is its item's start.
-    encode_frame(w.out, c.job->trampoline, c.job->target, c.n,
-                 c.job->timeout_ns != 0 ? frame_timed : 0,
-                 [&](std::size_t i, std::string& out) { c.job->encode_item(c.first + i, out); });
+    encode_frame(
+        w.out, c.job->trampoline, c.job->target, c.n, c.job->timeout_ns != 0 ? frame_timed : 0,
+        [&](std::size_t i, wire::output_buffer& out) { c.job->encode_item(c.first + i, out); });
   } catch (...) {
     for (std::size_t i = 0; i < c.n; ++i) c.job->sink->fail(c.first + i, std::current_exception());
     return false;

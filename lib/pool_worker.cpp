@@ -386,9 +386,13 @@ private:
     std::uint64_t starts = starts_;
     std::size_t at = begin_record(out);
     record_kind kind = record_kind::value;
+    // A large result goes straight to the results region (a coroutine task's, which
+    // ends later, from its own slot: end_answer).
+    payload_spill spill(regions_ ? &regions_->results : nullptr, out);
     try {
-      fn(target, in, out);
+      fn(target, in, spill.buffer());
     } catch (...) {
+      spill.abandon();
       kind = encode_current_error(out, at);
     }
     if (begun_) { // a coroutine task that could not start: its error is in `out`
@@ -397,6 +401,8 @@ private:
       begun_ = nullptr;
     }
     if (starts_ != starts) out.resize(at); // a coroutine task started: its own slot answers
+    else if (kind == record_kind::value && spill.finish())
+      end_record(out, at, record_kind::shared_value);
     else end_answer(out, at, kind);
     if (queued) queued->done = true;
     if (flushable_now) {
@@ -659,7 +665,8 @@ void run_spawned_worker(std::string_view body, int fd, int memfd) {
     initializer = [fn = reinterpret_cast<pool_trampoline>(*fn + pool_anchor_address()),
                    target = *target, &state = init_state] {
       std::string ignored; // what it returns
-      fn(target, pool_input{state}, ignored);
+      wire::output_buffer out(ignored);
+      fn(target, pool_input{state}, out);
     };
   }
   run_initializer_then_work(initializer, fd, static_cast<worker_page*>(mem), true, maxtasks,

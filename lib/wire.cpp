@@ -5,12 +5,36 @@
 #include <sys/mman.h>
 
 #include <cstdint>
+#include <cstring>
 
 namespace coproc::wire {
 
 void input_archive::fail(const std::string& why) const {
   throw coproc::error("coproc::wire: malformed " + boost::core::demangle(type_.name()) +
                       " frame of " + std::to_string(bytes_.size()) + " bytes: " + why);
+}
+
+bool output_buffer::spill(std::size_t n) noexcept {
+  used_ = bytes_.size() - from_;
+  if (n > room_ - used_) {
+    drop_spill();
+    return false;
+  }
+  std::memcpy(area_, bytes_.data() + from_, used_);
+  bytes_.resize(from_);
+  spilled_ = true;
+  return true;
+}
+
+void output_buffer::append_spilled(const void* data, std::size_t n) {
+  if (n > room_ - used_) { // back to the string, which takes any size
+    bytes_.append(area_, used_);
+    drop_spill();
+    return data ? append(data, n) : append_zeros(n);
+  }
+  if (data) std::memcpy(area_ + used_, data, n);
+  else std::memset(area_ + used_, 0, n);
+  used_ += n;
 }
 
 namespace detail {

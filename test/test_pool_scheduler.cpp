@@ -21,8 +21,12 @@ namespace {
 constexpr std::int64_t ms = 1'000'000;
 
 // Trampolines are only named here, never called (distinct bodies: distinct offsets).
-void cheap_task(std::intptr_t, const pool_input&, std::string& out) { out += "cheap"; }
-void slow_task(std::intptr_t, const pool_input&, std::string& out) { out += "slow"; }
+void cheap_task(std::intptr_t, const pool_input&, coproc::wire::output_buffer& out) {
+  out.append("cheap", 5);
+}
+void slow_task(std::intptr_t, const pool_input&, coproc::wire::output_buffer& out) {
+  out.append("slow", 4);
+}
 
 std::intptr_t offset_of(pool_trampoline fn) { return pool_image_offset(fn); }
 
@@ -39,7 +43,10 @@ struct fake_job final : pool_job {
   fake_job(pool_trampoline fn, std::size_t count, std::size_t chunksize,
            std::shared_ptr<pool_sink> sink)
       : pool_job(fn, {}, count, chunksize, std::move(sink)) {}
-  void encode_args(std::size_t i, std::string& out) const override { out += std::to_string(i); }
+  void encode_args(std::size_t i, coproc::wire::output_buffer& out) const override {
+    auto digits = std::to_string(i);
+    out.append(digits.data(), digits.size());
+  }
 };
 
 // One worker as the scheduler sees it, and its side of the shared page.

@@ -152,6 +152,18 @@ std::vector<double> doubled(std::vector<double> v) {
   for (auto& x : v) x *= 2;
   return v;
 }
+// Its encoding writes more than the shared-memory threshold, then fails (its decoding is
+// never reached).
+struct fails_half_way {
+  std::string big = std::string(std::size_t(1) << 20, 'h');
+  template <class Archive> void serialize(Archive& ar) {
+    ar(big);
+    if constexpr (std::is_same_v<Archive, coproc::wire::output_archive>)
+      throw std::runtime_error("fails_half_way: encoding stopped");
+  }
+};
+fails_half_way make_fails_half_way() { return {}; }
+int take_fails_half_way(fails_half_way f) { return static_cast<int>(f.big.size()); }
 int die_holding(std::string s) {
   if (!s.empty()) ::kill(::getpid(), SIGKILL);
   ::pause();
@@ -353,7 +365,7 @@ TEST_CASE("imap with buffersize pulls lazily, at most buffersize in flight") {
   }());
 }
 
-TEST_CASE("imap of an unsized range without buffersize is refused; a sized one is copied") {
+TEST_CASE("imap of an unsized range without buffersize is refused, a sized one is copied") {
   coproc_test::run([]() -> coproc::awaitable<void> {
     coproc::pool pool(co_await boost::asio::this_coro::executor, 1);
     CHECK_THROWS_WITH_AS(pool.imap(square, std::views::iota(0)), doctest::Contains("buffersize"),
@@ -371,7 +383,7 @@ TEST_CASE("imap of an unsized range without buffersize is refused; a sized one i
   }());
 }
 
-TEST_CASE("destroying a lazy stream withdraws its unstarted items; close lets an open one finish") {
+TEST_CASE("destroying a lazy stream withdraws its unstarted items, close lets an open one finish") {
   coproc_test::fresh_image::temp_dir dir;
   std::string path = dir.file("ran");
   coproc_test::run([path]() -> coproc::awaitable<void> {
@@ -522,8 +534,36 @@ TEST_CASE("map over many large items, large and small mixed, is intact") {
         auto back = co_await pool.map(echo, items, chunksize);
         CHECK(back == items);
       }
+      // Items moved in (a container passed as an rvalue) arrive the same.
+      auto moved = items;
+      auto back = co_await pool.map(echo, std::move(moved));
+      CHECK(back == items);
       auto digests = co_await pool.map(digest, items);
       for (std::size_t i = 0; i < items.size(); ++i) CHECK(digests[i] == digest_of(items[i]));
+    }());
+  }
+}
+
+TEST_CASE("an argument or a result whose encoding fails part way through a large value "
+          "fails that task alone and large values after it are intact") {
+  for (auto method : every_method) {
+    CAPTURE(static_cast<int>(method));
+    coproc_test::run([method]() -> coproc::awaitable<void> {
+      coproc::pool pool(co_await boost::asio::this_coro::executor,
+                        {.processes = 1, .method = method});
+      auto big = pattern(std::size_t(3) << 20, 5);
+      for (int round = 0; round < 3; ++round) {
+        // In the parent, when the task is sent: its own error, nothing sent.
+        auto e = co_await failure_of<std::runtime_error>(
+            pool.apply(take_fails_half_way, fails_half_way{}));
+        CHECK(std::string(e.what()) == "fails_half_way: encoding stopped");
+        CHECK(co_await pool.apply(echo, big) == big);
+        // In the worker, as it answers: a remote_error naming it.
+        auto r = co_await failure_of<coproc::remote_error>(pool.apply(make_fails_half_way));
+        CHECK(std::string(r.what()).find("fails_half_way: encoding stopped") != std::string::npos);
+        CHECK(co_await pool.apply(echo, big) == big);
+        CHECK(co_await pool.apply(digest, big) == digest_of(big));
+      }
     }());
   }
 }

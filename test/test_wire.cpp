@@ -214,6 +214,75 @@ TEST_CASE("encode_into appends to what is there") {
   CHECK(wire::decode<std::string>(std::string_view(out).substr(4)) == "tail");
 }
 
+TEST_CASE(
+    "an output buffer moves a large encoding to its spill area and back when it outgrows it") {
+  std::vector<int> small{1, 2, 3};
+  std::vector<int> large(1000, 7);
+  large[999] = 9;
+  auto small_bytes = wire::encode(small), large_bytes = wire::encode(large);
+  std::vector<char> area(6000, '.');
+  auto spill = [&](std::string& s, wire::output_buffer& b, std::size_t room) {
+    b.spill_to(area.data(), room, s.size(), 100);
+  };
+
+  // Below the threshold: all in the string.
+  std::string s = "head";
+  {
+    wire::output_buffer b(s);
+    spill(s, b, area.size());
+    wire::encode_into(b, small);
+    CHECK(b.spilled() == 0);
+    CHECK(b.size() == 4 + small_bytes.size());
+  }
+  CHECK(s == "head" + small_bytes);
+
+  // Above it: the bytes so far and the rest go to the area; positions count on, and a
+  // placeholder written before the spill is overwritten where it went.
+  s = "head";
+  {
+    wire::output_buffer b(s);
+    spill(s, b, area.size());
+    b.append_zeros(8);
+    wire::encode_into(b, large);
+    std::uint64_t n = b.size() - 4 - 8;
+    b.overwrite(4, &n, sizeof n);
+    CHECK(b.spilled() == 8 + large_bytes.size());
+    CHECK(b.size() == 4 + 8 + large_bytes.size());
+  }
+  CHECK(s == "head");
+  std::uint64_t n;
+  std::memcpy(&n, area.data(), sizeof n);
+  CHECK(n == large_bytes.size());
+  CHECK(std::string(area.data() + 8, large_bytes.size()) == large_bytes);
+  CHECK(wire::decode<std::vector<int>>(std::string_view(area.data() + 8, n)) == large);
+
+  // An area too small for what comes: everything is back in the string, in order.
+  for (std::size_t room :
+       {std::size_t(50), std::size_t(200), std::size_t(4000), std::size_t(4100)}) {
+    CAPTURE(room);
+    s = "head";
+    wire::output_buffer b(s);
+    spill(s, b, room);
+    wire::encode_into(b, small);
+    wire::encode_into(b, large);
+    wire::encode_into(b, large);
+    CHECK(b.spilled() == 0);
+    CHECK(s == "head" + small_bytes + large_bytes + large_bytes);
+  }
+
+  // Dropped: what went to the area is forgotten, the string takes what follows.
+  s = "head";
+  wire::output_buffer b(s);
+  spill(s, b, area.size());
+  wire::encode_into(b, large);
+  CHECK(b.spilled() == large_bytes.size());
+  b.drop_spill();
+  CHECK(b.spilled() == 0);
+  s.resize(4);
+  wire::encode_into(b, small);
+  CHECK(s == "head" + small_bytes);
+}
+
 TEST_CASE("a truncated frame is a coproc error naming the type and size") {
   check_malformed<int>(std::string(3, '\0'), "int");
   check_malformed<int>(std::string(5, '\0'), "int");

@@ -207,6 +207,12 @@ private:
       throw timeout_error("coproc::async_result::get: the pool task did not finish in time");
     co_return state->result();
   }
+  // get() for pool::apply, map and starmap, whose await is the result's only reader.
+  static awaitable<T> take(std::shared_ptr<detail::result_state<T>> state) {
+    auto wait = state->wait(detail::deadline::never());
+    co_await std::move(wait);
+    co_return state->take_result();
+  }
   static awaitable<void> wait_until(std::shared_ptr<detail::result_state<T>> state) {
     auto wait = state->wait(detail::deadline::never());
     co_await std::move(wait);
@@ -287,10 +293,18 @@ class remote_core; // lib/pool_remote.hpp
 
 template <class Range> using pool_item_t = std::ranges::range_value_t<Range>;
 
+// The items a submission keeps: moved out of a container passed as an rvalue (it is the
+// pool's now), copied from anything else (a view may refer to the caller's container).
 template <class Range> auto copy_items(Range&& items) {
   std::vector<pool_item_t<Range>> out;
   if constexpr (std::ranges::sized_range<Range>) out.reserve(std::ranges::size(items));
-  for (auto&& item : items) out.push_back(item);
+  constexpr bool owned = std::is_rvalue_reference_v<Range&&> &&
+                         !std::ranges::view<std::remove_cvref_t<Range>> &&
+                         std::is_lvalue_reference_v<std::ranges::range_reference_t<Range>>;
+  for (auto&& item : items) {
+    if constexpr (owned) out.push_back(std::move(item));
+    else out.push_back(held_copy(item));
+  }
   return out;
 }
 
@@ -433,36 +447,25 @@ public:
   ~pool();
 
   // Result of f(args...), computed in a worker. Cancelling the await cancels the task.
+  // The arguments are taken as values (API.md's `A... args`), copied or moved at the call;
+  // they are forwarding references only so that the pool makes the copy itself (a large
+  // one on huge pages: detail::held_copy).
   template <class F, class... A>
     requires(!std::is_same_v<F, task_options>)
-  auto apply(F f, A... args) {
-    return apply(task_options{}, f, std::move(args)...);
+  auto apply(F f, A&&... args) {
+    return apply(task_options{}, f, std::forward<A>(args)...);
   }
-  template <class F, class... A> auto apply(task_options options, F f, A... args) {
-    return owned(apply_async(std::move(options), f, std::move(args)...));
+  template <class F, class... A> auto apply(task_options options, F f, A&&... args) {
+    return owned(apply_async(std::move(options), f, std::forward<A>(args)...));
   }
 
   template <class F, class... A>
     requires(!std::is_same_v<F, task_options>)
-  auto apply_async(F f, A... args) {
-    return apply_async(task_options{}, f, std::move(args)...);
+  auto apply_async(F f, A&&... args) {
+    return apply_async(task_options{}, f, std::forward<A>(args)...);
   }
-  template <class F, class... A> auto apply_async(task_options options, F f, A... args) {
-    detail::check_pool_callable<F>();
-    static_assert(std::is_invocable_v<F&, A&...>,
-                  "coproc::pool::apply: f cannot be called with these arguments");
-    using Raw = std::invoke_result_t<F&, A&...>;
-    using R = detail::task_value_t<Raw>;
-    auto state = std::make_shared<detail::result_state<R>>();
-    // The arguments are kept as they are and encoded straight into the frame when sent:
-    // a large argument is held once, plus its encoding while it is being written.
-    std::vector<std::tuple<A...>> item;
-    item.emplace_back(std::move(args)...);
-    submit(std::make_shared<detail::items_job<std::tuple<A...>, true>>(
-               &detail::apply_trampoline<F, A...>, detail::callable_info<F, Raw>(f),
-               std::move(item), 1, state),
-           options, typeid(F));
-    return async_result<R>(std::move(state));
+  template <class F, class... A> auto apply_async(task_options options, F f, A&&... args) {
+    return apply_values<F, std::decay_t<A>...>(std::move(options), f, std::forward<A>(args)...);
   }
 
   // f(item) for every item, results in item order. chunksize 0 picks one as Python
@@ -553,9 +556,28 @@ private:
 
   // The await of a task that only this await sees: cancelling it cancels the task.
   // (Nothing is awaited inside the handler; the awaitable is named first for g++ 12.)
+  template <class F, class... V, class... A>
+  auto apply_values(task_options options, F f, A&&... args) {
+    detail::check_pool_callable<F>();
+    static_assert(std::is_invocable_v<F&, V&...>,
+                  "coproc::pool::apply: f cannot be called with these arguments");
+    using Raw = std::invoke_result_t<F&, V&...>;
+    using R = detail::task_value_t<Raw>;
+    auto state = std::make_shared<detail::result_state<R>>();
+    // The arguments are kept as they are and encoded straight into the frame when sent:
+    // a large argument is held once, plus its encoding while it is being written.
+    std::vector<std::tuple<V...>> item;
+    item.emplace_back(detail::held_copy(std::forward<A>(args))...);
+    submit(std::make_shared<detail::items_job<std::tuple<V...>, true>>(
+               &detail::apply_trampoline<F, V...>, detail::callable_info<F, Raw>(f),
+               std::move(item), 1, state),
+           options, typeid(F));
+    return async_result<R>(std::move(state));
+  }
+
   template <class R> static awaitable<R> owned(async_result<R> result) {
     try {
-      auto get = result.get();
+      auto get = async_result<R>::take(result.state_);
       if constexpr (std::is_void_v<R>) {
         co_await std::move(get);
         co_return;

@@ -77,16 +77,74 @@
 
 namespace coproc::wire {
 
-class output_archive
-    : public cereal::OutputArchive<output_archive, cereal::AllowEmptyClassElision> {
+// Where an encoding goes: appended to a std::string, or, once a spill area is set and the
+// bytes from its start have passed a threshold, into that area (coproc's pool encodes a
+// large task value straight into the shared memory it travels in so: one copy instead of
+// encoding into a buffer and copying that, lib/pool_payload.hpp). Positions count from
+// the string's start either way.
+class output_buffer {
 public:
-  explicit output_archive(std::string& out) : OutputArchive(this), out_(out) {}
-  void save_binary(const void* data, std::size_t size) {
-    if (size != 0) out_.append(static_cast<const char*>(data), size); // data may be null
+  explicit output_buffer(std::string& bytes) noexcept : bytes_(bytes) {}
+  output_buffer(const output_buffer&) = delete;
+  output_buffer& operator=(const output_buffer&) = delete;
+
+  void append(const void* data, std::size_t n) {
+    if (n == 0) return; // data may be null (an empty vector's)
+    if (spilled_ || (n > spill_at_ - bytes_.size() && spill(n))) return append_spilled(data, n);
+    bytes_.append(static_cast<const char*>(data), n);
+  }
+  void append_zeros(std::size_t n) {
+    if (spilled_ || (n > spill_at_ - bytes_.size() && spill(n))) return append_spilled(nullptr, n);
+    bytes_.append(n, '\0');
+  }
+  std::size_t size() const noexcept { return spilled_ ? from_ + used_ : bytes_.size(); }
+  // Overwrites n bytes appended before, from position at.
+  void overwrite(std::size_t at, const void* data, std::size_t n) noexcept {
+    char* to = spilled_ && at >= from_ ? area_ + (at - from_) : bytes_.data() + at;
+    std::memcpy(to, data, n);
+  }
+
+  // The bytes from position `from` on (none appended yet) move to the `room` bytes at
+  // `area` once they are more than `threshold`; if they outgrow the area they come back.
+  void spill_to(char* area, std::size_t room, std::size_t from, std::size_t threshold) noexcept {
+    area_ = area;
+    room_ = room;
+    from_ = from;
+    spill_at_ = threshold < room ? from + threshold : std::size_t(-1);
+  }
+  // How many bytes are in the area (0: all of them are in the string).
+  std::size_t spilled() const noexcept { return spilled_ ? used_ : 0; }
+  // Forgets the spill area and what went there (an encoding that failed).
+  void drop_spill() noexcept {
+    spilled_ = false;
+    spill_at_ = std::size_t(-1);
   }
 
 private:
-  std::string& out_;
+  // Before n more bytes: whether the bytes so far moved to the area (false: the area is
+  // too small for them, and the encoding stays in the string). In lib/wire.cpp.
+  bool spill(std::size_t n) noexcept;
+  void append_spilled(const void* data, std::size_t n); // data null: zeros
+
+  std::string& bytes_;
+  bool spilled_ = false;
+  std::size_t spill_at_ = std::size_t(-1);
+  char* area_ = nullptr;
+  std::size_t room_ = 0, from_ = 0, used_ = 0;
+};
+
+class output_archive
+    : public cereal::OutputArchive<output_archive, cereal::AllowEmptyClassElision> {
+public:
+  explicit output_archive(std::string& out) : OutputArchive(this), own_(std::in_place, out) {
+    out_ = &*own_;
+  }
+  explicit output_archive(output_buffer& out) : OutputArchive(this), out_(&out) {}
+  void save_binary(const void* data, std::size_t size) { out_->append(data, size); }
+
+private:
+  std::optional<output_buffer> own_;
+  output_buffer* out_;
 };
 
 class input_archive : public cereal::InputArchive<input_archive, cereal::AllowEmptyClassElision> {
@@ -369,15 +427,19 @@ template <class T>
 concept serializable = detail::problem_of<T>() == detail::problem::none;
 
 // Appends the encoding of value to out.
-template <class T> void encode_into(std::string& out, const T& value) {
+template <class T> void encode_into(output_buffer& out, const T& value) {
   if constexpr (!detail::check_crossing<T>()) {
     return; // the static_assert said why
   } else if constexpr (trivially_encoded<T>) {
-    out.append(reinterpret_cast<const char*>(&value), sizeof(T));
+    out.append(&value, sizeof(T));
   } else {
     output_archive ar(out);
     ar(value);
   }
+}
+template <class T> void encode_into(std::string& out, const T& value) {
+  output_buffer buffer(out);
+  encode_into(buffer, value);
 }
 
 template <class T> std::string encode(const T& value) {

@@ -167,8 +167,8 @@ public:
         sink(std::move(sink)), state_(std::move(callable.state)) {}
   virtual ~pool_job() = default;
   // Appends the callable's state and the encoded argument(s) of item i.
-  void encode_item(std::size_t i, std::string& out) const {
-    out.append(state_);
+  void encode_item(std::size_t i, wire::output_buffer& out) const {
+    out.append(state_.data(), state_.size());
     encode_args(i, out);
   }
 
@@ -181,7 +181,7 @@ public:
   const std::type_info* callable_type = nullptr; // for messages
 
 protected:
-  virtual void encode_args(std::size_t i, std::string& out) const = 0;
+  virtual void encode_args(std::size_t i, wire::output_buffer& out) const = 0;
 
 private:
   const std::string state_;
@@ -197,7 +197,7 @@ public:
         items_(std::move(items)) {}
 
 private:
-  void encode_args(std::size_t i, std::string& out) const override {
+  void encode_args(std::size_t i, wire::output_buffer& out) const override {
     if constexpr (Parts) encode_tuple_parts(out, items_[i]);
     else wire::encode_into(out, items_[i]);
   }
@@ -259,6 +259,13 @@ public:
     std::lock_guard lock(mutex_);
     if (error_) std::rethrow_exception(error_);
     if constexpr (!std::is_void_v<T>) return *value_;
+  }
+  // Once ready, for the only await there will be (pool::apply, map, starmap): the value
+  // moved out, so a large one is not copied into fresh pages on its way to the caller.
+  T take_result() {
+    std::lock_guard lock(mutex_);
+    if (error_) std::rethrow_exception(error_);
+    if constexpr (!std::is_void_v<T>) return std::move(*value_);
   }
 
 protected:
@@ -484,7 +491,7 @@ private:
     std::size_t base_;
   };
 
-  void encode_args(std::size_t i, std::string& out) const override {
+  void encode_args(std::size_t i, wire::output_buffer& out) const override {
     if (stream_->abandoned()) throw pool_closed();
     wire::encode_into(out, items_[i]);
   }

@@ -59,9 +59,27 @@ struct pool_input {
   }
 };
 
+// What the pool keeps of an argument until it is sent: the argument itself, or for a
+// std::string or a vector of numbers passed as an lvalue, a copy that a large value gets
+// on huge pages (a 64 MiB copy onto fresh 4 KiB pages costs four times its memcpy on
+// these VMs, docs/platform.md).
+template <class A> decltype(auto) held_copy(A&& a) {
+  using D = std::remove_cvref_t<A>;
+  if constexpr (wire::detail::bulk_decoded<D> && std::is_lvalue_reference_v<A>) {
+    D copy;
+    copy.reserve(a.size());
+    wire::detail::advise_fresh(copy.data(), a.size() * sizeof(typename D::value_type));
+    copy.assign(a.begin(), a.end());
+    return copy;
+  } else {
+    return std::forward<A>(a);
+  }
+}
+
 // Decodes the arguments of one item from `in`, calls the callable and appends its
 // encoded result to `out`. Throws what the callable or the decoding threw.
-using pool_trampoline = void (*)(std::intptr_t target, const pool_input& in, std::string& out);
+using pool_trampoline = void (*)(std::intptr_t target, const pool_input& in,
+                                 wire::output_buffer& out);
 
 // The point that task offsets are measured from (defined in lib/pool_protocol.cpp).
 void pool_image_anchor() noexcept;
@@ -119,6 +137,7 @@ template <class F> std::intptr_t pool_target(const F& f) noexcept {
   else return (void)f, 0;
 }
 
+template <class T> void encode_part(wire::output_buffer& out, const T& part);
 template <class T> void encode_part(std::string& out, const T& part);
 template <class T> T decode_part(std::string_view& in);
 
@@ -167,7 +186,7 @@ template <class R, class E> struct task_result<boost::asio::awaitable<R, E>> {
 template <class R> using task_value_t = typename task_result<R>::type;
 template <class R> inline constexpr bool is_coroutine_task = task_result<R>::coroutine;
 
-template <class Call> void pool_emit(std::string& out, Call&& call) {
+template <class Call> void pool_emit(wire::output_buffer& out, Call&& call) {
   if constexpr (std::is_void_v<decltype(std::forward<Call>(call)())>) {
     std::forward<Call>(call)();
   } else {
@@ -190,16 +209,24 @@ template <class F, class Tuple> decltype(auto) apply_decoded(F& f, Tuple& args) 
 
 // Several values travel as parts, each [u64 length][wire bytes]: the arguments of an
 // apply, the elements of a starmap tuple, an error's type name and message.
-template <class T> void encode_part(std::string& out, const T& part) {
+template <class T> void encode_part(wire::output_buffer& out, const T& part) {
   std::size_t at = out.size();
-  out.append(sizeof(std::uint64_t), '\0');
+  out.append_zeros(sizeof(std::uint64_t));
   wire::encode_into(out, part);
   std::uint64_t n = out.size() - at - sizeof(std::uint64_t);
-  std::memcpy(out.data() + at, &n, sizeof n);
+  out.overwrite(at, &n, sizeof n);
+}
+template <class T> void encode_part(std::string& out, const T& part) {
+  wire::output_buffer buffer(out);
+  encode_part(buffer, part);
 }
 
-template <class... T> void encode_parts(std::string& out, const T&... parts) {
+template <class... T> void encode_parts(wire::output_buffer& out, const T&... parts) {
   (encode_part(out, parts), ...);
+}
+template <class... T> void encode_parts(std::string& out, const T&... parts) {
+  wire::output_buffer buffer(out);
+  encode_parts(buffer, parts...);
 }
 
 template <class T> T decode_part(std::string_view& in) {
@@ -221,7 +248,7 @@ template <class Tuple> Tuple decode_parts(std::string_view in) {
   return t;
 }
 
-template <class Tuple> void encode_tuple_parts(std::string& out, const Tuple& t) {
+template <class Tuple> void encode_tuple_parts(wire::output_buffer& out, const Tuple& t) {
   std::apply([&](const auto&... e) { encode_parts(out, e...); }, t);
 }
 
@@ -239,7 +266,8 @@ template <class F, class Args> awaitable<void> coroutine_task(F f, Args args, st
 // Rebuilds the callable, decodes the arguments (decode(bytes) gives a tuple-like value),
 // then runs the task, or starts it if it is a coroutine.
 template <class F, class Decode>
-void run_pool_task(std::intptr_t target, const pool_input& in, std::string& out, Decode decode) {
+void run_pool_task(std::intptr_t target, const pool_input& in, wire::output_buffer& out,
+                   Decode decode) {
   std::string_view bytes = in.bytes;
   F f = pool_callable<F>(target, bytes);
   auto args = decode(bytes);
@@ -256,21 +284,21 @@ void run_pool_task(std::intptr_t target, const pool_input& in, std::string& out,
 
 // apply(f, args...): one item, the arguments as parts.
 template <class F, class... A>
-void apply_trampoline(std::intptr_t target, const pool_input& in, std::string& out) {
+void apply_trampoline(std::intptr_t target, const pool_input& in, wire::output_buffer& out) {
   run_pool_task<F>(target, in, out,
                    [](std::string_view bytes) { return decode_parts<std::tuple<A...>>(bytes); });
 }
 
 // map / imap: one item is one argument.
 template <class F, class T>
-void item_trampoline(std::intptr_t target, const pool_input& in, std::string& out) {
+void item_trampoline(std::intptr_t target, const pool_input& in, wire::output_buffer& out) {
   run_pool_task<F>(target, in, out,
                    [](std::string_view bytes) { return std::tuple<T>(wire::decode<T>(bytes)); });
 }
 
 // starmap: one item is a tuple of arguments.
 template <class F, class T>
-void star_trampoline(std::intptr_t target, const pool_input& in, std::string& out) {
+void star_trampoline(std::intptr_t target, const pool_input& in, wire::output_buffer& out) {
   run_pool_task<F>(target, in, out, [](std::string_view bytes) { return decode_parts<T>(bytes); });
 }
 
