@@ -22,13 +22,13 @@
 // - Pages used beyond keep_bytes are given back (MADV_REMOVE) once the region is empty
 //   again, so a 1 GiB transfer does not pin 1 GiB of shared memory for the worker's life
 //   (the sender trims: the parent when answers come, the worker when it next sends).
-//   What stays is the price of the reuse: up to keep_bytes per direction and per worker,
-//   and as much of scratch (the pool's encode buffer, each worker's answer buffer), where
-//   values are encoded before they are copied to the region (the tasks' encoders append
-//   to a std::string, so a value cannot be encoded into the region in place yet).
-// - Copies of a large value one way: encode (into touched scratch), copy into the region,
-//   decode from it (into the receiver's value, on huge pages: coproc/wire.hpp). Through the
-//   socket it was four, three of them on fresh 4 KiB pages (docs/platform.md, stop 20).
+//   What stays is the price of the reuse: up to keep_bytes per direction and per worker.
+// - A large value is encoded straight into the region (payload_spill: the output_buffer
+//   starts in the frame's string and moves to the region once the item passes the
+//   threshold), so the copies one way are: encode into the region, decode from it (into
+//   the receiver's value, on huge pages: coproc/wire.hpp). Through an encode buffer it
+//   was three, through the socket four, three of them on fresh 4 KiB pages
+//   (docs/platform.md, stop 20).
 // - A remote worker has no region: its sender is null and a shared item or record on its
 //   link is a protocol error.
 #pragma once

@@ -17,11 +17,14 @@
 // worker with worker_lost). Small ones cross through the worker's socket, batched; one of
 // 256 KiB or more (encoded) goes through memory the worker shares with the pool, decoded
 // straight from there, up to 2 GiB in flight each way per worker (a larger one, or one
-// that finds the region full, takes the socket: no other cap). Remote workers use their
-// socket for everything. The callable is a function pointer or a
-// captureless lambda / empty function object (it crosses as an offset in the executable's image,
-// never as a pointer into this heap), a function object with a cereal serialize (default
-// constructible and copyable: its state is encoded once per submission and travels with
+// that finds the region full, takes the socket: no other cap), encoded straight into it.
+// Arguments are values: apply and map copy an lvalue (a large string or vector of numbers
+// onto huge pages) and move an rvalue, and apply and map move their results out, so
+// `data = co_await pool.apply(f, std::move(data))` copies the value only into and out of
+// the shared memory. Remote workers use their socket for everything. The callable is a function
+// pointer or a captureless lambda / empty function object (it crosses as an offset in the
+// executable's image, never as a pointer into this heap), a function object with a cereal serialize
+// (default constructible and copyable: its state is encoded once per submission and travels with
 // every task), or coproc::partial(f, bound...) of one (coproc/partial.hpp: the bound
 // arguments travel the same way). A lambda with captures is a compile-time error that
 // says why: its state cannot travel.
