@@ -48,7 +48,10 @@ payload_spill::payload_spill(payload_sender* sender, std::string& bytes)
 bool payload_spill::finish() {
   if (!sender_) return false;
   std::size_t n = buffer_.spilled();
-  if (n == 0) return false;
+  if (n == 0) {
+    abandon(); // the room is free for place() again
+    return false;
+  }
   shared_payload p = sender_->commit(n);
   sender_ = nullptr;
   bytes_.append(reinterpret_cast<const char*>(&p), sizeof p);

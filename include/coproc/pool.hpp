@@ -15,19 +15,19 @@
 // only above 64 TiB (a protocol error); below that the cap is memory, the value and its
 // encoding on each side (no memory for one fails that task with std::bad_alloc, or its
 // worker with worker_lost). Small ones cross through the worker's socket, batched; one of
-// 256 KiB or more (encoded) goes through memory the worker shares with the pool, decoded
-// straight from there, up to 2 GiB in flight each way per worker (a larger one, or one
-// that finds the region full, takes the socket: no other cap), encoded straight into it.
+// 256 KiB or more (encoded) goes through memory the worker shares with the pool, encoded
+// straight into it and decoded straight from there, up to 2 GiB in flight each way per
+// worker (a larger one, or one that finds the region full, takes the socket: no other cap).
 // Arguments are values: apply and map copy an lvalue (a large string or vector of numbers
 // onto huge pages) and move an rvalue, and apply and map move their results out, so
 // `data = co_await pool.apply(f, std::move(data))` copies the value only into and out of
-// the shared memory. Remote workers use their socket for everything. The callable is a function
-// pointer or a captureless lambda / empty function object (it crosses as an offset in the
-// executable's image, never as a pointer into this heap), a function object with a cereal serialize
-// (default constructible and copyable: its state is encoded once per submission and travels with
-// every task), or coproc::partial(f, bound...) of one (coproc/partial.hpp: the bound
-// arguments travel the same way). A lambda with captures is a compile-time error that
-// says why: its state cannot travel.
+// the shared memory. Remote workers use their socket for everything.
+// The callable is a function pointer or a captureless lambda / empty function object (it
+// crosses as an offset in the executable's image, never as a pointer into this heap), a
+// function object with a cereal serialize (default constructible and copyable: its state
+// is encoded once per submission and travels with every task), or coproc::partial(f,
+// bound...) of one (coproc/partial.hpp: the bound arguments travel the same way). A lambda
+// with captures is a compile-time error that says why: its state cannot travel.
 //
 // A callable returning awaitable<R> is a coroutine task: the caller gets R, and a worker
 // runs up to pool_options::concurrency of them at once on its own io_context (a task may
@@ -557,8 +557,7 @@ private:
               const std::type_info& callable);
   std::size_t default_chunksize(std::size_t n) const;
 
-  // The await of a task that only this await sees: cancelling it cancels the task.
-  // (Nothing is awaited inside the handler; the awaitable is named first for g++ 12.)
+  // apply_async with the argument types V (the values it keeps).
   template <class F, class... V, class... A>
   auto apply_values(task_options options, F f, A&&... args) {
     detail::check_pool_callable<F>();
@@ -578,6 +577,8 @@ private:
     return async_result<R>(std::move(state));
   }
 
+  // The await of a task that only this await sees: cancelling it cancels the task.
+  // (Nothing is awaited inside the handler; the awaitable is named first for g++ 12.)
   template <class R> static awaitable<R> owned(async_result<R> result) {
     try {
       auto get = async_result<R>::take(result.state_);
