@@ -38,22 +38,16 @@ std::optional<shared_payload> payload_sender::place(std::size_t n) {
   return commit(n);
 }
 
-payload_spill::payload_spill(payload_sender* sender, std::string& bytes)
-    : sender_(sender), bytes_(bytes), buffer_(bytes) {
-  if (!sender_) return;
+std::pair<char*, std::size_t> payload_spill::room() noexcept {
   auto room = sender_->reserve();
-  buffer_.spill_to(sender_->at(room.offset), room.bytes, bytes.size(), shared_payload_bytes - 1);
+  reserved_ = true;
+  return {sender_->at(room.offset), room.bytes};
 }
 
-bool payload_spill::finish() {
-  if (!sender_) return false;
-  std::size_t n = buffer_.spilled();
-  if (n == 0) {
-    abandon(); // the room is free for place() again
-    return false;
-  }
-  shared_payload p = sender_->commit(n);
-  sender_ = nullptr;
+bool payload_spill::send() {
+  shared_payload p = sender_->commit(buffer_.spilled());
+  reserved_ = false;
+  buffer_.drop_spill();
   bytes_.append(reinterpret_cast<const char*>(&p), sizeof p);
   return true;
 }

@@ -98,27 +98,36 @@ private:
 // An encoding appended to a string from its current end that goes straight into a
 // sender's region once it reaches shared_payload_bytes (the output_buffer's spill area),
 // saving the copy from an encode buffer. Without a sender (a remote link) it only appends.
-class payload_spill {
+class payload_spill : wire::output_buffer::spill_area {
 public:
-  payload_spill(payload_sender* sender, std::string& bytes);
+  payload_spill(payload_sender* sender, std::string& bytes)
+      : sender_(sender), bytes_(bytes), buffer_(bytes) {
+    if (sender_) buffer_.spill_to(*this, bytes.size(), shared_payload_bytes - 1);
+  }
   payload_spill(const payload_spill&) = delete;
   payload_spill& operator=(const payload_spill&) = delete;
-  ~payload_spill() {
-    if (sender_) sender_->release();
-  }
+  ~payload_spill() { abandon(); }
   wire::output_buffer& buffer() { return buffer_; }
   // Once the encoding is complete: if it went to the region, it is sent and the string
   // ends with its shared_payload instead. Whether it did.
-  bool finish();
+  bool finish() {
+    if (buffer_.spilled() != 0) return send();
+    abandon(); // the room, if it was asked for, is free for place() again
+    return false;
+  }
   // An encoding that failed: whatever reached the region is forgotten.
-  void abandon() {
+  void abandon() noexcept {
     buffer_.drop_spill();
-    if (sender_) sender_->release();
-    sender_ = nullptr;
+    if (reserved_) sender_->release();
+    reserved_ = false;
   }
 
 private:
+  std::pair<char*, std::size_t> room() noexcept override;
+  bool send();
+
   payload_sender* sender_;
+  bool reserved_ = false;
   std::string& bytes_;
   wire::output_buffer buffer_;
 };

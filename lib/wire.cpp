@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <tuple>
 
 namespace coproc::wire {
 
@@ -15,8 +16,9 @@ void input_archive::fail(const std::string& why) const {
 }
 
 bool output_buffer::spill(std::size_t n) noexcept {
+  if (!area_) std::tie(area_, room_) = source_->room();
   used_ = bytes_.size() - from_;
-  if (n > room_ - used_) {
+  if (!area_ || used_ > room_ || n > room_ - used_) {
     drop_spill();
     return false;
   }
@@ -26,11 +28,18 @@ bool output_buffer::spill(std::size_t n) noexcept {
   return true;
 }
 
-void output_buffer::append_spilled(const void* data, std::size_t n) {
-  if (n > room_ - used_) { // back to the string, which takes any size
+void output_buffer::append_slow(const void* data, std::size_t n) {
+  // Not past the threshold (or no longer spilling), or an area that cannot take it: the
+  // string takes it.
+  if (!spilled_ && (n <= spill_at_ - bytes_.size() || !spill(n))) {
+    if (data) bytes_.append(static_cast<const char*>(data), n);
+    else bytes_.append(n, '\0');
+    return;
+  }
+  if (n > room_ - used_) { // outgrown: back to the string, which takes any size
     bytes_.append(area_, used_);
     drop_spill();
-    return data ? append(data, n) : append_zeros(n);
+    return append_slow(data, n);
   }
   if (data) std::memcpy(area_ + used_, data, n);
   else std::memset(area_ + used_, 0, n);

@@ -221,8 +221,20 @@ TEST_CASE(
   large[999] = 9;
   auto small_bytes = wire::encode(small), large_bytes = wire::encode(large);
   std::vector<char> area(6000, '.');
+  struct test_area : wire::output_buffer::spill_area {
+    char* at;
+    std::size_t bytes = 0;
+    int asked = 0;
+    explicit test_area(char* at) : at(at) {}
+    std::pair<char*, std::size_t> room() noexcept override {
+      ++asked;
+      return {at, bytes};
+    }
+  } target(area.data());
   auto spill = [&](std::string& s, wire::output_buffer& b, std::size_t room) {
-    b.spill_to(area.data(), room, s.size(), 100);
+    target.bytes = room;
+    target.asked = 0;
+    b.spill_to(target, s.size(), 100);
   };
 
   // Below the threshold: all in the string.
@@ -233,6 +245,7 @@ TEST_CASE(
     wire::encode_into(b, small);
     CHECK(b.spilled() == 0);
     CHECK(b.size() == 4 + small_bytes.size());
+    CHECK(target.asked == 0); // the area is asked for only when it is needed
   }
   CHECK(s == "head" + small_bytes);
 
@@ -248,6 +261,7 @@ TEST_CASE(
     b.overwrite(4, &n, sizeof n);
     CHECK(b.spilled() == 8 + large_bytes.size());
     CHECK(b.size() == 4 + 8 + large_bytes.size());
+    CHECK(target.asked == 1);
   }
   CHECK(s == "head");
   std::uint64_t n;

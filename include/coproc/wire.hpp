@@ -89,13 +89,15 @@ public:
   output_buffer& operator=(const output_buffer&) = delete;
 
   void append(const void* data, std::size_t n) {
-    if (n == 0) return; // data may be null (an empty vector's)
-    if (spilled_ || (n > spill_at_ - bytes_.size() && spill(n))) return append_spilled(data, n);
-    bytes_.append(static_cast<const char*>(data), n);
+    if (!spilled_ && n <= spill_at_ - bytes_.size() && n != 0) [[likely]]
+      bytes_.append(static_cast<const char*>(data), n);
+    else if (n != 0) // (data may be null when n is 0: an empty vector's)
+      append_slow(data, n);
   }
   void append_zeros(std::size_t n) {
-    if (spilled_ || (n > spill_at_ - bytes_.size() && spill(n))) return append_spilled(nullptr, n);
-    bytes_.append(n, '\0');
+    if (!spilled_ && n <= spill_at_ - bytes_.size()) [[likely]]
+      bytes_.append(n, '\0');
+    else append_slow(nullptr, n);
   }
   std::size_t size() const noexcept { return spilled_ ? from_ + used_ : bytes_.size(); }
   // Overwrites n bytes appended before, from position at.
@@ -104,13 +106,23 @@ public:
     std::memcpy(to, data, n);
   }
 
-  // The bytes from position `from` on (none appended yet) move to the `room` bytes at
-  // `area` once they are more than `threshold`; if they outgrow the area they come back.
-  void spill_to(char* area, std::size_t room, std::size_t from, std::size_t threshold) noexcept {
-    area_ = area;
-    room_ = room;
+  // Where a spill goes; asked only once an encoding passes its threshold, so a small one
+  // costs nothing more than a string append.
+  class spill_area {
+  public:
+    // The memory and its size (a null area: none).
+    virtual std::pair<char*, std::size_t> room() noexcept = 0;
+
+  protected:
+    ~spill_area() = default;
+  };
+  // The bytes from position `from` on (none appended yet) move to `area` once they are
+  // more than `threshold`; if they do not fit, or outgrow it, they stay in (or come back
+  // to) the string.
+  void spill_to(spill_area& area, std::size_t from, std::size_t threshold) noexcept {
+    source_ = &area;
     from_ = from;
-    spill_at_ = threshold < room ? from + threshold : std::size_t(-1);
+    spill_at_ = from + threshold;
   }
   // How many bytes are in the area (0: all of them are in the string).
   std::size_t spilled() const noexcept { return spilled_ ? used_ : 0; }
@@ -124,11 +136,13 @@ private:
   // Before n more bytes: whether the bytes so far moved to the area (false: the area is
   // too small for them, and the encoding stays in the string). In lib/wire.cpp.
   bool spill(std::size_t n) noexcept;
-  void append_spilled(const void* data, std::size_t n); // data null: zeros
+  // Past the threshold, or spilled (data null: zeros).
+  void append_slow(const void* data, std::size_t n);
 
   std::string& bytes_;
   bool spilled_ = false;
   std::size_t spill_at_ = std::size_t(-1);
+  spill_area* source_ = nullptr;
   char* area_ = nullptr;
   std::size_t room_ = 0, from_ = 0, used_ = 0;
 };
