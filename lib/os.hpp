@@ -30,20 +30,22 @@ void die_with_parent(int parent);
 
 // Whether this build runs under a sanitizer (g++ defines __SANITIZE_*, clang-16 answers
 // __has_feature).
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(__has_feature)
+#define COPROC_DETAIL_HAS_FEATURE(feature) __has_feature(feature)
+#else
+#define COPROC_DETAIL_HAS_FEATURE(feature) 0
+#endif
+#if defined(__SANITIZE_ADDRESS__) || COPROC_DETAIL_HAS_FEATURE(address_sanitizer)
 inline constexpr bool address_sanitized = true;
-#elif defined(__has_feature)
-inline constexpr bool address_sanitized = __has_feature(address_sanitizer);
 #else
 inline constexpr bool address_sanitized = false;
 #endif
-#if defined(__SANITIZE_THREAD__)
+#if defined(__SANITIZE_THREAD__) || COPROC_DETAIL_HAS_FEATURE(thread_sanitizer)
 inline constexpr bool thread_sanitized = true;
-#elif defined(__has_feature)
-inline constexpr bool thread_sanitized = __has_feature(thread_sanitizer);
 #else
 inline constexpr bool thread_sanitized = false;
 #endif
+#undef COPROC_DETAIL_HAS_FEATURE
 
 // A sequentially consistent fence: what a commit needs between publishing its position
 // and looking for sleepers, so that either it sees a sleeper or the sleeper sees it. On

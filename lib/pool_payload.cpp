@@ -44,12 +44,11 @@ std::pair<char*, std::size_t> payload_spill::room() noexcept {
   return {sender_->at(room.offset), room.bytes};
 }
 
-bool payload_spill::send() {
+void payload_spill::send() {
   shared_payload p = sender_->commit(buffer_.spilled());
   reserved_ = false;
   buffer_.drop_spill();
   bytes_.append(reinterpret_cast<const char*>(&p), sizeof p);
-  return true;
 }
 
 void payload_sender::trim() {

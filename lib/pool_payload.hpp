@@ -111,9 +111,12 @@ public:
   // Once the encoding is complete: if it went to the region, it is sent and the string
   // ends with its shared_payload instead. Whether it did.
   bool finish() {
-    if (buffer_.spilled() != 0) return send();
-    abandon(); // the room, if it was asked for, is free for place() again
-    return false;
+    if (buffer_.spilled() == 0) {
+      abandon(); // the room, if it was asked for, is free for place() again
+      return false;
+    }
+    send();
+    return true;
   }
   // An encoding that failed: whatever reached the region is forgotten.
   void abandon() noexcept {
@@ -124,7 +127,7 @@ public:
 
 private:
   std::pair<char*, std::size_t> room() noexcept override;
-  bool send();
+  void send();
 
   payload_sender* sender_;
   bool reserved_ = false;
