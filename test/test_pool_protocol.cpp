@@ -223,30 +223,6 @@ int send_bad_record(int kind) {
   return 1;
 }
 
-// A record the parent believes (a timing record), then the worker's end: the bytes and
-// the closing reach the parent together.
-int time_then_exit(int code) {
-  coproc::detail::timing_record timing{
-      coproc::detail::pool_image_offset(&coproc::detail::apply_trampoline<int (*)(int), int>), 1,
-      1000};
-  coproc::detail::record_header header{sizeof timing, coproc::detail::record_kind::timing};
-  char bytes[sizeof header + sizeof timing];
-  std::memcpy(bytes, &header, sizeof header);
-  std::memcpy(bytes + sizeof header, &timing, sizeof timing);
-  coproc_test::pool_tasks::shared_slots()[2].store(::getpid());
-  if (::write(worker_link(), bytes, sizeof bytes) != sizeof bytes) return -1;
-  ::_exit(code);
-}
-
-// Gone, or a zombie.
-bool has_exited(int pid) {
-  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-  std::string line;
-  if (!std::getline(stat, line)) return true;
-  auto close = line.rfind(')');
-  return close == std::string::npos || close + 2 >= line.size() || line[close + 2] == 'Z';
-}
-
 int g_data_word = 1; // data, not code: no frame may name it as a function
 
 struct forged_frame {
@@ -512,31 +488,6 @@ TEST_CASE("a worker refuses a frame whose lengths disagree or whose offsets name
       CHECK(shared_slots()[21].load() == 0);
       CHECK(co_await pool.apply(square, 4) == 16); // a replacement took over
     }
-  }());
-}
-
-TEST_CASE("a worker's last record and its exit, read at once, end its link: the parent does not "
-          "wait for an event its closing gave already") {
-  coproc_test::run([]() -> coproc::awaitable<void> {
-    coproc::pool pool(co_await boost::asio::this_coro::executor, 1);
-    CHECK(co_await pool.apply(square, 2) == 4); // its read of answers waits now
-    auto slot = &coproc_test::pool_tasks::shared_slots()[2];
-    slot->store(0);
-    auto lost = pool.apply_async(time_then_exit, 7);
-    // The loop is held (no read runs) until the worker has exited: its record and its
-    // closing wait in the socket together.
-    auto until = std::chrono::steady_clock::now() + std::chrono::seconds(30);
-    int pid = 0;
-    while (std::chrono::steady_clock::now() < until && (pid == 0 || !has_exited(pid))) {
-      pid = slot->load();
-      ::usleep(1000);
-    }
-    REQUIRE(pid != 0);
-    REQUIRE(has_exited(pid));
-    auto e = co_await failure_of<coproc::worker_lost>(lost.get());
-    CHECK(e.exitcode() == 7);
-    CHECK(e.pid() == pid);
-    CHECK(co_await pool.apply(square, 5) == 25);
   }());
 }
 
