@@ -275,103 +275,58 @@ void pool_core::adopt_locked(const link& l, std::shared_ptr<process_child> proc)
   workers_.push_back(w);
   scheduler_.add(*w);
   ++live_;
-  watch_exit_locked(w);
-  // (A read that finds bytes at once completes later: results never come under the
-  // caller's lock.)
-  if (!start_read_locked(w))
-    boost::asio::post(ex_, [self = shared_from_this(), w] {
-      kill_group(*w);
-      self->on_read(w, boost::asio::error::no_memory, 0);
-    });
+  // Posted: co_spawn may start the reader at once on this thread, and it takes mutex_,
+  // which the caller holds.
+  boost::asio::post(ex_, [self = shared_from_this(), w] {
+    boost::asio::co_spawn(self->ex_, read_loop(self, w), boost::asio::detached);
+  });
 }
 
 // ---- answers -------------------------------------------------------------------------
 
-// The reads skip their try after a short read (lib/ready_read.hpp), so they wait for the
-// socket's next event, and the event of the worker's end closing may have come with the
-// bytes just read. Its exit (a pidfd, which does not reap it) ends the read instead; the
-// bytes it wrote are all in the socket then. Without a pidfd every read tries first.
-void pool_core::watch_exit_locked(const std::shared_ptr<worker>& w) {
-  int fd = static_cast<int>(::syscall(SYS_pidfd_open, w->proc->pid(), 0));
-  if (fd < 0) return;
-  w->exit_watch.assign(fd);
-  w->exit_watch.async_wait(boost::asio::posix::descriptor_base::wait_read,
-                           [self = shared_from_this(), w](boost::system::error_code ec) {
-                             if (ec) return; // the worker is gone already
-                             std::lock_guard lock(self->mutex_);
-                             w->exited = true;
-                             w->socket.cancel(ec);
-                           });
-}
-
-bool pool_core::start_read_locked(const std::shared_ptr<worker>& w) {
-  // At most a plain read's worth of small records per step: the loop stays responsive.
-  std::size_t want = bytes_wanted<record_header>(w->in.data());
-  std::span<char> room;
-  try {
-    room = w->in.room(want).first(want);
-  } catch (const std::bad_alloc&) {
-    return false; // no memory for this record: end the link as for a bad one
-  }
-  w->socket.async_read_ready(
-      room, w->exit_watch.is_open(),
-      [self = shared_from_this(), w](boost::system::error_code ec, std::size_t n) {
-        self->on_read(w, ec, n);
-      });
-  return true;
-}
-
-void pool_core::on_read(const std::shared_ptr<worker>& w, boost::system::error_code ec,
-                        std::size_t n) {
-  waiter_list::completion_batch woken; // the awaiting coroutines resume once the lock is free
-  bool reading = !ec && n != 0;
-  {
-    std::lock_guard lock(mutex_);
-    bool ok = true;
-    if (reading) {
-      w->in.commit(n);
-      ok = take_results_locked(*w, w->in);
-    }
-    if (ok && w->exited && w->socket.is_open()) {
-      ok = drain_locked(*w);
-      reading = false;
-    }
-    dispatch_locked();
-    if (ok && reading) {
-      w->in.trim();
-      ok = reading = start_read_locked(w);
-    }
-    if (!ok) { // a record that does not add up: nothing more from this worker is believed
-      kill_group(*w);
-      reading = false;
-    }
-  }
-  if (!reading) boost::asio::co_spawn(ex_, reap(shared_from_this(), w), boost::asio::detached);
-  woken.run();
-}
-
-// What an exited worker left in its socket. False on a record that does not add up.
-bool pool_core::drain_locked(worker& w) {
+awaitable<void> pool_core::read_loop(std::shared_ptr<pool_core> self, std::shared_ptr<worker> w) {
+  byte_buffer in;
   for (;;) {
-    std::size_t want = bytes_wanted<record_header>(w.in.data());
+    // At most a plain read's worth of small records per step: the loop stays responsive.
+    std::size_t want = bytes_wanted<record_header>(in.data());
     std::span<char> room;
     try {
-      room = w.in.room(want).first(want);
+      room = in.room(want).first(want);
     } catch (const std::bad_alloc&) {
-      return false;
+      room = {}; // no memory for this record: end the link as for a bad one
     }
-    ssize_t n;
-    do n = ::recv(w.socket.native_handle(), room.data(), room.size(), MSG_DONTWAIT);
-    while (n < 0 && errno == EINTR);
-    if (n <= 0) return true; // the end, or bytes only a process the worker left could send
-    w.in.commit(static_cast<std::size_t>(n));
-    if (!take_results_locked(w, w.in)) return false;
-    w.in.trim();
+    bool ok = !room.empty();
+    if (ok) {
+      boost::system::error_code ec;
+      // Started under the mutex: a write, close() or terminate() on another thread of the
+      // io_context uses the socket too.
+      auto start_read = [&](auto handler) {
+        std::lock_guard lock(self->mutex_);
+        w->socket.async_read_some(boost::asio::buffer(room.data(), room.size()),
+                                  std::move(handler));
+      };
+      auto token = boost::asio::redirect_error(boost::asio::use_awaitable, ec);
+      auto read =
+          boost::asio::async_initiate<decltype(token), void(boost::system::error_code,
+                                                            std::size_t)>(start_read, token);
+      std::size_t n = co_await std::move(read);
+      if (ec || n == 0) break;
+      in.commit(n);
+      std::lock_guard lock(self->mutex_);
+      ok = self->take_results_locked(*w, in);
+      self->dispatch_locked();
+    }
+    if (!ok) {
+      // A record that does not add up: nothing more from this worker is believed.
+      try {
+        w->proc->signal(SIGKILL);
+      } catch (...) {
+      }
+      break;
+    }
+    in.trim();
   }
-}
-
-// The worker's end closed: it has exited or is exiting.
-awaitable<void> pool_core::reap(std::shared_ptr<pool_core> self, std::shared_ptr<worker> w) {
+  // The worker's end closed: it has exited or is exiting.
   auto wait = w->proc->wait();
   int code = co_await std::move(wait);
   bool replace, slow;
@@ -742,7 +697,6 @@ bool pool_core::worker_gone_locked(worker& w, int code) {
   w.timer_due = 0;
   boost::system::error_code ec;
   w.socket.close(ec);
-  w.exit_watch.close(ec);
   if (!terminated_ && !failed_) {
     bool start_failed =
         scheduler_.lost(w, std::make_exception_ptr(worker_lost(code, w.proc->pid())));

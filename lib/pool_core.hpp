@@ -8,11 +8,9 @@
 #include <coproc/pool.hpp>
 
 #include "pool_protocol.hpp"
-#include "ready_read.hpp"
 
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
-#include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/steady_timer.hpp>
 
 #include <cstddef>
@@ -55,14 +53,11 @@ public:
 private:
   struct worker : scheduled_worker, std::enable_shared_from_this<worker> {
     explicit worker(const boost::asio::any_io_executor& ex, worker_page* page)
-        : scheduled_worker(&page->claimed), socket(ex), exit_watch(ex), page(page),
+        : scheduled_worker(&page->claimed), socket(ex), page(page),
           arguments(reinterpret_cast<char*>(page) + worker_page_size, payload_region_bytes,
                     &page->arguments_released),
           results(reinterpret_cast<char*>(page) + worker_page_size + payload_region_bytes) {}
-    ready_read_socket socket;
-    byte_buffer in;                                   // answers read and not taken yet
-    boost::asio::posix::stream_descriptor exit_watch; // its pidfd, if it could be opened
-    bool exited = false;
+    boost::asio::local::stream_protocol::socket socket;
     std::shared_ptr<process_child> proc;
     worker_page* page; // then its payload regions (lib/pool_payload.hpp)
     payload_sender arguments;
@@ -94,12 +89,7 @@ private:
   std::shared_ptr<process_child> start_worker(link& l);
   void adopt_locked(const link& l, std::shared_ptr<process_child> proc);
 
-  void watch_exit_locked(const std::shared_ptr<worker>& w);
-  // False without memory for the read.
-  bool start_read_locked(const std::shared_ptr<worker>& w);
-  void on_read(const std::shared_ptr<worker>& w, boost::system::error_code ec, std::size_t n);
-  bool drain_locked(worker& w);
-  static awaitable<void> reap(std::shared_ptr<pool_core> self, std::shared_ptr<worker> w);
+  static awaitable<void> read_loop(std::shared_ptr<pool_core> self, std::shared_ptr<worker> w);
   static awaitable<void> replace_after(std::shared_ptr<pool_core> self, bool slow);
   bool needs_worker_locked() const;
   bool take_results_locked(worker& w, byte_buffer& in);

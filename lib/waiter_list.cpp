@@ -2,8 +2,6 @@
 // timers, out of line so the pool's headers need no steady_timer.
 #include <coproc/detail/pool_state.hpp>
 
-#include <boost/asio/dispatch.hpp>
-#include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 
 #include <algorithm>
@@ -68,19 +66,6 @@ void waiter_list::notify_waiting() {
   waiters_.clear();
 }
 
-namespace {
-thread_local waiter_list::completion_batch* collecting_batch = nullptr;
-} // namespace
-
-void waiter_list::resume(const std::shared_ptr<waiter>& w) {
-  boost::system::error_code ec;
-  std::unique_lock lock(w->mutex);
-  if (w->cancelled) ec = boost::asio::error::operation_aborted;
-  auto handler = std::move(w->handler);
-  lock.unlock();
-  std::move(handler)(ec);
-}
-
 // The first of the notifier, the timer and a cancellation takes the handler; the others
 // find it woken. The completion runs on the waiter's executor, never inside the
 // notifier's locks, and fails with operation_aborted if a cancellation arrived before it
@@ -91,34 +76,14 @@ void waiter_list::complete(const std::shared_ptr<waiter>& w, bool cancel) {
   if (w->woken.load(std::memory_order_relaxed)) return;
   w->woken.store(true, std::memory_order_release);
   if (w->timer) w->timer->cancel();
-  if (collecting_batch) return collecting_batch->woken_.push_back(w);
-  boost::asio::post(w->ex, [w] { resume(w); });
-}
-
-waiter_list::completion_batch::completion_batch() : outer_(collecting_batch) {
-  collecting_batch = this;
-}
-
-void waiter_list::completion_batch::stop_collecting() noexcept {
-  if (!collecting_) return;
-  collecting_ = false;
-  collecting_batch = outer_;
-}
-
-void waiter_list::completion_batch::run() {
-  stop_collecting();
-  auto woken = std::move(woken_);
-  woken_.clear();
-  if (woken.empty()) return;
-  for (std::size_t i = 1; i < woken.size(); ++i)
-    boost::asio::post(woken[i]->ex, [w = woken[i]] { resume(w); });
-  // Last: what it resumes may run on here, and throw.
-  boost::asio::dispatch(woken[0]->ex, [w = woken[0]] { resume(w); });
-}
-
-waiter_list::completion_batch::~completion_batch() {
-  stop_collecting();
-  for (auto& w : woken_) boost::asio::post(w->ex, [w] { resume(w); });
+  boost::asio::post(w->ex, [w] {
+    boost::system::error_code ec;
+    std::unique_lock lock(w->mutex);
+    if (w->cancelled) ec = boost::asio::error::operation_aborted;
+    auto handler = std::move(w->handler);
+    lock.unlock();
+    std::move(handler)(ec);
+  });
 }
 
 } // namespace coproc::detail

@@ -54,8 +54,6 @@ namespace coproc::detail {
 // operation_aborted if a cancellation arrived before it ran: a cancelled wait then never
 // goes on to take what it waited for (a stream item stays for the next reader).
 class waiter_list {
-  struct waiter; // (lib/waiter_list.cpp: its timer keeps steady_timer out of this header)
-
 public:
   // Caller holds the owner's mutex, which guards this list; the owner outlives the wait
   // (the awaiting coroutine holds it).
@@ -69,34 +67,14 @@ public:
     if (!waiters_.empty()) notify_waiting();
   }
 
-  // While one is alive on a thread, the completions made there wait for its run(), which
-  // the caller calls once its locks are released: the first is dispatched (a coroutine
-  // on this thread resumes at once, without a pass through the scheduler and its
-  // reactor), the others posted. Destroyed without run(), it posts them all.
-  class completion_batch {
-  public:
-    completion_batch();
-    completion_batch(const completion_batch&) = delete;
-    completion_batch& operator=(const completion_batch&) = delete;
-    ~completion_batch();
-    void run();
-
-  private:
-    friend class waiter_list;
-    void stop_collecting() noexcept;
-    std::vector<std::shared_ptr<waiter>> woken_;
-    completion_batch* outer_;
-    bool collecting_ = true;
-  };
-
 private:
+  struct waiter; // (lib/waiter_list.cpp: its timer keeps steady_timer out of this header)
   class cancel_waiter;
 
   void park_handler(deadline until, boost::asio::any_io_executor ex,
                     boost::asio::cancellation_slot slot,
                     boost::asio::any_completion_handler<void(boost::system::error_code)> handler);
   static void complete(const std::shared_ptr<waiter>& w, bool cancel);
-  static void resume(const std::shared_ptr<waiter>& w);
   void notify_waiting();
 
   std::vector<std::shared_ptr<waiter>> waiters_; // (woken ones are pruned at the next park)
