@@ -399,19 +399,17 @@ public:
   // No reader is left: results that still arrive are dropped.
   void abandon() {
     std::lock_guard lock(mutex_);
-    abandoned_ = true;
+    abandoned_.store(true, std::memory_order_relaxed);
     window_.clear();
     arrived_.clear();
   }
-  bool abandoned() const {
-    std::lock_guard lock(mutex_);
-    return abandoned_;
-  }
+  // (Asked as each item is encoded: no lock.)
+  bool abandoned() const { return abandoned_.load(std::memory_order_relaxed); }
 
 private:
   void put(std::size_t index, std::variant<R, std::exception_ptr> item) {
     std::lock_guard lock(mutex_);
-    if (abandoned_) return;
+    if (abandoned_.load(std::memory_order_relaxed)) return;
     if (ordered_) {
       // The window starts at the next item to hand out: it holds what arrived early.
       std::size_t at = index - handed_.load(std::memory_order_relaxed);
@@ -448,7 +446,7 @@ private:
   const bool ordered_;
   std::optional<std::size_t> total_;
   std::atomic<std::size_t> handed_{0}; // written under mutex_; handed() reads it without
-  bool abandoned_ = false;
+  std::atomic<bool> abandoned_{false}; // written under mutex_; abandoned() reads it without
   std::deque<std::optional<std::variant<R, std::exception_ptr>>> window_; // ordered
   std::deque<std::variant<R, std::exception_ptr>> arrived_;               // unordered
 };
