@@ -72,6 +72,12 @@ struct scaler {
 };
 
 int scale(int factor, int x) { return factor * x; }
+// Answers after 0 to 600 us, a different wait for neighbouring items: later items often
+// answer first.
+int jittered(int i) {
+  ::usleep(static_cast<useconds_t>((i * 7919) % 13 * 50));
+  return i;
+}
 std::string label(std::string prefix, int n, std::string suffix) {
   return prefix + std::to_string(n) + suffix;
 }
@@ -363,6 +369,25 @@ TEST_CASE("imap with buffersize pulls lazily, at most buffersize in flight") {
     CHECK(co_await mixed.next() == 4);
     CHECK(co_await mixed.next() == std::nullopt);
   }());
+}
+
+TEST_CASE("imap keeps item order when later items answer first, with and without buffersize") {
+  for (std::size_t buffersize : {std::size_t(0), std::size_t(5), std::size_t(64)}) {
+    CAPTURE(buffersize);
+    coproc_test::run([buffersize]() -> coproc::awaitable<void> {
+      coproc::pool pool(co_await boost::asio::this_coro::executor,
+                        {.processes = 4, .buffersize = buffersize});
+      std::vector<int> expected(600);
+      for (int i = 0; i < 600; ++i) expected[static_cast<std::size_t>(i)] = i;
+      for (std::size_t chunksize : {std::size_t(1), std::size_t(3)}) {
+        CAPTURE(chunksize);
+        auto stream = pool.imap(jittered, std::views::iota(0, 600), chunksize);
+        std::vector<int> got;
+        while (auto v = co_await stream.next()) got.push_back(*v);
+        CHECK(got == expected);
+      }
+    }());
+  }
 }
 
 TEST_CASE("imap of an unsized range without buffersize is refused, a sized one is copied") {

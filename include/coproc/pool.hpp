@@ -268,21 +268,20 @@ private:
     using state_type = detail::stream_state<T>;
     std::optional<typename state_type::slot> ready;
     // A ready item is taken at once; only an empty stream costs a wait.
-    bool wait = r->state->poll(ready) == state_type::poll_result::empty;
+    if (r->state->poll(ready) != state_type::poll_result::empty) {
+      if (r->feeder) r->feeder->taken(r->state->handed()); // room for more
+      co_return state_type::unwrap(ready);
+    }
     std::optional<T> item;
     std::exception_ptr error;
     try {
-      if (wait) {
-        auto next = r->state->next();
-        item = co_await std::move(next);
-      } else {
-        item = state_type::unwrap(ready);
-      }
+      auto next = r->state->next();
+      item = co_await std::move(next);
     } catch (...) {
       error = std::current_exception();
     }
     // A result was taken (or the wait abandoned): room for more.
-    if (r->feeder) r->feeder->refill();
+    if (r->feeder) r->feeder->taken(r->state->handed());
     if (error) std::rethrow_exception(error);
     co_return item;
   }
@@ -351,13 +350,6 @@ public:
     fill(true);
     mark_room();
   }
-  void refill() override {
-    // Called after every item a reader takes: most find no room for a whole step yet.
-    if (stream_->handed() < refill_at_.load(std::memory_order_acquire)) return;
-    std::lock_guard lock(mutex_);
-    fill(false);
-    mark_room();
-  }
   void stop() noexcept override {
     std::lock_guard lock(mutex_);
     stream_->abandon();
@@ -368,6 +360,11 @@ public:
   }
 
 private:
+  void refill() override {
+    std::lock_guard lock(mutex_);
+    fill(false);
+    mark_room();
+  }
   // Caller holds mutex_.
   void fill(bool first) {
     if (done_) return;
@@ -411,10 +408,9 @@ private:
   // (pulled_ - handed + step_ <= buffersize_); none does once the input is done.
   void mark_room() {
     std::size_t need = pulled_ + step_;
-    refill_at_.store(done_                ? std::numeric_limits<std::size_t>::max()
-                     : need > buffersize_ ? need - buffersize_
-                                          : 0,
-                     std::memory_order_release);
+    room_at(done_                ? std::numeric_limits<std::size_t>::max()
+            : need > buffersize_ ? need - buffersize_
+                                 : 0);
   }
   void finish() {
     stream_->set_total(pulled_);
@@ -432,7 +428,6 @@ private:
   std::ranges::iterator_t<Range> it_;
   std::size_t pulled_ = 0;
   bool done_ = false;
-  std::atomic<std::size_t> refill_at_{0}; // handed() below this: no room for a step
 };
 } // namespace detail
 

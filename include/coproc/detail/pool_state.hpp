@@ -334,6 +334,46 @@ private:
 // never decoded (coproc/pool.hpp specializes this for them).
 template <class R> constexpr bool pool_decoded = true;
 
+// The results of an ordered stream that arrived before the next one to hand out: slot i
+// holds item handed + i once it came. A ring of a power-of-two size, since most items
+// arrive a few slots ahead (two workers answer alternate chunks) and a deque's index
+// arithmetic cost more than the item.
+template <class V> class arrival_window {
+public:
+  bool front_ready() const { return size_ != 0 && slots_[head_].has_value(); }
+  void put(std::size_t at, V value) {
+    if (at >= slots_.size()) grow(at + 1);
+    slots_[(head_ + at) & (slots_.size() - 1)] = std::move(value);
+    size_ = std::max(size_, at + 1);
+  }
+  // front_ready().
+  V take_front() {
+    V value = std::move(*slots_[head_]);
+    slots_[head_].reset();
+    head_ = (head_ + 1) & (slots_.size() - 1);
+    --size_;
+    return value;
+  }
+  void clear() {
+    slots_.clear();
+    head_ = size_ = 0;
+  }
+
+private:
+  void grow(std::size_t need) {
+    std::size_t capacity = std::max<std::size_t>(16, slots_.size());
+    while (capacity < need) capacity *= 2;
+    std::vector<std::optional<V>> grown(capacity);
+    for (std::size_t i = 0; i < size_; ++i)
+      grown[i] = std::move(slots_[(head_ + i) & (slots_.size() - 1)]);
+    slots_ = std::move(grown);
+    head_ = 0;
+  }
+
+  std::vector<std::optional<V>> slots_; // empty outside [head_, head_ + size_)
+  std::size_t head_ = 0, size_ = 0;
+};
+
 // imap / imap_unordered: results handed out as they may be.
 template <class R> class stream_state final : public pool_sink {
 public:
@@ -412,12 +452,7 @@ private:
     if (abandoned_.load(std::memory_order_relaxed)) return;
     if (ordered_) {
       // The window starts at the next item to hand out: it holds what arrived early.
-      std::size_t at = index - handed_.load(std::memory_order_relaxed);
-      if (at == window_.size()) window_.emplace_back(std::move(item)); // in order, as most
-      else {
-        if (window_.size() < at) window_.resize(at + 1);
-        window_[at] = std::move(item);
-      }
+      window_.put(index - handed_.load(std::memory_order_relaxed), std::move(item));
     } else {
       arrived_.push_back(std::move(item));
     }
@@ -426,14 +461,13 @@ private:
   bool exhausted() const { return total_ && handed_.load(std::memory_order_relaxed) == *total_; }
   bool available() const {
     if (exhausted()) return false;
-    return ordered_ ? !window_.empty() && window_.front().has_value() : !arrived_.empty();
+    return ordered_ ? window_.front_ready() : !arrived_.empty();
   }
   // Caller holds the mutex; available().
   std::variant<R, std::exception_ptr> take() {
     std::variant<R, std::exception_ptr> item =
-        ordered_ ? std::move(*window_.front()) : std::move(arrived_.front());
-    if (ordered_) window_.pop_front();
-    else arrived_.pop_front();
+        ordered_ ? window_.take_front() : std::move(arrived_.front());
+    if (!ordered_) arrived_.pop_front();
     std::size_t handed = handed_.load(std::memory_order_relaxed) + 1;
     handed_.store(handed, std::memory_order_release);
     // Readers still waiting for an item learn that none is left.
@@ -447,8 +481,8 @@ private:
   std::optional<std::size_t> total_;
   std::atomic<std::size_t> handed_{0}; // written under mutex_; handed() reads it without
   std::atomic<bool> abandoned_{false}; // written under mutex_; abandoned() reads it without
-  std::deque<std::optional<std::variant<R, std::exception_ptr>>> window_; // ordered
-  std::deque<std::variant<R, std::exception_ptr>> arrived_;               // unordered
+  arrival_window<std::variant<R, std::exception_ptr>> window_; // ordered
+  std::deque<std::variant<R, std::exception_ptr>> arrived_;    // unordered
 };
 
 // Where a lazy imap's items come from: pulled as readers take results, so that at most
@@ -456,10 +490,22 @@ private:
 class stream_feeder {
 public:
   virtual ~stream_feeder() = default;
-  // A reader took a result (or gave up waiting): pull and submit what fits now.
-  virtual void refill() = 0;
+  // A reader took a result (or gave up waiting) and `handed` are handed out now: pulls
+  // and submits what fits. (Inline: most calls find no room for a whole step yet.)
+  void taken(std::size_t handed) {
+    if (handed >= refill_at_.load(std::memory_order_acquire)) refill();
+  }
   // The last result_stream handle is gone: pull nothing more, withdraw what is unsent.
   virtual void stop() noexcept = 0;
+
+protected:
+  // Pulls and submits what fits now, then calls room_at.
+  virtual void refill() = 0;
+  // The next refill finds room once this many results are handed out.
+  void room_at(std::size_t handed) { refill_at_.store(handed, std::memory_order_release); }
+
+private:
+  std::atomic<std::size_t> refill_at_{0};
 };
 
 // The items of one refill of a lazy imap: indices from `base` in the stream. Once the
