@@ -377,11 +377,11 @@ TEST_CASE("imap keeps item order when later items answer first, with and without
     coproc_test::run([buffersize]() -> coproc::awaitable<void> {
       coproc::pool pool(co_await boost::asio::this_coro::executor,
                         {.processes = 4, .buffersize = buffersize});
-      std::vector<int> expected(600);
-      for (int i = 0; i < 600; ++i) expected[static_cast<std::size_t>(i)] = i;
+      auto items = std::views::iota(0, 600);
+      const std::vector<int> expected(items.begin(), items.end());
       for (std::size_t chunksize : {std::size_t(1), std::size_t(3)}) {
         CAPTURE(chunksize);
-        auto stream = pool.imap(jittered, std::views::iota(0, 600), chunksize);
+        auto stream = pool.imap(jittered, items, chunksize);
         std::vector<int> got;
         while (auto v = co_await stream.next()) got.push_back(*v);
         CHECK(got == expected);

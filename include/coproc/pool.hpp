@@ -254,6 +254,10 @@ private:
         : state(std::move(s)), feeder(std::move(f)) {}
     reader(const reader&) = delete;
     reader& operator=(const reader&) = delete;
+    // A result was taken (or a wait abandoned): a lazy input may pull more.
+    void taken() {
+      if (feeder) feeder->taken(state->handed());
+    }
     ~reader() {
       if (feeder) feeder->stop();
     }
@@ -269,7 +273,7 @@ private:
     std::optional<typename state_type::slot> ready;
     // A ready item is taken at once; only an empty stream costs a wait.
     if (r->state->poll(ready) != state_type::poll_result::empty) {
-      if (r->feeder) r->feeder->taken(r->state->handed()); // room for more
+      r->taken();
       co_return state_type::unwrap(ready);
     }
     std::optional<T> item;
@@ -280,8 +284,7 @@ private:
     } catch (...) {
       error = std::current_exception();
     }
-    // A result was taken (or the wait abandoned): room for more.
-    if (r->feeder) r->feeder->taken(r->state->handed());
+    r->taken();
     if (error) std::rethrow_exception(error);
     co_return item;
   }

@@ -465,13 +465,17 @@ private:
   }
   // Caller holds the mutex; available().
   std::variant<R, std::exception_ptr> take() {
-    std::variant<R, std::exception_ptr> item =
-        ordered_ ? window_.take_front() : std::move(arrived_.front());
-    if (!ordered_) arrived_.pop_front();
+    std::variant<R, std::exception_ptr> item = ordered_ ? window_.take_front() : take_arrived();
     std::size_t handed = handed_.load(std::memory_order_relaxed) + 1;
     handed_.store(handed, std::memory_order_release);
     // Readers still waiting for an item learn that none is left.
     if (handed == total_) waiters_.notify_all();
+    return item;
+  }
+
+  std::variant<R, std::exception_ptr> take_arrived() {
+    auto item = std::move(arrived_.front());
+    arrived_.pop_front();
     return item;
   }
 
