@@ -1,6 +1,7 @@
 // coproc::pool vs Python's multiprocessing.Pool and ProcessPoolExecutor (driven by
 // asyncio), with the raw OS limit (a hand-written socketpair to one forked child), in the
-// same run: apply round trip (also pinned to one CPU), apply_async throughput, map over
+// same run: apply round trip (also pinned to one CPU; beside the raw limit, the same round
+// trip through a bare Asio coroutine, the floor of any awaitable), apply_async throughput, map over
 // 1 M ints with chunksize 1 and the default, a 1 ms timer's lag on the parent's loop
 // while the pool is saturated, and pool start time (until the workers answer) with a
 // small and a 512 MiB parent, for start_method fork and spawn.
@@ -9,6 +10,12 @@
 #include <coproc/pool.hpp>
 
 #include "common.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/read.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
 
 #include <sched.h>
 #include <sys/socket.h>
@@ -178,6 +185,48 @@ double raw_round_trip_us() {
   return bench::median(runs);
 }
 
+// The event loop's own floor: the same child, answered through one Asio coroutine on an
+// io_context (co_await async_write, then async_read), with no pool, framing or encoding.
+// A pool whose every await is an Asio coroutine cannot beat it.
+double bare_asio_round_trip_us() {
+  int sv[2];
+  int pid = fork_child(sv, [](int fd) {
+    int x;
+    while (read_full(fd, &x, sizeof x)) {
+      x = tiny(x);
+      write_full(fd, &x, sizeof x);
+    }
+  });
+  boost::asio::io_context ctx(1);
+  boost::asio::local::stream_protocol::socket socket(ctx, boost::asio::local::stream_protocol(),
+                                                     sv[0]);
+  std::vector<double> runs;
+  boost::asio::co_spawn(
+      ctx,
+      [&]() -> coproc::awaitable<void> {
+        for (int r = 0; r < 5; ++r) {
+          constexpr int n = 20000;
+          auto start = bench::clock::now();
+          for (int i = 0; i < n; ++i) {
+            int x = i;
+            co_await boost::asio::async_write(socket, boost::asio::buffer(&x, sizeof x),
+                                              boost::asio::use_awaitable);
+            co_await boost::asio::async_read(socket, boost::asio::buffer(&x, sizeof x),
+                                             boost::asio::use_awaitable);
+            if (x != i + 1) throw std::runtime_error("wrong bare asio answer");
+          }
+          runs.push_back(bench::seconds_since(start) / n * 1e6);
+        }
+        socket.close();
+      },
+      [](std::exception_ptr e) {
+        if (e) std::rethrow_exception(e);
+      });
+  ctx.run();
+  ::waitpid(pid, nullptr, 0);
+  return bench::median(runs);
+}
+
 // 1 M ints through one child in blocks of 4096, a writer thread and a reader.
 double raw_rate() {
   constexpr std::size_t block = 4096;
@@ -237,6 +286,7 @@ int main(int argc, char** argv) {
     pin_to_cpu0(pinned);
     double ours = coproc_apply_us();
     double raw = raw_round_trip_us();
+    double bare = bare_asio_round_trip_us();
     pin_to_cpu0(false);
     double py =
         bench::python("pool_peer.py", std::string("pool_apply_us ") + (pinned ? "pinned" : "free"));
@@ -246,8 +296,13 @@ int main(int argc, char** argv) {
     bench::row(name, "python Pool", py, "us", true);
     bench::row(name, "python PPE+asyncio", ppe, "us", true);
     bench::row(name, "raw socketpair", raw, "us", true);
+    bench::row(name, "bare Asio coroutine", bare, "us", true);
     bench::ratio(name + " vs Pool", ours, py, true);
     bench::ratio(name + " vs PPE", ours, ppe, true);
+    bench::ratio(name + " vs raw socketpair", ours, raw, true);
+    bench::ratio(name + " vs bare Asio coroutine", ours, bare, true);
+    std::printf("  => %s: bare Asio coroutine %.2fx the raw socketpair\n", name.c_str(),
+                bare / raw);
   }
 
   {

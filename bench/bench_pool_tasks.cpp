@@ -110,6 +110,23 @@ stream_figures coproc_imap(long n, std::size_t chunksize, std::size_t buffersize
   return {bench::median(rates), bench::median(peaks)};
 }
 
+// What one co_await of an awaitable that is ready at once costs (a coroutine frame and
+// Asio's pump), ns: the least next() can cost per item above map's own work.
+coproc::awaitable<std::optional<long>> ready_item(long& at) { co_return at++; }
+double ready_await_ns() {
+  constexpr long n = 10'000'000;
+  return bench::median_of(3, [] {
+    return coproc::block_on([]() -> coproc::awaitable<double> {
+      long at = 0, total = 0;
+      auto start = bench::clock::now();
+      for (long i = 0; i < n; ++i) total += *co_await ready_item(at);
+      double s = bench::seconds_since(start);
+      if (total != n * (n - 1) / 2) throw std::runtime_error("ready_item");
+      co_return s / double(n) * 1e9;
+    }());
+  });
+}
+
 stream_figures coproc_map(long n, std::size_t chunksize) {
   std::vector<double> rates, peaks;
   for (int r = 0; r < 3; ++r) {
@@ -169,15 +186,21 @@ int main(int argc, char** argv) {
     constexpr std::size_t chunk = 1000, buffer = 100'000;
     auto imap = coproc_imap(n, chunk, buffer);
     auto map = coproc_map(n, chunk);
+    double await_ns = ready_await_ns();
+    // An imap whose parent did map's work plus that one await per item and nothing else.
+    double bound = 1 / (1 / map.rate + await_ns * 1e-9);
     auto py = python_numbers("pool_imap " + std::to_string(n) + " " + std::to_string(chunk));
     bench::row("imap 10M, chunksize 1000, buffersize 1e5", "coproc", imap.rate, "items/s", false);
     bench::row("map 10M, chunksize 1000", "coproc", map.rate, "items/s", false);
     bench::row("imap 10M, chunksize 1000", "python Pool", py.at(0), "items/s", false);
+    bench::row("imap 10M, chunksize 1000", "bound: map + 1 await/item", bound, "items/s", false);
     bench::row("imap 10M peak RSS", "coproc", imap.peak, "MiB", true);
     bench::row("map 10M peak RSS", "coproc", map.peak, "MiB", true);
     bench::row("imap 10M peak RSS", "python Pool", py.at(1), "MiB", true);
     bench::ratio("imap with buffersize vs map (same chunksize)", imap.rate, map.rate, false);
     bench::ratio("imap vs python Pool.imap", imap.rate, py.at(0), false);
+    std::printf("  => one ready co_await %.1f ns; that bound is %.0f%% of map, imap %.0f%%\n",
+                await_ns, 100 * bound / map.rate, 100 * imap.rate / map.rate);
   }
 
   for (auto [size, count, name] : {std::tuple{64 * mib, std::size_t(1), "apply(echo, 64 MiB)"},

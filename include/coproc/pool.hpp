@@ -21,7 +21,10 @@
 // Arguments are values: apply and map copy an lvalue (a large string or vector of numbers
 // onto huge pages) and move an rvalue, and apply and map move their results out, so
 // `data = co_await pool.apply(f, std::move(data))` copies the value only into and out of
-// the shared memory. Remote workers use their socket for everything.
+// the shared memory. Remote workers use their socket for everything. At gigabytes per
+// second the cost is page faults in the result's fresh memory (about 2.4 us per 4 KiB on
+// the VMs we measure on): a program that moves large values keeps glibc from giving its
+// freed heap back with mallopt(M_TOP_PAD, ...), which the pool leaves to the program.
 // The callable is a function pointer or a captureless lambda / empty function object (it
 // crosses as an offset in the executable's image, never as a pointer into this heap), a
 // function object with a cereal serialize (default constructible and copyable: its state
