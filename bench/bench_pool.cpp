@@ -160,15 +160,18 @@ void write_full(int fd, const void* p, std::size_t n) {
   }
 }
 
+// The round trips' child: reads an int, answers tiny(int), until the socket closes.
+void answer_ints(int fd) {
+  int x;
+  while (read_full(fd, &x, sizeof x)) {
+    x = tiny(x);
+    write_full(fd, &x, sizeof x);
+  }
+}
+
 double raw_round_trip_us() {
   int sv[2];
-  int pid = fork_child(sv, [](int fd) {
-    int x;
-    while (read_full(fd, &x, sizeof x)) {
-      x = tiny(x);
-      write_full(fd, &x, sizeof x);
-    }
-  });
+  int pid = fork_child(sv, answer_ints);
   std::vector<double> runs;
   for (int r = 0; r < 5; ++r) {
     constexpr int n = 20000;
@@ -190,13 +193,7 @@ double raw_round_trip_us() {
 // A pool whose every await is an Asio coroutine cannot beat it.
 double bare_asio_round_trip_us() {
   int sv[2];
-  int pid = fork_child(sv, [](int fd) {
-    int x;
-    while (read_full(fd, &x, sizeof x)) {
-      x = tiny(x);
-      write_full(fd, &x, sizeof x);
-    }
-  });
+  int pid = fork_child(sv, answer_ints);
   boost::asio::io_context ctx(1);
   boost::asio::local::stream_protocol::socket socket(ctx, boost::asio::local::stream_protocol(),
                                                      sv[0]);
